@@ -1,0 +1,1 @@
+"""hazard-gateway: edge gateway for major-hazard installations (protocol-independent core)."""

@@ -1,0 +1,105 @@
+"""Shared value types: the one module drivers/ may import from gateway/.
+
+A :class:`Reading` is what every driver hands the core: a tag's value with its
+quality, the reason when it is not good, and when and by whose clock it was
+sampled. A value is never fabricated: bad quality means ``value is None``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+
+class Quality(str, Enum):
+    """OPC UA Part 4 7.34 / Part 8 quality classes, used for every protocol.
+
+    GOOD: value usable. UNCERTAIN: value kept but doubtful (e.g. OPC UA
+    UncertainLastUsableValue). BAD: no usable value; ``Reading.value`` is None.
+    """
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class TimeSource(str, Enum):
+    """Which clock stamped a reading (C13): the device, the OPC UA server, or us."""
+
+    SOURCE = "source"
+    SERVER = "server"
+    LOCAL = "local"
+
+
+Value = float | int | bool | str | list | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One sample of one tag.
+
+    tag: tag name from the config. value: engineering value (after scaling),
+    or None when quality is BAD. unit: engineering unit ("%LEL", "mg/m3", "m").
+    quality: good / uncertain / bad. reason: why not good ("timeout",
+    "exception 02 illegal data address", "status BadSensorFailure",
+    "sentinel", "nan", "stale", "comm fault") or None. ts: sample time as
+    UTC epoch seconds. ts_source: which clock gave ts. mono: time.monotonic()
+    when the reading reached the core (for latency and staleness; never stored).
+    raw: raw registers / raw value for diagnostics (probe), optional.
+    """
+
+    tag: str
+    value: Value
+    unit: str
+    quality: Quality
+    ts: float
+    reason: str | None = None
+    ts_source: TimeSource = TimeSource.LOCAL
+    mono: float = field(default_factory=time.monotonic)
+    raw: Any = None
+
+    def __post_init__(self) -> None:
+        if self.quality is Quality.BAD and self.value is not None:
+            raise ValueError(f"{self.tag}: a bad reading carries no value")
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise ValueError(f"{self.tag}: NaN/infinity is not a value; use quality BAD")
+
+    @property
+    def usable(self) -> bool:
+        """True when the value may be compared with a limit (good or uncertain)."""
+        return self.quality is not Quality.BAD and self.value is not None
+
+    @classmethod
+    def bad(cls, tag: str, unit: str, reason: str, ts: float | None = None, raw: Any = None) -> "Reading":
+        """A bad reading: no value, with the reason (timeout, exception, sentinel ...)."""
+        return cls(tag=tag, value=None, unit=unit, quality=Quality.BAD, ts=time.time() if ts is None else ts,
+                   reason=reason, raw=raw)
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored / uploaded form: tag, value, unit, quality, reason, ts (RFC 3339 UTC), ts_source."""
+        return {
+            "tag": self.tag,
+            "value": self.value,
+            "unit": self.unit,
+            "quality": self.quality.value,
+            "reason": self.reason,
+            "ts": rfc3339(self.ts),
+            "ts_source": self.ts_source.value,
+        }
+
+
+def rfc3339(epoch_s: float) -> str:
+    """UTC epoch seconds -> RFC 3339 string with millisecond precision and 'Z'."""
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class DeviceError(Exception):
+    """A device fault a person can act on; str() is one line naming device and address."""
+
+
+class WriteError(DeviceError):
+    """An output write that was rejected, not echoed correctly, or not confirmed by read-back."""

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop rigs: device simulators, serial-line emulator, scenarios."""
