@@ -1,0 +1,767 @@
+"""Alarm engine: limit alarms with deadband, on/off delay, latching, acknowledge, shelve and first-out.
+
+Pure, in-memory state machine that runs in the poll tick (DESIGN.md "two paths"): it never
+touches the disk or the network. The caller feeds :meth:`AlarmEngine.update` with every
+:class:`gateway.model.Reading` and calls :meth:`AlarmEngine.tick` at least once per poll tick;
+both return :class:`AlarmEvent` lists that the caller queues to the record path.
+
+Sources of the rules:
+
+- Alarm states, deadband, on-/off-delay, latching, re-alarm, shelve, suppress by design, out of
+  service: ISA-18.2 / IEC 62682, as carried into OPC UA Part 9 (AlarmConditionType, ShelvedStateMachine,
+  AcknowledgeableConditionType, LatchedState / Reset).
+- Gas set points: GB/T 50493-2019 clause 5.5.2 (combustible level 1 <= 25 %LEL, level 2 <= 50 %LEL;
+  toxic level 1 <= 100 %OEL, level 2 <= 200 %OEL; oxygen over 23.5 %VOL / under 19.5 %VOL).
+- Alarm order: level 2 before level 1, toxic before combustible at the same level, then time
+  (GB/T 50493-2009 3.0.2; the 2019 edition is unconfirmed, see DOMAIN.md).
+- Latching until a manual reset after the gas has cleared, first-out identification, fault distinct
+  from gas alarm: alarm-controller behaviour of GB 16808 (test methods; DOMAIN.md marks it [?]).
+- Detection time: detectors respond within 30 s (commissioning rules), so the on-delay of a gas alarm
+  is capped at ``gas_on_delay_cap_s`` (30 s by default).
+- C03: a NaN / sentinel reading arrives as quality BAD with value None. A bad or stale reading is never
+  "within limits": it raises a QUALITY alarm of its own kind, it never clears a process alarm, and
+  :meth:`AlarmEngine.condition` answers None (unknown) for it.
+
+ISA-18.2 states used in events and status: ``normal``, ``unacked`` (active, unacknowledged), ``acked``
+(active, acknowledged), ``rtn_unacked`` (returned to normal, unacknowledged), ``shelved``,
+``suppressed`` (by design), ``out_of_service``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gateway.model import Reading, rfc3339
+
+LIMIT_KINDS = ("HH", "H", "L", "LL", "ROC", "DEV")
+QUALITY = "QUALITY"
+STATES = ("normal", "unacked", "acked", "rtn_unacked", "shelved", "suppressed", "out_of_service")
+HIDDEN_STATES = ("shelved", "suppressed", "out_of_service")
+GASES = ("combustible", "toxic", "oxygen")
+#: Detector response time budget (commissioning rules, DOMAIN.md): an on-delay never exceeds it.
+GAS_ON_DELAY_CAP_S = 30.0
+#: GB/T 50493-2019 5.5.2 ceilings.
+COMBUSTIBLE_L1_LEL = 25.0
+COMBUSTIBLE_L2_LEL = 50.0
+TOXIC_L1_OEL_PCT = 100.0
+TOXIC_L2_OEL_PCT = 200.0
+OXYGEN_HIGH_VOL = 23.5
+OXYGEN_LOW_VOL = 19.5
+_GAS_RANK = {"toxic": 0, "combustible": 1, "oxygen": 2}
+
+
+class AlarmActionError(ValueError):
+    """An operator action (ack, reset, shelve ...) that is refused; str() is one line naming the alarm."""
+
+
+@dataclass
+class LimitSpec:
+    """One limit of one tag (ISA-18.2 / IEC 62682 alarm definition).
+
+    kind: "HH", "H" (alarm at value >= setpoint), "L", "LL" (alarm at value <= setpoint),
+    "ROC" (rate of change in engineering units per second between consecutive usable readings;
+    setpoint > 0 alarms on a rise >= setpoint, setpoint < 0 on a fall <= setpoint),
+    "DEV" (|value - value of other_tag| >= setpoint).
+    deadband: engineering units, applied on return (H clears when value < setpoint - deadband,
+    L clears when value > setpoint + deadband).
+    on_delay_s / off_delay_s: the condition must persist this long before the alarm
+    activates / returns (seconds, monotonic clock). Gas alarms cap the on-delay (GAS_ON_DELAY_CAP_S).
+    priority: 1 (highest) .. 4. latching: stays in alarm after the return until reset.
+    level: gas alarm level 1 or 2 (GB/T 50493-2019 5.5.2), None otherwise.
+    other_tag: the reference tag for DEV.
+    re_alarm_s: an acknowledged alarm that is still active re-annunciates (back to unacked)
+    after this many seconds; None = never.
+
+    Raises ValueError (one line) for an unknown kind, priority outside 1..4, negative deadband or
+    delay, a level other than 1/2, or DEV without other_tag.
+    """
+
+    kind: str
+    setpoint: float
+    deadband: float = 0.0
+    on_delay_s: float = 0.0
+    off_delay_s: float = 0.0
+    priority: int = 3
+    latching: bool = False
+    level: int | None = None
+    other_tag: str | None = None
+    re_alarm_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LIMIT_KINDS:
+            raise ValueError(f"limit kind {self.kind!r} is not one of {', '.join(LIMIT_KINDS)}")
+        if not isinstance(self.setpoint, (int, float)) or not math.isfinite(self.setpoint):
+            raise ValueError(f"{self.kind}: set point must be a finite number, got {self.setpoint!r}")
+        if self.deadband < 0 or self.on_delay_s < 0 or self.off_delay_s < 0:
+            raise ValueError(f"{self.kind}: deadband and delays must be >= 0")
+        if self.priority not in (1, 2, 3, 4):
+            raise ValueError(f"{self.kind}: priority must be 1 (highest) .. 4, got {self.priority!r}")
+        if self.level not in (None, 1, 2):
+            raise ValueError(f"{self.kind}: gas alarm level must be 1 or 2, got {self.level!r}")
+        if self.kind == "DEV" and not self.other_tag:
+            raise ValueError("DEV limit needs other_tag (the reference tag)")
+        if self.kind == "ROC" and self.setpoint == 0:
+            raise ValueError("ROC set point must be non-zero (units per second; negative for a fall)")
+        if self.re_alarm_s is not None and self.re_alarm_s <= 0:
+            raise ValueError(f"{self.kind}: re_alarm_s must be > 0")
+
+
+@dataclass
+class TagAlarmConfig:
+    """The alarms of one tag.
+
+    tag: tag name. limits: its LimitSpecs (at most one per kind). gas: "combustible", "toxic",
+    "oxygen" or None (sets the GB/T 50493-2019 ordering and the on-delay cap). oel: occupational
+    exposure limit of a toxic gas, in the tag's unit (only used for set-point warnings).
+    stale_after_s: no reading at all for this long raises a QUALITY alarm "stale" (None = off).
+    group: first-out group name (GB 16808 first alarm identification). quality_priority: priority
+    of the tag's QUALITY (comm fault / bad quality / stale) alarm.
+    """
+
+    tag: str
+    limits: list[LimitSpec] = field(default_factory=list)
+    gas: str | None = None
+    stale_after_s: float | None = None
+    group: str | None = None
+    oel: float | None = None
+    quality_priority: int = 2
+
+    def __post_init__(self) -> None:
+        if self.gas not in (None, *GASES):
+            raise ValueError(f"{self.tag}: gas must be one of {', '.join(GASES)}, got {self.gas!r}")
+        kinds = [lim.kind for lim in self.limits]
+        dup = {k for k in kinds if kinds.count(k) > 1}
+        if dup:
+            raise ValueError(f"{self.tag}: more than one {sorted(dup)[0]} limit")
+        if self.stale_after_s is not None and self.stale_after_s <= 0:
+            raise ValueError(f"{self.tag}: stale_after_s must be > 0")
+        if self.quality_priority not in (1, 2, 3, 4):
+            raise ValueError(f"{self.tag}: quality_priority must be 1..4")
+
+
+def gas_preset(gas: str, oel: float | None = None, *, deadband: float = 0.0, on_delay_s: float = 0.0,
+               latching: bool = True) -> list[LimitSpec]:
+    """The GB/T 50493-2019 clause 5.5.2 set points for a gas detector, as LimitSpecs.
+
+    combustible (point detector, %LEL): level 1 H at 25, level 2 HH at 50.
+    toxic (tag unit = unit of ``oel``): level 1 H at 100 %OEL (= oel), level 2 HH at 200 %OEL.
+    oxygen (%VOL): level 1 H at 23.5 (enrichment), level 2 L at 19.5 (deficiency).
+    Level 2 gets priority 1, level 1 priority 2; latching by default (GB 16808 controllers latch
+    until a manual reset after the gas clears).
+
+    Raises ValueError for an unknown gas, or toxic without a positive oel.
+    """
+    common = dict(deadband=deadband, on_delay_s=on_delay_s, latching=latching)
+    if gas == "combustible":
+        return [LimitSpec("H", COMBUSTIBLE_L1_LEL, priority=2, level=1, **common),
+                LimitSpec("HH", COMBUSTIBLE_L2_LEL, priority=1, level=2, **common)]
+    if gas == "toxic":
+        if oel is None or not oel > 0:
+            raise ValueError("toxic gas preset needs oel > 0 (MAC, else PC-TWA, in the tag's unit)")
+        return [LimitSpec("H", oel * TOXIC_L1_OEL_PCT / 100.0, priority=2, level=1, **common),
+                LimitSpec("HH", oel * TOXIC_L2_OEL_PCT / 100.0, priority=1, level=2, **common)]
+    if gas == "oxygen":
+        return [LimitSpec("H", OXYGEN_HIGH_VOL, priority=2, level=1, **common),
+                LimitSpec("L", OXYGEN_LOW_VOL, priority=1, level=2, **common)]
+    raise ValueError(f"gas preset {gas!r} is not one of {', '.join(GASES)}")
+
+
+def setpoint_warnings(cfg: TagAlarmConfig, gas_on_delay_cap_s: float = GAS_ON_DELAY_CAP_S) -> list[str]:
+    """Warnings (one line each, prefixed with the tag) where a gas tag's config is looser than the standards.
+
+    - set point looser than the GB/T 50493-2019 5.5.2 ceiling (combustible H > 25 %LEL or HH > 50 %LEL;
+      toxic H > 100 %OEL or HH > 200 %OEL when ``cfg.oel`` is known; oxygen H > 23.5 or L < 19.5 %VOL);
+    - an on-delay above the detection budget (it is capped at ``gas_on_delay_cap_s`` at run time);
+    - a level-2 limit with a lower priority than a level-1 limit (GB/T 50493 ordering);
+    - a non-latching gas alarm (GB 16808 controllers latch until reset).
+    Returns [] for a tag without ``gas``.
+    """
+    if cfg.gas is None:
+        return []
+    out: list[str] = []
+    by_kind = {lim.kind: lim for lim in cfg.limits}
+    looser: list[tuple[str, float, str]] = []  # kind, ceiling, direction
+    if cfg.gas == "combustible":
+        looser = [("H", COMBUSTIBLE_L1_LEL, ">"), ("HH", COMBUSTIBLE_L2_LEL, ">")]
+    elif cfg.gas == "toxic" and cfg.oel:
+        looser = [("H", cfg.oel * TOXIC_L1_OEL_PCT / 100, ">"), ("HH", cfg.oel * TOXIC_L2_OEL_PCT / 100, ">")]
+    elif cfg.gas == "oxygen":
+        looser = [("H", OXYGEN_HIGH_VOL, ">"), ("L", OXYGEN_LOW_VOL, "<")]
+    for kind, ceiling, direction in looser:
+        lim = by_kind.get(kind)
+        if lim is None:
+            continue
+        if (direction == ">" and lim.setpoint > ceiling) or (direction == "<" and lim.setpoint < ceiling):
+            out.append(f"{cfg.tag}: {kind} set point {lim.setpoint:g} is looser than the "
+                       f"GB/T 50493-2019 5.5.2 limit {ceiling:g}")
+    for lim in cfg.limits:
+        if lim.on_delay_s > gas_on_delay_cap_s:
+            out.append(f"{cfg.tag}: {lim.kind} on-delay {lim.on_delay_s:g} s exceeds the {gas_on_delay_cap_s:g} s "
+                       f"detection budget; capped at {gas_on_delay_cap_s:g} s")
+        if not lim.latching and lim.level is not None:
+            out.append(f"{cfg.tag}: {lim.kind} gas alarm is not latching (GB 16808 controllers latch until reset)")
+    l1 = [lim.priority for lim in cfg.limits if lim.level == 1]
+    l2 = [lim.priority for lim in cfg.limits if lim.level == 2]
+    if l1 and l2 and max(l2) > min(l1):
+        out.append(f"{cfg.tag}: a level-2 alarm has a lower priority than a level-1 alarm "
+                   f"(GB/T 50493: level 2 comes first)")
+    return out
+
+
+@dataclass
+class AlarmEvent:
+    """One alarm state transition or operator action (ISA-18.2 / IEC 62682 alarm journal entry).
+
+    id: f"{tag}.{kind}". kind: a limit kind or "QUALITY". from_state / to_state: one of STATES.
+    value: the tag value at the transition (None when unknown; for ROC the rate per second).
+    limit: the set point (None for QUALITY). priority 1..4, level 1/2/None. ts: UTC epoch seconds (wall clock); mono:
+    time.monotonic() value (never stored). user / reason: who and why for operator actions;
+    for QUALITY transitions ``reason`` is the quality reason ("nan", "timeout", "stale" ...).
+    action: "ack", "reset", "shelve", "unshelve", "suppress", "unsuppress", "out_of_service",
+    "in_service", "re-alarm", "shelve_expired" or None for a process transition. first_out: this
+    activation was the first in its first-out group. hidden: the transition happened while the
+    alarm was shelved / suppressed / out of service (not annunciated); from/to are then the
+    underlying states.
+    """
+
+    id: str
+    tag: str
+    kind: str
+    from_state: str
+    to_state: str
+    value: Any
+    limit: float | None
+    priority: int
+    level: int | None
+    ts: float
+    mono: float
+    user: str | None = None
+    reason: str | None = None
+    first_out: bool = False
+    action: str | None = None
+    hidden: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able dict for the store / uplink: ts as RFC 3339 UTC, no monotonic time."""
+        return {"type": "alarm", "id": self.id, "tag": self.tag, "kind": self.kind,
+                "from_state": self.from_state, "to_state": self.to_state, "value": self.value,
+                "limit": self.limit, "priority": self.priority, "level": self.level, "ts": rfc3339(self.ts),
+                "user": self.user, "reason": self.reason, "first_out": self.first_out,
+                "action": self.action, "hidden": self.hidden}
+
+
+@dataclass
+class AlarmStatus:
+    """A snapshot of one alarm for ``status`` and the alarm list (see AlarmEngine.active)."""
+
+    id: str
+    tag: str
+    kind: str
+    state: str
+    base_state: str
+    value: Any
+    limit: float | None
+    priority: int
+    level: int | None
+    gas: str | None
+    group: str | None
+    active: bool
+    latched: bool
+    since_ts: float | None
+    first_out: bool
+    reason: str | None
+    shelved_until_ts: float | None
+
+    def to_record(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["since"] = rfc3339(self.since_ts) if self.since_ts is not None else None
+        d["shelved_until"] = rfc3339(self.shelved_until_ts) if self.shelved_until_ts is not None else None
+        del d["since_ts"], d["shelved_until_ts"]
+        return d
+
+
+@dataclass
+class _TagState:
+    cfg: TagAlarmConfig
+    value: float | None = None        # last usable value (None: unknown)
+    value_mono: float | None = None   # when that value arrived
+    prev_value: float | None = None   # the usable value before (for ROC)
+    prev_mono: float | None = None
+    last_mono: float | None = None    # last reading of any quality
+    bad_reason: str | None = None     # reason of the last bad reading
+    stale: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.value is not None and self.bad_reason is None and not self.stale
+
+
+@dataclass
+class _Alarm:
+    id: str
+    tag: str
+    kind: str
+    spec: LimitSpec | None
+    cfg: TagAlarmConfig
+    raw: bool = False                 # deadband-filtered condition (last known)
+    known: bool = False               # raw reflects a known value
+    active: bool = False              # condition after on/off delay
+    pending_since: float | None = None
+    latched: bool = False
+    acked: bool = True
+    acked_mono: float | None = None
+    value: Any = None
+    since_mono: float | None = None
+    since_ts: float | None = None
+    hide: str | None = None           # shelved / suppressed / out_of_service
+    hide_until_mono: float | None = None
+    hide_until_ts: float | None = None
+    first_out: bool = False
+    reason: str | None = None         # quality reason (QUALITY alarms)
+
+    @property
+    def limit(self) -> float | None:
+        return None if self.spec is None else float(self.spec.setpoint)
+
+    @property
+    def priority(self) -> int:
+        return self.cfg.quality_priority if self.spec is None else self.spec.priority
+
+    @property
+    def level(self) -> int | None:
+        return None if self.spec is None else self.spec.level
+
+    @property
+    def in_alarm(self) -> bool:
+        return self.active or self.latched
+
+    def base_state(self) -> str:
+        if self.in_alarm:
+            return "acked" if self.acked else "unacked"
+        return "normal" if self.acked else "rtn_unacked"
+
+    def state(self) -> str:
+        return self.hide or self.base_state()
+
+
+def _numeric(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+class AlarmEngine:
+    """All alarms of the configured tags (ISA-18.2 / IEC 62682 state machine, OPC UA Part 9 model).
+
+    configs: one TagAlarmConfig per tag (ValueError on a duplicate tag or a DEV limit whose
+    other_tag is not configured). clock: wall clock for event timestamps (time.time).
+    gas_on_delay_cap_s: on-delays of gas alarms are capped at this (detector response budget).
+    Every tag gets a QUALITY alarm (bad reading, non-numeric value, stale) besides its limits.
+
+    Operator actions (ack, reset, shelve, ...) return the events they create and raise
+    AlarmActionError (one line) when refused, or KeyError for an unknown alarm id.
+    """
+
+    def __init__(self, configs: list[TagAlarmConfig], clock: Callable[[], float] = time.time,
+                 gas_on_delay_cap_s: float = GAS_ON_DELAY_CAP_S) -> None:
+        self._clock = clock
+        self._cap = gas_on_delay_cap_s
+        self._tags: dict[str, _TagState] = {}
+        self._alarms: dict[str, _Alarm] = {}
+        self._by_tag: dict[str, list[_Alarm]] = {}
+        self._dependents: dict[str, list[_Alarm]] = {}  # other_tag -> DEV alarms that reference it
+        self._first_out: dict[str, str] = {}  # group -> alarm id
+        self._start_mono: float | None = None
+        for cfg in configs:
+            if cfg.tag in self._tags:
+                raise ValueError(f"{cfg.tag}: alarms configured twice")
+            self._tags[cfg.tag] = _TagState(cfg)
+            alarms = [_Alarm(f"{cfg.tag}.{s.kind}", cfg.tag, s.kind, s, cfg) for s in cfg.limits]
+            alarms.append(_Alarm(f"{cfg.tag}.{QUALITY}", cfg.tag, QUALITY, None, cfg))
+            self._by_tag[cfg.tag] = alarms
+            for a in alarms:
+                self._alarms[a.id] = a
+        for a in self._alarms.values():
+            if a.spec is not None and a.spec.kind == "DEV":
+                if a.spec.other_tag not in self._tags:
+                    raise ValueError(f"{a.id}: DEV reference tag {a.spec.other_tag!r} has no alarm config")
+                self._dependents.setdefault(a.spec.other_tag, []).append(a)
+
+    # ------------------------------------------------------------------ feeding
+
+    @property
+    def tags(self) -> list[str]:
+        """Configured tag names."""
+        return list(self._tags)
+
+    def alarm_ids(self) -> list[str]:
+        """Every alarm id (f"{tag}.{kind}", including the QUALITY alarms)."""
+        return list(self._alarms)
+
+    def update(self, reading: Reading, now_mono: float) -> list[AlarmEvent]:
+        """Feed one reading; returns the transitions it caused (ignores tags without alarm config).
+
+        A BAD reading, or a value that is not a finite number, makes the tag's value unknown: the
+        QUALITY alarm activates (reason from the reading), process alarms keep their state (a bad
+        reading never clears them, C03) and ``condition`` answers None. UNCERTAIN values are used.
+        """
+        ts = self._tags.get(reading.tag)
+        if ts is None:
+            return []
+        self._started(now_mono)
+        events: list[AlarmEvent] = []
+        ts.last_mono = now_mono
+        ts.stale = False
+        v = _numeric(reading.value) if reading.usable else None
+        if v is None:
+            ts.bad_reason = (reading.reason or "bad quality") if not reading.usable else "value is not a number"
+            ts.value = ts.prev_value = ts.prev_mono = None
+        else:
+            ts.bad_reason = None
+            if ts.value is not None:
+                ts.prev_value, ts.prev_mono = ts.value, ts.value_mono
+            ts.value, ts.value_mono = v, now_mono
+        self._eval_tag(reading.tag, now_mono, events)
+        return [e for e in events if e is not None]
+
+    def tick(self, now_mono: float) -> list[AlarmEvent]:
+        """Advance timers: on/off delays, stale detection, re-alarm and shelve expiry. Call every poll tick."""
+        self._started(now_mono)
+        events: list[AlarmEvent] = []
+        for name, ts in self._tags.items():
+            limit = ts.cfg.stale_after_s
+            if limit is not None and not ts.stale:
+                since = ts.last_mono if ts.last_mono is not None else self._start_mono
+                if now_mono - since >= limit:
+                    ts.stale = True
+                    self._eval_tag(name, now_mono, events)
+        for a in self._alarms.values():
+            self._advance(a, now_mono, events)
+            if a.hide == "shelved" and a.hide_until_mono is not None and now_mono >= a.hide_until_mono:
+                events.extend(self._unhide(a, None, "shelve expired", "shelve_expired", now_mono))
+            if (a.spec is not None and a.spec.re_alarm_s is not None and a.active and a.acked and a.hide is None
+                    and a.acked_mono is not None and now_mono - a.acked_mono >= a.spec.re_alarm_s):
+                events.append(self._transition(a, now_mono, lambda: setattr(a, "acked", False),
+                                               action="re-alarm", force=True))
+        self._refresh_groups()
+        return [e for e in events if e is not None]
+
+    def _started(self, now_mono: float) -> None:
+        if self._start_mono is None:
+            self._start_mono = now_mono
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_tag(self, tag: str, now: float, events: list) -> None:
+        ts = self._tags[tag]
+        for a in self._by_tag[tag]:
+            if a.spec is None:
+                self._eval_quality(a, ts, now, events)
+            else:
+                self._eval_limit(a, now)
+                self._advance(a, now, events)
+        for a in self._dependents.get(tag, []):
+            self._eval_limit(a, now)
+            self._advance(a, now, events)
+        self._refresh_groups()
+
+    def _eval_quality(self, a: _Alarm, ts: _TagState, now: float, events: list) -> None:
+        reason = "stale" if ts.stale else ts.bad_reason
+        bad = reason is not None
+        a.known = True
+        if bad != a.active or (bad and reason != a.reason):
+            def change() -> None:
+                self._set_active(a, bad, now)
+                a.reason = reason
+            ev = self._transition(a, now, change)
+            if ev is not None:
+                ev.reason = reason
+            events.append(ev)
+
+    def _eval_limit(self, a: _Alarm, now: float) -> None:
+        spec = a.spec
+        assert spec is not None
+        ts = self._tags[a.tag]
+        x: float | None = None
+        if ts.known:
+            if spec.kind == "ROC":
+                if ts.prev_value is not None and ts.value_mono is not None and ts.value_mono > ts.prev_mono:
+                    x = (ts.value - ts.prev_value) / (ts.value_mono - ts.prev_mono)
+            elif spec.kind == "DEV":
+                other = self._tags[spec.other_tag]
+                if other.known:
+                    x = abs(ts.value - other.value)
+            else:
+                x = ts.value
+        if x is None:
+            # Unknown: hold the last known condition; never clear (C03), cancel a pending return.
+            a.known = False
+            a.value = None
+            if a.pending_since is not None and not a.raw:
+                a.raw = True
+                a.pending_since = None
+            return
+        a.known = True
+        a.value = ts.value if spec.kind != "ROC" else round(x, 9)
+        sp, db = float(spec.setpoint), float(spec.deadband)
+        high = spec.kind in ("HH", "H", "DEV") or (spec.kind == "ROC" and sp > 0)
+        if high:
+            raw = (x >= sp - db) if a.raw else (x >= sp)
+        else:
+            raw = (x <= sp + db) if a.raw else (x <= sp)
+        a.raw = raw
+        if raw == a.active:
+            a.pending_since = None
+        elif a.pending_since is None:
+            a.pending_since = now
+
+    def _on_delay(self, a: _Alarm) -> float:
+        d = a.spec.on_delay_s if a.spec is not None else 0.0
+        return min(d, self._cap) if a.cfg.gas is not None else d
+
+    def _advance(self, a: _Alarm, now: float, events: list) -> None:
+        if a.spec is None or a.pending_since is None:
+            return
+        delay = self._on_delay(a) if a.raw else a.spec.off_delay_s
+        if now - a.pending_since >= delay:
+            target = a.raw
+            a.pending_since = None
+            events.append(self._transition(a, now, lambda: self._set_active(a, target, now)))
+
+    def _set_active(self, a: _Alarm, on: bool, now: float) -> None:
+        if on == a.active:
+            return
+        a.active = on
+        if on:
+            a.acked = False
+            a.acked_mono = None
+            a.latched = bool(a.spec is not None and a.spec.latching)
+            a.since_mono, a.since_ts = now, self._clock()
+            grp = a.cfg.group
+            if grp is not None and a.spec is not None and grp not in self._first_out:
+                self._first_out[grp] = a.id
+                a.first_out = True
+        elif not a.latched:
+            a.since_mono = a.since_ts = None
+
+    def _transition(self, a: _Alarm, now: float, change: Callable[[], None], *, user: str | None = None,
+                    reason: str | None = None, action: str | None = None, force: bool = False) -> AlarmEvent | None:
+        """Apply ``change`` and return the event when the state changed (or ``force``)."""
+        hidden_before = a.hide
+        before = a.base_state() if hidden_before and action is None else a.state()
+        was_first = a.first_out
+        change()
+        after = a.base_state() if hidden_before and action is None else a.state()
+        if before == after and not force:
+            return None
+        return AlarmEvent(id=a.id, tag=a.tag, kind=a.kind, from_state=before, to_state=after, value=a.value,
+                          limit=a.limit, priority=a.priority, level=a.level, ts=self._clock(), mono=now,
+                          user=user, reason=reason, first_out=a.first_out and not was_first, action=action,
+                          hidden=hidden_before if action is None else None)
+
+    def _refresh_groups(self) -> None:
+        for grp, aid in list(self._first_out.items()):
+            members = [a for a in self._alarms.values() if a.cfg.group == grp and a.spec is not None]
+            if all(m.base_state() == "normal" for m in members):
+                del self._first_out[grp]
+                self._alarms[aid].first_out = False
+
+    # ------------------------------------------------------------------ queries
+
+    def condition(self, tag: str, kind: str) -> bool | None:
+        """The alarm condition of ``tag``'s ``kind`` limit for an interlock input.
+
+        True: the limit is exceeded (after on-delay / deadband / off-delay). False: within limits.
+        None: unknown (bad quality, stale, comm fault, no reading yet, ROC without two readings, DEV
+        whose reference is unknown). For kind "QUALITY": True while the quality alarm is active.
+        Shelving / suppression / out of service hide an alarm from the operator; they do NOT change
+        the condition (an interlock is defeated only by its own audited bypass). Latching is not
+        reflected either (the interlock keeps its own latch).
+        Raises KeyError("<tag>: no <kind> limit") when the tag or limit is not configured.
+        """
+        a = self._alarms.get(f"{tag}.{kind}")
+        if a is None:
+            raise KeyError(f"{tag}: no {kind} limit configured")
+        if a.spec is None:
+            return a.active
+        if not self._tags[tag].known or not a.known:
+            return None
+        return a.active
+
+    def seen(self, tag: str) -> bool:
+        """True once any reading (good or bad) of ``tag`` has arrived (KeyError for an unknown tag)."""
+        return self._tags[tag].last_mono is not None
+
+    def value(self, tag: str) -> float | None:
+        """Last usable value of ``tag`` (None when unknown)."""
+        ts = self._tags[tag]
+        return ts.value if ts.known else None
+
+    def state(self, alarm_id: str) -> str:
+        """Displayed ISA-18.2 state of one alarm (KeyError for an unknown id)."""
+        return self._get(alarm_id).state()
+
+    def _status(self, a: _Alarm) -> AlarmStatus:
+        return AlarmStatus(id=a.id, tag=a.tag, kind=a.kind, state=a.state(), base_state=a.base_state(),
+                           value=a.value, limit=a.limit, priority=a.priority, level=a.level, gas=a.cfg.gas,
+                           group=a.cfg.group, active=a.active, latched=a.latched, since_ts=a.since_ts,
+                           first_out=a.first_out, reason=a.reason,
+                           shelved_until_ts=a.hide_until_ts if a.hide == "shelved" else None)
+
+    def _order(self, a: _Alarm) -> tuple:
+        return (a.priority, -(a.level or 0), _GAS_RANK.get(a.cfg.gas or "", 9),
+                a.since_mono if a.since_mono is not None else math.inf, a.id)
+
+    def active(self, include_hidden: bool = False) -> list[AlarmStatus]:
+        """Alarms not in "normal" (unacked, acked, rtn_unacked), in priority order.
+
+        Order: priority (1 first), then gas level (2 before 1), then toxic before combustible before
+        oxygen (GB/T 50493 ordering), then activation time (first first). ``first_out`` marks the
+        first alarm of each first-out group. include_hidden adds shelved / suppressed / out-of-service
+        alarms whose underlying state is not normal.
+        """
+        out = [a for a in self._alarms.values()
+               if a.base_state() != "normal" and (a.hide is None or include_hidden)]
+        return [self._status(a) for a in sorted(out, key=self._order)]
+
+    def all_status(self) -> list[AlarmStatus]:
+        """Every alarm, normal ones included, in the same order as :meth:`active`."""
+        return [self._status(a) for a in sorted(self._alarms.values(), key=self._order)]
+
+    # ------------------------------------------------------------------ operator actions
+
+    def _get(self, alarm_id: str) -> _Alarm:
+        a = self._alarms.get(alarm_id)
+        if a is None:
+            raise KeyError(f"no alarm {alarm_id!r}")
+        return a
+
+    @staticmethod
+    def _who(alarm_id: str, user: str, reason: str | None, need_reason: bool) -> None:
+        if not user or not str(user).strip():
+            raise AlarmActionError(f"{alarm_id}: a user is required")
+        if need_reason and (not reason or not str(reason).strip()):
+            raise AlarmActionError(f"{alarm_id}: a reason is required")
+
+    def ack(self, alarm_id: str, user: str, reason: str | None = None,
+            now_mono: float | None = None) -> list[AlarmEvent]:
+        """Acknowledge (silence) an alarm: unacked -> acked, rtn_unacked -> normal (ISA-18.2).
+
+        A new activation annunciates again. Raises AlarmActionError when there is nothing to acknowledge.
+        """
+        a = self._get(alarm_id)
+        self._who(alarm_id, user, reason, False)
+        if a.acked:
+            raise AlarmActionError(f"{alarm_id}: nothing to acknowledge (state {a.state()})")
+        now = time.monotonic() if now_mono is None else now_mono
+
+        def change() -> None:
+            a.acked, a.acked_mono = True, now
+            if not a.in_alarm:
+                a.since_mono = a.since_ts = None
+        ev = self._transition(a, now, change, user=user, reason=reason, action="ack", force=True)
+        self._refresh_groups()
+        return [ev]
+
+    def reset(self, alarm_id: str, user: str, reason: str | None = None,
+              now_mono: float | None = None) -> list[AlarmEvent]:
+        """Reset a latched alarm after its condition has returned (GB 16808; OPC UA Part 9 Reset).
+
+        Reset also acknowledges. Refused (AlarmActionError) while the condition is still active or
+        unknown (a bad or stale value cannot prove the gas has cleared), or when nothing is latched.
+        """
+        a = self._get(alarm_id)
+        self._who(alarm_id, user, reason, False)
+        if not a.latched:
+            raise AlarmActionError(f"{alarm_id}: not latched, nothing to reset (state {a.state()})")
+        if not a.known or not self._tags[a.tag].known:
+            raise AlarmActionError(f"{alarm_id}: reset refused, value unknown "
+                                   f"({self._tags[a.tag].bad_reason or 'stale or no reading'})")
+        if a.active or a.raw:
+            raise AlarmActionError(f"{alarm_id}: reset refused, condition still active "
+                                   f"(value {a.value!r}, limit {a.limit!r})")
+        now = time.monotonic() if now_mono is None else now_mono
+
+        def change() -> None:
+            a.latched = False
+            a.acked, a.acked_mono = True, now
+            a.since_mono = a.since_ts = None
+        ev = self._transition(a, now, change, user=user, reason=reason, action="reset", force=True)
+        self._refresh_groups()
+        return [ev]
+
+    def shelve(self, alarm_id: str, user: str, reason: str, duration_s: float, max_s: float,
+               now_mono: float | None = None) -> list[AlarmEvent]:
+        """Shelve an alarm for ``duration_s`` seconds (ISA-18.2 shelving; OPC UA Part 9 TimedShelve).
+
+        Requires user and reason; duration_s must be > 0 and <= max_s (the site's maximum shelve time).
+        The alarm is hidden from the alarm list but still evaluated; ``condition`` is unaffected.
+        On expiry (tick) or unshelve it returns to unacked if in alarm, else normal.
+        """
+        a = self._get(alarm_id)
+        self._who(alarm_id, user, reason, True)
+        if not 0 < duration_s <= max_s:
+            raise AlarmActionError(f"{alarm_id}: shelve duration {duration_s:g} s must be > 0 and <= {max_s:g} s")
+        if a.hide not in (None, "shelved"):
+            raise AlarmActionError(f"{alarm_id}: cannot shelve, alarm is {a.hide}")
+        now = time.monotonic() if now_mono is None else now_mono
+
+        def change() -> None:
+            a.hide = "shelved"
+            a.hide_until_mono = now + duration_s
+            a.hide_until_ts = self._clock() + duration_s
+        return [self._transition(a, now, change, user=user, reason=reason, action="shelve", force=True)]
+
+    def unshelve(self, alarm_id: str, user: str, reason: str | None = None,
+                 now_mono: float | None = None) -> list[AlarmEvent]:
+        """End a shelve early. Raises AlarmActionError when the alarm is not shelved."""
+        a = self._get(alarm_id)
+        self._who(alarm_id, user, reason, False)
+        if a.hide != "shelved":
+            raise AlarmActionError(f"{alarm_id}: not shelved")
+        return self._unhide(a, user, reason, "unshelve", time.monotonic() if now_mono is None else now_mono)
+
+    def suppress(self, alarm_id: str, user: str, reason: str, on: bool = True,
+                 now_mono: float | None = None) -> list[AlarmEvent]:
+        """Suppress by design (on=True) or release it (on=False), e.g. while the equipment is stopped."""
+        return self._set_hide(alarm_id, "suppressed", user, reason, on, now_mono)
+
+    def set_out_of_service(self, alarm_id: str, user: str, reason: str, on: bool = True,
+                           now_mono: float | None = None) -> list[AlarmEvent]:
+        """Take an alarm out of service (on=True, e.g. instrument under maintenance) or return it."""
+        return self._set_hide(alarm_id, "out_of_service", user, reason, on, now_mono)
+
+    def _set_hide(self, alarm_id: str, mode: str, user: str, reason: str, on: bool,
+                  now_mono: float | None) -> list[AlarmEvent]:
+        a = self._get(alarm_id)
+        self._who(alarm_id, user, reason, True)
+        now = time.monotonic() if now_mono is None else now_mono
+        if on:
+            if a.hide is not None:
+                raise AlarmActionError(f"{alarm_id}: already {a.hide}")
+
+            def change() -> None:
+                a.hide = mode
+                a.hide_until_mono = a.hide_until_ts = None
+            action = "suppress" if mode == "suppressed" else "out_of_service"
+            return [self._transition(a, now, change, user=user, reason=reason, action=action, force=True)]
+        if a.hide != mode:
+            raise AlarmActionError(f"{alarm_id}: not {mode}")
+        return self._unhide(a, user, reason, "unsuppress" if mode == "suppressed" else "in_service", now)
+
+    def _unhide(self, a: _Alarm, user: str | None, reason: str | None, action: str, now: float) -> list[AlarmEvent]:
+        def change() -> None:
+            a.hide = None
+            a.hide_until_mono = a.hide_until_ts = None
+            a.acked = not a.in_alarm       # ISA-18.2: unshelved -> unacked if in alarm, else normal
+            a.acked_mono = now if a.acked else None
+            if not a.in_alarm:
+                a.since_mono = a.since_ts = None
+        ev = self._transition(a, now, change, user=user, reason=reason, action=action, force=True)
+        self._refresh_groups()
+        return [ev]
