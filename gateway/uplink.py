@@ -1,0 +1,369 @@
+"""Uplink: send stored batches to the regulator's receiver and record the acknowledgements.
+
+Transport (``HttpsUplink``): ``POST <url>/v1/batches`` with the compact JWS as the body,
+``Content-Type: application/jose`` (RFC 7515 s.9.2.1). Answers are classified so the
+record path neither loses nor duplicates data and never stalls on one bad batch (C14):
+
+=====================================  ===========================================
+2xx with ack JSON                      ``Ack`` (status "accepted" or "duplicate")
+408, 425, 429, 5xx, transport errors   ``RetryableError`` (Retry-After honoured, capped;
+(connect, TLS, timeout, reset),        RFC 9110 s.10.2.3, RFC 6585 s.4)
+2xx whose body is not a matching ack
+400, 401, 403, 413, 422                ``PermanentError``: the batch is set aside and a
+                                       signed tombstone takes its seq (alarm event + gap
+                                       rows), so later batches flow (C14c)
+409 (conflict / gap / chain broken)    ``ChainError``: alarm event, hold and retry slowly
+any other status (3xx, 404, 405 ...)   ``RetryableError``: a wrong URL is a config fault;
+                                       data is kept, not thrown away
+=====================================  ===========================================
+
+409 means the receiver's chain disagrees with ours (a different body for a stored seq,
+a gap, a broken prev), e.g. after the local buffer was reset (C17b). An identical resend
+is answered 200 "duplicate", so a 409 never means "already have it". Dead-lettering would
+not help (every later batch would get the same 409), so the uploader holds, raises one
+``uplink_chain_conflict`` alarm event, and retries every ``max_backoff_s``.
+
+``Forwarder`` is the loop: next_batch -> send -> mark_acked on ack (rows count as sent
+only after a 2xx ack) -> repeat; exponential backoff with full jitter on retryable errors
+(AWS Architecture Blog "Exponential Backoff And Jitter"), at least the server's
+Retry-After (capped at ``max_backoff_s``). A resend is byte-identical (the stored JWS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from gateway.batches import Batch, Batcher
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+PERMANENT_STATUSES = frozenset({400, 401, 403, 413, 422})
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+BATCH_PATH = "/v1/batches"
+
+
+class UplinkError(Exception):
+    """A batch was not acknowledged; str() is one line (url, status or transport error)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(UplinkError):
+    """Send again later. retry_after_s: the server's Retry-After in seconds (None if absent)."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(UplinkError):
+    """The receiver refused this batch for good (400/401/403/413/422): dead-letter it."""
+
+
+class ChainError(RetryableError):
+    """409: the receiver's chain and ours disagree (conflict, gap, chain broken).
+
+    expected_seq: the seq the receiver wants next (None if not given). Not the batch's
+    fault, so it is not dead-lettered; the forwarder raises an alarm event and holds.
+    """
+
+    def __init__(self, message: str, expected_seq: int | None = None) -> None:
+        super().__init__(message, 409, None)
+        self.expected_seq = expected_seq
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The receiver's acknowledgement: gateway_id, seq, status ("accepted"|"duplicate"),
+    hash (chain_hash of the batch as the receiver stored it, or None)."""
+
+    gateway_id: str
+    seq: int
+    status: str
+    hash: str | None = None
+
+
+def parse_retry_after(value: str | None, cap_s: float, now: float | None = None) -> float | None:
+    """Retry-After (RFC 9110 s.10.2.3: delta-seconds or an HTTP-date) -> seconds, capped
+    to [0, cap_s]; None when absent or unparseable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        secs = float(int(value))
+    except ValueError:
+        try:
+            dt = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if dt is None:
+            return None
+        secs = dt.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(secs, cap_s))
+
+
+def _reason(resp: httpx.Response) -> str:
+    text = resp.text.strip().replace("\n", " ")
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            text = str(body.get("error") or body.get("reason") or body.get("detail") or text)
+    except ValueError:
+        pass
+    return text[:200]
+
+
+class HttpsUplink:
+    """HTTPS transport for batches (httpx.AsyncClient, TLS verified, never disabled).
+
+    url: receiver base URL ("https://host:port"), or the full ``.../v1/batches`` URL.
+    ca_file: PEM file of the CA (or the pinned self-signed certificate) to verify the
+    receiver against; None or True: the system CA store. client_cert: path of a PEM with
+    certificate and key, or (cert_path, key_path), for mutual TLS. timeout_s: per request
+    (connect, read, write). max_backoff_s: cap of an honoured Retry-After.
+    Raises ValueError (one line) for a non-https URL or an unreadable CA/cert file.
+    """
+
+    def __init__(self, url: str, ca_file: str | bool | None = None,
+                 client_cert: str | tuple[str, str] | None = None, timeout_s: float = 5.0,
+                 max_backoff_s: float = 60.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.netloc:
+            raise ValueError(f"uplink url {url!r}: must be https://host[:port][/path]")
+        base = url.rstrip("/")
+        self.url = base if base.endswith(BATCH_PATH) else base + BATCH_PATH
+        self.timeout_s = float(timeout_s)
+        self.max_backoff_s = float(max_backoff_s)
+        try:
+            if ca_file is None or ca_file is True:
+                ctx = ssl.create_default_context()
+            else:
+                ctx = ssl.create_default_context(cafile=str(ca_file))
+            if client_cert is not None:
+                if isinstance(client_cert, tuple):
+                    ctx.load_cert_chain(client_cert[0], client_cert[1])
+                else:
+                    ctx.load_cert_chain(client_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"uplink TLS files ({ca_file}, {client_cert}): {exc}") from None
+        self._ctx = ctx
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(verify=self._ctx, timeout=httpx.Timeout(self.timeout_s),
+                                             follow_redirects=False)
+        return self._client
+
+    async def send(self, jws: str) -> Ack:
+        """POST one compact JWS; return the receiver's Ack.
+
+        Raises RetryableError (408/425/429/5xx/other, transport error, timeout, 2xx
+        without a valid ack body), ChainError (409) or PermanentError (400/401/403/413/422).
+        """
+        try:
+            resp = await self._http().post(self.url, content=jws.encode("ascii"),
+                                           headers={"Content-Type": "application/jose",
+                                                    "Accept": "application/json"})
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"{self.url}: timeout after {self.timeout_s:g} s ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        status = resp.status_code
+        if 200 <= status < 300:
+            try:
+                body = resp.json()
+                ack = Ack(gateway_id=str(body["gateway_id"]), seq=int(body["seq"]), status=str(body["status"]),
+                          hash=body.get("hash"))
+            except (ValueError, KeyError, TypeError):
+                raise RetryableError(f"{self.url}: {status} without a valid ack body", status) from None
+            return ack
+        reason = _reason(resp)
+        if status == 409:
+            expected = None
+            try:
+                body = resp.json()
+                expected = int(body["expected_seq"]) if isinstance(body, dict) and "expected_seq" in body else None
+            except (ValueError, TypeError):
+                pass
+            raise ChainError(f"{self.url}: 409 {reason}", expected)
+        if status in PERMANENT_STATUSES:
+            raise PermanentError(f"{self.url}: {status} {reason}", status)
+        retry_after = parse_retry_after(resp.headers.get("retry-after"), self.max_backoff_s)
+        if not (status in RETRYABLE_STATUSES or status >= 500):
+            log.warning("%s: unexpected status %d (%s); check the uplink url; will retry", self.url, status, reason)
+        raise RetryableError(f"{self.url}: {status} {reason}", status, retry_after)
+
+    async def aclose(self) -> None:
+        """Close the connection pool; idempotent."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class Forwarder:
+    """The upload loop of the record path (at-least-once; receiver dedup makes it exactly-once).
+
+    store: gateway.store.Store (for events). batcher: gateway.batches.Batcher. uplink: any
+    object with ``async send(jws) -> Ack`` raising RetryableError/PermanentError.
+    rate_limit_per_s: at most this many sends per second (None: unlimited).
+    min_backoff_s / max_backoff_s: exponential backoff bounds (seconds, full jitter).
+    idle_s: how long to wait when there is nothing to send.
+
+    Status for health checks: ``sent`` (acks), ``consecutive_failures``, ``last_error``,
+    ``last_ack_mono`` (time.monotonic() of the last ack), ``dead_lettered``.
+    """
+
+    def __init__(self, store: Store, batcher: Batcher, uplink: Any, rate_limit_per_s: float | None = None, *,
+                 min_backoff_s: float = 0.5, max_backoff_s: float = 60.0, idle_s: float = 1.0,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.batcher = batcher
+        self.uplink = uplink
+        self.min_interval_s = 0.0 if not rate_limit_per_s else 1.0 / rate_limit_per_s
+        self.min_backoff_s = float(min_backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.idle_s = float(idle_s)
+        self._rng = rng or random.Random()
+        self._stop = asyncio.Event()
+        self.sent = 0
+        self.dead_lettered = 0
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.last_ack_mono: float | None = None
+        self._last_send_mono: float | None = None
+
+    def stop(self) -> None:
+        """Ask run() to return; an in-flight send is abandoned (the batch is resent later)."""
+        self._stop.set()
+
+    def backoff_s(self, failures: int, retry_after_s: float | None = None) -> float:
+        """Delay before the next attempt after ``failures`` consecutive failures: full jitter
+        over min(max_backoff_s, min_backoff_s * 2**(failures-1)), but at least the server's
+        Retry-After (itself capped at max_backoff_s)."""
+        ceiling = min(self.max_backoff_s, self.min_backoff_s * (2 ** max(0, failures - 1)))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.max_backoff_s))
+        return delay
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stop() was called."""
+        if seconds <= 0:
+            return self._stop.is_set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def run(self) -> None:
+        """Upload until stop(). Never raises for a receiver or network fault. One-shot:
+        build a new Forwarder to start again."""
+        while not self._stop.is_set():
+            try:
+                batch = await asyncio.to_thread(self.batcher.next_batch)
+            except Exception as exc:   # a store fault must not kill the uploader
+                log.error("uplink: cannot build the next batch: %s", exc)
+                self.last_error = f"store: {exc}"
+                if await self._sleep(self.idle_s):
+                    break
+                continue
+            if batch is None:
+                if await self._sleep(self.idle_s):
+                    break
+                continue
+            if self._last_send_mono is not None and self.min_interval_s:
+                wait = self._last_send_mono + self.min_interval_s - time.monotonic()
+                if await self._sleep(wait):
+                    break
+            await self._attempt(batch)
+
+    async def _attempt(self, batch: Batch) -> None:
+        self._last_send_mono = time.monotonic()
+        send = asyncio.ensure_future(self.uplink.send(batch.jws))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({send, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not send.done():
+            send.cancel()
+            try:
+                await send
+            except (asyncio.CancelledError, Exception):
+                pass
+            return
+        try:
+            ack = send.result()
+        except PermanentError as exc:
+            self.last_error = str(exc)
+            replaced = await asyncio.to_thread(self.batcher.dead_letter, batch.seq, str(exc)[:300], exc.status)
+            if replaced:
+                self.consecutive_failures = 0
+                self.dead_lettered += 1
+                log.error("uplink: batch %d rejected for good (%s); set aside, a tombstone takes its seq",
+                          batch.seq, exc)
+            else:
+                # the tombstone itself was refused: the receiver refuses this gateway (key,
+                # id, limits). Hold the data and retry slowly; a person must act.
+                self.consecutive_failures += 1
+                log.error("uplink: tombstone batch %d refused too (%s); holding uploads, retry in %.0f s",
+                          batch.seq, exc, self.max_backoff_s)
+                await self._sleep(self.max_backoff_s)
+            return
+        except ChainError as exc:
+            if self.consecutive_failures == 0 or self.last_error is None or "409" not in self.last_error:
+                self.store.put_event({"kind": "uplink_chain_conflict", "severity": "alarm", "seq": batch.seq,
+                                      "expected_seq": exc.expected_seq, "reason": str(exc)[:300]})
+            self.consecutive_failures += 1
+            self.last_error = str(exc)
+            log.error("uplink: batch %d: receiver chain disagrees (%s); holding uploads, retry in %.0f s",
+                      batch.seq, exc, self.max_backoff_s)
+            await self._sleep(self.max_backoff_s)
+            return
+        except RetryableError as exc:
+            await self._retry_later(batch, str(exc), exc.retry_after_s)
+            return
+        except Exception as exc:   # an uplink bug must not kill the loop; keep the batch
+            await self._retry_later(batch, f"{type(exc).__name__}: {exc}", None)
+            return
+        problem = self._check_ack(batch, ack)
+        if problem is not None:
+            await self._retry_later(batch, problem, None)
+            return
+        await asyncio.to_thread(self.batcher.mark_acked, batch.seq)
+        self.sent += 1
+        self.consecutive_failures = 0
+        self.last_error = None
+        self.last_ack_mono = time.monotonic()
+
+    def _check_ack(self, batch: Batch, ack: Ack) -> str | None:
+        if ack.seq != batch.seq or ack.gateway_id != self.batcher.gateway_id:
+            return f"ack for {ack.gateway_id}/{ack.seq} does not match batch {self.batcher.gateway_id}/{batch.seq}"
+        if ack.status not in ("accepted", "duplicate"):
+            return f"ack status {ack.status!r} for batch {batch.seq} is not accepted/duplicate"
+        if ack.hash is not None and ack.hash != batch.hash:
+            return f"ack hash for batch {batch.seq} differs from the sent batch"
+        return None
+
+    async def _retry_later(self, batch: Batch, error: str, retry_after_s: float | None) -> None:
+        self.consecutive_failures += 1
+        self.last_error = error
+        delay = self.backoff_s(self.consecutive_failures, retry_after_s)
+        log.warning("uplink: batch %d not acknowledged (%s); retry %d in %.1f s", batch.seq, error,
+                    self.consecutive_failures, delay)
+        await self._sleep(delay)

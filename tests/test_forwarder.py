@@ -1,0 +1,355 @@
+"""gateway.batches + gateway.uplink: chain, resend, and the Forwarder over real HTTPS (C14, C15)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from starlette.responses import JSONResponse
+
+from gateway.batches import Batcher
+from gateway.model import Quality, Reading, rfc3339
+from gateway.receiver import BackgroundReceiver
+from gateway.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
+from gateway.store import Store
+from gateway.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
+                            parse_retry_after)
+
+T0 = 1_760_000_000.0
+GW = "tankfarm-01"
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> tuple[Signer, Path]:
+    kdir = tmp_path / "keys"
+    kid = keygen(kdir)
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(kdir / f"{kid}.jwk", trust / f"{kid}.jwk")
+    return Signer.from_file(kdir / "private.pem"), trust
+
+
+def rec(i: int, tag: str = "GT-101") -> dict:
+    return Reading(tag=tag, value=i, unit="%LEL", quality=Quality.GOOD, ts=T0 + i).to_record()
+
+
+def fill(store: Store, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        assert store.put_reading(rec(i))
+    assert store.flush(10)
+
+
+def payload(jws: str) -> dict:
+    return decode_unverified(jws)[1]
+
+
+# ---------------------------------------------------------------- Batcher
+
+
+def test_batch_chain_continues_across_restarts(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    trust = load_trust_dir(trust_dir)
+    db = tmp_path / "store.sqlite"
+    seen = []
+    for run in range(3):
+        with Store(db, commit_interval_s=0.05) as st:
+            fill(st, 25, start=run * 25)
+            b = Batcher(st, signer, GW, lambda: "cfg-1", max_readings=10)
+            while (batch := b.next_batch()) is not None:
+                assert b.mark_acked(batch.seq) and not b.mark_acked(batch.seq)
+                seen.append(batch.jws)
+    assert len(seen) == 9                       # 3 x (10 + 10 + 5)
+    prev = None
+    for i, jws in enumerate(seen, start=1):
+        p = verify_batch(jws, trust)
+        assert p["seq"] == i and p["prev"] == prev and p["gateway_id"] == GW and p["config_hash"] == "cfg-1"
+        assert p["clock"] == {"synchronised": None, "last_step_s": None} and p["gaps"] == []
+        prev = chain_hash(jws)
+    values = [r["value"] for jws in seen for r in payload(jws)["readings"]]
+    assert values == list(range(75))            # oldest first, each once
+    with Store(db) as st:
+        s = st.stats()
+    assert s["readings_unsent"] == 0 and s["last_acked_seq"] == 9 and s["batches_unacked"] == 0
+
+
+def test_C14_resend_is_byte_identical_even_after_restart(tmp_path: Path, keys) -> None:
+    signer, _ = keys
+    db = tmp_path / "store.sqlite"
+    with Store(db, commit_interval_s=0.05) as st:
+        fill(st, 30)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        first = b.next_batch()
+        assert first is not None and first.seq == 1
+        assert b.next_batch() == first          # not acked: the same stored JWS again
+        assert st.stats()["readings_unsent"] == 30   # rows count as sent only after the ack
+    with Store(db) as st:
+        b = Batcher(st, signer, GW, lambda: "other-config", max_readings=10)
+        again = b.next_batch()
+        assert again is not None and again.jws == first.jws
+        b.mark_acked(1)
+        nxt = b.next_batch()
+        assert nxt is not None and nxt.seq == 2 and payload(nxt.jws)["prev"] == chain_hash(first.jws)
+        assert st.stats()["readings_unsent"] == 20
+
+
+def test_events_jump_the_readings_backlog(tmp_path: Path, keys) -> None:
+    signer, _ = keys
+    with Store(tmp_path / "s.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 1200)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=500)
+        one = b.next_batch()
+        b.mark_acked(one.seq)
+        st.put_event({"kind": "trip", "interlock": "IL-3", "tag": "LT-201"})
+        assert st.flush(5)
+        two = b.next_batch()
+        p = payload(two.jws)
+        assert [e["kind"] for e in p["events"]] == ["trip"]
+        assert [r["value"] for r in p["readings"]] == list(range(500, 1000))   # backlog still in order
+        b.mark_acked(two.seq)
+        three = payload(b.next_batch().jws)
+        assert three["events"] == [] and len(three["readings"]) == 200
+
+
+def test_malformed_record_is_quarantined_not_stalling_the_chain(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    with Store(tmp_path / "s.sqlite", commit_interval_s=0.05) as st:
+        st.put_reading(rec(1))
+        st.put_reading({"tag": "PT-1", "value": 3.0, "unit": "bar", "quality": "bad", "reason": "x",
+                        "ts": rfc3339(T0), "ts_source": "local"})      # bad quality carries a value
+        st.put_reading(rec(2))
+        assert st.flush(5)
+        b = Batcher(st, signer, GW, lambda: "cfg")
+        p = verify_batch(b.next_batch().jws, load_trust_dir(trust_dir))
+    assert [r["value"] for r in p["readings"]] == [1, 2]
+    assert [e["kind"] for e in p["events"]] == ["invalid_record"] and "PT-1" in p["events"][0]["record"]
+
+
+# ---------------------------------------------------------------- uplink classification
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("2", 60) == 2.0
+    assert parse_retry_after("7200", 60) == 60.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 60, now=1445412470.0) == 10.0
+    assert parse_retry_after("soon", 60) is None and parse_retry_after(None, 60) is None
+
+
+def test_uplink_refuses_plain_http() -> None:
+    with pytest.raises(ValueError, match="https"):
+        HttpsUplink("http://127.0.0.1:1")
+
+
+async def test_uplink_transport_errors_are_retryable(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                                     # nobody listens here
+    up = HttpsUplink(f"https://127.0.0.1:{port}", timeout_s=1.0)
+    with pytest.raises(RetryableError):
+        await up.send("a.b.c")
+    await up.aclose()
+    # a receiver whose certificate is not the pinned CA: TLS verification fails -> retryable, never bypassed
+    with BackgroundReceiver(tmp_path / "rx", trust_dir) as rx:
+        up = HttpsUplink(rx.url, ca_file=True, timeout_s=2.0)
+        with pytest.raises(RetryableError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+            await up.send("a.b.c")
+        await up.aclose()
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile), timeout_s=2.0)
+        with pytest.raises(PermanentError) as ei:
+            await up.send("a.b.c")                                # 400 malformed
+        assert ei.value.status == 400
+        await up.aclose()
+
+
+# ---------------------------------------------------------------- Forwarder over real HTTPS
+
+
+async def wait_for(cond, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(cond):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def delivered(rx: BackgroundReceiver) -> tuple[list[int], Counter]:
+    """(seqs in order, Counter of reading values) at the receiver, checking the hash chain."""
+    batches = rx.receiver.store.batches(GW)
+    prev = None
+    for b in batches:
+        p = payload(b.jws)
+        assert p["prev"] == prev
+        prev = b.hash
+    values = Counter(r["value"] for _, _, r in rx.receiver.store.readings(GW))
+    return [b.seq for b in batches], values
+
+
+async def run_forwarder(fwd: Forwarder, until, timeout_s: float) -> None:
+    task = asyncio.create_task(fwd.run())
+    try:
+        await wait_for(until, timeout_s)
+    finally:
+        fwd.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_C14_1000_readings_in_batches_of_10_arrive_exactly_once(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    rng = random.Random(14)
+
+    async def latency(status, doc):          # C14a: 0-50 ms before the 200
+        await asyncio.sleep(rng.uniform(0, 0.05))
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, after_submit=latency) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 1000)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile), timeout_s=5.0)
+        fwd = Forwarder(st, b, up, idle_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 40)
+        await up.aclose()
+        seqs, values = delivered(rx)
+        s = st.stats()
+    assert seqs == list(range(1, 101)) and fwd.sent == 100
+    assert values == Counter(range(1000))    # every reading exactly once
+    assert s["last_acked_seq"] == 100 and s["batches_unacked"] == 0
+
+
+async def test_C14b_answer_after_timeout_resends_same_bytes(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    answers: list[tuple[int, str, str]] = []
+
+    async def slow_third(status, doc):
+        answers.append((doc.get("seq"), doc.get("status"), doc.get("hash")))
+        if doc.get("seq") == 3 and doc.get("status") == "accepted":
+            await asyncio.sleep(1.5)             # committed, but answered after the client's timeout
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, after_submit=slow_third) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 50)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile), timeout_s=0.5)
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 20)
+        await up.aclose()
+        seqs, values = delivered(rx)
+    third = [a for a in answers if a[0] == 3]
+    assert [a[1] for a in third] == ["accepted", "duplicate"]
+    assert third[0][2] == third[1][2]            # same chain hash: byte-identical body
+    assert seqs == [1, 2, 3, 4, 5] and values == Counter(range(50))
+
+
+async def test_C14c_503_with_retry_after_twice_then_200(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    hits: list[float] = []
+
+    async def busy_twice(request):
+        hits.append(time.monotonic())
+        if len(hits) <= 2:
+            return JSONResponse({"error": "maintenance"}, 503, headers={"Retry-After": "2"})
+        return None
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=busy_twice) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 5)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile), max_backoff_s=30)
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 20)
+        await up.aclose()
+        seqs, values = delivered(rx)
+    assert len(hits) == 3
+    assert hits[1] - hits[0] >= 1.95 and hits[2] - hits[1] >= 1.95     # Retry-After honoured
+    assert hits[2] - hits[0] < 8
+    assert seqs == [1] and values == Counter(range(5))
+
+
+async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    n = 0
+
+    async def reject_second(request):
+        nonlocal n
+        n += 1
+        if n == 2:
+            return JSONResponse({"error": "payload: unprocessable"}, 422)
+        return None
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=reject_second) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 40)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["batches_unacked"] == 0 and st.stats()["last_acked_seq"] == 4,
+                            20)
+        await up.aclose()
+        seqs, values = delivered(rx)
+        dead = st.dead_letters()
+        s = st.stats()
+        tomb = payload(rx.receiver.store.get(GW, 2).jws)
+        after = payload(rx.receiver.store.get(GW, 4).jws)
+    assert fwd.dead_lettered == 1 and s["batches_dead_letter"] == 1
+    assert [d["seq"] for d in dead] == [2] and dead[0]["status"] == 422
+    assert [r["value"] for r in payload(dead[0]["jws"])["readings"]] == list(range(10, 20))
+    # the chain at the receiver has no gap: seq 2 is the signed tombstone
+    assert seqs == [1, 2, 3, 4]
+    assert tomb["readings"] == [] and tomb["events"][0]["kind"] == "batch_dead_lettered"
+    assert tomb["events"][0]["original_hash"] == chain_hash(dead[0]["jws"])
+    assert tomb["gaps"][0]["reason"] == "dead_letter" and tomb["gaps"][0]["count"] == 10
+    assert tomb["gaps"][0]["tags"] == ["GT-101"]
+    assert values == Counter(set(range(40)) - set(range(10, 20)))       # later batches flowed
+    assert [r["value"] for r in after["readings"]] == list(range(30, 40))
+
+
+async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Path, keys) -> None:
+    """A reset buffer (e.g. after C17b) restarts at seq 1: the receiver answers 409
+    conflict; the uploader must hold with an alarm event, not tombstone good data."""
+    signer, trust_dir = keys
+    with BackgroundReceiver(tmp_path / "rx", trust_dir) as rx:
+        for name, start in (("a.sqlite", 0), ("b.sqlite", 100)):
+            with Store(tmp_path / name, commit_interval_s=0.05) as st:
+                fill(st, 5, start=start)
+                b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+                up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+                fwd = Forwarder(st, b, up, idle_s=0.05, max_backoff_s=0.2)
+                if name == "a.sqlite":
+                    await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 10)
+                else:
+                    await run_forwarder(fwd, lambda: fwd.consecutive_failures >= 3, 10)
+                    assert st.flush(5)
+                    s = st.stats()
+                    conn = sqlite3.connect(tmp_path / name)
+                    kinds = conn.execute("SELECT kind FROM events").fetchall()
+                    conn.close()
+                await up.aclose()
+        seqs, values = delivered(rx)
+    assert seqs == [1] and values == Counter(range(5))
+    assert s["batches_dead_letter"] == 0 and s["batches_unacked"] == 1 and "409" in fwd.last_error
+    assert [k for (k,) in kinds] == ["uplink_chain_conflict"]
+
+
+async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
+    signer, trust_dir = keys
+    hits: list[float] = []
+
+    async def stamp(request):
+        hits.append(time.monotonic())
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=stamp) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 50)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+        fwd = Forwarder(st, b, up, rate_limit_per_s=10, idle_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 10)
+        await up.aclose()
+    assert len(hits) == 5
+    assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.09
