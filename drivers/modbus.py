@@ -1,0 +1,1162 @@
+"""Modbus TCP and RTU devices: shared links, block reads, verified writes.
+
+Sources: Modbus Application Protocol Specification v1.1b3 (function codes
+1-6, 15, 16 in section 6; exception codes in section 7), Modbus over Serial
+Line v1.02 (RTU framing, CRC-16 and the 3.5 character silent interval,
+section 2.5.1.1), Modbus Messaging on TCP/IP v1.0b (MBAP, unit id).
+
+Design choices
+--------------
+* One link per physical path, shared by every device and unit id on it
+  (:class:`ModbusLinks`): a TCP connection per (host, port) (case C11), one
+  owner per serial port. Every request on a link is serialised by an
+  asyncio.Lock; a Modbus TCP-to-RTU gateway and an RS-485 bus both answer one
+  request at a time.
+* TCP uses pymodbus's :class:`AsyncModbusTcpClient` with its own retries and
+  reconnect disabled (retries=0, reconnect_delay=0): this link reconnects with
+  exponential backoff 1, 2, 4 .. 60 s with +-10 % jitter (reset on success),
+  never blocks a poll while the peer is down (requests fail fast with
+  "comm fault" until the next attempt is due), closes and reopens after 3
+  consecutive timeouts (a black-holed connection), and maps a raw
+  ConnectionResetError escaping pymodbus (DESIGN.md, known faults) to a
+  link fault.
+* RTU does NOT use pymodbus's serial client: after a CRC mismatch it drops
+  its whole receive buffer, and a foreign slave's frame arriving together
+  with the real reply can hide that reply (DESIGN.md, known faults; case
+  C08). :class:`RtuLink` owns the port through pyserial (non-blocking fd +
+  ``loop.add_reader``) and does its own framing: requests are built with
+  struct, CRC-16/MODBUS appended; before each request it waits the silent
+  interval (3.5 character times, fixed 1.75 ms above 19200 baud) after the
+  last byte seen on the line and flushes the input; the reply is found by a
+  resynchronising scanner (:func:`scan_rtu_reply`) that keeps scanning the
+  buffer for a CRC-valid frame from the polled slave, with the requested
+  function and byte count, discarding anything else (foreign slaves, late
+  replies to an earlier poll, noise, our own echo).
+* Exceptions never become values (case C07): each read block failing with an
+  exception turns its points BAD with "exception NN name"; 05/06 are retried
+  briefly; 01/02/03 are configuration faults of those tags, logged once and
+  retried slowly; 0A/0B (and timeouts) count towards marking that unit
+  offline; no exception closes the socket.
+* A unit that failed ``offline_after`` consecutive times is polled on a slow
+  schedule (``slow_poll_s``); meanwhile its points are BAD "comm fault"
+  without any I/O, so a silent slave cannot stall the bus (case C09).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import struct
+import termios
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from drivers.base import Device
+from drivers.codec import CodecError, Scaling, decode, decode_value, encode_value, normalise_order, register_count
+from drivers.modbus_planner import (BIT_TABLES, READ_FUNCTION, REGISTER_TABLES, Block, MalformedReply, ReadPlanner,
+                                    Span, check_byte_count)
+from gateway.model import Quality, Reading, WriteError
+
+__all__ = [
+    "ModbusPoint",
+    "parse_reference",
+    "normalise_table",
+    "ModbusLinks",
+    "TcpLink",
+    "RtuLink",
+    "ModbusDevice",
+    "ModbusLinkError",
+    "LinkTimeout",
+    "LinkDown",
+    "ModbusExceptionReply",
+    "MalformedReply",
+    "EXCEPTION_NAMES",
+    "crc16",
+    "scan_rtu_reply",
+    "silent_interval_s",
+]
+
+log = logging.getLogger("drivers.modbus")
+
+#: Modbus Application Protocol v1.1b3 section 7.
+EXCEPTION_NAMES = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+CONFIG_FAULT_CODES = frozenset({0x01, 0x02, 0x03})
+BUSY_CODES = frozenset({0x05, 0x06})
+GATEWAY_CODES = frozenset({0x0A, 0x0B})
+TABLES = ("coil", "discrete_input", "input_register", "holding_register")
+
+
+# --------------------------------------------------------------------------- errors
+class ModbusLinkError(Exception):
+    """A request that got no usable reply; str() is one line."""
+
+
+class LinkTimeout(ModbusLinkError):
+    """No (matching) reply within the response timeout."""
+
+
+class LinkDown(ModbusLinkError):
+    """The link is not connected / the port cannot be opened (reconnect is backing off)."""
+
+
+class ModbusExceptionReply(ModbusLinkError):
+    """The device answered with an exception response (function code | 0x80)."""
+
+    def __init__(self, code: int, function: int) -> None:
+        self.code = code
+        self.function = function
+        super().__init__(exception_reason(code))
+
+
+def exception_reason(code: int) -> str:
+    """'exception 02 illegal data address' (the Reading.reason text)."""
+    return f"exception {code:02X} {EXCEPTION_NAMES.get(code, 'unknown')}"
+
+
+# --------------------------------------------------------------------------- points
+_TABLE_ALIASES = {
+    "coil": "coil", "coils": "coil", "co": "coil",
+    "discrete_input": "discrete_input", "discrete_inputs": "discrete_input", "discrete": "discrete_input",
+    "di": "discrete_input",
+    "input_register": "input_register", "input_registers": "input_register", "input": "input_register",
+    "ir": "input_register",
+    "holding_register": "holding_register", "holding_registers": "holding_register", "holding": "holding_register",
+    "hr": "holding_register",
+}
+_REF_TABLE = {"0": "coil", "1": "discrete_input", "3": "input_register", "4": "holding_register"}
+
+
+def normalise_table(table: str) -> str:
+    """'holding' / 'hr' / 'holding_register' -> 'holding_register' (etc.); ValueError otherwise."""
+    t = str(table).strip().lower().replace(" ", "_").replace("-", "_")
+    if t not in _TABLE_ALIASES:
+        raise ValueError(f"unknown Modbus table {table!r} (expected coil, discrete_input, input_register "
+                         "or holding_register)")
+    return _TABLE_ALIASES[t]
+
+
+def parse_reference(ref: int | str) -> tuple[str, int]:
+    """1-based Modbus reference number -> (table, 0-based PDU address) (case C05).
+
+    5 digits: leading table digit + 0001..9999 (40001 -> holding 0, 30001 ->
+    input 0, 10001 -> discrete input 0, 00001 -> coil 0). 6 digits: leading
+    table digit + 00001..65536 (400002 -> holding 1). Leading digit 0 = coil,
+    1 = discrete input, 3 = input register, 4 = holding register (Modicon
+    convention). A coil must be written with its leading zeros ("00001" or
+    "000001"), so it is necessarily a string. Anything else (a bare number
+    such as 1 or 100, a reference 0 such as 40000, a leading 2/5-9) is
+    ambiguous or invalid and raises ValueError with a one-line message; give
+    the table and the 0-based address instead.
+    """
+    if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+        raise ValueError(f"Modbus reference {ref!r} must be a number such as 40001")
+    s = str(ref).strip()
+    if not re.fullmatch(r"\d+", s):
+        raise ValueError(f"Modbus reference {ref!r} is not a number such as 40001 or 400002")
+    if len(s) not in (5, 6):
+        raise ValueError(f"Modbus reference {ref!r} is ambiguous: use a 5/6-digit reference (40001, 400002) "
+                         "or give table and 0-based address")
+    table = _REF_TABLE.get(s[0])
+    if table is None:
+        raise ValueError(f"Modbus reference {ref!r}: leading digit {s[0]} names no table "
+                         "(0 coil, 1 discrete input, 3 input register, 4 holding register)")
+    n = int(s[1:])
+    limit = 9999 if len(s) == 5 else 65536
+    if not 1 <= n <= limit:
+        raise ValueError(f"Modbus reference {ref!r}: register number {n} outside 1..{limit} (references are 1-based)")
+    return table, n - 1
+
+
+@dataclass(frozen=True)
+class ModbusPoint:
+    """One configured Modbus tag.
+
+    unit_id: slave / unit id (RTU 1..247, TCP 0..255). table: "coil",
+    "discrete_input", "input_register" or "holding_register". address:
+    0-based PDU address (use :func:`parse_reference` for 40001-style
+    numbers). dtype/order/length/bit/str_len: see drivers.codec. scaling:
+    raw -> engineering. sentinels: raw values meaning "not available" (C03).
+    unit: engineering unit. writable: may be written by :meth:`ModbusDevice.write`.
+    write_single_as_fc16: send single-register writes as FC16 (devices that
+    reject FC6 with exception 01, C04). scale_factor_address: optional
+    address (same unit and table) of an int16 power-of-ten exponent register
+    (value = raw * 10**sf, C02).
+    """
+
+    tag: str
+    unit_id: int
+    table: str
+    address: int
+    dtype: str = "uint16"
+    order: str = "ABCD"
+    length: int = 1
+    bit: int | None = None
+    str_len: int | None = None
+    scaling: Scaling = field(default_factory=Scaling)
+    sentinels: tuple[int, ...] = ()
+    unit: str = ""
+    writable: bool = False
+    write_single_as_fc16: bool = False
+    scale_factor_address: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of registers (or bits) the point occupies."""
+        return register_count(self.dtype, self.length, self.str_len)
+
+    def where(self) -> str:
+        """'unit 1 holding_register 10' for messages."""
+        return f"unit {self.unit_id} {self.table} {self.address}"
+
+
+def _validate_point(dev: str, p: ModbusPoint, protocol: str) -> None:
+    """Raise ValueError (one line naming device and tag) for an inconsistent point."""
+    pre = f"{dev}: tag {p.tag!r}"
+    if p.table not in TABLES:
+        raise ValueError(f"{pre}: unknown table {p.table!r}")
+    lo, hi = (1, 247) if protocol == "modbus_rtu" else (0, 255)
+    if not isinstance(p.unit_id, int) or not lo <= p.unit_id <= hi:
+        raise ValueError(f"{pre}: unit id {p.unit_id!r} outside {lo}..{hi}")
+    try:
+        n = register_count(p.dtype, p.length, p.str_len)
+        normalise_order(p.order, p.dtype)
+    except ValueError as e:
+        raise ValueError(f"{pre}: {e}") from None
+    if p.table in BIT_TABLES and p.dtype != "bool":
+        raise ValueError(f"{pre}: a {p.table} holds bits; dtype must be bool, not {p.dtype}")
+    if p.table in REGISTER_TABLES and p.dtype == "bool":
+        raise ValueError(f"{pre}: dtype bool needs a coil or discrete_input; use dtype bit for a bit of a register")
+    if p.dtype == "bit" and (p.bit is None or not 0 <= p.bit <= 15 or p.bit + p.length > 16):
+        raise ValueError(f"{pre}: dtype bit needs bit 0..15 (and bit+length <= 16), got {p.bit!r}")
+    if not isinstance(p.address, int) or p.address < 0 or p.address + n > 65536:
+        raise ValueError(f"{pre}: address {p.address!r} (+{n}) outside 0..65535")
+    if p.writable and p.table not in ("coil", "holding_register"):
+        raise ValueError(f"{pre}: a {p.table} is read-only; only coils and holding registers are writable")
+    if p.scale_factor_address is not None:
+        if p.table not in REGISTER_TABLES or not 0 <= p.scale_factor_address <= 65535:
+            raise ValueError(f"{pre}: scale_factor_address {p.scale_factor_address!r} invalid")
+        if p.dtype in ("bool", "bit", "string"):
+            raise ValueError(f"{pre}: a {p.dtype} point takes no scale factor")
+
+
+# --------------------------------------------------------------------------- backoff
+class Backoff:
+    """Exponential backoff 1, 2, 4 .. max seconds with +-jitter, reset on success (case C11)."""
+
+    def __init__(self, initial_s: float = 1.0, max_s: float = 60.0, jitter: float = 0.1,
+                 rng: random.Random | None = None) -> None:
+        self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
+        self._rng = rng or random.Random()
+        self.failures = 0
+        self.next_attempt = 0.0  # time.monotonic() when the next attempt is allowed
+
+    def due(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self.next_attempt
+
+    def failed(self, now: float | None = None) -> float:
+        """Record a failure; return the delay (s) before the next attempt."""
+        base = min(self.max_s, self.initial_s * (2 ** self.failures))
+        self.failures += 1
+        delay = base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+        self.next_attempt = (time.monotonic() if now is None else now) + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.next_attempt = 0.0
+
+
+# --------------------------------------------------------------------------- link API
+class _Link:
+    """Common request API of TcpLink and RtuLink. Every method raises
+    LinkTimeout, LinkDown, ModbusExceptionReply or MalformedReply."""
+
+    name = "link"
+
+    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
+        raise NotImplementedError
+
+    async def write_coil(self, unit_id: int, address: int, on: bool) -> tuple[int, int]:
+        """FC5; returns the echo (address, raw value 0xFF00 / 0x0000)."""
+        raise NotImplementedError
+
+    async def write_coils(self, unit_id: int, address: int, bits: Sequence[int]) -> tuple[int, int]:
+        """FC15; returns the echo (address, quantity)."""
+        raise NotImplementedError
+
+    async def write_register(self, unit_id: int, address: int, value: int) -> tuple[int, int]:
+        """FC6; returns the echo (address, value)."""
+        raise NotImplementedError
+
+    async def write_registers(self, unit_id: int, address: int, values: Sequence[int]) -> tuple[int, int]:
+        """FC16; returns the echo (address, quantity)."""
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        """Try to connect / open now; never raises (failures back off)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- TCP
+class TcpLink(_Link):
+    """One Modbus TCP connection to (host, port), shared by every unit id on it.
+
+    timeout_s: response timeout per request. Reconnects with :class:`Backoff`;
+    after ``blackhole_after`` consecutive timeouts closes and reopens (C10/C11).
+    """
+
+    def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0, *, blackhole_after: int = 3,
+                 backoff: Backoff | None = None) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.name = f"{host}:{port}"
+        self.blackhole_after = blackhole_after
+        self.backoff = backoff or Backoff()
+        self._client_obj: Any = None  # created on first use, inside the running loop
+        self._lock = asyncio.Lock()
+        self._timeouts = 0
+        self._closed = False
+        self.connects = 0  # successful connections (diagnostics, tests)
+        self.last_error: str | None = None
+
+    @property
+    def _client(self) -> Any:
+        if self._client_obj is None:
+            from pymodbus.client import AsyncModbusTcpClient
+
+            self._client_obj = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
+                                                    reconnect_delay=0, name=f"modbus-tcp {self.name}")
+        return self._client_obj
+
+    @property
+    def connected(self) -> bool:
+        return self._client_obj is not None and bool(self._client_obj.connected)
+
+    async def open(self) -> None:
+        async with self._lock:
+            try:
+                await self._ensure_connected()
+            except LinkDown:
+                pass
+
+    async def _ensure_connected(self) -> None:
+        if self._closed:
+            raise LinkDown(f"{self.name}: link closed")
+        if self._client.connected:
+            return
+        now = time.monotonic()
+        if not self.backoff.due(now):
+            raise LinkDown(f"comm fault: {self.name} not connected ({self.last_error or 'down'}), "
+                           f"next attempt in {self.backoff.next_attempt - now:.1f} s")
+        try:
+            ok = await asyncio.wait_for(self._client.connect(), timeout=self.timeout_s + 1.0)
+        except (OSError, asyncio.TimeoutError) as e:
+            ok = False
+            self.last_error = type(e).__name__
+        if not ok:
+            self._client.close()
+            delay = self.backoff.failed()
+            self.last_error = self.last_error or "connect failed"
+            log.warning("modbus tcp %s: connect failed, retry in %.1f s", self.name, delay)
+            raise LinkDown(f"comm fault: cannot connect to {self.name}, retry in {delay:.1f} s")
+        self.backoff.succeeded()
+        self.connects += 1
+        self._timeouts = 0
+        self.last_error = None
+        log.info("modbus tcp %s: connected", self.name)
+
+    def _drop(self, why: str) -> None:
+        """Close the socket after a link fault; the next request reconnects (with backoff)."""
+        self.last_error = why
+        self._client.close()
+        self.backoff.failed()
+
+    async def _execute(self, unit_id: int, call: Callable[[], Any]) -> Any:
+        from pymodbus.exceptions import ConnectionException, ModbusIOException
+        async with self._lock:
+            await self._ensure_connected()
+            try:
+                rsp = await asyncio.wait_for(call(), timeout=self.timeout_s + 0.5)
+            except (ModbusIOException, asyncio.TimeoutError) as e:
+                msg = str(e)
+                if isinstance(e, ModbusIOException) and "No response" not in msg:
+                    # wrong transaction id / unit id in the reply: discarded, never used
+                    raise MalformedReply(f"reply discarded: {msg.strip().splitlines()[0][:120]}") from None
+                self._timeouts += 1
+                if self._timeouts >= self.blackhole_after:
+                    log.warning("modbus tcp %s: %d consecutive timeouts, reconnecting", self.name, self._timeouts)
+                    self._timeouts = 0
+                    self._client.close()
+                    self.backoff.next_attempt = 0.0  # reopen at once on the next request
+                raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)") from None
+            except (ConnectionException, ConnectionError, OSError) as e:
+                # includes the raw ConnectionResetError pymodbus lets escape (DESIGN.md known faults)
+                self._drop(type(e).__name__)
+                raise LinkDown(f"comm fault: {self.name} {type(e).__name__}") from None
+            self._timeouts = 0
+            if rsp is None:
+                raise LinkTimeout(f"timeout (unit {unit_id})")
+            if rsp.isError():
+                code = getattr(rsp, "exception_code", 0)
+                raise ModbusExceptionReply(code, getattr(rsp, "function_code", 0) & 0x7F)
+            return rsp
+
+    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
+        c = self._client
+        fn = {"coil": c.read_coils, "discrete_input": c.read_discrete_inputs,
+              "holding_register": c.read_holding_registers, "input_register": c.read_input_registers}[table]
+        rsp = await self._execute(unit_id, lambda: fn(address, count=count, device_id=unit_id))
+        if table in BIT_TABLES:
+            bits = list(rsp.bits or [])
+            check_byte_count(table, count, (len(bits) + 7) // 8)
+            return [1 if b else 0 for b in bits[:count]]
+        regs = list(rsp.registers or [])
+        check_byte_count(table, count, 2 * len(regs))
+        return regs
+
+    async def write_coil(self, unit_id: int, address: int, on: bool) -> tuple[int, int]:
+        rsp = await self._execute(unit_id, lambda: self._client.write_coil(address, bool(on), device_id=unit_id))
+        return rsp.address, 0xFF00 if (rsp.bits and rsp.bits[0]) else 0x0000
+
+    async def write_coils(self, unit_id: int, address: int, bits: Sequence[int]) -> tuple[int, int]:
+        vals = [bool(b) for b in bits]
+        rsp = await self._execute(unit_id, lambda: self._client.write_coils(address, vals, device_id=unit_id))
+        return rsp.address, rsp.count
+
+    async def write_register(self, unit_id: int, address: int, value: int) -> tuple[int, int]:
+        rsp = await self._execute(unit_id, lambda: self._client.write_register(address, value, device_id=unit_id))
+        return rsp.address, rsp.registers[0]
+
+    async def write_registers(self, unit_id: int, address: int, values: Sequence[int]) -> tuple[int, int]:
+        vals = list(values)
+        rsp = await self._execute(unit_id, lambda: self._client.write_registers(address, vals, device_id=unit_id))
+        return rsp.address, rsp.count
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._client_obj is not None:
+            self._client_obj.close()
+
+
+# --------------------------------------------------------------------------- RTU framing (pure)
+def crc16(data: bytes) -> int:
+    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); Modbus over Serial Line v1.02 section 6.2.2.
+    Appended low byte first."""
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def with_crc(frame: bytes) -> bytes:
+    """frame + CRC (low byte first)."""
+    return frame + struct.pack("<H", crc16(frame))
+
+
+def crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and crc16(frame[:-2]) == struct.unpack("<H", frame[-2:])[0]
+
+
+def silent_interval_s(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: float = 1) -> float:
+    """t3.5 (Modbus over Serial Line v1.02 section 2.5.1.1): 3.5 character times, a character being
+    start + data + parity + stop bits; fixed 1.75 ms above 19200 baud. 9600 8N1 -> 3.646 ms."""
+    if baudrate > 19200:
+        return 0.00175
+    bits = 1 + bytesize + (0 if parity.upper() == "N" else 1) + stopbits
+    return 3.5 * bits / baudrate
+
+
+def _candidate_lengths(buf: bytes | bytearray, i: int) -> list[int]:
+    """Possible lengths of an RTU frame (reply, exception, or another master's request) starting at buf[i]."""
+    n = len(buf) - i
+    if n < 2:
+        return []
+    fc = buf[i + 1]
+    if fc & 0x80:
+        return [5]
+    if fc in (1, 2, 3, 4):
+        out = [5 + buf[i + 2]] if n >= 3 else []
+        return out + [8]
+    if fc in (5, 6):
+        return [8]
+    if fc in (15, 16):
+        out = [8]
+        if n >= 7:
+            out.append(9 + buf[i + 6])
+        return out
+    return []
+
+
+def scan_rtu_reply(buf: bytes | bytearray, unit_id: int, function: int,
+                   reply_len: int) -> tuple[bytes | None, int, list[bytes]]:
+    """Find the reply to a request in a receive buffer, resynchronising (case C08).
+
+    Scans every offset for a CRC-valid frame. A frame from ``unit_id`` with
+    ``function`` and exactly ``reply_len`` bytes (read: 5 + byte count;
+    write: 8), or an exception frame (function | 0x80, 5 bytes) from that
+    unit, is the reply. Any other CRC-valid frame (another slave, another
+    function, a wrong byte count such as a late reply to an earlier poll,
+    our own echo) is discarded whole; bytes that start no valid frame are
+    skipped. Returns (frame or None, bytes of buf that may be dropped,
+    discarded frames). Incomplete data at the end is kept for the next call.
+    """
+    n = len(buf)
+    i = 0
+    pending: int | None = None  # earliest offset that may start a frame not yet complete
+    foreign: list[bytes] = []
+    while i < n:
+        if n - i < 3 and pending is None:
+            pending = i  # too short to tell
+        found = None
+        for length in _candidate_lengths(buf, i):
+            if i + length <= n:
+                if crc_ok(bytes(buf[i:i + length])):
+                    found = length
+                    break
+            elif pending is None:
+                pending = i
+        if found is None:
+            i += 1
+            continue
+        frame = bytes(buf[i:i + found])
+        if frame[0] == unit_id and ((frame[1] == function and found == reply_len)
+                                    or (frame[1] == (function | 0x80) and found == 5)):
+            return frame, i + found, foreign
+        foreign.append(frame)  # a whole valid frame that is not our reply: drop it
+        i += found
+        pending = None  # bytes before a valid frame were noise
+    return None, (n if pending is None else pending), foreign
+
+
+def _rtu_pdu_read(function: int, address: int, count: int) -> bytes:
+    return struct.pack(">BHH", function, address, count)
+
+
+# --------------------------------------------------------------------------- RTU link
+class RtuLink(_Link):
+    """The one owner of a serial port (RS-485 multi-drop bus).
+
+    port: device path; baudrate, parity ("N", "E", "O"), stopbits, bytesize;
+    timeout_s: response timeout after the request has left the wire.
+    Serialises every request on the bus; waits the t3.5 silent interval
+    after the last byte seen on the line; flushes the input before each
+    request; finds the reply with :func:`scan_rtu_reply`. A port that cannot
+    be opened (or fails while open) is retried with :class:`Backoff`.
+    Counters: ``discarded_frames`` (foreign / late frames dropped),
+    ``flushed_bytes`` (stale input flushed before a request).
+    """
+
+    def __init__(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: float = 1, bytesize: int = 8,
+                 timeout_s: float = 0.5, *, backoff: Backoff | None = None) -> None:
+        parity = str(parity).upper()
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"serial port {port}: parity {parity!r} must be N, E or O")
+        if stopbits not in (1, 1.5, 2) or bytesize not in (7, 8) or baudrate <= 0:
+            raise ValueError(f"serial port {port}: unsupported settings {baudrate} {bytesize}{parity}{stopbits}")
+        self.port, self.baudrate, self.parity, self.stopbits, self.bytesize = port, baudrate, parity, stopbits, bytesize
+        self.timeout_s = timeout_s
+        self.name = port
+        self.char_time_s = (1 + bytesize + (0 if parity == "N" else 1) + stopbits) / baudrate
+        self.t35_s = silent_interval_s(baudrate, bytesize, parity, stopbits)
+        self.backoff = backoff or Backoff()
+        self._lock = asyncio.Lock()
+        self._ser: Any = None
+        self._fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buf = bytearray()
+        self._event = asyncio.Event()
+        self._last_line_activity = 0.0  # monotonic time of the last byte seen or sent
+        self._closed = False
+        self.discarded_frames = 0
+        self.flushed_bytes = 0
+        self.requests_sent = 0
+        self.request_starts: list[float] = []  # monotonic start of the last requests (bounded; tests)
+        self.gaps_before_request: list[float] = []  # measured silent gap before each request (bounded)
+        self.opens = 0
+        self.last_error: str | None = None
+
+    @property
+    def settings(self) -> tuple:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    async def open(self) -> None:
+        async with self._lock:
+            try:
+                self._ensure_open()
+            except LinkDown:
+                pass
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise LinkDown(f"{self.name}: link closed")
+        if self._fd is not None:
+            return
+        now = time.monotonic()
+        if not self.backoff.due(now):
+            raise LinkDown(f"comm fault: serial port {self.port} not open ({self.last_error}), "
+                           f"retry in {self.backoff.next_attempt - now:.1f} s")
+        import serial  # pyserial
+
+        try:
+            ser = serial.Serial(self.port, baudrate=self.baudrate, bytesize=self.bytesize, parity=self.parity,
+                                stopbits=self.stopbits, timeout=0, write_timeout=None, exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as e:
+            self.last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            delay = self.backoff.failed()
+            log.warning("modbus rtu %s: cannot open (%s), retry in %.1f s", self.port, self.last_error, delay)
+            raise LinkDown(f"comm fault: cannot open serial port {self.port}: {self.last_error}") from None
+        self._ser = ser
+        self._fd = ser.fileno()
+        os.set_blocking(self._fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._buf.clear()
+        self.backoff.succeeded()
+        self.opens += 1
+        self.last_error = None
+        log.info("modbus rtu %s: open %d %d%s%g", self.port, self.baudrate, self.bytesize, self.parity, self.stopbits)
+
+    def _on_readable(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._fail(f"read error: {e.strerror or e}")
+            return
+        if not data:
+            return
+        self._last_line_activity = time.monotonic()
+        self._buf += data
+        if len(self._buf) > 8192:  # noise flood: keep the tail only
+            del self._buf[:-1024]
+        self._event.set()
+
+    def _fail(self, why: str) -> None:
+        log.warning("modbus rtu %s: %s; closing, will reopen", self.port, why)
+        self.last_error = why
+        self._close_port()
+        self.backoff.failed()
+        self._event.set()
+
+    def _close_port(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            try:
+                self._loop.remove_reader(self._fd)
+            except Exception:  # noqa: BLE001 - loop may be closing
+                pass
+        if self._ser is not None:
+            try:
+                self._ser.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._ser = None
+        self._fd = None
+
+    async def _wait_silent(self) -> None:
+        """Wait until t3.5 has passed since the last byte on the line (bounded by timeout_s)."""
+        limit = time.monotonic() + max(self.timeout_s, 0.1)
+        while True:
+            now = time.monotonic()
+            wait = self._last_line_activity + self.t35_s - now
+            if wait <= 0 or now >= limit:
+                return
+            await asyncio.sleep(wait)
+
+    def _flush_input(self) -> None:
+        fd = self._fd
+        assert fd is not None
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except (termios.error, OSError):
+            pass
+        dropped = len(self._buf)
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            dropped += len(data)
+        if dropped:
+            self.flushed_bytes += dropped
+            log.debug("modbus rtu %s: flushed %d stale bytes", self.port, dropped)
+        self._buf.clear()
+        self._event.clear()
+
+    def _send(self, frame: bytes) -> None:
+        fd = self._fd
+        assert fd is not None
+        view = memoryview(frame)
+        deadline = time.monotonic() + 1.0
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError("serial write blocked")
+                time.sleep(0.0005)
+
+    async def transact(self, unit_id: int, pdu: bytes, reply_len: int) -> bytes:
+        """Send ``pdu`` to ``unit_id``; return the reply frame (without CRC checks left to do).
+
+        reply_len: expected full frame length of a normal reply. Raises
+        LinkTimeout, LinkDown or ModbusExceptionReply.
+        """
+        async with self._lock:
+            self._ensure_open()
+            await self._wait_silent()
+            if self._fd is None:
+                raise LinkDown(f"comm fault: serial port {self.port} closed")
+            self._flush_input()
+            frame = with_crc(bytes([unit_id]) + pdu)
+            start = time.monotonic()
+            self.gaps_before_request.append(start - self._last_line_activity)
+            self.request_starts.append(start)
+            del self.gaps_before_request[:-64], self.request_starts[:-64]
+            try:
+                self._send(frame)
+            except OSError as e:
+                self._fail(f"write error: {e.strerror or e}")
+                raise LinkDown(f"comm fault: serial port {self.port} write failed") from None
+            self.requests_sent += 1
+            tx_end = start + len(frame) * self.char_time_s
+            self._last_line_activity = tx_end
+            deadline = tx_end + self.timeout_s
+            function = pdu[0]
+            while True:
+                reply, consumed, foreign = scan_rtu_reply(self._buf, unit_id, function, reply_len)
+                if foreign:
+                    self.discarded_frames += len(foreign)
+                    for f in foreign:
+                        log.debug("modbus rtu %s: discarded frame %s while polling unit %d", self.port, f.hex(" "),
+                                  unit_id)
+                if reply is not None:
+                    del self._buf[:consumed]
+                    if reply[1] & 0x80:
+                        raise ModbusExceptionReply(reply[2], function)
+                    return reply
+                if consumed:
+                    del self._buf[:consumed]
+                if self._fd is None:
+                    raise LinkDown(f"comm fault: serial port {self.port} failed ({self.last_error})")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)")
+                self._event.clear()
+                try:
+                    await asyncio.wait_for(self._event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
+        fc = READ_FUNCTION[table]
+        nbytes = (count + 7) // 8 if table in BIT_TABLES else 2 * count
+        frame = await self.transact(unit_id, _rtu_pdu_read(fc, address, count), 5 + nbytes)
+        check_byte_count(table, count, frame[2])
+        data = frame[3:-2]
+        if table in BIT_TABLES:
+            return [(data[i // 8] >> (i % 8)) & 1 for i in range(count)]
+        return list(struct.unpack(f">{count}H", data))
+
+    async def write_coil(self, unit_id: int, address: int, on: bool) -> tuple[int, int]:
+        frame = await self.transact(unit_id, struct.pack(">BHH", 5, address, 0xFF00 if on else 0), 8)
+        return struct.unpack(">HH", frame[2:6])
+
+    async def write_coils(self, unit_id: int, address: int, bits: Sequence[int]) -> tuple[int, int]:
+        n = len(bits)
+        packed = bytearray((n + 7) // 8)
+        for i, b in enumerate(bits):
+            if b:
+                packed[i // 8] |= 1 << (i % 8)
+        pdu = struct.pack(">BHHB", 15, address, n, len(packed)) + bytes(packed)
+        frame = await self.transact(unit_id, pdu, 8)
+        return struct.unpack(">HH", frame[2:6])
+
+    async def write_register(self, unit_id: int, address: int, value: int) -> tuple[int, int]:
+        frame = await self.transact(unit_id, struct.pack(">BHH", 6, address, value), 8)
+        return struct.unpack(">HH", frame[2:6])
+
+    async def write_registers(self, unit_id: int, address: int, values: Sequence[int]) -> tuple[int, int]:
+        vals = list(values)
+        pdu = struct.pack(f">BHHB{len(vals)}H", 16, address, len(vals), 2 * len(vals), *vals)
+        frame = await self.transact(unit_id, pdu, 8)
+        return struct.unpack(">HH", frame[2:6])
+
+    async def close(self) -> None:
+        self._closed = True
+        self._close_port()
+
+
+# --------------------------------------------------------------------------- links registry
+class ModbusLinks:
+    """Owns the shared links: one TcpLink per (host, port), one RtuLink per serial port."""
+
+    def __init__(self) -> None:
+        self._tcp: dict[tuple[str, int], TcpLink] = {}
+        self._rtu: dict[str, RtuLink] = {}
+
+    def tcp(self, host: str, port: int = 502, timeout_s: float = 1.0) -> TcpLink:
+        """The shared link to host:port (created on first use; later timeouts are ignored)."""
+        key = (host, int(port))
+        link = self._tcp.get(key)
+        if link is None:
+            link = self._tcp[key] = TcpLink(host, int(port), timeout_s)
+        return link
+
+    def rtu(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: float = 1, bytesize: int = 8,
+            timeout_s: float = 0.5) -> RtuLink:
+        """The one owner of serial ``port``. Raises ValueError when the port is already
+        configured with other line settings (two devices cannot disagree on one bus)."""
+        key = os.path.realpath(port)
+        link = self._rtu.get(key)
+        want = (baudrate, str(parity).upper(), stopbits, bytesize)
+        if link is None:
+            link = self._rtu[key] = RtuLink(port, baudrate, parity, stopbits, bytesize, timeout_s)
+        elif link.settings != want:
+            b, p, s, n = link.settings
+            raise ValueError(f"serial port {port} is already used at {b} {n}{p}{s:g}; "
+                             f"cannot also use it at {baudrate} {bytesize}{str(parity).upper()}{stopbits:g}")
+        return link
+
+    @property
+    def links(self) -> list[_Link]:
+        return [*self._tcp.values(), *self._rtu.values()]
+
+    async def close_all(self) -> None:
+        for link in self.links:
+            await link.close()
+        self._tcp.clear()
+        self._rtu.clear()
+
+
+# --------------------------------------------------------------------------- device
+@dataclass
+class _UnitState:
+    failures: int = 0
+    offline: bool = False
+    next_try: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class _FaultState:
+    reason: str
+    next_try: float
+
+
+class ModbusDevice(Device):
+    """One configured Modbus device (one or more unit ids behind one link).
+
+    name: device name (in every message). link: a TcpLink or RtuLink from
+    :class:`ModbusLinks`. unit_id: the device's default unit id (points
+    carry their own). points: the tags. protocol: "modbus_tcp" | "modbus_rtu".
+    max_registers_per_read / max_bits_per_read: per-device request limits
+    (clamped to 125 / 2000). offline_after: consecutive failed cycles
+    (timeout, exception 0A/0B, link down) before a unit goes to the slow
+    schedule of slow_poll_s (C09); a link that is down (TCP reconnect backoff,
+    serial port missing) fails fast and does not count. max_gap: registers bridged between points
+    (0: never read unmapped addresses). retries: immediate retries after a
+    timeout. busy_retries / busy_backoff_s: retries of exception 05/06 (C07).
+    config_fault_retry_s: retry period of a point that answered 01/02/03.
+    write_attempts: bounded attempts of a write whose echo / read-back fails
+    or that timed out (C04).
+    Raises ValueError (one line: device, tag, why) for an inconsistent config.
+    """
+
+    def __init__(self, name: str, link: _Link, unit_id: int, points: list[ModbusPoint], protocol: str,
+                 max_registers_per_read: int = 125, max_bits_per_read: int = 2000, offline_after: int = 3,
+                 slow_poll_s: float = 30.0, *, max_gap: int = 0, retries: int = 1, busy_retries: int = 3,
+                 busy_backoff_s: float = 0.05, config_fault_retry_s: float = 60.0, write_attempts: int = 2) -> None:
+        if protocol not in ("modbus_tcp", "modbus_rtu"):
+            raise ValueError(f"{name}: protocol {protocol!r} must be modbus_tcp or modbus_rtu")
+        if max_registers_per_read < 1 or max_bits_per_read < 1 or offline_after < 1:
+            raise ValueError(f"{name}: read limits and offline_after must be >= 1")
+        self.name = name
+        self.protocol = protocol
+        self.link = link
+        self.unit_id = unit_id
+        self.offline_after = offline_after
+        self.slow_poll_s = slow_poll_s
+        self.retries = retries
+        self.busy_retries = busy_retries
+        self.busy_backoff_s = busy_backoff_s
+        self.config_fault_retry_s = config_fault_retry_s
+        self.write_attempts = max(1, write_attempts)
+        self.points: dict[str, ModbusPoint] = {}
+        for p in points:
+            if p.tag in self.points:
+                raise ValueError(f"{name}: tag {p.tag!r} defined twice")
+            _validate_point(name, p, protocol)
+            self.points[p.tag] = p
+        spans: list[Span] = []
+        for p in self.points.values():
+            spans.append(Span(p.tag, p.unit_id, p.table, p.address, p.count))
+            if p.scale_factor_address is not None:
+                spans.append(Span(("sf", p.tag), p.unit_id, p.table, p.scale_factor_address, 1))
+        try:
+            self.planner = ReadPlanner(spans, max_registers_per_read, max_bits_per_read, max_gap)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        self._units: dict[int, _UnitState] = {}
+        self._faults: dict[tuple, _FaultState] = {}  # (unit, table, address, count) -> config fault
+        self._closed = False
+        self.last_requests: list[str] = []  # protocol requests of the last read (diagnostics / probe)
+
+    # -- Device interface ------------------------------------------------------------------
+    @property
+    def tags(self) -> list[str]:
+        return list(self.points)
+
+    async def start(self) -> None:
+        await self.link.open()
+
+    async def close(self) -> None:
+        self._closed = True  # links are shared; ModbusLinks.close_all() closes them
+
+    def unit_offline(self, unit_id: int | None = None) -> bool:
+        """True while the unit is on the slow schedule (communication fault)."""
+        st = self._units.get(self.unit_id if unit_id is None else unit_id)
+        return bool(st and st.offline)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _unit(self, unit_id: int) -> _UnitState:
+        return self._units.setdefault(unit_id, _UnitState())
+
+    def _unit_failed(self, unit_id: int, reason: str, now: float) -> None:
+        st = self._unit(unit_id)
+        st.failures += 1
+        st.reason = reason
+        if st.failures >= self.offline_after:
+            if not st.offline:
+                log.warning("%s: unit %d offline after %d consecutive failures (%s); polling every %g s",
+                            self.name, unit_id, st.failures, reason, self.slow_poll_s)
+            st.offline = True
+            st.next_try = now + self.slow_poll_s
+
+    def _unit_ok(self, unit_id: int) -> None:
+        st = self._unit(unit_id)
+        if st.offline:
+            log.info("%s: unit %d back online", self.name, unit_id)
+        st.failures, st.offline, st.reason = 0, False, ""
+
+    async def _read_block(self, block: Block, attempts_timeout: int) -> list[int]:
+        busy = 0
+        timeouts = 0
+        while True:
+            try:
+                self.last_requests.append(str(block))
+                return await self.link.read(block.unit_id, block.table, block.address, block.count)
+            except ModbusExceptionReply as e:
+                if e.code in BUSY_CODES and busy < self.busy_retries:
+                    busy += 1
+                    await asyncio.sleep(self.busy_backoff_s * (2 ** (busy - 1)))
+                    continue
+                raise
+            except LinkTimeout:
+                if timeouts < attempts_timeout:
+                    timeouts += 1
+                    continue
+                raise
+
+    async def read(self) -> list[Reading]:
+        """Read every point once; one Reading per tag in config order. Never raises for a device fault."""
+        now = time.monotonic()
+        self.last_requests = []
+        data: dict[Any, tuple[list[int], Block]] = {}  # span key -> (entries, block)
+        errors: dict[Any, str] = {}
+        failed_units: dict[int, str] = {}  # timeout / 0A / 0B this cycle: counts towards offline
+        down_units: dict[int, str] = {}
+        ok_units: set[int] = set()
+        queue = list(self.planner.blocks)
+        while queue:
+            block = queue.pop(0)
+            st = self._unit(block.unit_id)
+            if block.unit_id in failed_units or block.unit_id in down_units:
+                why = failed_units.get(block.unit_id) or down_units[block.unit_id]
+                self._set_error(block, errors, f"comm fault: unit {block.unit_id} ({why})")
+                continue
+            if st.offline and now < st.next_try:
+                self._set_error(block, errors, f"comm fault: unit {block.unit_id} offline ({st.reason}), "
+                                               f"retry in {st.next_try - now:.0f} s")
+                continue
+            fkey = (block.unit_id, block.table, block.address, block.count)
+            fault = self._faults.get(fkey)
+            if fault and now < fault.next_try:
+                self._set_error(block, errors, fault.reason)
+                continue
+            try:
+                entries = await self._read_block(block, 0 if st.offline else self.retries)
+            except ModbusExceptionReply as e:
+                reason = exception_reason(e.code)
+                ok_units.add(block.unit_id)  # the unit answered
+                if e.code == 0x02:
+                    new = self.planner.split(block)
+                    if new:
+                        log.info("%s: %s answered %s; split into %s", self.name, block, reason,
+                                 ", ".join(map(str, new)))
+                        queue[0:0] = new
+                        continue
+                if e.code in CONFIG_FAULT_CODES:
+                    if fkey not in self._faults:
+                        log.warning("%s: %s (%s) answered %s; check the configuration; retrying every %g s",
+                                    self.name, block, ", ".join(str(s.key) for s in block.spans), reason,
+                                    self.config_fault_retry_s)
+                    self._faults[fkey] = _FaultState(reason, now + self.config_fault_retry_s)
+                elif e.code in GATEWAY_CODES:
+                    ok_units.discard(block.unit_id)
+                    failed_units[block.unit_id] = reason
+                self._set_error(block, errors, reason)
+                continue
+            except LinkTimeout as e:
+                failed_units[block.unit_id] = "timeout"
+                self._set_error(block, errors, str(e).split(" (")[0])
+                continue
+            except LinkDown as e:
+                # the link itself is down and backing off (fails fast): not a silent unit, no slow schedule
+                down_units[block.unit_id] = "link down"
+                self._set_error(block, errors, str(e) if str(e).startswith("comm fault") else f"comm fault: {e}")
+                continue
+            except MalformedReply as e:
+                self._set_error(block, errors, f"malformed reply: {e}")
+                continue
+            ok_units.add(block.unit_id)
+            self._faults.pop(fkey, None)
+            for span in block.spans:
+                data[span.key] = (block.slice(entries, span), block)
+        for u, reason in failed_units.items():
+            self._unit_failed(u, reason, now)
+        for u in ok_units - set(failed_units):
+            self._unit_ok(u)
+        ts = time.time()
+        return [self._make_reading(p, data, errors, ts) for p in self.points.values()]
+
+    @staticmethod
+    def _set_error(block: Block, errors: dict[Any, str], reason: str) -> None:
+        for span in block.spans:
+            errors[span.key] = reason
+
+    def _make_reading(self, p: ModbusPoint, data: dict, errors: dict, ts: float) -> Reading:
+        if p.tag not in data:
+            return Reading.bad(p.tag, p.unit, errors.get(p.tag, "comm fault"), ts)
+        regs, _ = data[p.tag]
+        sf = None
+        if p.scale_factor_address is not None:
+            if ("sf", p.tag) not in data:
+                return Reading.bad(p.tag, p.unit, "scale factor: " + errors.get(("sf", p.tag), "comm fault"), ts,
+                                   raw=regs)
+            sf = decode(data[("sf", p.tag)][0], "int16")
+        try:
+            value = decode_value(regs, p, sf)
+        except CodecError as e:
+            return Reading.bad(p.tag, p.unit, str(e), ts, raw=regs)
+        except ValueError as e:  # wrong length etc.: never a value
+            return Reading.bad(p.tag, p.unit, f"decode error: {e}", ts, raw=regs)
+        return Reading(tag=p.tag, value=value, unit=p.unit, quality=Quality.GOOD, ts=ts, raw=regs)
+
+    # -- writing ---------------------------------------------------------------------------
+    def _werr(self, p: ModbusPoint, why: str) -> WriteError:
+        return WriteError(f"{self.name}: write {p.tag} (unit {p.unit_id} {p.table} {p.address}): {why}")
+
+    async def write(self, tag: str, value: Any) -> Reading:
+        """Write ``value`` (engineering units) to ``tag``, check the echo, read back, compare.
+
+        Coil: FC5 (FC15 for a bool array). Holding register: FC6 for one
+        register, FC16 for several or when write_single_as_fc16. The echo must
+        repeat address and value (FC5/FC6) or address and quantity (FC15/FC16);
+        the read-back must return exactly the written registers / bits.
+        Timeouts, busy and echo / read-back mismatches are retried up to
+        ``write_attempts`` times; exceptions 01/02/03 are not retried.
+        Returns the read-back Reading. Raises WriteError (one line: device,
+        tag, unit, table, address, why) on any failure - never swallowed.
+        """
+        p = self.points.get(tag)
+        if p is None:
+            raise WriteError(f"{self.name}: no tag {tag!r}")
+        if not p.writable:
+            raise self._werr(p, "point is not writable")
+        if p.dtype == "bit":
+            raise self._werr(p, "bit-in-register outputs are not supported; map the output to a coil or register")
+        try:
+            regs = encode_value(value, p)
+        except ValueError as e:
+            raise self._werr(p, f"value {value!r}: {e}") from None
+        last = "no attempt"
+        for attempt in range(self.write_attempts):
+            try:
+                echo, expect = await self._send_write(p, regs)
+            except ModbusExceptionReply as e:
+                last = exception_reason(e.code)
+                if e.code in BUSY_CODES:
+                    await asyncio.sleep(self.busy_backoff_s)
+                    continue
+                raise self._werr(p, last) from None
+            except ModbusLinkError as e:
+                last = str(e)
+                continue
+            if tuple(echo) != tuple(expect):
+                last = f"echo mismatch: sent {_fmt(expect)}, device answered {_fmt(echo)}"
+                log.warning("%s", self._werr(p, last))
+                continue
+            try:
+                back = await self.link.read(p.unit_id, p.table, p.address, p.count)
+            except ModbusExceptionReply as e:
+                last = f"read-back failed: {exception_reason(e.code)}"
+                continue
+            except ModbusLinkError as e:
+                last = f"read-back failed: {e}"
+                continue
+            if list(back) != list(regs):
+                last = f"read-back mismatch: wrote {_fmt(regs)}, read {_fmt(back)}"
+                log.warning("%s", self._werr(p, last))
+                continue
+            try:
+                v = decode_value(back, p)
+            except (CodecError, ValueError) as e:
+                return Reading.bad(p.tag, p.unit, str(e), raw=back)
+            return Reading(tag=p.tag, value=v, unit=p.unit, quality=Quality.GOOD, ts=time.time(), raw=back)
+        raise self._werr(p, f"{last} (after {self.write_attempts} attempts)")
+
+    async def _send_write(self, p: ModbusPoint, regs: list[int]) -> tuple[tuple, tuple]:
+        """Send the write; return (echo, expected echo)."""
+        if p.table == "coil":
+            if len(regs) == 1:
+                echo = await self.link.write_coil(p.unit_id, p.address, bool(regs[0]))
+                return echo, (p.address, 0xFF00 if regs[0] else 0x0000)
+            echo = await self.link.write_coils(p.unit_id, p.address, regs)
+            return echo, (p.address, len(regs))
+        if len(regs) == 1 and not p.write_single_as_fc16:
+            echo = await self.link.write_register(p.unit_id, p.address, regs[0])
+            return echo, (p.address, regs[0])
+        echo = await self.link.write_registers(p.unit_id, p.address, regs)
+        return echo, (p.address, len(regs))
+
+
+def _fmt(vals: Iterable[int]) -> str:
+    return " ".join(f"{v:04X}" for v in vals)
