@@ -1,0 +1,849 @@
+"""OPC UA client driver (asyncua): subscriptions, status -> quality, watchdog, reconnect.
+
+One :class:`OpcUaDevice` is one OPC UA server endpoint (a PLC, a DCS gateway or
+an analyser). Each configured :class:`OpcUaPoint` is one tag bound to one
+Variable node. The driver
+
+* resolves ``nsu=<uri>`` node ids to namespace indexes on every connect
+  (OPC UA Part 6 5.3.1.10: indexes are only valid for one session);
+* creates one subscription per session with exactly one monitored item per
+  subscribed tag (Part 4 5.12/5.13), asks for both timestamps, and applies an
+  absolute deadband filter (Part 4 7.22.2) when the point has one;
+* maps every StatusCode to a quality by its severity bits (Part 4 7.34.1:
+  00 good, 01 uncertain, 10 bad, 11 reserved -> bad); a bad value is dropped
+  (C13);
+* stamps each reading with the source timestamp, else the server timestamp,
+  else the local receive time, and records which (C13, Part 4 7.11);
+* detects "connected but silent" servers with a watchdog read of
+  ServerStatus/CurrentTime (ns=0;i=2258) and a subscription keep-alive check
+  (Part 4 5.13.1.1); on any session or subscription failure drops the whole
+  client and reconnects with exponential backoff, building a new session and a
+  new subscription (C12). During the gap every tag reads BAD "comm fault".
+
+Sample config (gateway.yaml, keys as in gateway/config.py)::
+
+    devices:
+      - name: plant-opcua
+        protocol: opcua
+        endpoint: opc.tcp://10.0.0.5:4840/hazard/
+        timeout_ms: 2000
+        publishing_interval_ms: 250
+        tags:
+          - {name: AT301_H2S, node_id: "nsu=urn:hazard-gateway:hil:plant;s=GasDetector.AT301.H2S",
+             unit: mg/m3, deadband: 0.1}
+          - {name: XV100_TRIP, node_id: "ns=2;s=ESD.XV100.TripCommand", writable: true, subscribe: false}
+
+Emits one Reading per tag per read(): value, quality good/uncertain/bad with
+reason ("status BadSensorFailure", "comm fault", ...), ts and ts_source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.ua import status_codes
+
+from drivers.base import Device
+from gateway.model import Quality, Reading, TimeSource, WriteError
+
+_log = logging.getLogger(__name__)
+
+SERVER_CURRENT_TIME = ua.NodeId(2258, 0)  # Server/ServerStatus/CurrentTime (Part 5 12.10)
+COMM_FAULT = "comm fault"
+
+# OPC UA DateTime values at or before 1601-01-01 mean "no timestamp" (Part 6 5.2.2.5)
+_MIN_TS = datetime(1601, 1, 2, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- node ids
+
+@dataclass(frozen=True)
+class ParsedNodeId:
+    """A node id string split into its parts (Part 6 5.3.1.10 string form).
+
+    ns: namespace index, or None when given as ``nsu=``; nsu: namespace URI or None;
+    kind: "i" numeric, "s" string, "g" GUID, "b" opaque (base64); identifier: the
+    typed identifier (int, str, uuid.UUID or bytes).
+    """
+
+    ns: int | None
+    nsu: str | None
+    kind: str
+    identifier: int | str | uuid.UUID | bytes
+
+    def resolve(self, namespace_array: list[str]) -> ua.NodeId:
+        """The ua.NodeId for a session whose NamespaceArray is ``namespace_array``.
+
+        Raises LookupError when the ``nsu`` URI is not on the server.
+        """
+        ns = self.ns
+        if ns is None:
+            try:
+                ns = namespace_array.index(self.nsu)
+            except ValueError:
+                raise LookupError(f"namespace {self.nsu} not on server") from None
+        kind = {"i": ua.NodeIdType.Numeric, "s": ua.NodeIdType.String,
+                "g": ua.NodeIdType.Guid, "b": ua.NodeIdType.ByteString}[self.kind]
+        if kind is ua.NodeIdType.Numeric:
+            return ua.NodeId(self.identifier, ns)  # asyncua picks the two/four-byte encoding
+        return ua.NodeId(self.identifier, ns, kind)
+
+
+def parse_node_id(text: str) -> ParsedNodeId:
+    """Parse ``[ns=<n>;|nsu=<uri>;](i|s|g|b)=<id>`` (Part 6 5.3.1.10).
+
+    No namespace prefix means ns=0. Raises ValueError (one line) on whitespace
+    anywhere in the node id, an unknown identifier type, a non-numeric ``i=`` /
+    ``ns=``, a malformed GUID or base64 opaque id.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"node id {text!r}: empty")
+    if any(ch.isspace() for ch in text):
+        raise ValueError(f"node id {text!r}: contains whitespace")
+    ns: int | None = 0
+    nsu: str | None = None
+    rest = text
+    if text.startswith("ns=") or text.startswith("nsu="):
+        head, sep, rest = text.partition(";")
+        if not sep:
+            raise ValueError(f"node id {text!r}: expected ';' after the namespace")
+        key, _, val = head.partition("=")
+        if key == "ns":
+            if not val.isdigit() or int(val) > 65535:
+                raise ValueError(f"node id {text!r}: namespace index {val!r} is not 0..65535")
+            ns = int(val)
+        else:
+            if not val:
+                raise ValueError(f"node id {text!r}: empty namespace URI")
+            ns, nsu = None, val
+    kind, sep, ident = rest.partition("=")
+    if not sep or kind not in ("i", "s", "g", "b") or not ident:
+        raise ValueError(f"node id {text!r}: expected i=, s=, g= or b= identifier")
+    value: int | str | uuid.UUID | bytes
+    if kind == "i":
+        if not ident.isdigit() or int(ident) > 0xFFFFFFFF:
+            raise ValueError(f"node id {text!r}: numeric identifier {ident!r} is not 0..4294967295")
+        value = int(ident)
+    elif kind == "g":
+        try:
+            value = uuid.UUID(ident)
+        except ValueError:
+            raise ValueError(f"node id {text!r}: {ident!r} is not a GUID") from None
+    elif kind == "b":
+        try:
+            value = base64.b64decode(ident, validate=True)
+        except ValueError:
+            raise ValueError(f"node id {text!r}: {ident!r} is not base64") from None
+    else:
+        value = ident
+    return ParsedNodeId(ns=ns, nsu=nsu, kind=kind, identifier=value)
+
+
+@dataclass(frozen=True)
+class OpcUaPoint:
+    """One tag on an OPC UA server.
+
+    tag: tag name. node_id: ``ns=2;s=...``, ``ns=2;i=...``, ``nsu=<uri>;s=...``
+    (i=/s=/g=/b= identifiers; Part 6 5.3.1.10); whitespace -> ValueError.
+    unit: engineering unit. writable: the gateway may write it (output point).
+    subscribe: deliver by subscription (else a direct Read each poll).
+    deadband: absolute deadband in engineering units for the monitored item
+    (Part 4 7.22.2), 0 = every change.
+    """
+
+    tag: str
+    node_id: str
+    unit: str = ""
+    writable: bool = False
+    subscribe: bool = True
+    deadband: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            raise ValueError(f"OPC UA point {self.node_id!r}: empty tag name")
+        try:
+            parse_node_id(self.node_id)
+        except ValueError as exc:
+            raise ValueError(f"tag {self.tag}: {exc}") from None
+        if not (isinstance(self.deadband, (int, float)) and math.isfinite(self.deadband) and self.deadband >= 0):
+            raise ValueError(f"tag {self.tag}: deadband {self.deadband!r} must be a finite number >= 0")
+
+    @property
+    def parsed(self) -> ParsedNodeId:
+        return parse_node_id(self.node_id)
+
+
+# --------------------------------------------------------------------------- status / values
+
+def status_name(code: int) -> str:
+    """Symbolic name of a StatusCode (info bits ignored), else its hex form (Part 4 7.34)."""
+    code &= 0xFFFFFFFF
+    for candidate in (code, code & 0xFFFF0000):
+        if candidate in status_codes.code_to_name_doc:
+            return status_codes.code_to_name_doc[candidate][0]
+    return f"0x{code:08X}"
+
+
+def quality_of(code: int) -> Quality:
+    """Quality from the StatusCode severity bits 31..30 (Part 4 7.34.1).
+
+    00 -> GOOD, 01 -> UNCERTAIN, 10 -> BAD, 11 (reserved) -> BAD.
+    """
+    severity = (code >> 30) & 0b11
+    if severity == 0:
+        return Quality.GOOD
+    if severity == 1:
+        return Quality.UNCERTAIN
+    return Quality.BAD
+
+
+def _epoch(ts: datetime | None) -> float | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    if ts < _MIN_TS:
+        return None
+    return ts.timestamp()
+
+
+def _plain(value: Any) -> Any:
+    """A decoded Variant value as a Reading value (number, bool, str or list)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, datetime):
+        return _epoch(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def reading_from_datavalue(point: OpcUaPoint, dv: ua.DataValue, received_at: float | None = None,
+                           received_mono: float | None = None) -> Reading:
+    """Map one DataValue to a Reading (C13).
+
+    Quality from the status severity (:func:`quality_of`); a BAD reading never
+    carries a value (a server that still sends one is ignored). UNCERTAIN keeps
+    the value. A missing value, or NaN/infinity, under a good/uncertain status
+    is BAD ("no value" / "nan"). Time: SourceTimestamp, else ServerTimestamp,
+    else ``received_at`` (UTC epoch s, default now), with Reading.ts_source.
+    """
+    now = time.time() if received_at is None else received_at
+    mono = time.monotonic() if received_mono is None else received_mono
+    code = dv.StatusCode.value if dv.StatusCode is not None else 0
+    src, srv = _epoch(dv.SourceTimestamp), _epoch(dv.ServerTimestamp)
+    if src is not None:
+        ts, ts_source = src, TimeSource.SOURCE
+    elif srv is not None:
+        ts, ts_source = srv, TimeSource.SERVER
+    else:
+        ts, ts_source = now, TimeSource.LOCAL
+    quality = quality_of(code)
+    name = status_name(code)
+    raw = {"status": code, "status_name": name}
+    value = _plain(dv.Value.Value) if dv.Value is not None else None
+    reason: str | None = None
+    if quality is Quality.BAD:
+        value, reason = None, f"status {name}"
+    elif value is None:
+        quality, reason = Quality.BAD, f"status {name}, no value"
+    elif isinstance(value, float) and not math.isfinite(value):
+        quality, value, reason = Quality.BAD, None, "nan"
+    elif quality is Quality.UNCERTAIN:
+        reason = f"status {name}"
+    return Reading(tag=point.tag, value=value, unit=point.unit, quality=quality, ts=ts, reason=reason,
+                   ts_source=ts_source, mono=mono, raw=raw)
+
+
+_INT_RANGES = {
+    ua.VariantType.SByte: (-2**7, 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-2**15, 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-2**31, 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-2**63, 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+
+
+def coerce_for_variant(value: Any, vtype: ua.VariantType) -> Any:
+    """Convert an engineering value to the Python value for a Variant of ``vtype``.
+
+    Raises ValueError (one line) when it does not fit: a fraction or
+    out-of-range number for an integer type, a non-0/1 number for Boolean,
+    NaN/infinity, or an unsupported type (Part 6 5.1.2 built-in types).
+    """
+    if vtype == ua.VariantType.Boolean:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{value!r} is not a Boolean (true/false/0/1)")
+    if vtype in _INT_RANGES:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, float):
+            if not math.isfinite(value) or value != int(value):
+                raise ValueError(f"{value!r} is not an integer for {vtype.name}")
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"{value!r} is not an integer for {vtype.name}")
+        lo, hi = _INT_RANGES[vtype]
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} outside {vtype.name} range {lo}..{hi}")
+        return value
+    if vtype in (ua.VariantType.Float, ua.VariantType.Double):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} is not a number for {vtype.name}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
+        if vtype == ua.VariantType.Float and abs(value) > 3.4028234663852886e38:
+            raise ValueError(f"{value} outside Float range")
+        return value
+    if vtype == ua.VariantType.String:
+        return str(value)
+    raise ValueError(f"writing {vtype.name} nodes is not supported")
+
+
+def _same(written: Any, readback: Any, vtype: ua.VariantType) -> bool:
+    if vtype == ua.VariantType.Float and isinstance(readback, float):
+        return struct.unpack("<f", struct.pack("<f", written))[0] == readback
+    if isinstance(written, bool) or isinstance(readback, bool):
+        return type(written) is type(readback) and written == readback
+    return written == readback
+
+
+# --------------------------------------------------------------------------- security
+
+_POLICIES = {"Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss", "Aes128_Sha256_RsaOaep",
+             "Aes256_Sha256_RsaPss"}
+_MODES = {"Sign", "SignAndEncrypt"}
+_SECURITY_KEYS = {"policy", "mode", "cert", "key", "server_cert", "username", "password_file"}
+
+
+def _check_security(device: str, security: dict | None) -> dict | None:
+    """Validate the ``security`` dict; raise ValueError with one line naming the device."""
+    if security is None:
+        return None
+    if not isinstance(security, dict):
+        raise ValueError(f"device {device}: security must be a mapping")
+    unknown = set(security) - _SECURITY_KEYS
+    if unknown:
+        raise ValueError(f"device {device}: unknown security key(s) {sorted(unknown)}; "
+                         f"allowed {sorted(_SECURITY_KEYS)}")
+    sec = dict(security)
+    if "policy" in sec or "mode" in sec:
+        if sec.get("policy") not in _POLICIES:
+            raise ValueError(f"device {device}: security policy {sec.get('policy')!r} not one of "
+                             f"Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss")
+        sec["policy"] = sec["policy"].replace("_", "")
+        if sec.get("mode") not in _MODES:
+            raise ValueError(f"device {device}: security mode {sec.get('mode')!r} not Sign or SignAndEncrypt")
+        for key in ("cert", "key"):
+            if not sec.get(key):
+                raise ValueError(f"device {device}: security {key} (file path) is required with a policy")
+        for key in ("cert", "key", "server_cert"):
+            if sec.get(key) and not Path(sec[key]).is_file():
+                raise ValueError(f"device {device}: security {key} file {sec[key]} not found")
+    if ("username" in sec) != ("password_file" in sec):
+        raise ValueError(f"device {device}: security needs both username and password_file")
+    if "password_file" in sec and not Path(sec["password_file"]).is_file():
+        raise ValueError(f"device {device}: password_file {sec['password_file']} not found")
+    return sec
+
+
+# --------------------------------------------------------------------------- the device
+
+class _SubHandler:
+    """asyncua subscription callbacks bound to one session generation."""
+
+    def __init__(self, device: "OpcUaDevice", generation: int) -> None:
+        self.device = device
+        self.generation = generation
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.device._on_datachange(self.generation, data.monitored_item)
+
+    def status_change_notification(self, status: Any) -> None:
+        code = getattr(getattr(status, "Status", None), "value", 0)
+        self.device._on_sub_status(self.generation, code)
+
+    def event_notification(self, event: Any) -> None:  # pragma: no cover - no event items
+        pass
+
+
+@dataclass
+class _Cached:
+    dv: ua.DataValue
+    received_at: float
+    received_mono: float
+
+
+class OpcUaDevice(Device):
+    """An OPC UA server as a gateway device (asyncua client, Part 4 services).
+
+    name: device name (in every log line and error). endpoint:
+    ``opc.tcp://host:port/path``. points: the OpcUaPoint list (unique tags).
+    timeout_s: per-request timeout. publishing_interval_ms: subscription
+    publishing interval. watchdog_s: period of the ServerStatus/CurrentTime
+    (ns=0;i=2258) watchdog read; a subscription that sent no publish response
+    (data or keep-alive) for about 2 x watchdog_s also counts as failed.
+    security: None (SecurityPolicy None, anonymous) or a dict with policy
+    (Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss), mode (Sign |
+    SignAndEncrypt), cert, key, server_cert (file paths) and/or username +
+    password_file. backoff_initial_s / backoff_max_s: reconnect backoff
+    (doubling). Raises ValueError (one line) on a bad configuration.
+    """
+
+    protocol = "opcua"
+
+    def __init__(self, name: str, endpoint: str, points: list[OpcUaPoint], timeout_s: float = 2.0,
+                 publishing_interval_ms: float = 250, watchdog_s: float = 5.0, security: dict | None = None,
+                 *, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+        self.name = name
+        if not isinstance(endpoint, str) or not endpoint.startswith("opc.tcp://"):
+            raise ValueError(f"device {name}: endpoint {endpoint!r} must start with opc.tcp://")
+        if not points:
+            raise ValueError(f"device {name}: no points")
+        seen: set[str] = set()
+        for p in points:
+            if p.tag in seen:
+                raise ValueError(f"device {name}: tag {p.tag} defined twice")
+            seen.add(p.tag)
+        for label, v in (("timeout_s", timeout_s), ("publishing_interval_ms", publishing_interval_ms),
+                         ("watchdog_s", watchdog_s), ("backoff_initial_s", backoff_initial_s),
+                         ("backoff_max_s", backoff_max_s)):
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"device {name}: {label} must be > 0, got {v!r}")
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.publishing_interval_ms = float(publishing_interval_ms)
+        self.watchdog_s = float(watchdog_s)
+        self.backoff_initial_s = float(backoff_initial_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self._security = _check_security(name, security)
+        self._points = {p.tag: p for p in points}
+        self._order = [p.tag for p in points]
+        self._parsed = {p.tag: p.parsed for p in points}
+        self._handle_tag = {i + 1: tag for i, tag in enumerate(self._order)}  # ClientHandle -> tag
+
+        self._client: Client | None = None
+        self._sub: Any = None
+        self._sub_created_mono = 0.0
+        self._node: dict[str, ua.NodeId] = {}
+        self._point_error: dict[str, str] = {}  # tag -> reason (unknown namespace, bad monitored item)
+        self._monitored: set[str] = set()  # tags with a live monitored item this session
+        self._cache: dict[str, _Cached] = {}
+        self._vtype: dict[str, ua.VariantType] = {}
+        self._generation = 0
+        self._connected = False
+        self._closed = False
+        self._wake: asyncio.Event | None = None
+        self._wake_reason = ""
+        self._attempted: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._io_lock: asyncio.Lock | None = None
+        self._last_logged = ""
+        #: diagnostics: sessions established, notifications per tag, last fault (one line)
+        self.sessions = 0
+        self.notifications: dict[str, int] = {t: 0 for t in self._order}
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ Device API
+
+    @property
+    def tags(self) -> list[str]:
+        """Tag names in config order."""
+        return list(self._order)
+
+    @property
+    def connected(self) -> bool:
+        """True while a session with a live subscription is up."""
+        return self._connected
+
+    async def start(self) -> None:
+        """Start the connection supervisor and wait (at most ~3 x timeout_s) for
+        the first connect attempt. Never raises when the server is down."""
+        if self._task is not None:
+            return
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._attempted = asyncio.Event()
+        self._io_lock = asyncio.Lock()
+        self._task = asyncio.create_task(self._supervise(), name=f"opcua:{self.name}")
+        try:
+            await asyncio.wait_for(self._attempted.wait(), timeout=self.timeout_s * 3 + 1)
+        except asyncio.TimeoutError:
+            pass
+
+    async def read(self) -> list[Reading]:
+        """One Reading per point, config order; never raises for a device fault.
+
+        A subscribed point with a cached notification from the live
+        subscription is served from the cache (its own timestamps, so an
+        unchanged value is not re-stamped); other points are read directly
+        (one Read service call, both timestamps). While disconnected every
+        point is BAD "comm fault".
+        """
+        now, mono = time.time(), time.monotonic()
+        if not self._connected or self._client is None:
+            return [Reading.bad(t, self._points[t].unit, COMM_FAULT, ts=now) for t in self._order]
+        out: dict[str, Reading] = {}
+        direct: list[str] = []
+        sub_alive = self._subscription_alive(mono)
+        for tag in self._order:
+            point = self._points[tag]
+            if tag in self._point_error and tag not in self._node:
+                out[tag] = Reading.bad(tag, point.unit, self._point_error[tag], ts=now)
+                continue
+            cached = self._cache.get(tag)
+            if point.subscribe and tag in self._monitored and cached is not None and sub_alive:
+                out[tag] = reading_from_datavalue(point, cached.dv, cached.received_at, cached.received_mono)
+            else:
+                direct.append(tag)
+        if direct:
+            generation = self._generation
+            try:
+                dvs = await self._read_values([self._node[t] for t in direct])
+            except Exception as exc:  # noqa: BLE001 - any transport/service failure is a comm fault
+                self._fault(generation, f"read failed: {_one_line(exc)}")
+                dvs = None
+            recv, rmono = time.time(), time.monotonic()
+            for i, tag in enumerate(direct):
+                point = self._points[tag]
+                if dvs is None:
+                    out[tag] = Reading.bad(tag, point.unit, COMM_FAULT, ts=recv)
+                else:
+                    out[tag] = reading_from_datavalue(point, dvs[i], recv, rmono)
+        return [out[t] for t in self._order]
+
+    async def write(self, tag: str, value: Any) -> Reading:
+        """Write ``value`` to the node of output point ``tag`` and read it back.
+
+        The Variant type is the node's DataType (built-in types, Part 6 5.1.2),
+        else the type of its current value, so an Int32 node gets an Int32 and
+        not Python's default Int64 (Part 4 5.10.4: servers may reject a type
+        mismatch). Returns the read-back Reading. Raises WriteError (one line:
+        device, tag, node id, why) when the point is unknown / not writable,
+        the device is not connected, the value does not fit the type, the
+        Write status is not Good, or the read-back differs.
+        """
+        point = self._points.get(tag)
+        where = f"{self.name} {tag}"
+        if point is None:
+            raise WriteError(f"{self.name}: no point {tag!r}")
+        where = f"{self.name} {tag} ({point.node_id})"
+        if not point.writable:
+            raise WriteError(f"{where}: point is not writable")
+        if not self._connected or self._client is None or tag not in self._node:
+            raise WriteError(f"{where}: {self._point_error.get(tag, 'not connected (' + COMM_FAULT + ')')}")
+        node_id = self._node[tag]
+        generation = self._generation
+        try:
+            vtype = self._vtype.get(tag) or await self._variant_type(tag, node_id)
+            try:
+                py_value = coerce_for_variant(value, vtype)
+            except ValueError as exc:
+                raise WriteError(f"{where}: {exc}") from None
+            params = ua.WriteParameters()
+            wv = ua.WriteValue()
+            wv.NodeId = node_id
+            wv.AttributeId = ua.AttributeIds.Value
+            wv.Value = ua.DataValue(ua.Variant(py_value, vtype))
+            params.NodesToWrite = [wv]
+            results = await self._request(self._client.uaclient.write(params))
+            code = results[0].value
+            if quality_of(code) is not Quality.GOOD:
+                raise WriteError(f"{where}: write rejected, status {status_name(code)}")
+            dv = (await self._read_values([node_id]))[0]
+        except WriteError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._fault(generation, f"write failed: {_one_line(exc)}")
+            raise WriteError(f"{where}: {COMM_FAULT}: {_one_line(exc)}") from None
+        reading = reading_from_datavalue(point, dv)
+        if reading.quality is Quality.BAD:
+            raise WriteError(f"{where}: read-back {reading.reason}")
+        if not _same(py_value, dv.Value.Value, vtype):
+            raise WriteError(f"{where}: read-back {dv.Value.Value!r} differs from written {py_value!r}")
+        return reading
+
+    async def close(self) -> None:
+        """Stop the supervisor and close the session; idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self._teardown()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _request(self, coro: Any) -> Any:
+        return await asyncio.wait_for(coro, timeout=self.timeout_s)
+
+    async def _read_values(self, node_ids: list[ua.NodeId]) -> list[ua.DataValue]:
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected")
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        for nid in node_ids:
+            rv = ua.ReadValueId()
+            rv.NodeId = nid
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        dvs = await self._request(client.uaclient.read(params))
+        if len(dvs) != len(node_ids):
+            raise ConnectionError(f"Read returned {len(dvs)} results for {len(node_ids)} nodes")
+        return dvs
+
+    async def _variant_type(self, tag: str, node_id: ua.NodeId) -> ua.VariantType:
+        """The Variant type to write: DataType attribute if built-in, else current value's type."""
+        assert self._client is not None
+        dts = await self._request(self._client.uaclient.read_attributes([node_id], ua.AttributeIds.DataType))
+        vtype: ua.VariantType | None = None
+        dt = dts[0].Value.Value if dts and dts[0].Value is not None else None
+        if isinstance(dt, ua.NodeId) and dt.NamespaceIndex == 0 and isinstance(dt.Identifier, int):
+            if 1 <= dt.Identifier <= 25:
+                vtype = ua.VariantType(dt.Identifier)
+            elif dt.Identifier == 29:  # Enumeration -> Int32 on the wire (Part 6 5.2.2.16)
+                vtype = ua.VariantType.Int32
+        if vtype is None:
+            current = (await self._read_values([node_id]))[0]
+            if current.Value is not None and current.Value.VariantType != ua.VariantType.Null:
+                vtype = current.Value.VariantType
+        if vtype is None:
+            raise WriteError(f"{self.name} {tag}: cannot tell the node's data type ({dt})")
+        self._vtype[tag] = vtype
+        return vtype
+
+    def _subscription_alive(self, mono: float) -> bool:
+        sub = self._sub
+        if sub is None:
+            return False
+        last = sub.last_publish_at or self._sub_created_mono
+        return mono - last <= self._stale_after_s()
+
+    def _stale_after_s(self) -> float:
+        # the server sends a keep-alive at least every keepalive_count x interval (~watchdog_s / 2)
+        return max(2.0 * self.watchdog_s, 4.0 * self.publishing_interval_ms / 1000.0)
+
+    def _on_datachange(self, generation: int, item: ua.MonitoredItemNotification) -> None:
+        if generation != self._generation:
+            return  # a late notification from a dead session
+        tag = self._handle_tag.get(item.ClientHandle)
+        if tag is None or item.Value is None:
+            return
+        self._cache[tag] = _Cached(item.Value, time.time(), time.monotonic())
+        self.notifications[tag] += 1
+
+    def _on_sub_status(self, generation: int, code: int) -> None:
+        if quality_of(code) is Quality.BAD:
+            self._fault(generation, f"subscription status {status_name(code)}")
+
+    def _fault(self, generation: int, reason: str) -> None:
+        """Mark the session failed (from a callback, read or write); the supervisor reconnects."""
+        if generation != self._generation or self._wake is None:
+            return
+        self._connected = False
+        self.last_error = reason
+        if not self._wake.is_set():
+            self._wake_reason = reason
+            self._wake.set()
+
+    def _log_fault(self, reason: str, suffix: str = "") -> None:
+        """Log a fault once per distinct reason (no journald flood while a server stays down)."""
+        self.last_error = reason
+        if reason != self._last_logged:
+            _log.warning("OPC UA device %s (%s): %s%s", self.name, self.endpoint, reason, suffix)
+            self._last_logged = reason
+
+    async def _supervise(self) -> None:
+        delay = self.backoff_initial_s
+        assert self._wake is not None and self._attempted is not None
+        while not self._closed:
+            self._wake.clear()
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure means: back off and retry
+                self._log_fault(f"connect failed: {_one_line(exc)}",
+                                f"; retrying with backoff up to {self.backoff_max_s:g} s")
+                await self._teardown()
+                self._attempted.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            self._attempted.set()
+            delay = self.backoff_initial_s
+            if self._last_logged:
+                _log.warning("OPC UA device %s (%s): connected (session %d)", self.name, self.endpoint,
+                             self.sessions)
+            self._last_logged = ""
+            self.last_error = None
+            reason = await self._watch()
+            self._log_fault(reason, "; reconnecting")
+            await self._teardown()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max_s)
+
+    async def _watch(self) -> str:
+        """Return the reason once the session or subscription failed (C12)."""
+        assert self._wake is not None
+        generation = self._generation
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.watchdog_s)
+                return self._wake_reason or "session lost"
+            except asyncio.TimeoutError:
+                pass
+            if generation != self._generation or self._client is None:
+                return "session replaced"
+            try:
+                dv = (await self._read_values([SERVER_CURRENT_TIME]))[0]
+            except Exception as exc:  # noqa: BLE001
+                return f"watchdog read of ServerStatus/CurrentTime (ns=0;i=2258) failed: {_one_line(exc)}"
+            code = dv.StatusCode.value if dv.StatusCode is not None else 0
+            if quality_of(code) is Quality.BAD:
+                return f"watchdog read of ServerStatus/CurrentTime: status {status_name(code)}"
+            if self._monitored and not self._subscription_alive(time.monotonic()):
+                return f"subscription silent for more than {self._stale_after_s():.1f} s"
+
+    async def _connect(self) -> None:
+        """One session: connect, resolve node ids, one subscription, one monitored item per tag."""
+        await self._teardown()
+        client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=self.watchdog_s)
+        client.name = client.description = f"hazard-gateway {self.name}"
+        client.session_timeout = max(30_000, int(self.watchdog_s * 4000))
+        sec = self._security or {}
+        if sec.get("policy"):
+            parts = [sec["policy"], sec["mode"], sec["cert"], sec["key"]]
+            if sec.get("server_cert"):
+                parts.append(sec["server_cert"])
+            await client.set_security_string(",".join(parts))
+        if sec.get("username"):
+            client.set_user(sec["username"])
+            client.set_password(Path(sec["password_file"]).read_text(encoding="utf-8").rstrip("\r\n"))
+        self._generation += 1
+        generation = self._generation
+
+        async def lost(exc: Exception) -> None:
+            self._fault(generation, f"connection lost: {_one_line(exc)}")
+
+        client.connection_lost_callback = lost
+        self._client = client
+        await asyncio.wait_for(client.connect(), timeout=self.timeout_s * 3)
+        ns_array = await self._request(client.get_namespace_array())
+        self._node.clear()
+        self._point_error.clear()
+        self._vtype.clear()
+        for tag in self._order:
+            try:
+                self._node[tag] = self._parsed[tag].resolve(ns_array)
+            except LookupError as exc:
+                self._point_error[tag] = f"node id {self._points[tag].node_id}: {exc}"
+                self._log_fault(f"tag {tag}: {self._point_error[tag]}")
+        sub_tags = [t for t in self._order if self._points[t].subscribe and t in self._node]
+        if sub_tags:
+            await self._subscribe(client, generation, sub_tags)
+        self.sessions += 1
+        self._connected = True
+
+    async def _subscribe(self, client: Client, generation: int, tags: list[str]) -> None:
+        interval = self.publishing_interval_ms
+        keepalive = max(1, math.ceil(self.watchdog_s * 1000.0 / 2.0 / interval))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = interval
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = max(3 * keepalive, math.ceil(60_000 / interval))
+        params.MaxNotificationsPerPublish = 10_000
+        params.PublishingEnabled = True
+        params.Priority = 0
+        sub = await self._request(client.create_subscription(params, _SubHandler(self, generation)))
+        self._sub, self._sub_created_mono = sub, time.monotonic()
+        handles = {tag: h for h, tag in self._handle_tag.items()}
+        requests = []
+        for tag in tags:
+            point = self._points[tag]
+            rv = ua.ReadValueId()
+            rv.NodeId = self._node[tag]
+            rv.AttributeId = ua.AttributeIds.Value
+            mp = ua.MonitoringParameters()
+            mp.ClientHandle = handles[tag]
+            mp.SamplingInterval = interval
+            mp.QueueSize = 1
+            mp.DiscardOldest = True
+            if point.deadband > 0:
+                flt = ua.DataChangeFilter()
+                flt.Trigger = ua.DataChangeTrigger.StatusValue
+                flt.DeadbandType = ua.DeadbandType.Absolute
+                flt.DeadbandValue = float(point.deadband)
+                mp.Filter = flt
+            mir = ua.MonitoredItemCreateRequest()
+            mir.ItemToMonitor = rv
+            mir.MonitoringMode = ua.MonitoringMode.Reporting
+            mir.RequestedParameters = mp
+            requests.append(mir)
+        results = await self._request(sub.create_monitored_items(requests))
+        self._monitored.clear()
+        for tag, res in zip(tags, results):
+            if isinstance(res, ua.StatusCode):  # failed item: fall back to direct reads
+                self._point_error[tag] = f"monitored item status {status_name(res.value)}"
+                self._log_fault(f"tag {tag} ({self._points[tag].node_id}): {self._point_error[tag]}")
+            else:
+                self._monitored.add(tag)
+
+    async def _teardown(self) -> None:
+        """Forget the session: no cached value survives it (the gap reads BAD)."""
+        self._connected = False
+        self._generation += 1
+        self._cache.clear()
+        self._monitored.clear()
+        self._sub = None
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.connection_lost_callback = None
+        try:
+            await asyncio.wait_for(client.disconnect(), timeout=self.timeout_s)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the server may already be gone
+            try:
+                client.disconnect_socket()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def quiet_asyncua_logging(level: int = logging.CRITICAL) -> None:
+    """Raise the asyncua loggers' threshold (call once from the CLI's logging setup).
+
+    asyncua logs a full traceback at ERROR when a server goes away (e.g.
+    "Publish iteration crashed"); this driver already logs each fault as one
+    line naming the device, so the library's own records are noise in journald.
+    """
+    logging.getLogger("asyncua").setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError) and not text:
+        return "timeout"
+    return f"{name}: {text}" if text else name
