@@ -1,0 +1,76 @@
+"""Self-signed TLS certificates for tests, the demo and a first commissioning.
+
+A production receiver uses a certificate from the regulator's PKI; this helper
+only makes a server certificate that a client pins explicitly
+(``ssl.create_default_context(cafile=cert_path)``), e.g. in tests over 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+from pathlib import Path
+from typing import Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def make_self_signed(directory: str | os.PathLike[str],
+                     hostnames: Iterable[str] = ("127.0.0.1", "localhost"),
+                     days: int = 30) -> tuple[Path, Path]:
+    """Write a self-signed ECDSA P-256 server certificate and its key into ``directory``.
+
+    hostnames: DNS names and/or IP literals for the subjectAltName (RFC 5280 s.4.2.1.6;
+    clients match IPs against iPAddress entries, names against dNSName entries,
+    RFC 6125). days: validity from now (backdated 5 minutes for clock skew).
+    Returns (cert_path, key_path): ``server.crt`` (PEM, 0644) and ``server.key``
+    (PKCS#8 PEM, unencrypted, created 0600). Existing files are replaced.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    names = list(hostnames)
+    if not names:
+        raise ValueError("make_self_signed: at least one hostname is needed")
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hazard-gateway test receiver")])
+    now = _dt.datetime.now(_dt.timezone.utc)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = d / "server.crt", d / "server.key"
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    if key_path.exists():
+        key_path.unlink()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
