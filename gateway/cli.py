@@ -1,0 +1,204 @@
+"""The `hazard-gateway` command line.
+
+Exit codes: 0 success; 1 a fault the command found (a bad batch, a sentinel
+value, a device that did not answer); 2 a usage or configuration error
+(FILE:LINE:COL lines on stderr). A mistake a person can make never ends in a
+traceback: it ends in one line naming the file, device or key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _err(msg: str) -> None:
+    print(f"hazard-gateway: {msg}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+
+    cfg = load_config(args.file)
+    for w in cfg.warnings:
+        print(w, file=sys.stderr)
+    m = cfg.model
+    ntags = sum(len(d.tags) for d in m.devices)
+    print(f"{args.file}: ok ({len(m.devices)} devices, {ntags} tags, {len(m.interlocks)} interlocks)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.daemon import run_daemon
+
+    cfg = load_config(args.config)
+    for w in cfg.warnings:
+        print(w, file=sys.stderr)
+    return run_daemon(cfg)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway.signing import keygen
+
+    kid = keygen(args.out)
+    print(kid)
+    return 0
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from gateway import receiver
+
+    if args.action == "export":
+        if not args.store or not args.out:
+            _err("receiver export needs --store PATH --out DIR")
+            return 2
+        n = receiver.export_batches(args.store, args.out)
+        print(f"exported {n} batches to {args.out}")
+        return 0
+    if not (args.listen and args.store and args.trust):
+        _err("receiver needs --listen HOST:PORT --store PATH --trust DIR")
+        return 2
+    return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key) or 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.verify import run_verify
+
+    return run_verify(args.trust, args.files)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from drivers import codec
+
+    try:
+        regs = [int(h, 16) for group in args.hex for h in group.replace(",", " ").split()]
+    except ValueError:
+        _err("registers are hex words, e.g. 4148 0000")
+        return 2
+    if any(not 0 <= r <= 0xFFFF for r in regs):
+        _err("each register is one 16-bit hex word (0000-FFFF)")
+        return 2
+    try:
+        per = codec.register_count(args.type, 1, args.str_len)
+        if per == 0 or len(regs) % per:
+            _err(f"{args.type} takes {per} register(s) per value; {len(regs)} given")
+            return 2
+        scaling = codec.Scaling(scale=args.scale, offset=args.offset)
+        values = []
+        for i in range(0, len(regs), per):
+            raw = codec.decode(regs[i:i + per], args.type, args.order, 1)
+            codec.check_value(raw)
+            values.append(scaling.to_eng(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw)
+    except codec.CodecError as exc:
+        _err(f"{' '.join(f'{r:04X}' for r in regs)} as {args.type} {args.order}: {exc} "
+             "(not a value: a gateway reading would be bad quality)")
+        return 1
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    print(json.dumps(values[0] if len(values) == 1 else values))
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from drivers import codec
+
+    try:
+        vals = [json.loads(v) for v in args.values]
+        scaling = codec.Scaling(scale=args.scale, offset=args.offset)
+        regs: list[int] = []
+        for v in vals:
+            raw = scaling.to_raw(v, args.type) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            regs += codec.encode(raw, args.type, args.order)
+    except (ValueError, codec.CodecError) as exc:
+        _err(str(exc))
+        return 2
+    print(" ".join(f"{r:04X}" for r in regs))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(config=args.config, workdir=args.workdir, json_out=args.json, scenario=args.scenario)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hazard-gateway", description=(
+        "Edge gateway for major-hazard installations. An additional monitoring and protection layer; "
+        "not a safety instrumented system (IEC 61511)."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the daemon")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check", help="validate a config file (FILE:LINE:COL errors, exit 2)")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("demo", help="run the gateway on the built-in simulated tank farm")
+    s.add_argument("--config", default=None, help="gateway config (default: config/demo.yaml)")
+    s.add_argument("--workdir", default=None, help="keep keys, stores and logs here (default: a temporary directory)")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON")
+    s.add_argument("--scenario", default="demo", help="scenario name from hil/scenarios (default: demo)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("keygen", help="make an Ed25519 key pair (private.pem 0600, <kid>.jwk)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("receiver", help="the reference regulator receiver; `receiver export` writes batches out")
+    s.add_argument("action", nargs="?", choices=["export"], help="export accepted batches as <gateway_id>-<seq>.jws")
+    s.add_argument("--listen", help="HOST:PORT")
+    s.add_argument("--store", help="receiver SQLite file")
+    s.add_argument("--trust", help="directory of trusted public keys (*.jwk)")
+    s.add_argument("--cert", help="TLS certificate (PEM); without it, plain HTTP on loopback only")
+    s.add_argument("--key", help="TLS private key (PEM)")
+    s.add_argument("--out", help="with export: output directory")
+    s.set_defaults(func=cmd_receiver)
+
+    s = sub.add_parser("verify", help="verify exported batches offline: signature, sequence, hash chain")
+    s.add_argument("--trust", required=True)
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=cmd_verify)
+
+    for name, func, helptext in (("decode", cmd_decode, "decode registers (hex) to a value"),
+                                 ("encode", cmd_encode, "encode a value to registers (hex)")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--type", required=True, help="bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string")
+        s.add_argument("--order", default="ABCD", help="ABCD, CDAB, BADC, DCBA (or 8-letter forms for 64-bit)")
+        s.add_argument("--scale", type=float, default=1.0)
+        s.add_argument("--offset", type=float, default=0.0)
+        s.add_argument("--str-len", type=int, default=None, help="string length in characters")
+        s.add_argument("hex" if name == "decode" else "values", nargs="+")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gateway.config import ConfigError
+    from gateway.model import DeviceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except DeviceError as exc:
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as exc:
+        # KeyFileError, BatchError and file problems are ValueError/OSError subclasses with one-line messages.
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
