@@ -1,0 +1,79 @@
+"""Major hazard installations (重大危险源): identification, R-value grading and risk colours (GB 18218-2018).
+
+Modules: :mod:`~gateway.hazard.substances` (tables 1-4 as shipped data), :mod:`~gateway.hazard.volume`
+(level -> volume -> tonnes), :mod:`~gateway.hazard.grading` (S, R, alpha, grade, colour map, point codes,
+pure functions) and :mod:`~gateway.hazard.engine` (live per-unit state fed by readings).
+
+:func:`grade_command` is the ``hazard-gateway grade`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from gateway.hazard.engine import HazardEngine, TankSpec, UnitSpec, VesselSpec, unit_from_dict
+from gateway.hazard.grading import ColourMap, Result, alpha, evaluate, grade_of, point_code
+from gateway.hazard.substances import Substance, SubstanceTable, UnknownSubstance, default_table, find
+from gateway.hazard.volume import DensityTable, HorizontalCylinder, Sphere, StrappingTable, VerticalCylinder
+
+
+def _err(msg: str) -> None:
+    print(f"hazard-gateway grade: {msg}", file=sys.stderr)
+
+
+def grade_command(people: int, substances: list[str]) -> int:
+    """``hazard-gateway grade --people N --substance NAME=TONNES [--substance ...]``.
+
+    NAME: Chinese name, English name, alias, CAS number or category code (case-insensitive); TONNES: the
+    quantity q in tonnes. The same substance may repeat (quantities add up). Prints JSON to stdout:
+    S, R, alpha, people_500m, major_hazard, grade (1..4, or null when S < 1), substances (per substance:
+    id, name_zh, name_en, q_t, Q_t, beta, q_over_Q, Q_src, beta_src) and unverified (substances whose Q
+    or beta is not confirmed, see gateway/hazard/data/gb18218_2018.yaml).
+
+    Returns 0, or 2 after one line on stderr for a usage error (unknown name with close matches, bad
+    tonnes, negative people, no substance).
+    """
+    if isinstance(people, bool) or not isinstance(people, int) or people < 0:
+        _err(f"--people must be a whole number >= 0, got {people!r}")
+        return 2
+    if not substances:
+        _err("give at least one --substance NAME=TONNES")
+        return 2
+    pairs: list[tuple[Substance, float]] = []
+    for arg in substances:
+        name, eq, tonnes = arg.rpartition("=")
+        if not eq or not name.strip():
+            _err(f"--substance {arg!r}: expected NAME=TONNES")
+            return 2
+        try:
+            q = float(tonnes)
+        except ValueError:
+            q = math.nan
+        if not math.isfinite(q) or q < 0:
+            _err(f"--substance {arg!r}: TONNES must be a number >= 0")
+            return 2
+        try:
+            pairs.append((find(name.strip()), q))
+        except UnknownSubstance as e:
+            _err(str(e))
+            return 2
+    res = evaluate(people, pairs)
+    subs_out = []
+    for sid, t in res.terms.items():
+        s = next(p[0] for p in pairs if p[0].id == sid)
+        subs_out.append({"id": sid, "name_zh": s.zh, "name_en": s.en, "cas": list(s.cas), "q_t": t["q_t"],
+                         "Q_t": t["Q_t"], "beta": t["beta"], "q_over_Q": round(t["q_over_Q"], 6),
+                         "Q_src": s.Q_src, "beta_src": s.beta_src})
+    out = {"standard": "GB 18218-2018", "people_500m": people, "alpha": res.alpha, "S": round(res.S, 6),
+           "R": round(res.R, 6), "major_hazard": res.major_hazard, "grade": res.grade,
+           "substances": subs_out, "unverified": res.unverified}
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+__all__ = ["ColourMap", "DensityTable", "HazardEngine", "HorizontalCylinder", "Result", "Sphere", "StrappingTable",
+           "Substance", "SubstanceTable", "TankSpec", "UnitSpec", "UnknownSubstance", "VerticalCylinder",
+           "VesselSpec", "alpha", "default_table", "evaluate", "find", "grade_command", "grade_of", "point_code",
+           "unit_from_dict"]
