@@ -9,6 +9,12 @@ Two paths, never coupled (DESIGN.md):
 * RECORD PATH, queued and allowed to lag: the store's writer thread commits
   readings and events; the forwarder builds, signs and sends batches and marks
   them sent only on the receiver's acknowledgement.
+
+Polling is one asyncio task per device, paced on time.monotonic() (C18): a
+wall-clock step neither stalls nor bursts it. APScheduler 3 was considered and
+not used for this, because its interval triggers compute the next fire time
+from wall-clock datetimes, so an NTP step of -1 h would stall polling for an
+hour (the fault C18 describes).
 """
 
 from __future__ import annotations
