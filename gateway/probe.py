@@ -1,0 +1,176 @@
+"""`hazard-gateway probe`: read every configured tag once and print a table, for commissioning.
+
+The devices are built exactly as the daemon builds them
+(:func:`gateway.gateway.build_devices`, shared Modbus links included), read
+once each (all devices at the same time; requests on one link are still
+serialised by the link), and closed. Nothing is stored, no alarm or
+interlock runs, nothing is written.
+
+Output, one line per tag (plain text, columns aligned)::
+
+    device    tag         address                 raw        value   unit  quality
+    tank_plc  T101.level  input 0 (30001)         4100 0000  8       m     good
+    GD1       GD1.gas     holding 0 (40001)       00FA       25      %LEL  good
+    plant_ua  AT301.H2S   nsu=urn:...;s=...H2S    Good       0       mg/m3 good
+    far_plc   P1          holding 9 (40010)       -          -       bar   bad (comm fault: cannot connect ...)
+
+address: the Modbus table and 0-based protocol (PDU) address with the
+1-based reference in brackets (Modicon convention, Modbus Application
+Protocol v1.1b3 section 4.4: "register 1 is addressed as 0"; 5-digit
+references up to 9999, 6-digit beyond), or the OPC UA node id as
+configured. raw: the registers (hex words) or bits as read, for OPC UA the
+status code name; "-" when nothing was read.
+quality: good / uncertain / bad, with the reason of a non-good reading
+(timeout, exception NN name, sentinel, nan, comm fault ...).
+
+Exit codes: 0 every tag good; 1 any tag uncertain or bad (an unreachable
+device gives one "comm fault" line per tag); 2 a config error or an
+unknown ``--device`` (one line, from the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from drivers.modbus import ModbusLinks
+from gateway.config import LoadedConfig, ModbusTag, OpcUaTag
+from gateway.gateway import build_devices
+from gateway.model import Quality, Reading
+
+__all__ = ["ProbeRow", "reference", "probe", "format_table", "run_probe"]
+
+_TABLE_WORD = {"coil": "coil", "discrete_input": "discrete", "input_register": "input",
+               "holding_register": "holding"}
+_TABLE_DIGIT = {"coil": "0", "discrete_input": "1", "input_register": "3", "holding_register": "4"}
+
+
+def reference(table: str, address: int) -> str:
+    """0-based table address -> 1-based reference notation: holding 0 -> '40001', coil 16 -> '00017',
+    holding 9999 -> '410000' (6 digits once the 4-digit register number would overflow)."""
+    n = address + 1
+    return f"{_TABLE_DIGIT[table]}{n:04d}" if n <= 9999 else f"{_TABLE_DIGIT[table]}{n:05d}"
+
+
+@dataclass
+class ProbeRow:
+    """One line of the probe table."""
+
+    device: str
+    tag: str
+    address: str
+    raw: str
+    value: str
+    unit: str
+    quality: str
+    good: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _address(tag_cfg: Any) -> str:
+    if isinstance(tag_cfg, ModbusTag):
+        table, address = tag_cfg.table_address()
+        return f"{_TABLE_WORD[table]} {address} ({reference(table, address)})"
+    if isinstance(tag_cfg, OpcUaTag):
+        return tag_cfg.node_id
+    return "?"
+
+
+def _raw(r: Reading, tag_cfg: Any) -> str:
+    """Registers as hex words, coils / discrete inputs as bits, OPC UA as the status code name."""
+    raw = getattr(r, "raw", None)
+    if raw is None or raw == [] or raw == ():
+        return "-"
+    if isinstance(raw, dict):  # OPC UA: {"status": code, "status_name": name}
+        return str(raw.get("status_name", raw.get("status", "-")))
+    if isinstance(raw, (list, tuple)) and all(isinstance(x, int) for x in raw):
+        bits = isinstance(tag_cfg, ModbusTag) and tag_cfg.table_address()[0] in ("coil", "discrete_input")
+        return " ".join(str(int(x)) if bits else f"{x:04X}" for x in raw)
+    return str(raw)
+
+
+def _value(r: Reading) -> str:
+    v = r.value
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return json.dumps(list(v))
+    return str(v)
+
+
+def _quality(r: Reading) -> str:
+    q = r.quality.value if isinstance(r.quality, Quality) else str(r.quality)
+    return q if r.quality is Quality.GOOD or not r.reason else f"{q} ({r.reason})"
+
+
+async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
+    """Read every tag of every enabled device (or of ``device`` only) once; rows in config order.
+
+    Raises ValueError (one line) when ``device`` names no enabled device. Never raises for a
+    device fault: an unreachable device gives BAD rows."""
+    links = ModbusLinks()
+    devices = build_devices(cfg, links)
+    names = [d.name for d in devices]
+    if device is not None:
+        if device not in names:
+            for d in devices:
+                await d.close()
+            raise ValueError(f"no enabled device {device!r} in {cfg.path} (devices: {', '.join(names)})")
+        devices = [d for d in devices if d.name == device]
+    tag_cfg = {name: tc for name, (_dc, tc) in cfg.all_tags().items()}
+
+    async def one(dev: Any) -> list[Reading]:
+        try:
+            await dev.start()
+            return await dev.read()
+        finally:
+            await dev.close()
+
+    try:
+        results = await asyncio.gather(*(one(d) for d in devices))
+    finally:
+        await links.close_all()
+    rows = []
+    for dev, readings in zip(devices, results):
+        for r in readings:
+            tc = tag_cfg.get(r.tag)
+            rows.append(ProbeRow(dev.name, r.tag, _address(tc), _raw(r, tc), _value(r), r.unit or "", _quality(r),
+                                 r.quality is Quality.GOOD))
+    return rows
+
+
+def format_table(rows: list[ProbeRow]) -> str:
+    """Aligned plain-text table with a header line."""
+    head = ("device", "tag", "address", "raw", "value", "unit", "quality")
+    cells = [head] + [(r.device, r.tag, r.address, r.raw, r.value, r.unit, r.quality) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    lines = []
+    for c in cells:
+        lines.append("  ".join(x.ljust(w) for x, w in zip(c, widths)) + "  " + c[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_probe(cfg: LoadedConfig, device: str | None = None, *, as_json: bool = False,
+              out: TextIO | None = None, verbose: bool = False) -> int:
+    """The CLI entry: probe, print, return the exit code (0 all good, 1 any tag not good)."""
+    out = out or sys.stdout
+    if not verbose:  # the table says what failed; the drivers' reconnect warnings are noise here
+        logging.getLogger("drivers").setLevel(logging.ERROR)
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    rows = asyncio.run(probe(cfg, device))
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1), file=out)
+    else:
+        print(format_table(rows), file=out)
+    return 0 if all(r.good for r in rows) else 1
