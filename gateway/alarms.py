@@ -18,6 +18,8 @@ Sources of the rules:
   from gas alarm: alarm-controller behaviour of GB 16808 (test methods; DOMAIN.md marks it [?]).
 - Detection time: detectors respond within 30 s (commissioning rules), so the on-delay of a gas alarm
   is capped at ``gas_on_delay_cap_s`` (30 s by default).
+- Output faults (issue 4): an output write not confirmed by read-back raises an OUTPUT alarm of the
+  output tag (:meth:`AlarmEngine.set_output_fault`), shown in the active list like any other alarm.
 - C03: a NaN / sentinel reading arrives as quality BAD with value None. A bad or stale reading is never
   "within limits": it raises a QUALITY alarm of its own kind, it never clears a process alarm, and
   :meth:`AlarmEngine.condition` answers None (unknown) for it.
@@ -32,12 +34,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, KeysView
 
 from gateway.model import Reading, rfc3339
 
 LIMIT_KINDS = ("HH", "H", "L", "LL", "ROC", "DEV")
 QUALITY = "QUALITY"
+OUTPUT = "OUTPUT"
 STATES = ("normal", "unacked", "acked", "rtn_unacked", "shelved", "suppressed", "out_of_service")
 HIDDEN_STATES = ("shelved", "suppressed", "out_of_service")
 GASES = ("combustible", "toxic", "oxygen")
@@ -395,9 +398,9 @@ class AlarmEngine:
     # ------------------------------------------------------------------ feeding
 
     @property
-    def tags(self) -> list[str]:
-        """Configured tag names."""
-        return list(self._tags)
+    def tags(self) -> "KeysView[str]":
+        """Configured tag names (a live view: ``tag in engine.tags`` is O(1); the poll tick asks it per reading)."""
+        return self._tags.keys()
 
     def alarm_ids(self) -> list[str]:
         """Every alarm id (f"{tag}.{kind}", including the QUALITY alarms)."""
@@ -454,6 +457,41 @@ class AlarmEngine:
     def _started(self, now_mono: float) -> None:
         if self._start_mono is None:
             self._start_mono = now_mono
+
+    # ------------------------------------------------------------------ output faults
+
+    def add_output_alarm(self, tag: str, priority: int = 1, group: str | None = None) -> str:
+        """Register the OUTPUT (output-fault) alarm of output tag ``tag``; returns its id f"{tag}.OUTPUT".
+
+        An output fault (a write not confirmed by read-back in time, issue 4) is an alarm of its own kind,
+        distinct from process and QUALITY alarms: it shows in :meth:`active` and is acknowledged like any
+        other. It is driven only by :meth:`set_output_fault`. Idempotent.
+        """
+        aid = f"{tag}.{OUTPUT}"
+        if aid not in self._alarms:
+            cfg = TagAlarmConfig(tag=tag, group=group, quality_priority=priority)
+            self._alarms[aid] = _Alarm(aid, tag, OUTPUT, None, cfg)
+        return aid
+
+    def set_output_fault(self, tag: str, fault: bool, reason: str | None = None,
+                         now_mono: float | None = None) -> list[AlarmEvent]:
+        """Raise (fault=True, with a one-line reason) or clear the OUTPUT alarm of ``tag``.
+
+        Registers the alarm on first use. Returns the transition events ([] when nothing changed; a new
+        reason while active is a transition too). Clearing leaves it rtn_unacked until acknowledged (ISA-18.2).
+        """
+        a = self._alarms[self.add_output_alarm(tag)]
+        now = time.monotonic() if now_mono is None else now_mono
+        if fault == a.active and (not fault or reason == a.reason):
+            return []
+
+        def change() -> None:
+            self._set_active(a, fault, now)
+            a.reason = reason if fault else None
+        ev = self._transition(a, now, change, force=fault)
+        if ev is not None:
+            ev.reason = reason if fault else "confirmed"
+        return [ev] if ev is not None else []
 
     # ------------------------------------------------------------------ evaluation
 

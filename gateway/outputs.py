@@ -134,13 +134,16 @@ class OutputManager:
     on_event: called with a dict per event: {"type": "output_write" | "output_confirmed" |
     "output_fault", "tag", "value", "interlock", "attempt", "error", "ts" (RFC 3339)}.
     attempts >= 1, backoff_s / backoff_max_s / attempt_timeout_s / confirm_timeout_s in seconds.
+    retry_after_fault_s: None (default) = give up after ``attempts`` (the fault stands); a number = after
+    the fault, keep retrying every that many seconds until confirmed or superseded (issue 4: an
+    unconfirmed output write raises an output-fault alarm and is retried).
     clock: wall clock (time.time); monotonic time always comes from time.monotonic().
     """
 
     def __init__(self, write: WriteFn, on_event: Callable[[dict], None] | None = None, *, attempts: int = 3,
                  backoff_s: float = 0.2, backoff_max_s: float = 2.0, attempt_timeout_s: float = 2.0,
                  confirm_timeout_s: float = 5.0, history: int = 1000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, retry_after_fault_s: float | None = None) -> None:
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         if backoff_s < 0 or backoff_max_s < 0 or attempt_timeout_s <= 0 or confirm_timeout_s <= 0:
@@ -152,6 +155,9 @@ class OutputManager:
         self.backoff_max_s = backoff_max_s
         self.attempt_timeout_s = attempt_timeout_s
         self.confirm_timeout_s = confirm_timeout_s
+        if retry_after_fault_s is not None and not retry_after_fault_s > 0:
+            raise ValueError("retry_after_fault_s must be > 0 (or None)")
+        self.retry_after_fault_s = retry_after_fault_s
         self._clock = clock
         self._states: dict[str, OutputState] = {}
         self._jobs: dict[str, _Job] = {}
@@ -285,9 +291,12 @@ class OutputManager:
                 if job.attempts >= self.attempts:
                     self._fault(tag, job, f"{tag}: write of {job.value!r} failed after {job.attempts} attempts: "
                                           f"{st.last_error}")
-                    self._finish(job)
-                    continue
-                delay = min(self.backoff_max_s, self.backoff_s * (2 ** (job.attempts - 1)))
+                    if self.retry_after_fault_s is None:
+                        self._finish(job)
+                        continue
+                    delay = self.retry_after_fault_s  # keep trying, slowly, until confirmed or superseded
+                else:
+                    delay = min(self.backoff_max_s, self.backoff_s * (2 ** (job.attempts - 1)))
                 await asyncio.sleep(delay)
         finally:
             st.busy = False

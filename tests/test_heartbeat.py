@@ -1,0 +1,154 @@
+"""Heartbeat to the PLC watchdog register (gateway.heartbeat) against the HIL tank PLC (pymodbus TCP).
+
+The tank PLC keeps holding register 100 (40101) for the heartbeat and reports ``heartbeat_age_s``,
+the time since the register last changed: what a PLC watchdog would trip on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus import TcpLink
+from gateway.config import ConfigError, load_config
+from gateway.gateway import Gateway
+from gateway.heartbeat import Heartbeat
+from hil.tank_plc import TankPlc
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cfg_text(port: int, heartbeat: str | None = "heartbeat: {address: 40101, interval_ms: 100}") -> str:
+    hb = f"    {heartbeat}\n" if heartbeat else ""
+    return f"""gateway: {{id: hb-test, state_dir: state}}
+keys: {{private_key: keys/private.pem}}
+devices:
+  - name: tank_plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: {port}
+    poll_interval_ms: 100
+{hb}    tags:
+      - {{name: T101.level, address: 30001, type: float32, unit: m, alarms: {{HH: 11.0}}}}
+      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
+interlocks:
+  - name: T101_overfill
+    inputs: [{{tag: T101.level, condition: HH}}]
+    actions: [{{output: XV101, value: 0}}]
+"""
+
+
+@pytest.fixture
+async def plc():
+    p = TankPlc()
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_count_heartbeat_advances_in_the_plc_and_stops_with_the_gateway(tmp_path, plc):
+    (tmp_path / "gw.yaml").write_text(cfg_text(plc.port))
+    gw = Gateway(load_config(tmp_path / "gw.yaml"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        deadline = time.monotonic() + 5
+        while plc.heartbeat < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert plc.heartbeat >= 5, "the counter did not advance in the PLC"
+        assert plc.heartbeat_age_s is not None and plc.heartbeat_age_s < 0.5
+        st = gw.heartbeats[0].status()
+        assert st["state"] == "ok" and st["mode"] == "count" and st["address"] == "40101"
+        assert st["value"] in (plc.heartbeat, plc.heartbeat - 1, plc.heartbeat + 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    last = plc.heartbeat
+    await asyncio.sleep(0.6)
+    assert plc.heartbeat == last and plc.heartbeat_age_s > 0.5  # stopped: a PLC watchdog would now trip
+
+
+async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
+    (tmp_path / "gw.yaml").write_text(cfg_text(plc.port))
+    gw = Gateway(load_config(tmp_path / "gw.yaml"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        deadline = time.monotonic() + 5
+        while plc.heartbeat < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert plc.heartbeat >= 3
+        # Simulate a stuck safety path: the safety step no longer runs.
+        gw._safety_step = lambda events, now: None
+        gw.last_safety_mono = time.monotonic() - 10
+        await asyncio.sleep(0.5)
+        last = plc.heartbeat
+        await asyncio.sleep(0.5)
+        assert plc.heartbeat == last and gw.heartbeats[0].status()["state"] == "held"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def test_toggle_mode_and_a_failed_write_is_a_missed_beat(plc):
+    link = TcpLink("127.0.0.1", plc.port, timeout_s=1.0)
+    try:
+        hb = Heartbeat("tank_plc", link, 1, "holding_register", 100, 0.1, "toggle", reference="40101")
+        seen = []
+        for _ in range(4):
+            assert await hb.beat()
+            seen.append(plc.heartbeat)
+        assert seen == [1, 0, 1, 0]
+        bad = Heartbeat("tank_plc", link, 1, "holding_register", 101, 0.1, "count", reference="40102")
+        assert not await bad.beat()  # the PLC has no register 101: exception 02
+        st = bad.status()
+        assert st["state"] == "failing" and st["errors"] == 1 and "02" in st["last_error"]
+        held = Heartbeat("tank_plc", link, 1, "holding_register", 100, 0.1, alive=lambda: False)
+        before = plc.heartbeat
+        assert not await held.beat() and plc.heartbeat == before and held.status()["state"] == "held"
+    finally:
+        await link.close()
+
+
+def test_count_wraps_and_bad_combinations_are_refused():
+    hb = Heartbeat("d", None, 1, "holding_register", 100, 1.0, "count")
+    hb.value = 65535
+    assert hb.next_value() == 0
+    with pytest.raises(ValueError, match="needs a holding register"):
+        Heartbeat("d", None, 1, "coil", 0, 1.0, "count")
+    with pytest.raises(ValueError, match="holding register or a coil"):
+        Heartbeat("d", None, 1, "input_register", 0, 1.0, "toggle")
+
+
+def test_check_warns_when_an_interlock_output_has_no_heartbeat(tmp_path):
+    from gateway.signing import keygen
+
+    keygen(tmp_path / "keys")  # `check` also checks the key file
+    (tmp_path / "gw.yaml").write_text(cfg_text(502, heartbeat=None))
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(tmp_path / "gw.yaml")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "gw.yaml:4:5: warning: devices[0].name: device 'tank_plc' carries interlock output XV101 but has no " \
+           "heartbeat" in proc.stderr, proc.stderr
+    (tmp_path / "ok.yaml").write_text(cfg_text(502))
+    assert not [w for w in load_config(tmp_path / "ok.yaml").warnings if "heartbeat" in w.message]
+
+
+@pytest.mark.parametrize("hb, message", [
+    ("heartbeat: {address: {table: coil, address: 5}, mode: count}", "mode count needs a holding register"),
+    ("heartbeat: {address: 30101}", "must be a holding register or a coil"),
+    ("heartbeat: {address: 40101, interval_ms: 10}", "greater than or equal to 50"),
+    ("heartbeat: {address: 40101, mode: blink}", "count"),
+])
+def test_heartbeat_config_errors_point_at_the_line(tmp_path, hb, message):
+    (tmp_path / "gw.yaml").write_text(cfg_text(502, heartbeat=hb))
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "gw.yaml")
+    text = str(e.value)
+    assert text.startswith(f"{tmp_path / 'gw.yaml'}:9:") and "heartbeat" in text and message in text, text
