@@ -27,15 +27,22 @@ Durability contract (C15, C17c):
   moved aside as ``<name>.corrupt-<UTC timestamp>`` and a fresh store starts with a
   ``store_corrupt`` event (C17b); ``moved_aside`` names the file so the gateway can raise
   an alarm.
-* Retention (C16, policy ``drop_oldest``): when the used size passes ``max_bytes`` the
+* Retention (C16), config ``store.on_full``. Policy ``drop_oldest`` (default): when the used size passes ``max_bytes`` the
   writer frees space in this order: (1) acknowledged batches and their rows, oldest
   first (already delivered; a warning is logged when they are younger than the retention
   floor, 30 days by default per SAWS order No. 40), (2) unsent telemetry, oldest first,
   (3) unsent events, oldest first. (2) and (3) write a gap row and a
   ``buffer_overflow`` event: alarm and trip events are the last thing dropped.
+  Policy ``stop_polling``: the time floor is hard. Over ``max_bytes`` only acknowledged
+  records older than ``retention_floor_s`` are deleted; when that is not enough, new
+  telemetry is refused (``full``; each refused reading is counted in a
+  ``store_full_stop_polling`` gap row, one ``buffer_overflow`` alarm per episode) until the
+  used size is under 90 % of the cap again. Events are still recorded, and the poll tick
+  and the safety path go on: only the *recording* of telemetry stops, never the alarms
+  and interlocks. Nothing stored, sent or not, is deleted before it is due.
 
 Tables: ``readings`` (id, tag, value JSON, unit, quality, reason, ts, ts_source,
-batch_seq), ``events`` (id, kind, ts, data JSON, batch_seq), ``gaps`` (id, reason,
+batch_seq, point: regulator point code), ``events`` (id, kind, ts, data JSON, batch_seq), ``gaps`` (id, reason,
 tags JSON, first_ts, last_ts, count, recorded_at, batch_seq), ``batches`` (seq, jws,
 created_at, acked_at, dead_letter: reason when the stored jws is a tombstone),
 ``dead_letters`` (seq, original jws, reason, status, dead_at). ``ts`` columns hold RFC 3339 UTC strings.
@@ -71,7 +78,8 @@ CREATE TABLE IF NOT EXISTS readings (
     reason TEXT,
     ts TEXT NOT NULL,
     ts_source TEXT,
-    batch_seq INTEGER NULL
+    batch_seq INTEGER NULL,
+    point TEXT             -- regulator point code (enterprise + major hazard + tag), or NULL
 );
 CREATE INDEX IF NOT EXISTS readings_unbatched ON readings(id) WHERE batch_seq IS NULL;
 CREATE INDEX IF NOT EXISTS readings_batch ON readings(batch_seq) WHERE batch_seq IS NOT NULL;
@@ -114,6 +122,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 OVERFLOW_EPISODE_S = 60.0
 #: default retention floor: SAWS order No. 40 (2011/2015) keeps electronic records >= 30 days
 RETENTION_FLOOR_S = 30 * 86400.0
+#: what the writer does at max_bytes (config store.on_full)
+ON_FULL_POLICIES = ("drop_oldest", "stop_polling")
 
 
 class StoreError(Exception):
@@ -173,7 +183,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _reading_row(rec: dict[str, Any]) -> tuple:
     return (str(rec.get("tag")), json.dumps(rec.get("value"), default=str), rec.get("unit"),
             str(rec.get("quality", "bad")), rec.get("reason"), str(rec.get("ts") or _utc_now()),
-            rec.get("ts_source"))
+            rec.get("ts_source"), rec.get("point"))
 
 
 class Store:
@@ -197,11 +207,16 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], commit_interval_s: float = 0.5,
                  queue_max: int = 100_000, *, max_bytes: int | None = None,
                  event_queue_max: int = 10_000, busy_timeout_ms: int = 2000,
-                 retention_floor_s: float = RETENTION_FLOOR_S) -> None:
+                 retention_floor_s: float = RETENTION_FLOOR_S, on_full: str = "drop_oldest") -> None:
         if commit_interval_s <= 0:
             raise ValueError("commit_interval_s must be > 0")
         if queue_max < 1 or event_queue_max < 1:
             raise ValueError("queue sizes must be >= 1")
+        if on_full not in ON_FULL_POLICIES:
+            raise ValueError(f"on_full must be one of {', '.join(ON_FULL_POLICIES)}, not {on_full!r}")
+        self.on_full = on_full
+        #: stop_polling: True while the store is full and new telemetry is refused (gap rows)
+        self.full = False
         self.path = Path(path)
         self.commit_interval_s = float(commit_interval_s)
         self.queue_max = int(queue_max)
@@ -214,6 +229,7 @@ class Store:
         self._eq: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=int(event_queue_max))
         self._count_lock = threading.Lock()
         self._drops = _Drops()           # readings dropped since last commit
+        self._full_drops = _Drops()      # readings refused since last commit (stop_polling, store full)
         self._ev_drops = _Drops()        # events dropped since last commit
         self._dropped_total = 0
         self._in = [0, 0]                # enqueued (readings, events)
@@ -265,6 +281,9 @@ class Store:
             # after a checkpoint the WAL is truncated to 4 MiB (counts against the C16 margin)
             self._wconn.execute("PRAGMA journal_size_limit=4194304")
             self._wconn.executescript(SCHEMA)
+            cols = {r[1] for r in self._wconn.execute("PRAGMA table_info(readings)")}
+            if "point" not in cols:  # a store made before point codes were kept: add the column in place
+                self._wconn.execute("ALTER TABLE readings ADD COLUMN point TEXT")
             self._bconn = self._connect()
             self._bconn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as e:
@@ -363,6 +382,11 @@ class Store:
         recorded in a gap row at the next commit (C16).
         """
         rec = reading_record.to_record() if isinstance(reading_record, Reading) else reading_record
+        if self.full:   # on_full stop_polling: keep what is stored, record what was refused (C16)
+            with self._count_lock:
+                self._full_drops.add(str(rec.get("tag")), rec.get("ts"))
+                self._dropped_total += 1
+            return False
         try:
             self._rq.put_nowait(rec)
         except queue.Full:
@@ -419,10 +443,11 @@ class Store:
             with self._count_lock:
                 drops, self._drops = self._drops, _Drops()
                 ev_drops, self._ev_drops = self._ev_drops, _Drops()
-            if pending_r or pending_e or drops.count or ev_drops.count:
+                full_drops, self._full_drops = self._full_drops, _Drops()
+            if pending_r or pending_e or drops.count or ev_drops.count or full_drops.count:
                 if self.max_bytes is not None and (pending_r or pending_e):
                     self._retention(len(pending_r) + len(pending_e))   # make room first (C16)
-                ok = self._commit(pending_r, pending_e, drops, ev_drops)
+                ok = self._commit(pending_r, pending_e, drops, ev_drops, full_drops)
                 if ok:
                     with self._done_cv:
                         self._done[0] += len(pending_r)
@@ -433,6 +458,7 @@ class Store:
                     with self._count_lock:     # put the drop counts back for the retry
                         self._merge_drops(self._drops, drops)
                         self._merge_drops(self._ev_drops, ev_drops)
+                        self._merge_drops(self._full_drops, full_drops)
                     if stopping:
                         log.error("%s: closing with %d records not committed", self.path,
                                   len(pending_r) + len(pending_e))
@@ -470,7 +496,8 @@ class Store:
         self._last_drop_mono = now
         return due
 
-    def _commit(self, readings: list[dict], events: list[dict], drops: _Drops, ev_drops: _Drops) -> bool:
+    def _commit(self, readings: list[dict], events: list[dict], drops: _Drops, ev_drops: _Drops,
+                full_drops: _Drops | None = None) -> bool:
         conn = self._wconn
         assert conn is not None
         try:
@@ -478,8 +505,8 @@ class Store:
             try:
                 if readings:
                     conn.executemany(
-                        "INSERT INTO readings(tag, value, unit, quality, reason, ts, ts_source)"
-                        " VALUES (?,?,?,?,?,?,?)", [_reading_row(r) for r in readings])
+                        "INSERT INTO readings(tag, value, unit, quality, reason, ts, ts_source, point)"
+                        " VALUES (?,?,?,?,?,?,?,?)", [_reading_row(r) for r in readings])
                 if events:
                     conn.executemany("INSERT INTO events(kind, ts, data) VALUES (?,?,?)",
                                      [(e.get("kind"), str(e["ts"]), json.dumps(e, default=str))
@@ -492,6 +519,15 @@ class Store:
                         "kind": "buffer_overflow", "severity": "alarm", "reason": "queue_overflow",
                         "dropped": drops.count + ev_drops.count,
                         "detail": "in-memory queue full (database locked or too slow); records dropped"})
+                if full_drops is not None and full_drops.count:
+                    self._insert_gap(conn, "store_full_stop_polling", sorted(full_drops.tags), full_drops.first_ts,
+                                     full_drops.last_ts, full_drops.count)
+                    if self._overflow_event_due():
+                        self._insert_event(conn, {
+                            "kind": "buffer_overflow", "severity": "alarm", "reason": "store_full_stop_polling",
+                            "dropped": full_drops.count,
+                            "detail": f"buffer reached max_bytes={self.max_bytes} (on_full stop_polling); "
+                                      "new telemetry is not recorded until acknowledged records age out"})
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
@@ -544,6 +580,9 @@ class Store:
         try:
             used = self.used_bytes(conn)
             extra = int(incoming * self._per_row(conn, used)) if incoming else 0
+            if self.on_full == "stop_polling":
+                self._retention_stop_polling(conn, used, extra)
+                return
             if used + extra <= self.max_bytes:
                 return
             target = int(self.max_bytes * 0.9)
@@ -557,6 +596,33 @@ class Store:
                 used = self.used_bytes(conn)
         except sqlite3.Error as e:
             log.warning("%s: retention pass failed: %s", self.path, e)
+
+    def _retention_stop_polling(self, conn: sqlite3.Connection, used: int, extra: int) -> None:
+        """on_full stop_polling: over max_bytes, delete only acknowledged records older than the
+        retention floor; if that is not enough, refuse new telemetry (``full``) until used bytes fall
+        under 90 % of the cap. Unsent data and records younger than the floor are never deleted."""
+        assert self.max_bytes is not None
+        if used + extra > self.max_bytes:
+            floor = rfc3339(time.time() - self.retention_floor_s)
+            for _ in range(50):
+                n = max(100, math.ceil((used + extra - int(self.max_bytes * 0.9)) / self._per_row(conn, used) * 1.1))
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    done = self._drop_acked(conn, n, older_than=floor)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                used = self.used_bytes(conn)
+                if not done or used + extra <= int(self.max_bytes * 0.9):
+                    break
+        if used + extra > self.max_bytes and not self.full:
+            self.full = True
+            log.error("%s: max_bytes=%d reached (on_full stop_polling): new telemetry is no longer recorded; "
+                      "alarm and trip events still are", self.path, self.max_bytes)
+        elif self.full and used + extra <= int(self.max_bytes * 0.9):
+            self.full = False
+            log.warning("%s: space freed; recording telemetry again", self.path)
 
     def _rows(self, conn: sqlite3.Connection, table: str) -> int:
         lo, hi = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
@@ -575,14 +641,15 @@ class Store:
             raise
         return done
 
-    def _drop_acked(self, conn: sqlite3.Connection, n: int) -> bool:
+    def _drop_acked(self, conn: sqlite3.Connection, n: int, older_than: str | None = None) -> bool:
         last = conn.execute("SELECT max(seq) FROM batches").fetchone()[0]
         if last is None:
             return False
         seqs, rows = [], 0
         for seq, created in conn.execute(
-                "SELECT seq, created_at FROM batches WHERE acked_at IS NOT NULL AND seq < ? ORDER BY seq",
-                (last,)):
+                "SELECT seq, created_at FROM batches WHERE acked_at IS NOT NULL AND seq < ?"
+                + (" AND created_at < ?" if older_than else "") + " ORDER BY seq",
+                (last, older_than) if older_than else (last,)):
             seqs.append(seq)
             rows += conn.execute("SELECT count(*) FROM readings WHERE batch_seq=?", (seq,)).fetchone()[0] + 1
             if rows >= n:
@@ -644,6 +711,22 @@ class Store:
             raise StoreError(f"{self.path}: store is not open")
         return self._bconn
 
+    def last_samples(self, tags: list[str]) -> dict[str, tuple[str, str, str]]:
+        """The newest stored reading of each tag as (ts RFC 3339, quality, value JSON), for tags that have one.
+
+        Used at start so a sample re-delivered after a restart (an OPC UA subscription sends the current
+        value with its original source timestamp) is not stored twice. Each lookup walks the table from its
+        newest row, so recently polled tags cost a few rows each."""
+        out: dict[str, tuple[str, str, str]] = {}
+        with self._block:
+            conn = self._b()
+            for tag in tags:
+                row = conn.execute("SELECT ts, quality, value FROM readings WHERE tag = ? ORDER BY id DESC LIMIT 1",
+                                   (tag,)).fetchone()
+                if row is not None:
+                    out[tag] = (row[0], row[1], row[2] if row[2] is not None else "null")
+        return out
+
     def last_batch(self) -> tuple[int, str] | None:
         """(seq, jws) of the newest batch of the chain (acked or not), or None."""
         with self._block:
@@ -674,9 +757,10 @@ class Store:
             try:
                 last = conn.execute("SELECT seq, jws FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
                 readings = [(r[0], {"tag": r[1], "value": json.loads(r[2]) if r[2] is not None else None,
-                                    "unit": r[3], "quality": r[4], "reason": r[5], "ts": r[6], "ts_source": r[7]})
+                                    "unit": r[3], "quality": r[4], "reason": r[5], "ts": r[6], "ts_source": r[7],
+                                    **({"point": r[8]} if r[8] else {})})
                             for r in conn.execute(
-                                "SELECT id, tag, value, unit, quality, reason, ts, ts_source FROM readings"
+                                "SELECT id, tag, value, unit, quality, reason, ts, ts_source, point FROM readings"
                                 " WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_readings,))]
                 events = [(r[0], json.loads(r[1])) for r in conn.execute(
                     "SELECT id, data FROM events WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_events,))]

@@ -133,13 +133,16 @@ class HttpsUplink:
     ca_file: PEM file of the CA (or the pinned self-signed certificate) to verify the
     receiver against; None or True: the system CA store. client_cert: path of a PEM with
     certificate and key, or (cert_path, key_path), for mutual TLS. timeout_s: per request
-    (connect, read, write). max_backoff_s: cap of an honoured Retry-After.
+    (connect, read, write). max_backoff_s: cap of an honoured Retry-After. profile: a
+    gateway.profiles.PlatformProfile (default JwsProfile: the JWS as application/jose).
     Raises ValueError (one line) for a non-https URL or an unreadable CA/cert file.
     """
 
     def __init__(self, url: str, ca_file: str | bool | None = None,
                  client_cert: str | tuple[str, str] | None = None, timeout_s: float = 5.0,
-                 max_backoff_s: float = 60.0) -> None:
+                 max_backoff_s: float = 60.0, profile: Any = None) -> None:
+        from gateway.profiles import JwsProfile   # local: profiles imports Ack from here
+        self.profile = profile or JwsProfile()
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.netloc:
             raise ValueError(f"uplink url {url!r}: must be https://host[:port][/path]")
@@ -174,10 +177,20 @@ class HttpsUplink:
         Raises RetryableError (408/425/429/5xx/other, transport error, timeout, 2xx
         without a valid ack body), ChainError (409) or PermanentError (400/401/403/413/422).
         """
+        from gateway.signing import decode_unverified
+        try:   # the receiver judges a malformed body (400); the profile sees {} then
+            payload = decode_unverified(jws)[1]
+            payload = payload if isinstance(payload, dict) else {}
+        except ValueError:
+            payload = {}
+        gid, seq = str(payload.get("gateway_id", "")), payload.get("seq", 0)
         try:
-            resp = await self._http().post(self.url, content=jws.encode("ascii"),
-                                           headers={"Content-Type": "application/jose",
-                                                    "Accept": "application/json"})
+            ctype, body = self.profile.envelope(jws, payload)
+        except (ValueError, KeyError, TypeError) as exc:   # a profile that cannot wrap it: keep it, retry
+            raise RetryableError(f"{self.url}: profile {self.profile.name}: cannot wrap the batch: {exc}") from None
+        try:
+            resp = await self._http().post(self.url, content=body,
+                                           headers={"Content-Type": ctype, "Accept": "application/json"})
         except httpx.TimeoutException as exc:
             raise RetryableError(f"{self.url}: timeout after {self.timeout_s:g} s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -185,12 +198,9 @@ class HttpsUplink:
         status = resp.status_code
         if 200 <= status < 300:
             try:
-                body = resp.json()
-                ack = Ack(gateway_id=str(body["gateway_id"]), seq=int(body["seq"]), status=str(body["status"]),
-                          hash=body.get("hash"))
-            except (ValueError, KeyError, TypeError):
-                raise RetryableError(f"{self.url}: {status} without a valid ack body", status) from None
-            return ack
+                return self.profile.parse_ack(status, resp.content, gid, seq)
+            except ValueError as exc:
+                raise RetryableError(f"{self.url}: {exc}", status) from None
         reason = _reason(resp)
         if status == 409:
             expected = None

@@ -352,4 +352,7 @@ async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
         await run_forwarder(fwd, lambda: st.stats()["readings_unsent"] == 0, 10)
         await up.aclose()
     assert len(hits) == 5
-    assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.09
+    # 10 sends/s: the receiver sees them spread over >= 4 intervals; arrival jitter on a loaded machine
+    # can shorten one gap, never the rate (without the limit 5 sends take a few ms).
+    assert hits[-1] - hits[0] >= 4 * 0.1 * 0.95
+    assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.05

@@ -1,0 +1,117 @@
+"""C18: wall-clock steps neither stall nor burst polling (gateway.clock + the Gateway's timers).
+
+The wall clock is injected by replacing ``time.time`` for the whole process with the real
+clock plus an offset that the test steps by -1 h, +1 h and +30 days (as libfaketime or an
+NTP step would); ``time.monotonic`` is untouched. A real Gateway polls a real Modbus TCP
+tank PLC (hil.tank_plc) at 1 Hz and uploads to the reference receiver over HTTPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ClockMonitor, kernel_synchronised
+from gateway.config import load_config
+from gateway.gateway import Gateway
+from gateway.receiver import BackgroundReceiver
+from gateway.signing import Signer
+from hil.rig import make_keys, payload, receiver_batches, tank_plc_config
+from hil.tank_plc import TankPlc
+
+pytestmark = pytest.mark.timeout(60)
+
+HOUR, DAY = 3600.0, 86400.0
+
+
+def test_monitor_detects_steps_both_ways_and_ignores_jitter() -> None:
+    t = {"wall": 1_760_000_000.0, "mono": 100.0}
+    m = ClockMonitor(wall=lambda: t["wall"], mono=lambda: t["mono"], sync_fn=lambda: True)
+    assert m.tick() is None and m.state() == {"synchronised": True, "last_step_s": None}
+    for dw, dm, expect in ((1.0, 1.0, None), (1.4, 1.0, None), (0.6, 1.0, None),   # jitter < 1 s
+                           (1.0 - HOUR, 1.0, -HOUR), (1.0 + HOUR, 1.0, HOUR), (0.1 + 30 * DAY, 0.1, 30 * DAY)):
+        t["wall"] += dw
+        t["mono"] += dm
+        assert m.tick() == expect
+    assert m.steps == 3 and m.last_step_s == 30 * DAY
+    ev = m.step_event(m.last_step_s)
+    assert ev["kind"] == "clock_step" and ev["step_s"] == 30 * DAY and ev["ts"].endswith("Z")
+    assert kernel_synchronised() in (True, False, None)
+
+
+async def test_C18_cadence_stays_on_the_monotonic_clock_through_wall_steps(tmp_path: Path, monkeypatch) -> None:
+    real_time = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+
+    requests: list[float] = []
+    plc = TankPlc()
+    original = plc._action
+
+    async def spy(function_code, *args):   # request times at the PLC, by the monotonic clock
+        if function_code == 4:
+            requests.append(time.monotonic())
+        return await original(function_code, *args)
+
+    plc._action = spy
+    await plc.start()
+    key, trust = make_keys(tmp_path)
+    try:
+        with BackgroundReceiver(tmp_path / "rx", trust) as rx:
+            cfg_path = tank_plc_config(tmp_path / "gw.yaml", gateway_id="clock-gw", plc_port=plc.port,
+                                       state_dir=tmp_path / "state", key_file=key,
+                                       receiver_url=rx.url + "/v1/batches", ca_file=rx.cafile, poll_ms=1000,
+                                       interval_ms=200)
+            gw = Gateway(load_config(cfg_path), Signer.from_file(key))
+            stop = asyncio.Event()
+            run = asyncio.create_task(gw.run(stop))
+            steps = [(-HOUR, 2.5), (HOUR, 5.0), (30 * DAY, 7.5)]
+            t0 = time.monotonic()
+            marks = []   # (monotonic time of the step, offset after it)
+            for step, at in steps:
+                await asyncio.sleep(t0 + at - time.monotonic())
+                offset[0] += step
+                marks.append((time.monotonic(), offset[0]))
+            await asyncio.sleep(2.6)
+            # let the last batches go
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = await asyncio.to_thread(gw.store.stats)
+                if st["readings_unsent"] == 0 and st["batches_unacked"] == 0 and st["readings_total"] > 0:
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(run, 30)
+            tokens = receiver_batches(rx.store_path)
+    finally:
+        await plc.stop()
+
+    # 1. cadence: 1 s +- 100 ms between requests, before, across and after every step
+    gaps = [b - a for a, b in zip(requests, requests[1:])]
+    assert len(gaps) >= 9, requests
+    assert all(0.9 <= g <= 1.1 for g in gaps), [round(g, 3) for g in gaps]
+    # 2. sample timestamps follow the new wall clock (RFC 3339 UTC, 'Z')
+    db = sqlite3.connect(tmp_path / "state" / "store.sqlite")
+    ts = [(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp(), q) for t, q in db.execute(
+        "SELECT ts, quality FROM readings WHERE tag='T101.level' ORDER BY id")]
+    events = [json.loads(d) for d, in db.execute("SELECT data FROM events WHERE kind='clock_step' ORDER BY id")]
+    db.close()
+    assert all(q == "good" for _, q in ts)                   # no timeout fired because of a step
+    assert ts[-1][0] - real_time() > 30 * DAY - 60           # the last samples carry the +30 d clock
+    # sample to sample: 1 s apart, except across each step, where the wall clock's jump shows
+    jumps = [b[0] - a[0] for a, b in zip(ts, ts[1:]) if not 0.8 <= b[0] - a[0] <= 1.2]
+    assert len(jumps) == 3 and [round(j / HOUR) for j in jumps] == [-1, 1, 30 * 24], jumps
+    assert all(abs(j - round(j / HOUR) * HOUR) < 1.2 for j in jumps), jumps
+    # 3. one clock_step event per step, with its size
+    assert [round(e["step_s"]) for e in events] == [-3600, 3600, 30 * 86400]
+    # 4. upload and order unaffected: seq 1..n with the chain (the receiver enforces both), clock state
+    seqs = [payload(t)["seq"] for t in tokens]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 3
+    assert payload(tokens[-1])["clock"]["last_step_s"] == pytest.approx(30 * DAY, abs=1)
+    assert "synchronised" in payload(tokens[-1])["clock"]
