@@ -1,0 +1,145 @@
+"""Optional Prometheus metrics (config ``metrics: {listen: 127.0.0.1:9108}``).
+
+Served by prometheus-client's HTTP server in its own thread, text exposition
+format 0.0.4 at ``/metrics``. The endpoint has no authentication, so the config
+refuses a non-loopback address unless ``allow_remote: true`` (gateway.config
+MetricsSection).
+
+The scrape thread never touches the gateway's live objects: :func:`serve_metrics`
+takes a snapshot on the event loop once a second (store statistics in a worker
+thread, as the status file does) and the collector serves the latest one.
+
+Metrics (all prefixed ``hazard_gateway_``):
+
+=================================  =======  ==========================================
+polls_total{device,protocol}       counter  poll cycles of each device
+bad_readings_total{device,...}     counter  readings of BAD / uncertain quality
+readings_total                     counter  readings handed to the record path
+active_alarms{priority}            gauge    active (incl. unacknowledged) alarms
+unsent_readings                    gauge    readings not yet acknowledged by the receiver
+unacked_batches                    gauge    signed batches sent but not acknowledged
+last_acked_seq                     gauge    seq of the last acknowledged batch (-1: none)
+dropped_records_total              counter  records the bounded buffer had to drop
+uplink_consecutive_failures        gauge    failed uploads in a row
+up                                 gauge    1 while the gateway runs
+=================================  =======  ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("hazard_gateway.metrics")
+
+PREFIX = "hazard_gateway_"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9108' / '[::1]:9108' -> (host, port). ValueError (one line) otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"metrics listen {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def snapshot(gw: Any, store_stats: dict[str, Any] | None) -> dict[str, Any]:
+    """What the collector serves, taken on the event loop: polls per device, alarm counts per priority,
+    readings taken, and the store / uplink figures."""
+    prio: dict[str, int] = {}
+    for a in gw.alarms.active():
+        p = str(getattr(a, "priority", "") or "")
+        prio[p] = prio.get(p, 0) + 1
+    fw = getattr(gw, "forwarder", None)
+    return {
+        "devices": {name: dict(st) for name, st in gw.polls.items()},
+        "alarms": prio,
+        "readings_taken": gw.readings_taken,
+        "store": dict(store_stats or {}),
+        "uplink_failures": None if fw is None else fw.consecutive_failures,
+        "taken_at": time.time(),
+    }
+
+
+class GatewayCollector:
+    """A prometheus_client collector over the latest :func:`snapshot`."""
+
+    def __init__(self) -> None:
+        self.snap: dict[str, Any] | None = None
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.snap
+        up = GaugeMetricFamily(PREFIX + "up", "1 while the gateway runs and has taken a snapshot")
+        up.add_metric([], 1.0 if s else 0.0)
+        yield up
+        if not s:
+            return
+        polls = CounterMetricFamily(PREFIX + "polls", "poll cycles of each device", labels=["device", "protocol"])
+        bad = CounterMetricFamily(PREFIX + "bad_readings", "readings of bad or uncertain quality",
+                                  labels=["device", "protocol"])
+        for name, st in sorted(s["devices"].items()):
+            polls.add_metric([name, str(st.get("protocol", ""))], float(st.get("polls", 0)))
+            bad.add_metric([name, str(st.get("protocol", ""))], float(st.get("bad", 0)))
+        yield polls
+        yield bad
+        readings = CounterMetricFamily(PREFIX + "readings", "readings handed to the record path")
+        readings.add_metric([], float(s["readings_taken"]))
+        yield readings
+        alarms = GaugeMetricFamily(PREFIX + "active_alarms", "active alarms by priority (1 highest)",
+                                   labels=["priority"])
+        for p in ("1", "2", "3", "4"):
+            alarms.add_metric([p], float(s["alarms"].get(p, 0)))
+        for p, n in s["alarms"].items():
+            if p not in ("1", "2", "3", "4"):
+                alarms.add_metric([p], float(n))
+        yield alarms
+        st = s["store"]
+        for name, key, doc, default in (
+                ("unsent_readings", "readings_unsent", "readings not yet acknowledged by the receiver", 0),
+                ("unacked_batches", "batches_unacked", "signed batches not yet acknowledged", 0),
+                ("last_acked_seq", "last_acked_seq", "seq of the last acknowledged batch (-1: none yet)", -1)):
+            g = GaugeMetricFamily(PREFIX + name, doc)
+            v = st.get(key)
+            g.add_metric([], float(default if v is None else v))
+            yield g
+        dropped = CounterMetricFamily(PREFIX + "dropped_records", "records the bounded buffer had to drop")
+        dropped.add_metric([], float(st.get("dropped") or 0))
+        yield dropped
+        if s["uplink_failures"] is not None:
+            g = GaugeMetricFamily(PREFIX + "uplink_consecutive_failures", "failed uploads in a row")
+            g.add_metric([], float(s["uplink_failures"]))
+            yield g
+
+
+async def serve_metrics(gw: Any, listen: str, every_s: float = 1.0) -> None:
+    """Serve /metrics on ``listen`` until cancelled, refreshing the snapshot every ``every_s``.
+
+    A port that cannot be bound is logged (one line) and the gateway runs on without metrics."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, port = parse_listen(listen)
+    registry = CollectorRegistry(auto_describe=False)
+    collector = GatewayCollector()
+    registry.register(collector)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s", listen, exc.strerror or exc)
+        return
+    log.info("metrics on http://%s/metrics", listen)
+    try:
+        while True:
+            try:
+                stats = await asyncio.to_thread(gw.store.stats)
+            except Exception:  # the store is not open yet (or closing): serve what we have
+                stats = (collector.snap or {}).get("store")
+            collector.snap = snapshot(gw, stats)
+            await asyncio.sleep(every_s)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
