@@ -105,6 +105,8 @@ class UnitSpec:
     overrides: {substance name: {"Q_t": t, "beta": b}} from the plant's hazard study.
     colour_map: ColourMap (or its config dict). colour_basis: "worst" | "design" | "live".
     major_hazard_code: the regulator's code of this installation (for point codes), optional.
+    alarm_tags: further tags located in the unit (gas detectors in the dike, ...) whose level-2 alarms and
+    interlock trips count for the unit's live alarm state (see :meth:`HazardEngine.unit_tags`).
     """
 
     name: str
@@ -116,6 +118,7 @@ class UnitSpec:
     overrides: dict[str, dict] = field(default_factory=dict)
     colour_basis: str = "worst"
     major_hazard_code: str | None = None
+    alarm_tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -391,6 +394,23 @@ class HazardEngine:
     def units(self) -> list[str]:
         return list(self._units)
 
+    def unit_tags(self, unit: str) -> set[str]:
+        """The tags "in" ``unit``: every level / pressure / temperature tag of its tanks and vessels plus
+        its ``alarm_tags``. A caller maps the live alarm state onto the unit through this set (the
+        gateway: a level-2 alarm on one of these tags, or a tripped interlock with one of them as an
+        input). Raises KeyError for an unknown unit."""
+        u = self._units.get(unit)
+        if u is None:
+            raise KeyError(f"hazard: unknown unit {unit!r}")
+        return {tag for it in u.items for _, tag in it.tags} | set(u.spec.alarm_tags or ())
+
+    def major_hazard_code(self, unit: str) -> str | None:
+        """The unit's configured major-hazard code, or None. Raises KeyError for an unknown unit."""
+        u = self._units.get(unit)
+        if u is None:
+            raise KeyError(f"hazard: unknown unit {unit!r}")
+        return u.spec.major_hazard_code
+
     def _stale(self, inp: _Input) -> bool:
         if self.stale_after_s is None or self._now_mono is None or inp.value is None:
             return False
@@ -402,17 +422,31 @@ class HazardEngine:
         An event is emitted when a unit's live grade, colour or uncertain flag changes (see
         :meth:`_event` for the dict shape). ts of the event: the reading's sample time.
         """
-        names = self._by_tag.get(reading.tag)
-        if not names:
-            return []
-        v = _num(reading) if reading.usable else None
-        reason = reading.reason or ("bad quality" if reading.quality is Quality.BAD else
-                                    None if v is not None else f"not a number ({reading.value!r})")
-        self._inputs[reading.tag] = _Input(value=v, unit=reading.unit or "", quality=reading.quality,
-                                           reason=reason, mono=reading.mono, ts=reading.ts)
-        if self._now_mono is None or reading.mono > self._now_mono:
-            self._now_mono = reading.mono
-        return self._reevaluate([self._units[n] for n in sorted(names)], reading.ts)
+        return self.update_many([reading])
+
+    def update_many(self, readings: list[Reading]) -> list[dict]:
+        """Take the readings of one poll (one consistent snapshot of a device) and re-evaluate each
+        affected unit once, so that a level and its temperature read together do not produce an
+        intermediate event. Events as :meth:`update`; ts: the latest sample time of the unit's readings.
+        Readings of tags of no unit are ignored."""
+        touched: dict[str, float] = {}
+        for reading in readings:
+            names = self._by_tag.get(reading.tag)
+            if not names:
+                continue
+            v = _num(reading) if reading.usable else None
+            reason = reading.reason or ("bad quality" if reading.quality is Quality.BAD else
+                                        None if v is not None else f"not a number ({reading.value!r})")
+            self._inputs[reading.tag] = _Input(value=v, unit=reading.unit or "", quality=reading.quality,
+                                               reason=reason, mono=reading.mono, ts=reading.ts)
+            if self._now_mono is None or reading.mono > self._now_mono:
+                self._now_mono = reading.mono
+            for n in names:
+                touched[n] = max(touched.get(n, reading.ts), reading.ts)
+        events: list[dict] = []
+        for n in sorted(touched):
+            events += self._reevaluate([self._units[n]], touched[n])
+        return events
 
     def tick(self, now_mono: float) -> list[dict]:
         """Re-check staleness at ``now_mono`` (time.monotonic()); returns events like update()."""
@@ -511,6 +545,7 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
         colour_map: {grades: {1: red, 2: orange, 3: yellow, 4: blue}, not_major: blue,
                      level2_alarm: raise, trip: raise}      # none | raise | red
         fixed: {苯: 30}                 # tonnes without a live tag
+        alarm_tags: [GD1.gas, GD2.gas]  # detectors in the unit: their level-2 alarms / trips count
         overrides: {benzene: {Q_t: 50, beta: 2}}           # plant hazard study
         tanks:
           - tag_level: TK1.LT
@@ -531,7 +566,7 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
     """
     base = Path(base_dir) if base_dir is not None else None
     d = _keys(where, d, {"name", "people_500m", "major_hazard_code", "colour_basis", "colour_map", "fixed",
-                         "overrides", "tanks", "vessels"}, {"name", "people_500m"})
+                         "overrides", "tanks", "vessels", "alarm_tags"}, {"name", "people_500m"})
     tanks = []
     for i, t in enumerate(d.get("tanks") or []):
         w = f"{where}.tanks[{i}]"
@@ -559,10 +594,13 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
     people = d["people_500m"]
     if isinstance(people, bool) or not isinstance(people, int) or people < 0:
         raise ValueError(f"{where}.people_500m: must be a whole number >= 0, got {people!r}")
+    alarm_tags = d.get("alarm_tags") or []
+    if not isinstance(alarm_tags, list) or not all(isinstance(t, str) and t for t in alarm_tags):
+        raise ValueError(f"{where}.alarm_tags: must be a list of tag names")
     return UnitSpec(name=str(d["name"]), people_500m=people, tanks=tanks, vessels=vessels,
                     fixed=dict(d.get("fixed") or {}), overrides=dict(d.get("overrides") or {}),
                     colour_map=d.get("colour_map"), colour_basis=d.get("colour_basis", "worst"),
-                    major_hazard_code=d.get("major_hazard_code"))
+                    major_hazard_code=d.get("major_hazard_code"), alarm_tags=list(alarm_tags))
 
 
 __all__ = ["HazardEngine", "TankSpec", "UnitSpec", "VesselSpec", "unit_from_dict"]

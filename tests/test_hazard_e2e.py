@@ -1,0 +1,295 @@
+"""Issue 7 end to end: a filling tank moves a GB 18218-2018 unit across a grade boundary, live.
+
+Real peers on 127.0.0.1: the HIL tank PLC (pymodbus TCP server with its level physics), the Gateway
+in-process (Modbus driver, alarms, interlocks, HazardEngine, SQLite store, HTTPS forwarder) and the
+reference receiver (HTTPS, verifies each batch before it stores it). The hazard unit is the one of
+config/demo.yaml (two benzene tanks, 11 m x 12 m, 120 people within 500 m), so this also checks that
+the demo's computed numbers really cross grade 3 -> 2 while T101 fills from 8.0 m to 11 m.
+
+The uploaded batches are checked independently of the signing code: signature with jwcrypto, sequence
+and hash chain recomputed; R of the crossing event is recomputed by hand from the uploaded readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from jwcrypto import jwk, jws
+from ruamel.yaml import YAML
+
+from gateway.config import load_config
+from gateway.gateway import Gateway
+from gateway.model import Quality, Reading
+from gateway.receiver import BackgroundReceiver
+from gateway.signing import Signer, keygen
+from hil.tank_plc import IR_ADDRESS, TankPlc
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[1]
+GW = "hazard-e2e"
+ENTERPRISE, MH = "330100000001", "330100000001-01"
+UNIT = "tank-group-T100"
+NAN_F32 = [0x7FC0, 0x0000]  # a quiet NaN in float32 ABCD: what a failed transmitter channel reports (C03)
+
+
+class TransmitterFaultPlc(TankPlc):
+    """The HIL tank PLC whose level channel of one tank can be made to report NaN (the rest stays live)."""
+
+    nan_level: str | None = None
+
+    def _input_registers(self) -> list[int]:
+        regs = super()._input_registers()
+        if self.nan_level:
+            a = IR_ADDRESS[f"{self.nan_level}.level"]
+            regs[a:a + 2] = NAN_F32
+        return regs
+
+
+def _demo_hazard_unit() -> dict:
+    """The hazard unit of config/demo.yaml, without alarm_tags of devices this rig does not run."""
+    doc = YAML(typ="safe").load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    unit = dict(doc["hazard"]["units"][0])
+    assert unit["name"] == UNIT
+    unit["alarm_tags"] = [t for t in unit.get("alarm_tags", []) if t.startswith(("T101", "T102"))]
+    return unit
+
+
+def _write_config(tmp: Path, plc_port: int, rx_url: str, cafile: Path, gas: bool = False) -> Path:
+    tags = [
+        {"name": "T101.level", "address": 30001, "type": "float32", "unit": "m",
+         "alarms": {"H": 10.5, "HH": {"setpoint": 11.0, "deadband": 0.1, "latching": True}}},
+        {"name": "T101.temperature", "address": 30003, "type": "float32", "unit": "degC"},
+        {"name": "T102.level", "address": 30007, "type": "float32", "unit": "m",
+         "alarms": {"HH": {"setpoint": 11.0, "deadband": 0.1, "latching": True}}},
+        {"name": "T102.temperature", "address": 30009, "type": "float32", "unit": "degC"},
+        {"name": "XV101", "address": {"table": "coil", "address": 0}, "type": "bool", "writable": True},
+        {"name": "XV102", "address": {"table": "coil", "address": 1}, "type": "bool", "writable": True},
+    ]
+    unit = _demo_hazard_unit()
+    if gas:  # a combustible gas detector at the dike, in the unit's alarm_tags (GB/T 50493-2019 presets)
+        tags.append({"name": "GD1.gas", "address": 40001, "type": "uint16", "scale": 0.1, "unit": "%LEL",
+                     "alarms": {"gas": "combustible"}})
+        unit["alarm_tags"] = ["GD1.gas"]
+    cfg = {
+        "gateway": {"id": GW, "enterprise_code": ENTERPRISE, "major_hazard_code": MH, "state_dir": "state"},
+        "keys": {"private_key": "keys/private.pem"},
+        "store": {"path": "store.sqlite", "commit_interval_ms": 100},
+        "uplink": {"url": f"{rx_url}/v1/batches", "ca_file": str(cafile), "interval_ms": 100},
+        "devices": [{"name": "tank_plc", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": plc_port,
+                     "poll_interval_ms": 250, "timeout_ms": 500, "tags": tags}],
+        "interlocks": [{"name": "T101_overfill", "inputs": [{"tag": "T101.level", "condition": "HH"}],
+                        "vote": "1oo1", "actions": [{"output": "XV101", "value": 0}]}],
+        "hazard": {"stale_after_s": 10, "units": [unit]},
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def _unit(gw: Gateway) -> dict:
+    (u,) = [u for u in gw.status()["hazard"] if u["unit"] == UNIT]
+    return u
+
+
+async def _until(gw: Gateway, cond, what: str, timeout_s: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        u = _unit(gw)
+        if cond(u):
+            return u
+        assert time.monotonic() < deadline, f"not reached in {timeout_s} s: {what}; unit now {u}"
+        await asyncio.sleep(0.05)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _benzene_density(t_c: float) -> float:
+    """The demo's density table (degC -> t/m3), interpolated by hand."""
+    pts = [(10, 0.887), (20, 0.877), (30, 0.868), (40, 0.858), (50, 0.847)]
+    for (t0, d0), (t1, d1) in zip(pts, pts[1:]):
+        if t0 <= t_c <= t1:
+            return d0 + (d1 - d0) * (t_c - t0) / (t1 - t0)
+    raise AssertionError(f"{t_c} degC outside the table")
+
+
+async def test_filling_tank_crosses_grade_boundary_event_uploaded_signed_chained(tmp_path: Path):
+    kid = keygen(tmp_path / "keys")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(tmp_path / "keys" / f"{kid}.jwk", trust / f"{kid}.jwk")
+    plc = TransmitterFaultPlc(seed=7)
+    for tank in ("T101", "T102"):  # hold both levels (8.0 m and 6.0 m) until the fill starts
+        plc.set_inflow(tank, 0.0)
+        plc.set_outflow(tank, 0.0)
+    await plc.start()
+    with BackgroundReceiver(tmp_path / "rx", trust) as rx:
+        cfg = load_config(_write_config(tmp_path, plc.port, rx.url, rx.cafile))
+        gw = Gateway(cfg, Signer.from_file(tmp_path / "keys" / "private.pem"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        try:
+            # 8.0 m + 6.0 m of benzene, 120 people: R ~ 46.7, grade 3; the design grade is 2 -> orange
+            u0 = await _until(gw, lambda u: u["grade"] == 3 and not u["uncertain"], "grade 3 from live levels")
+            assert 46.0 < u0["R"] < 50.0 and u0["major_hazard"] and u0["design_grade"] == 2
+            assert u0["colour"] == "orange" and not u0["tripped"]
+            plc.set_inflow("T101", 30.0)  # 0.5 m/s: R = 50 at T101 ~ 9.0 m, HH 11.0 m after ~6 s
+            u1 = await _until(gw, lambda u: u["grade"] == 2, "grade 2 while T101 fills")
+            assert 50.0 <= u1["R"] < 52.0 and not u1["uncertain"]
+            assert 8.9 < plc.level("T101") < 11.0
+            # HH 11.0 m trips T101_overfill (input T101.level is a tag of the unit): colour raised to red
+            u2 = await _until(gw, lambda u: u["tripped"], "T101_overfill trip seen by the unit")
+            assert u2["colour"] == "red" and u2["grade"] == 2
+            await asyncio.sleep(0.5)
+            before = _unit(gw)
+            # the level transmitter of T101 fails (NaN): uncertain, and counted full - never lower
+            plc.nan_level = "T101"
+            u3 = await _until(gw, lambda u: u["uncertain"], "uncertain after a bad T101 level")
+            assert u3["R"] >= before["R"] and u3["S"] >= before["S"] and u3["grade"] <= before["grade"]
+            (t101,) = [t for t in u3["tanks"] if t["name"] == "T101"]
+            assert t101["basis"] == "upper_bound" and t101["uncertain"]
+            assert any(r.startswith("T101.level") and "nan" in r for r in u3["reasons"]), u3["reasons"]
+            assert math.isclose(t101["q_t"], math.pi * 5.5 ** 2 * 12.0 * 0.887, rel_tol=1e-9)  # full, densest
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)  # drains the uplink before it returns
+            await plc.stop()
+
+        tokens = [b.jws for b in rx.receiver.store.batches(GW)]
+    assert tokens
+
+    # every batch: signature (jwcrypto, not our signing code), sequence and hash chain
+    key = jwk.JWK.from_json((trust / f"{kid}.jwk").read_text())
+    prev, payloads = None, []
+    for i, token in enumerate(tokens, start=1):
+        obj = jws.JWS()
+        obj.deserialize(token)
+        obj.verify(key, alg="EdDSA")
+        p = json.loads(obj.payload)
+        assert p["seq"] == i and p["prev"] == prev and p["gateway_id"] == GW
+        prev = _b64(hashlib.sha256(token.encode("ascii")).digest())
+        payloads.append(p)
+    readings = [r for p in payloads for r in p["readings"]]
+    hazard = [e for p in payloads for e in p["events"] if e.get("type") == "hazard"]
+
+    # the grade 3 -> 2 crossing, uploaded once, with the regulator codes
+    cross = [e for e in hazard if e["from_grade"] == 3 and e["to_grade"] == 2]
+    assert len(cross) == 1, hazard
+    e = cross[0]
+    assert e["unit"] == UNIT and e["changes"] == ["grade"] and e["uncertain"] is False and e["major_hazard"]
+    assert e["enterprise_code"] == ENTERPRISE and e["major_hazard_code"] == MH and e["gateway_id"] == GW
+    # R recomputed by hand from the uploaded readings of the poll that caused the event
+    snap = {r["tag"]: r["value"] for r in readings if r["ts"] == e["ts"]}
+    area = math.pi * 5.5 ** 2
+    q = sum(area * snap[f"{t}.level"] * _benzene_density(snap[f"{t}.temperature"]) for t in ("T101", "T102"))
+    assert e["R"] == pytest.approx(2.0 * q / 50.0, abs=1e-5) and e["R"] >= 50.0
+    assert e["S"] == pytest.approx(q / 50.0, abs=1e-5)
+    assert 8.95 < snap["T101.level"] < 9.2 and snap["T102.level"] == pytest.approx(6.0, abs=1e-6)
+    earlier = [r["value"] for r in readings if r["tag"] == "T101.level" and r["ts"] < e["ts"]]
+    assert earlier and max(earlier) < snap["T101.level"]  # the poll before was still under R = 50
+
+    # colour raised by the trip, and the bad level: uncertain, not lower
+    assert any(x["to_colour"] == "red" and x["tripped"] and "colour" in x["changes"] for x in hazard), hazard
+    bad = [x for x in hazard if x["uncertain"] and "uncertain" in x["changes"] and x["ts"] > e["ts"]]
+    assert len(bad) == 1 and bad[0]["to_grade"] in (1, 2) and bad[0]["R"] >= e["R"]
+    assert any("T101.level" in r for r in bad[0]["reasons"])
+
+    # point codes on tagged events: enterprise + major-hazard + tag (point_code's default, no separator)
+    alarms = [x for p in payloads for x in p["events"] if x.get("type") == "alarm"]
+    assert alarms and all(x["point"] == f"{ENTERPRISE}{MH}{x['tag']}" for x in alarms)
+    trips = [x for p in payloads for x in p["events"] if x.get("type") == "interlock" and x["event"] == "trip"]
+    assert trips and all(i["point"] == f"{ENTERPRISE}{MH}{i['tag']}" for x in trips for i in x["inputs"])
+    assert readings and all(r["tag"] in gw.points for r in readings)
+
+
+def test_readings_carry_point_codes_in_the_uploaded_batch(tmp_path: Path):
+    """Gateway._reading_record adds the point code; it must survive the store into the signed batch."""
+    from gateway.batches import Batcher
+    from gateway.signing import decode_unverified
+
+    kid = keygen(tmp_path / "keys")
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("unused")
+    gw = Gateway(load_config(_write_config(tmp_path, 1502, "https://127.0.0.1:1", cafile)),
+                 Signer.from_file(tmp_path / "keys" / "private.pem"))
+    assert gw.points["T101.level"] == f"{ENTERPRISE}{MH}T101.level" and kid
+    gw.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    gw.store.open()
+    try:
+        rec = gw._reading_record(Reading("T101.level", 8.0, "m", Quality.GOOD, ts=1_760_000_000.0))
+        assert rec["point"] == f"{ENTERPRISE}{MH}T101.level"
+        assert gw.store.put_reading(rec) and gw.store.flush(10)
+        batch = Batcher(gw.store, gw.signer, GW, lambda: gw.cfg.config_hash).next_batch()
+        (r,) = decode_unverified(batch.jws)[1]["readings"]
+        assert r["point"] == f"{ENTERPRISE}{MH}T101.level"
+    finally:
+        gw.store.close()
+
+
+def test_level2_gas_alarm_of_a_unit_tag_raises_the_colour_and_is_recorded(tmp_path: Path):
+    """The alarm-state mapping in the tick (Gateway._sync_hazard_alarm_state), fed with readings directly:
+    a level-2 combustible alarm (50 %LEL, GB/T 50493-2019 5.5.2) on a tag in the unit's alarm_tags raises
+    the colour one step (demo colour_map level2_alarm: raise); a level-1 alarm does not."""
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("unused")
+    cfg = load_config(_write_config(tmp_path, 1502, "https://127.0.0.1:1", cafile, gas=True))
+    gw = Gateway(cfg, None)
+    gw.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    gw.store.open()
+    t0 = time.time()
+
+    def poll(i: int, gas: float) -> None:
+        gw.on_readings([Reading("T101.level", 8.0, "m", Quality.GOOD, ts=t0 + i),
+                        Reading("T101.temperature", 20.0, "degC", Quality.GOOD, ts=t0 + i),
+                        Reading("T102.level", 6.0, "m", Quality.GOOD, ts=t0 + i),
+                        Reading("T102.temperature", 20.0, "degC", Quality.GOOD, ts=t0 + i),
+                        Reading("GD1.gas", gas, "%LEL", Quality.GOOD, ts=t0 + i)])
+
+    poll(0, 0.0)
+    assert _unit(gw)["colour"] == "orange" and _unit(gw)["grade"] == 3
+    poll(1, 30.0)                                   # level 1 only
+    assert _unit(gw)["colour"] == "orange" and not _unit(gw)["level2_active"]
+    poll(2, 55.0)                                   # level 2
+    u = _unit(gw)
+    assert u["level2_active"] and u["colour"] == "red" and u["grade"] == 3  # the grade is the quantity's
+    assert gw.store.flush(10)
+    db = sqlite3.connect(gw.cfg.store_path)
+    logged = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
+    db.close()
+    gw.store.close()
+    (ev,) = [e for e in logged if e.get("type") == "hazard" and "colour" in e["changes"]]
+    assert ev["from_colour"] == "orange" and ev["to_colour"] == "red" and ev["level2_active"]
+    assert ev["enterprise_code"] == ENTERPRISE and ev["major_hazard_code"] == MH
+    gas_alarms = [e for e in logged if e.get("type") == "alarm" and e["tag"] == "GD1.gas"]
+    assert gas_alarms and all(e["point"] == f"{ENTERPRISE}{MH}GD1.gas" for e in gas_alarms)
+
+
+def test_one_poll_is_one_snapshot_no_intermediate_event():
+    """HazardEngine.update_many: a poll's level and temperature together give one evaluation. Fed one
+    by one, the level without its temperature counts the densest row (uncertain) first, an event the
+    plant never was in."""
+    from gateway.hazard import HazardEngine, unit_from_dict
+
+    unit = _demo_hazard_unit()
+    snap = [Reading("T101.level", 8.0, "m", Quality.GOOD, ts=1.0), Reading("T102.level", 6.0, "m", Quality.GOOD, ts=1.0),
+            Reading("T101.temperature", 20.0, "degC", Quality.GOOD, ts=1.0),
+            Reading("T102.temperature", 20.0, "degC", Quality.GOOD, ts=1.0)]
+    together = HazardEngine([unit_from_dict(unit)]).update_many(snap)
+    assert len(together) == 1 and together[0]["to_grade"] == 3 and not together[0]["uncertain"]
+    one_by_one = HazardEngine([unit_from_dict(unit)])
+    events = [e for r in snap for e in one_by_one.update(r)]
+    assert len(events) > 1 and events[-1]["to_grade"] == 3
+    eng = HazardEngine([unit_from_dict(dict(unit, alarm_tags=["GD1.gas"]))])
+    assert eng.unit_tags(UNIT) == {"T101.level", "T101.temperature", "T102.level", "T102.temperature", "GD1.gas"}
+    assert eng.major_hazard_code(UNIT) == MH
