@@ -19,7 +19,9 @@ False re-energises it), so either path trips the same valve.
 
 Scenario steps (:mod:`hil.scenario`) call the farm's methods by name:
 set_inflow, set_outflow, set_level, set_coil, set_lel, ramp_lel, set_fault,
-set_h2s, ramp_h2s, watch, log.
+set_h2s, ramp_h2s, watch, log, link_down, clock_step (the OPC UA plant's
+clock); power_loss acts on the gateway, so it calls the hook its runner
+sets (``power_hook(down_s)``, async; gateway/demo.py sets it).
 
 Every event (threshold crossings, client coil writes, detector register
 writes, scenario steps, ESD strokes) is kept in ``events`` and, when an
@@ -89,6 +91,10 @@ class TankFarm:
         self._task: asyncio.Task | None = None
         self._scenario_task: asyncio.Task | None = None
         self._last_trip_cmd: bool | None = None
+        self._background: set[asyncio.Task] = set()  # link_down / power_loss tasks
+        #: set by the gateway's runner (gateway/demo.py): async power_hook(down_s)
+        self.power_hook: Any = None
+        self.clock_offset_s = 0.0  # OPC UA plant clock minus true time (clock_step)
 
     # ------------------------------------------------------------------ life cycle
     async def start(self, workdir: str | os.PathLike, events_path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -131,6 +137,10 @@ class TankFarm:
 
     async def stop(self) -> None:
         """Stop scenario, coupling task and all peers; close the events file. Idempotent."""
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for attr in ("_scenario_task", "_task"):
             task = getattr(self, attr)
             if task:
@@ -210,6 +220,72 @@ class TankFarm:
         self._emit({"t": time.time(), "kind": "log", "message": message})
         log.info("%s", message)
 
+    def link_down(self, link: str, for_s: float) -> None:
+        """The link to one peer fails for ``for_s`` s, then comes back; returns at once (a background task).
+
+        modbus_tcp: the PLC's server closes (connections dropped, connects refused) and listens again on the
+        same port; the tank physics is integrated over the outage. opcua: the plant server stops and starts
+        again on the same port. serial: all three detectors stop answering (a cut RS-485 pair).
+        Raises ValueError for another link name.
+        """
+        if link not in ("modbus_tcp", "serial", "opcua"):
+            raise ValueError(f"link_down: link must be modbus_tcp, serial or opcua, got {link!r}")
+        self._spawn(self._link_down(link, float(for_s)), f"link_down:{link}")
+
+    async def _link_down(self, link: str, for_s: float) -> None:
+        self._emit({"t": time.time(), "kind": "link_down", "link": link, "for_s": for_s})
+        if link == "serial":
+            for s in (1, 2, 3):
+                self._gas().set_silent(s, True)
+            await asyncio.sleep(for_s)
+            for s in (1, 2, 3):
+                self._gas().set_silent(s, False)
+        elif link == "modbus_tcp":
+            port, t_down = self.plc.port, time.monotonic()
+            await self.plc.stop()
+            await asyncio.sleep(for_s)
+            self.plc._req_port = port  # same port as before (it was 0 = "any" at the first start)
+            await self.plc.start()
+            self.plc._last_tick = t_down  # the next physics tick integrates the outage: the plant kept filling
+        else:
+            await self.plant.stop()
+            await asyncio.sleep(for_s)
+            await self.plant.start()
+            await self.plant.set_esd_position(self.esd_position_pct)
+            await self.plant.set_h2s(self.h2s_mg_m3)
+            self._h2s_written = self.h2s_mg_m3
+        self._emit({"t": time.time(), "kind": "link_up", "link": link})
+
+    def power_loss(self, down_s: float) -> None:
+        """SIGKILL the gateway and restart it after ``down_s`` s, through ``power_hook`` (set by the demo).
+
+        Raises RuntimeError when no runner set the hook (the farm alone cannot reach the gateway)."""
+        if self.power_hook is None:
+            raise RuntimeError("power_loss needs the gateway's runner: use `hazard-gateway demo --scenario ...`")
+        self._emit({"t": time.time(), "kind": "power_loss", "down_s": down_s})
+        self._spawn(self.power_hook(float(down_s)), "power_loss")
+
+    async def clock_step(self, offset_s: float) -> None:
+        """Step the OPC UA plant's clock by ``offset_s`` s (cumulative): its SourceTimestamps (H2S) jump, as
+        when a device's clock is set wrong or stepped by NTP; the value is republished at once."""
+        self.clock_offset_s += float(offset_s)
+        self._emit({"t": time.time(), "kind": "clock_step", "offset_s": offset_s, "total_s": self.clock_offset_s})
+        self._h2s_written = None
+        await self._publish_h2s()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                self._emit({"t": time.time(), "kind": "farm_error", "error": f"{name}: {type(exc).__name__}: {exc}"})
+                log.warning("%s: %s", name, exc)
+
+        task.add_done_callback(done)
+
     # ------------------------------------------------------------------ internals
     def _gas(self) -> GasBus:
         if self.gas is None:
@@ -239,7 +315,7 @@ class TankFarm:
     async def _publish_h2s(self) -> None:
         self.watches.update("H2S", self.h2s_mg_m3)
         if self._h2s_written != self.h2s_mg_m3:
-            await self.plant.set_h2s(self.h2s_mg_m3)
+            await self.plant.set_h2s(self.h2s_mg_m3, source_ts=time.time() + self.clock_offset_s)
             self._h2s_written = self.h2s_mg_m3
 
     async def _coupling(self) -> None:

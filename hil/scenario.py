@@ -30,6 +30,15 @@ set_h2s            {mg_m3: float >= 0}
 ramp_h2s           {to_mg_m3: float >= 0, over_s: float > 0}
 watch              {tag: str, threshold: float, direction: up|down}
 log                {message: str}
+link_down          {link: modbus_tcp|serial|opcua, for_s: float > 0}  the peer
+                   stops answering for for_s s (TCP / OPC UA: server closed,
+                   connects refused; serial: every slave silent); the plant
+                   keeps running. Returns at once; later steps go on.
+power_loss         {down_s: float >= 0}  SIGKILL of the gateway, restarted
+                   after down_s (needs the demo runner: ``hazard-gateway demo
+                   --scenario power_loss``; repeat the step for a loop)
+clock_step         {offset_s: float}  step the OPC UA plant's clock by
+                   offset_s (cumulative): its SourceTimestamps jump
 =================  ==========================================================
 
 Tags for ``watch``: ``T101.level``, ``T101.temperature``, ``T101.pressure``
@@ -205,6 +214,9 @@ ACTIONS: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "ramp_h2s": {"to_mg_m3": _num(0), "over_s": _num(0, lo_open=True)},
     "watch": {"tag": _str, "threshold": _num(), "direction": _one_of("up", "down")},
     "log": {"message": _str},
+    "link_down": {"link": _one_of("modbus_tcp", "serial", "opcua"), "for_s": _num(0, lo_open=True)},
+    "power_loss": {"down_s": _num(0)},
+    "clock_step": {"offset_s": _num()},
 }
 
 

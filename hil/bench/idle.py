@@ -1,0 +1,194 @@
+"""Idle cost: CPU seconds per hour and memory of the gateway daemon in steady polling.
+
+The real daemon (``hazard-gateway run``, a subprocess) polls ``tags`` float32
+tags of a :class:`hil.bench.TagSim` (in this process, values changing every
+second so every reading is recorded) every ``poll_ms``, with its whole
+record path on: SQLite store, signed batches, HTTPS uplink to the reference
+receiver (another subprocess). After a warm-up its CPU time (utime + stime,
+/proc/PID/stat) and RSS (VmRSS) are sampled once a second for ``duration_s``;
+CPU seconds per hour are extrapolated linearly. Keeping up: polls counted by
+the daemon (status.json ``devices.*.polls``) against ``duration_s / poll``, and
+tags/s served by the simulator. Memory flatness: RSS slope in MB per hour by
+least squares over the samples (after the warm-up).
+
+:func:`measure_process` is shared with the peer benchmark (same harness for
+both sides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hil.bench import REPO, TagSim, free_port, tree_cpu_s, tree_rss_mb
+
+
+def _slope_per_h(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (t_s, value) in value per hour."""
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    den = sum((t - mt) ** 2 for t, _ in points)
+    return None if den == 0 else sum((t - mt) * (v - mv) for t, v in points) / den * 3600
+
+
+async def measure_process(proc: subprocess.Popen, sim: TagSim, *, warmup_s: float, duration_s: float,
+                          ready: Callable[[], bool] | None = None, ready_timeout_s: float = 60.0,
+                          expected_tags_per_s: float | None = None) -> dict[str, Any]:
+    """Sample CPU and RSS of ``proc`` (and its descendants) and the simulator's counters.
+
+    Waits until ``ready()`` is true (or the simulator has answered a request), then ``warmup_s``, then
+    measures for ``duration_s``. Raises RuntimeError when the process exits or never gets ready.
+    """
+    deadline = time.monotonic() + ready_timeout_s
+    while not ((ready() if ready else False) or sim.requests > 0):
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before polling")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no poll reached the simulator within {ready_timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(warmup_s)
+    cpu0, reg0, req0, t0 = tree_cpu_s(proc.pid), sim.registers, sim.requests, time.monotonic()
+    rss: list[tuple[float, float]] = []
+    while time.monotonic() - t0 < duration_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} during the measurement")
+        rss.append((time.monotonic() - t0, tree_rss_mb(proc.pid)))
+        await asyncio.sleep(min(1.0, max(0.05, duration_s - (time.monotonic() - t0))))
+    wall = time.monotonic() - t0
+    cpu = tree_cpu_s(proc.pid) - cpu0
+    tags_per_s = (sim.registers - reg0) / 2 / wall
+    out = {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_h": round(cpu / wall * 3600, 1),
+        "cpu_pct": round(100 * cpu / wall, 2),
+        "tags_per_s": round(tags_per_s, 1),
+        "requests_per_s": round((sim.requests - req0) / wall, 1),
+        "tags_per_cpu_s": round(tags_per_s * wall / cpu, 1) if cpu > 0 else None,
+        "cpu_s_per_1000_tags": round(1000 * cpu / max(tags_per_s * wall, 1), 4),
+        "rss_mb_start": round(rss[0][1], 1) if rss else None,
+        "rss_mb_end": round(rss[-1][1], 1) if rss else None,
+        "rss_mb_max": round(max(v for _, v in rss), 1) if rss else None,
+        "rss_slope_mb_per_h": None if (s := _slope_per_h(rss)) is None else round(s, 1),
+    }
+    if expected_tags_per_s:
+        out["keep_up"] = round(tags_per_s / expected_tags_per_s, 3)
+    return out
+
+
+def _config(tags: int, poll_ms: int, port: int, wd: Path, receiver_url: str, ca: Path, key: Path) -> str:
+    lines = [
+        "gateway: {id: bench-idle, state_dir: state}",
+        f"keys: {{private_key: {key}}}",
+        "store: {path: store.sqlite, commit_interval_ms: 500}",
+        f"uplink: {{url: '{receiver_url}', ca_file: {ca}, batch_max_readings: 5000, interval_ms: 1000}}",
+        "devices:",
+        f"  - {{name: sim, protocol: modbus_tcp, host: 127.0.0.1, port: {port}, unit_id: 1,",
+        f"     poll_interval_ms: {poll_ms}, timeout_ms: 1000,",
+        "     tags: [",
+    ]
+    lines += [f"       {{name: T{i:04d}, address: {30001 + 2 * i}, type: float32, order: ABCD, unit: m}},"
+              for i in range(tags)]
+    lines += ["     ]}"]
+    return "\n".join(lines) + "\n"
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _run_one(tags: int, poll_ms: int, duration_s: float, warmup_s: float, wd: Path) -> dict[str, Any]:
+    from gateway.signing import keygen
+    from gateway.tlsutil import make_self_signed
+
+    keygen(wd / "keys")
+    trust = wd / "trust"
+    trust.mkdir(exist_ok=True)
+    for jwk in (wd / "keys").glob("*.jwk"):
+        (trust / jwk.name).write_bytes(jwk.read_bytes())
+    cert, tkey = make_self_signed(wd / "tls")
+    sim = TagSim(tags, vary=True)
+    await sim.start()
+    rport = free_port()
+    cli = [sys.executable, "-m", "gateway.cli"]
+    env = dict(os.environ, HG_LOG_LEVEL="WARNING")
+    logs = open(wd / "processes.log", "ab")
+    receiver = subprocess.Popen(cli + ["receiver", "--listen", f"127.0.0.1:{rport}", "--store",
+                                       str(wd / "receiver.sqlite"), "--trust", str(trust), "--cert", str(cert),
+                                       "--key", str(tkey)], stdout=logs, stderr=logs, cwd=str(REPO), env=env)
+    cfg = wd / "gateway.yaml"
+    cfg.write_text(_config(tags, poll_ms, sim.port, wd, f"https://127.0.0.1:{rport}/v1/batches", cert,
+                           wd / "keys" / "private.pem"))
+    status = wd / "state" / "status.json"
+
+    def polls() -> int:
+        try:
+            return int(json.loads(status.read_text())["devices"]["sim"]["polls"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    gw = subprocess.Popen(cli + ["run", "--config", str(cfg)], stdout=logs, stderr=logs, cwd=str(REPO), env=env)
+    try:
+        res = await measure_process(gw, sim, warmup_s=warmup_s, duration_s=0.0, ready=lambda: polls() > 0,
+                                    expected_tags_per_s=tags * 1000 / poll_ms)
+        p0, t0 = polls(), time.monotonic()
+        res = await measure_process(gw, sim, warmup_s=0.0, duration_s=duration_s,
+                                    expected_tags_per_s=tags * 1000 / poll_ms)
+        p1 = polls()
+        res["polls"] = p1 - p0
+        res["polls_expected"] = round((time.monotonic() - t0) * 1000 / poll_ms, 1)
+        st = json.loads(status.read_text()) if status.exists() else {}
+        res["uplink_sent_batches"] = (st.get("uplink") or {}).get("sent")
+        res["store_unsent"] = (st.get("store") or {}).get("readings_unsent")
+    finally:
+        _stop(gw)
+        _stop(receiver)
+        logs.close()
+        await sim.stop()
+    if gw.returncode not in (0, None):
+        res["exit_code"] = gw.returncode
+    return {"tags": tags, "poll_ms": poll_ms, **res}
+
+
+def run(tags: int = 500, poll_ms: int | list[int] = (1000, 100), duration_s: float = 60.0, warmup_s: float = 8.0,
+        workdir: str | None = None) -> dict[str, Any]:
+    """Measure the daemon at each poll interval (ms). Returns {"params", "runs": [...], "idle_cpu_s_per_h",
+    "idle_rss_mb"} where the headline figures come from the first interval (1000 ms by default).
+    The 100 ms run (if any) is measured for a third of ``duration_s`` (at least 10 s): keeping up and flat memory.
+    Raises RuntimeError when the daemon does not start.
+    """
+    intervals = [poll_ms] if isinstance(poll_ms, int) else list(poll_ms)
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    runs = []
+    for i, ms in enumerate(intervals):
+        wd = base / f"poll-{ms}ms"
+        wd.mkdir(parents=True, exist_ok=True)
+        d = duration_s if i == 0 else max(10.0, duration_s / 3)
+        runs.append(asyncio.run(_run_one(tags, ms, d, warmup_s, wd)))
+    first = runs[0]
+    return {"params": {"tags": tags, "poll_ms": intervals, "duration_s": duration_s, "warmup_s": warmup_s,
+                       "record_path": "SQLite store + signed batches over HTTPS to the reference receiver",
+                       "workdir": str(base)},
+            "runs": runs, "idle_cpu_s_per_h": first["cpu_s_per_h"], "idle_rss_mb": first["rss_mb_max"],
+            "tags_per_cpu_s": first["tags_per_cpu_s"]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(duration_s=float(sys.argv[1]) if len(sys.argv) > 1 else 20.0), indent=2))
