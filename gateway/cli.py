@@ -21,7 +21,12 @@ def _err(msg: str) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config import load_config
 
+    from gateway.config import ConfigError, check_secrets
+
     cfg = load_config(args.file)
+    secrets = check_secrets(cfg)  # issue 6: secret files exist and are readable by the owner only
+    if secrets:
+        raise ConfigError(secrets)
     for w in cfg.warnings:
         print(w, file=sys.stderr)
     m = cfg.model
@@ -34,7 +39,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.daemon import run_daemon
 
+    from gateway.config import ConfigError, check_secrets
+
     cfg = load_config(args.config)
+    secrets = check_secrets(cfg, used_only=True)  # the files the daemon will open
+    if secrets:
+        raise ConfigError(secrets)
     for w in cfg.warnings:
         print(w, file=sys.stderr)
     return run_daemon(cfg)
@@ -120,10 +130,97 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grade(args: argparse.Namespace) -> int:
+    """GB 18218-2018 identification (S) and grading (R) of one unit from quantities (issue 7)."""
+    from gateway.hazard import grade_command
+
+    return grade_command(args.people, args.substance)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the config's JSON Schema (config/schema.json is this output)."""
+    from gateway.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    """Lay the systemd unit, sysusers/tmpfiles, the user, directories and a starter config (gateway.install)."""
+    from gateway.install import InstallError, install_service
+
+    try:
+        lines = install_service(args.prefix, args.config_dir, dry_run=args.dry_run, exec_path=args.exec_path)
+    except InstallError as exc:
+        _err(f"install-service: {exc}")
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Read every configured tag once and print a table (gateway.probe). Exit 0 all good, 1 any bad."""
+    from gateway.config import ConfigError, check_secrets, load_config
+    from gateway.probe import run_probe
+
+    cfg = load_config(args.config)
+    # the device secrets probe opens (OPC UA key, password file) pass the same owner-only check as `run`
+    secrets = [p for p in check_secrets(cfg, used_only=True) if p.path.startswith("devices")]
+    if secrets:
+        raise ConfigError(secrets)
+    return run_probe(cfg, args.device, as_json=args.json, verbose=args.verbose)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(config=args.config, workdir=args.workdir, json_out=args.json, scenario=args.scenario)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    """status | ack | reset | shelve | unshelve | bypass | silence over the daemon's control socket
+    (gateway.control). Exit 0 done, 1 refused (one line why), 2 daemon not running or usage error."""
+    from gateway.control import ControlError, render_status, request, socket_path
+
+    if args.socket:
+        path = Path(args.socket)
+    elif args.config:
+        from gateway.config import load_config
+
+        path = socket_path(load_config(args.config))
+    else:
+        _err(f"{args.command}: give --config FILE (the daemon's config) or --socket PATH")
+        return 2
+    req: dict = {"action": args.command}
+    if args.command in ("ack", "shelve", "unshelve"):
+        req["id"] = args.target
+    elif args.command == "reset":
+        req["target"] = args.target
+    elif args.command == "bypass":
+        req["interlock"] = args.target
+        if args.end:
+            req["end"] = True
+    if getattr(args, "reason", None) is not None:
+        req["reason"] = args.reason
+    if args.command in ("shelve", "bypass") and not getattr(args, "end", False):
+        if args.minutes is None or not args.reason or not args.reason.strip():
+            _err(f"{args.command} needs --minutes N and --reason TEXT")
+            return 2
+        req["minutes"] = args.minutes
+    try:
+        ans = request(path, req)
+    except ControlError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    if not ans.get("ok"):
+        _err(f"refused: {ans.get('error', 'no reason given')}")
+        return 1
+    if args.command == "status":
+        print(json.dumps(ans["status"], indent=1, default=str) if args.json else render_status(ans["status"]))
+    else:
+        print(f"{ans.get('message', 'ok')} (by {ans.get('user')})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="validate a config file (FILE:LINE:COL errors, exit 2)")
     s.add_argument("file")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("grade", help="GB 18218-2018: S, R, grade and major_hazard of one unit as JSON")
+    s.add_argument("--people", type=int, required=True, help="people within 500 m outside the unit boundary")
+    s.add_argument("--substance", action="append", default=[], metavar="NAME=TONNES",
+                   help="Chinese or English name, or CAS number = quantity in tonnes (repeatable)")
+    s.set_defaults(func=cmd_grade)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("probe", help="read every configured tag once and print address, raw, value, quality")
+    s.add_argument("--config", required=True)
+    s.add_argument("--device", default=None, help="only this device")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.add_argument("--verbose", action="store_true", help="keep the drivers' log lines on stderr")
+    s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("demo", help="run the gateway on the built-in simulated tank farm")
     s.add_argument("--config", default=None, help="gateway config (default: config/demo.yaml)")
@@ -161,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="with export: output directory")
     s.set_defaults(func=cmd_receiver)
 
+    s = sub.add_parser("install-service", help="install the systemd unit, user, directories and a starter config "
+                                                "(idempotent; --dry-run shows what it would do)")
+    s.add_argument("--prefix", default="/", help="install under this root (default /)")
+    s.add_argument("--config-dir", default="/etc/hazard-gateway", help="config directory (default /etc/hazard-gateway)")
+    s.add_argument("--exec", dest="exec_path", default=None,
+                   help="hazard-gateway executable for ExecStart (default: the one running this command)")
+    s.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    s.set_defaults(func=cmd_install_service)
+
     s = sub.add_parser("verify", help="verify exported batches offline: signature, sequence, hash chain")
     s.add_argument("--trust", required=True)
     s.add_argument("files", nargs="+")
@@ -176,6 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--str-len", type=int, default=None, help="string length in characters")
         s.add_argument("hex" if name == "decode" else "values", nargs="+")
         s.set_defaults(func=func)
+    for name, helptext, target, reason in (
+            ("status", "show devices, tags, alarms, interlocks, outputs, store and uplink of the running daemon",
+             None, None),
+            ("ack", "acknowledge an alarm", "ALARM_ID", "optional"),
+            ("reset", "reset a latched alarm or a tripped interlock (refused while the condition persists)",
+             "ALARM_ID|INTERLOCK", "optional"),
+            ("shelve", "shelve an alarm for --minutes (needs --reason)", "ALARM_ID", "required"),
+            ("unshelve", "return a shelved alarm to service", "ALARM_ID", "optional"),
+            ("bypass", "bypass an interlock for --minutes (needs --reason); --end ends it", "INTERLOCK", "required"),
+            ("silence", "silence the horns (a new alarm sounds again)", None, "optional")):
+        s = sub.add_parser(name, help=helptext)
+        if target:
+            s.add_argument("target", metavar=target)
+        if reason:
+            s.add_argument("--reason", default=None, help=f"why ({reason}); logged with your user name")
+        if name in ("shelve", "bypass"):
+            s.add_argument("--minutes", type=float, default=None, help="duration in minutes")
+        if name == "bypass":
+            s.add_argument("--end", action="store_true", help="end the bypass now")
+        if name == "status":
+            s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+        where = s.add_mutually_exclusive_group()
+        where.add_argument("--config", default=None, help="the daemon's config file (finds its control socket)")
+        where.add_argument("--socket", default=None, help="the control socket path")
+        s.set_defaults(func=cmd_control)
     return p
 
 

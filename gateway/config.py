@@ -4,10 +4,20 @@ Shape (see config/example-site.yaml for a commented template)::
 
     gateway:    {id, enterprise_code, major_hazard_code, state_dir}
     keys:       {private_key}
-    store:      {path, commit_interval_ms, max_bytes, retention_days}
-    uplink:     {url, ca_file, client_cert, client_key, timeout_ms, batch_max_readings, interval_ms}
+    store:      {path, commit_interval_ms, max_bytes, retention_days, on_full: drop_oldest|stop_polling}
+    uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, timeout_ms,
+                 batch_max_readings, interval_ms}
     devices:    [{name, protocol: modbus_tcp|modbus_rtu|opcua, ..., tags: [...]}]
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
+    hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, issue 7)
+    control:    {socket, mode, group, max_shelve_minutes}   (operator socket)
+    annunciators: [{output, kind: beacon|horn, pattern: steady|flash, alarm_hz, fault_hz, groups, priorities}]
+    (a Modbus device may carry heartbeat: {address, interval_ms, mode: count|toggle})
+    include:    [profile files or directories]   (device profiles, gateway.device_profiles)
+    metrics:    {listen: 127.0.0.1:9108, allow_remote}   (Prometheus, gateway.metrics)
+    (a Modbus device may take its tags from a profile: {profile, select, tag_prefix, overrides})
+    Secrets (keys.private_key, uplink.client_key, security.key / password_file) are file paths only;
+    check_secrets() refuses missing ones and ones group/others can access.
 
 Every mistake is reported as ``FILE:LINE:COL: key.path: message`` (all of them at
 once) through :class:`ConfigError`; unknown keys are errors, so a typo cannot
@@ -19,11 +29,12 @@ column of every key and value.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -72,11 +83,25 @@ class GatewaySection(Strict):
     id: str = Field(pattern=NAME_RE, description="gateway id, unique per regulator")
     enterprise_code: str | None = Field(None, description="regulator's enterprise code (12 digits on most platforms)")
     major_hazard_code: str | None = Field(None, description="code of the major hazard installation")
+    point_separator: str = Field("", pattern=r"^[^A-Za-z0-9_.\-\s]{0,3}$", description=(
+        "joins enterprise code, major-hazard code and tag into a point code (gateway.hazard.point_code); "
+        "default none, as provinces fix the field lengths"))
     state_dir: str = Field("state", description="directory for the store and status files (relative to the config)")
 
 
+def _secret_path(v: Any) -> Any:
+    """A secret is given as a file path, never inline (issue 6): refuse PEM / multi-line key material."""
+    if isinstance(v, str) and ("-----BEGIN" in v or "\n" in v.strip()):
+        raise ValueError("key material must not be inline: put it in a file (chmod 600) and give the file's path")
+    return v
+
+
+SecretPath = Annotated[str, AfterValidator(_secret_path)]
+
+
 class KeysSection(Strict):
-    private_key: str = Field(description="Ed25519 private key PEM (mode 0600) made by `hazard-gateway keygen`")
+    private_key: SecretPath = Field(description="path of the Ed25519 private key PEM (mode 0600) made by "
+                                                "`hazard-gateway keygen`; a secret: never inline")
 
 
 class StoreSection(Strict):
@@ -85,25 +110,54 @@ class StoreSection(Strict):
                                     description="the writer commits at least this often; bounds a power-loss loss")
     max_bytes: int = Field(1 << 30, ge=1 << 20, description="size cap of the buffer database")
     retention_days: float = Field(30, ge=0, description="time floor of local records (SAWS order No. 40: 30 days)")
+    on_full: Literal["drop_oldest", "stop_polling"] = Field(
+        "drop_oldest", description="at max_bytes: drop the oldest unsent telemetry (gap rows), or stop recording "
+        "new telemetry (gap rows) and keep what is stored; the safety path polls on either way")
 
 
 class UplinkSection(Strict):
-    url: str = Field(pattern=r"^https://", description="receiver endpoint, e.g. https://host/v1/batches (TLS only)")
+    transport: Literal["https", "mqtt"] = Field("https", description="https (POST per batch) or mqtt (MQTT 5, QoS 1)")
+    url: str = Field(description="https://host/v1/batches (TLS only), or for mqtt mqtts://host:8883 "
+                                 "(mqtt:// without TLS only to a loopback broker)")
+    topic: str = Field("hazard/{gateway_id}/batches", description="mqtt: topic of the batches ({gateway_id} filled in)")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="mqtt: keep-alive interval (MQTT 5 s.3.1.2.10)")
+    profile: str = Field("jws", description="platform envelope (gateway.profiles): jws = the compact JWS as is")
     ca_file: str | None = Field(None, description="CA (or self-signed certificate) that the receiver's certificate must chain to")
-    client_cert: str | None = None
-    client_key: str | None = None
-    timeout_ms: int = Field(5000, ge=100)
-    batch_max_readings: int = Field(500, ge=1, le=100_000)
+    client_cert: str | None = Field(None, description="client certificate PEM for mutual TLS (holds the key too "
+                                                      "when client_key is not given)")
+    client_key: SecretPath | None = Field(None, description="client private key file (mode 0600) for mutual TLS")
+    timeout_ms: int = Field(5000, ge=100, description="one upload attempt's time limit")
+    batch_max_readings: int = Field(500, ge=1, le=100_000, description="readings per signed batch at most")
     interval_ms: int = Field(1000, ge=10, description="pause between batches when nothing is pending")
+
+    @field_validator("url")
+    @classmethod
+    def _url_fits_transport(cls, v: str, info: Any) -> str:
+        transport = info.data.get("transport", "https")
+        if transport == "https" and not v.startswith("https://"):
+            raise ValueError("transport https needs an https:// url (TLS only)")
+        if transport == "mqtt":
+            from gateway.uplink_mqtt import parse_broker_url   # ValueError with the reason
+            parse_broker_url(v)
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        from gateway.profiles import get_profile   # ValueError listing the known names
+        get_profile(v)
+        return v
 
 
 class LimitCfg(Strict):
-    setpoint: float
-    deadband: float = Field(0.0, ge=0)
-    on_delay_s: float = Field(0.0, ge=0)
-    off_delay_s: float = Field(0.0, ge=0)
-    priority: int | None = Field(None, ge=1, le=4)
-    latching: bool | None = None
+    """One alarm limit with ISA-18.2 / IEC 62682 tuning (a bare number is just the set point)."""
+
+    setpoint: float = Field(description="alarm limit in the tag's unit")
+    deadband: float = Field(0.0, ge=0, description="the alarm clears only this far back inside the limit")
+    on_delay_s: float = Field(0.0, ge=0, description="the limit must be exceeded this long before the alarm")
+    off_delay_s: float = Field(0.0, ge=0, description="the value must be back this long before the alarm clears")
+    priority: int | None = Field(None, ge=1, le=4, description="1 (highest) .. 4; default HH/LL 1, H/L 3")
+    latching: bool | None = Field(None, description="stays active until reset by an operator")
 
 
 LimitValue = Union[float, LimitCfg]
@@ -132,28 +186,39 @@ class ModbusAddress(Strict):
     address: int = Field(ge=0, le=65535, description="0-based protocol (PDU) address")
 
 
+class ReportCfg(Strict):
+    """Report by exception on the record path (the safety path still sees every reading)."""
+
+    deadband: float = Field(0.0, ge=0, description="record a value only when it moved more than this (tag's unit)")
+    max_silence_s: float = Field(60.0, gt=0, description="record at least this often even without a change")
+
+
 class TagBase(Strict):
-    name: str = Field(pattern=NAME_RE)
-    unit: str = ""
-    writable: bool = False
-    alarms: AlarmsCfg | None = None
+    name: str = Field(pattern=NAME_RE, description="tag name, unique in the whole config (e.g. T101.level)")
+    unit: str = Field("", description="engineering unit, e.g. m, degC, kPa, %LEL, ppm, mg/m3")
+    writable: bool = Field(False, description="an output the gateway may write (interlock actions, annunciators)")
+    alarms: AlarmsCfg | None = Field(None, description="limits (HH/H/L/LL) and gas presets")
+    report: ReportCfg | None = None
     description: str | None = None
 
 
 class ModbusTag(TagBase):
     address: Union[ModbusAddress, int, str] = Field(
         description="reference notation (40001, 30001, 400002 ...) or {table, address} (0-based)")
-    type: str = "uint16"
-    order: str = "ABCD"
-    length: int = Field(1, ge=1, le=125)
-    bit: int | None = Field(None, ge=0, le=15)
-    str_len: int | None = Field(None, ge=1, le=250)
-    scale: float = 1.0
-    offset: float = 0.0
-    raw_range: tuple[float, float] | None = None
-    eng_range: tuple[float, float] | None = None
+    type: str = Field("uint16", description="bool, bit, int16, uint16, int32, uint32, float32, int64, uint64, "
+                                            "float64, string")
+    order: str = Field("ABCD", description="register order of multi-register values: ABCD (high word first), "
+                                           "CDAB (word-swapped), BADC, DCBA")
+    length: int = Field(1, ge=1, le=125, description="array of this many consecutive values")
+    bit: int | None = Field(None, ge=0, le=15, description="type bit: bit number, 0 = least significant")
+    str_len: int | None = Field(None, ge=1, le=250, description="type string: characters")
+    scale: float = Field(1.0, description="engineering = raw * scale + offset")
+    offset: float = Field(0.0, description="engineering = raw * scale + offset")
+    raw_range: tuple[float, float] | None = Field(None, description="[raw_lo, raw_hi] mapped linearly onto "
+                                                                    "eng_range, e.g. 4-20 mA counts [4000, 20000]")
+    eng_range: tuple[float, float] | None = Field(None, description="[eng_lo, eng_hi] for raw_range")
     sentinels: list[Union[int, str]] = Field(default_factory=list, description="raw 'not available' values, e.g. 0xFFFF")
-    write_single_as_fc16: bool = False
+    write_single_as_fc16: bool = Field(False, description="write one register with FC16 (devices refusing FC6)")
 
     @field_validator("address")
     @classmethod
@@ -203,8 +268,8 @@ class ModbusTag(TagBase):
 
 class OpcUaTag(TagBase):
     node_id: str = Field(description="ns=2;s=..., nsu=URI;s=..., i=/s=/g=/b= forms")
-    subscribe: bool = True
-    deadband: float = Field(0.0, ge=0)
+    subscribe: bool = Field(True, description="monitored item (subscription) rather than polled reads")
+    deadband: float = Field(0.0, ge=0, description="absolute data-change deadband of the subscription")
 
     @field_validator("node_id")
     @classmethod
@@ -214,33 +279,90 @@ class OpcUaTag(TagBase):
 
 
 class DeviceBase(Strict):
-    name: str = Field(pattern=NAME_RE)
-    poll_interval_ms: int = Field(1000, ge=20, le=3_600_000)
-    timeout_ms: int = Field(1000, ge=10, le=60_000)
-    enabled: bool = True
+    name: str = Field(pattern=NAME_RE, description="device name, unique; used in every message about it")
+    poll_interval_ms: int = Field(1000, ge=20, le=3_600_000, description="read every tag this often")
+    timeout_ms: int = Field(1000, ge=10, le=60_000, description="one request's answer time limit")
+    enabled: bool = Field(True, description="false: configured but not polled")
 
 
-class ModbusTcpDevice(DeviceBase):
+class HeartbeatCfg(Strict):
+    """Watchdog register the gateway writes every interval_ms so the PLC can trip by itself when the
+    gateway stops (issue 4; DESIGN.md fail-safe). mode count: a holding register counts 0..65535 and
+    wraps; mode toggle: a holding register or a coil alternates 0/1."""
+
+    address: Union[ModbusAddress, int, str] = Field(
+        description="holding register (e.g. 40101) or, for mode toggle, a coil; reference notation or {table, address}")
+    interval_ms: int = Field(1000, ge=50, le=60_000)
+    mode: Literal["count", "toggle"] = "count"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: Any) -> Any:
+        if not isinstance(v, ModbusAddress):
+            parse_reference(v)
+        return v
+
+    def table_address(self) -> tuple[str, int]:
+        if isinstance(self.address, ModbusAddress):
+            return self.address.table, self.address.address
+        return parse_reference(self.address)
+
+    @model_validator(mode="after")
+    def _table(self) -> "HeartbeatCfg":
+        table, _ = self.table_address()
+        if table not in ("holding_register", "coil"):
+            raise ValueError(f"a heartbeat is written: it must be a holding register or a coil, not {table.replace('_', ' ')}")
+        if self.mode == "count" and table != "holding_register":
+            raise ValueError("mode count needs a holding register (a coil can only toggle)")
+        return self
+
+
+class ModbusDeviceBase(DeviceBase):
+    """Fields every Modbus device has: a register-map profile (gateway.device_profiles) and its own tags."""
+
+    profile: str | None = Field(None, description="device profile: a name (config/profiles/NAME.yaml, include:) "
+                                                  "or a path; its tags are added to this device's tags")
+    select: list[str] | None = Field(None, description="fnmatch patterns over the profile's tag keys "
+                                                       "(default: the profile's select)")
+    tag_prefix: str | None = Field(None, description="profile tags are named tag_prefix + key "
+                                                     "(default: the device name and a dot)")
+    overrides: dict[str, dict[str, Any]] | None = Field(
+        None, description="per profile tag key, tag keys that replace the profile's (unit, alarms, address ...)")
+
+    @model_validator(mode="after")
+    def _needs_tags(self) -> "ModbusDeviceBase":
+        if not self.tags:  # type: ignore[attr-defined]
+            raise ValueError("a device needs tags: or a profile:")
+        return self
+
+
+class ModbusTcpDevice(ModbusDeviceBase):
     protocol: Literal["modbus_tcp"]
-    host: str
-    port: int = Field(502, ge=1, le=65535)
-    unit_id: int = Field(1, ge=0, le=255)
+    host: str = Field(description="IP address or host name of the PLC / gateway")
+    port: int = Field(502, ge=1, le=65535, description="TCP port (Modbus: 502)")
+    unit_id: int = Field(1, ge=0, le=255, description="MBAP unit identifier (255 or 1 for most PLCs; the slave "
+                                                       "id behind a TCP-to-RTU gateway)")
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
-    tags: list[ModbusTag]
+    heartbeat: HeartbeatCfg | None = None
+    tags: list[ModbusTag] = Field(default_factory=list, description="this device's points (profile tags are "
+                                                                   "appended)")
 
 
-class ModbusRtuDevice(DeviceBase):
+class ModbusRtuDevice(ModbusDeviceBase):
     protocol: Literal["modbus_rtu"]
     port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    baudrate: int = Field(9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
+    baudrate: int = Field(9600, ge=300, le=921600, description="bit/s; every device on one port shares it")
+    parity: Literal["N", "E", "O"] = Field("N", description="N, E or O (Modbus over serial line: E is the default "
+                                                            "of the standard, many devices use N)")
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    unit_id: int = Field(ge=1, le=247)
+    unit_id: int = Field(ge=1, le=247, description="slave address 1..247")
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
-    tags: list[ModbusTag]
+    heartbeat: HeartbeatCfg | None = None
+    tags: list[ModbusTag] = Field(default_factory=list, description="this device's points (profile tags are "
+                                                                   "appended)")
 
 
 class OpcUaSecurity(Strict):
@@ -249,10 +371,10 @@ class OpcUaSecurity(Strict):
     policy: Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] | None = None
     mode: Literal["Sign", "SignAndEncrypt"] | None = None
     cert: str | None = Field(None, description="client certificate (DER or PEM) file")
-    key: str | None = Field(None, description="client private key file")
+    key: SecretPath | None = Field(None, description="client private key file (mode 0600)")
     server_cert: str | None = Field(None, description="trusted server certificate file")
     username: str | None = None
-    password_file: str | None = Field(None, description="file holding the password (never inline)")
+    password_file: SecretPath | None = Field(None, description="file holding the password (mode 0600; never inline)")
 
     @model_validator(mode="after")
     def _pairs(self) -> "OpcUaSecurity":
@@ -278,8 +400,8 @@ DeviceCfg = Annotated[Union[ModbusTcpDevice, ModbusRtuDevice, OpcUaDeviceCfg], F
 
 
 class InterlockInputCfg(Strict):
-    tag: str
-    condition: Literal["HH", "H", "L", "LL"]
+    tag: str = Field(description="an input tag with the limit named by condition")
+    condition: Literal["HH", "H", "L", "LL"] = Field(description="the tag's alarm limit that votes to trip")
 
 
 class ActionCfg(Strict):
@@ -291,8 +413,9 @@ class InterlockCfg(Strict):
     name: str = Field(pattern=NAME_RE)
     inputs: list[InterlockInputCfg] = Field(min_length=1)
     vote: str = Field("1oo1", pattern=r"^\d+oo\d+$", description="MooN voting, e.g. 2oo3 (GB 16808-2025 5.5.1.8)")
-    on_fault: Literal["trip", "hold"] = "trip"
-    latch: bool = True
+    on_fault: Literal["trip", "hold"] = Field("trip", description="a bad or stale input votes to trip (fail "
+                                                                  "safe) or holds")
+    latch: bool = Field(True, description="stays tripped until reset by an operator")
     actions: list[ActionCfg] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -305,13 +428,103 @@ class InterlockCfg(Strict):
         return self
 
 
+class ControlSection(Strict):
+    """The operator socket (`hazard-gateway ack|reset|shelve|unshelve|bypass|silence|status`): a local
+    unix stream socket; who may act is decided by the socket file's mode and group (issue 4)."""
+
+    socket: str | None = Field(None, description="socket path (default: state_dir/control.sock)")
+    mode: int = Field(0o660, description="permission bits of the socket file, octal (\"0660\")",
+                      json_schema_extra={"type": ["integer", "string"]})
+    group: str | None = Field(None, description="group owning the socket file (members may act); null: the daemon's")
+    max_shelve_minutes: float = Field(480.0, gt=0, description="longest shelve an operator may ask for")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> int:
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            if isinstance(v, str):
+                bits = int(v.strip().removeprefix("0o"), 8)
+            elif type(v).__name__ == "OctalInt":  # YAML 1.2 0o660
+                bits = int(v)
+            elif isinstance(v, int):  # YAML 1.2 reads 0660 as the decimal 660: take its digits as octal
+                bits = int(str(v), 8)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"mode {v!r} is not an octal permission such as \"0660\"") from None
+        if not 0 <= bits <= 0o777:
+            raise ValueError(f"mode {v!r} is outside 0000..0777")
+        return bits
+
+
+class AnnunciatorCfg(Strict):
+    """A beacon or horn driven from the alarm list (GB 16808-2008 4.2: alarm flashes >= 1 Hz, fault >= 0.2 Hz;
+    GB 16808 test methods: silence allowed, a new alarm sounds again)."""
+
+    output: str = Field(description="a writable tag (coil or register): 1 = on, 0 = off")
+    kind: Literal["beacon", "horn"]
+    pattern: Literal["steady", "flash"] = "steady"
+    alarm_hz: float = Field(1.0, gt=0, le=10, description="flash rate for a process alarm")
+    fault_hz: float = Field(0.2, gt=0, le=10, description="flash rate for a fault (quality or output fault)")
+    groups: list[str] | None = Field(None, description="follow only alarms of these first-out groups (default: all)")
+    priorities: list[Annotated[int, Field(ge=1, le=4)]] | None = Field(None, description="follow only these priorities")
+    faults: bool = Field(True, description="also annunciate faults (comm / bad / stale / output fault)")
+
+
+class HazardSection(Strict):
+    """GB 18218-2018 major-hazard units (issue 7, gateway/hazard). Each entry of ``units`` has the shape
+    that gateway.hazard.unit_from_dict documents (name, people_500m, tanks, vessels, fixed, overrides,
+    colour_map, colour_basis, major_hazard_code, alarm_tags); it is checked, with FILE:LINE:COL, in
+    _hazard_checks (every tag must exist, with a unit the volume model understands)."""
+
+    stale_after_s: float | None = Field(60.0, gt=0, description=(
+        "a level / pressure / temperature older than this counts as unknown (tank at its upper bound)"))
+    units: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MetricsSection(Strict):
+    """Prometheus metrics over HTTP (gateway.metrics; text exposition format 0.0.4). Loopback only unless
+    allow_remote: the endpoint has no authentication."""
+
+    allow_remote: bool = Field(False, description="allow a non-loopback listen address (no authentication!)")
+    listen: str = Field("127.0.0.1:9108", description="HOST:PORT to serve /metrics on (default 127.0.0.1:9108)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str, info: Any) -> str:
+        import ipaddress
+
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"listen {v!r} is not HOST:PORT (e.g. 127.0.0.1:9108)")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and not info.data.get("allow_remote", False):
+            raise ValueError(f"metrics listen address {host} is not loopback; the endpoint has no "
+                             "authentication (set allow_remote: true to expose it anyway)")
+        return v
+
+
 class Config(Strict):
+    """A hazard-gateway configuration file (validated by `hazard-gateway check`)."""
+
+    include: list[str] = Field(default_factory=list, description="device profile files or directories "
+                                                                 "(relative to this file) that devices name")
     gateway: GatewaySection
     keys: KeysSection
     store: StoreSection = StoreSection()
     uplink: UplinkSection | None = None
     devices: list[DeviceCfg] = Field(min_length=1)
     interlocks: list[InterlockCfg] = Field(default_factory=list)
+    hazard: HazardSection | None = None
+    control: ControlSection = ControlSection()
+    annunciators: list[AnnunciatorCfg] = Field(default_factory=list)
+    metrics: MetricsSection | None = Field(None, description="optional Prometheus metrics on 127.0.0.1")
 
 
 @dataclass
@@ -322,6 +535,8 @@ class LoadedConfig:
     path: Path
     text: str
     warnings: list[Problem]
+    extra_files: list[tuple[Path, str]] | None = None   # profile files read, (path, text)
+    srcmap: Any = None                                  # gateway.device_profiles.SourceMap of the tree
 
     @property
     def base_dir(self) -> Path:
@@ -330,7 +545,10 @@ class LoadedConfig:
     @property
     def config_hash(self) -> str:
         """SHA-256 hex of the file's bytes: recorded in every batch (config_hash)."""
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        h = hashlib.sha256(self.text.encode())
+        for path, text in self.extra_files or ():  # profile files: a changed register map changes the hash
+            h.update(b"\0" + str(path).encode() + b"\0" + text.encode())
+        return h.hexdigest()
 
     def resolve(self, p: str | None) -> Path | None:
         """A config path made absolute against the config file's directory."""
@@ -394,9 +612,17 @@ def _value_pos(root: Any, loc: tuple) -> tuple[int, int] | None:
     return None
 
 
+#: keys that would hold a secret inline; refused with a message saying to use a file (issue 6)
+INLINE_SECRET_KEYS = {"password", "passwd", "pass", "passphrase", "secret", "token", "api_key", "apikey",
+                      "private_key_pem", "key_pem", "pin"}
+
+
 def _message(err: dict) -> str:
     msg = err.get("msg", "invalid")
     typ = err.get("type", "")
+    if typ == "extra_forbidden" and err["loc"] and str(err["loc"][-1]).lower() in INLINE_SECRET_KEYS:
+        return ("secrets are never inline: put it in a file readable only by the gateway (chmod 600) "
+                "and give the file's path (password_file:, private_key:, client_key:)")
     if typ == "extra_forbidden":
         return "unknown key (typo?)"
     if typ == "missing":
@@ -468,6 +694,47 @@ def load_config(path: str | Path) -> LoadedConfig:
     """
     p = Path(path)
     shown = str(path)
+    root, text = read_yaml(p, shown)
+    if not isinstance(root, CommentedMap):
+        raise ConfigError([Problem(shown, 1, 1, "", "the top level must be a mapping (gateway:, devices: ...)")])
+    from gateway.device_profiles import expand  # profiles import this module
+
+    ex = expand(root, shown, p)  # device profiles and include: merged into the tree, with their marks
+    problems = list(ex.problems)
+    try:
+        model = Config.model_validate(ex.tree)
+    except ValidationError as exc:
+        for q in validation_problems(exc, ex.smap):
+            # a device whose profile failed has no profile tags: do not also say it has none
+            if not (q.message == "a device needs tags: or a profile:" and any(
+                    q.path == f"devices[{i}]" for i in ex.failed_devices)):
+                problems.append(q)
+        raise ConfigError(_sorted_problems(problems, shown)) from None
+    if problems:
+        raise ConfigError(_sorted_problems(problems, shown))
+    loaded = LoadedConfig(model=model, path=p.resolve(), text=text, warnings=[], extra_files=ex.files,
+                          srcmap=ex.smap)
+    problems, warnings = _semantic_checks(loaded, ex.smap, shown)
+    if problems:
+        raise ConfigError(_sorted_problems(problems, shown))
+    loaded.warnings = ex.warnings + warnings
+    return loaded
+
+
+def _sorted_problems(problems: list[Problem], shown: str) -> list[Problem]:
+    """The config file's problems first, by position; then each profile file's; duplicates once."""
+    out: list[Problem] = []
+    for q in sorted(problems, key=lambda q: (q.file != shown, q.file, q.line, q.col)):
+        if q not in out:
+            out.append(q)
+    return out
+
+
+def read_yaml(p: Path, shown: str) -> tuple[Any, str]:
+    """Read and parse one YAML file with ruamel round-trip marks -> (root node, text).
+
+    Raises ConfigError (FILE:LINE:COL, one problem) for a missing or unreadable file or a
+    syntax error; never another exception."""
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -483,29 +750,19 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError([Problem(shown, line, col, "", f"YAML syntax: {exc.problem or exc.context}")]) from None
     except Exception as exc:  # ruamel raises a few unmarked errors (duplicate keys, bad tags)
         raise ConfigError([Problem(shown, 1, 1, "", f"YAML: {str(exc).splitlines()[0]}")]) from None
-    if not isinstance(root, CommentedMap):
-        raise ConfigError([Problem(shown, 1, 1, "", "the top level must be a mapping (gateway:, devices: ...)")])
-    try:
-        model = Config.model_validate(_to_plain(root))
-    except ValidationError as exc:
-        problems = []
-        for err in _dedupe_union_errors(exc.errors(include_url=False)):
-            loc = err["loc"]
-            if err.get("type") == "union_tag_invalid":
-                loc = (*loc, "protocol")
-            line, col, kpath = _locate(root, loc)
-            if err.get("type") not in ("missing", "extra_forbidden"):
-                vp = _value_pos(root, loc)
-                if vp:
-                    line, col = vp
-            problems.append(Problem(shown, line, col, kpath, _message(err)))
-        raise ConfigError(sorted(problems, key=lambda q: (q.line, q.col))) from None
-    loaded = LoadedConfig(model=model, path=p.resolve(), text=text, warnings=[])
-    problems, warnings = _semantic_checks(loaded, root, shown)
-    if problems:
-        raise ConfigError(sorted(problems, key=lambda q: (q.line, q.col)))
-    loaded.warnings = warnings
-    return loaded
+    return root, text
+
+
+def validation_problems(exc: ValidationError, smap: Any) -> list[Problem]:
+    """pydantic errors -> Problems placed through a SourceMap (gateway.device_profiles): the key for
+    missing / unknown keys, the value for a bad scalar, in whichever file the key came from."""
+    out = []
+    for err in _dedupe_union_errors(exc.errors(include_url=False)):
+        loc = err["loc"]
+        if err.get("type") == "union_tag_invalid":
+            loc = (*loc, "protocol")
+        out.append(smap.problem(loc, _message(err), at_value=err.get("type") not in ("missing", "extra_forbidden")))
+    return out
 
 
 def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Problem], list[Problem]]:
@@ -515,6 +772,9 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
     warnings: list[Problem] = []
 
     def at(loc: tuple, msg: str, warning: bool = False) -> None:
+        if hasattr(root, "problem"):  # a SourceMap: the key may sit in a profile file
+            (warnings if warning else problems).append(root.problem(loc, msg, warning=warning))
+            return
         line, col, kpath = _locate(root, loc)
         (warnings if warning else problems).append(Problem(shown, line, col, kpath, msg, warning))
 
@@ -545,6 +805,9 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
             if t.alarms is not None:
                 for w in _preset_warnings(t.alarms):
                     at(("devices", di, "tags", ti, "alarms"), w, warning=True)
+    retention = _retention_warning(m)
+    if retention:
+        at(("store", "max_bytes"), retention, warning=True)
     tags = cfg.all_tags()
     for ii, il in enumerate(m.interlocks):
         for ni, inp in enumerate(il.inputs):
@@ -560,7 +823,27 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 at(("interlocks", ii, "actions", ai, "output"), f"unknown tag '{act.output}'")
             elif not tags[act.output][1].writable:
                 at(("interlocks", ii, "actions", ai, "output"), f"tag '{act.output}' is not writable (writable: true)")
+    _safety_io_checks(cfg, at)
+    _hazard_checks(cfg, at)
     return problems, warnings
+
+
+#: estimated bytes one stored reading takes in the buffer (row + indexes; measured ~87 B for a
+#: float with a 10-character tag name in gateway.store, rounded up)
+BYTES_PER_READING = 100
+
+
+def _retention_warning(m: Config) -> str | None:
+    """C16: max_bytes must hold retention_days of readings at the configured tag count and poll rates
+    (worst case: every poll stored; report-by-exception can only lower it). None when it fits."""
+    per_s = sum(len(d.tags) * 1000.0 / d.poll_interval_ms for d in m.devices if d.enabled)
+    need = per_s * m.store.retention_days * 86400 * BYTES_PER_READING
+    if need <= m.store.max_bytes:
+        return None
+    days = m.store.max_bytes / (per_s * 86400 * BYTES_PER_READING)
+    return (f"max_bytes {m.store.max_bytes} holds about {days:.1f} days at {per_s:g} readings/s "
+            f"(~{BYTES_PER_READING} B each), less than retention_days {m.store.retention_days:g}; "
+            f"raise max_bytes to at least {math.ceil(need)} or poll less often")
 
 
 def _article(word: str) -> str:
@@ -594,3 +877,183 @@ def _preset_warnings(a: AlarmsCfg) -> list[str]:
         if v is not None and v > ceiling:
             out.append(f"{k} set point {v:g} is looser than the GB/T 50493-2019 5.5.2 ceiling {ceiling:g}")
     return out
+
+
+def _safety_io_checks(cfg: LoadedConfig, at: Any) -> None:
+    """Annunciator outputs (known, writable, one writer per output; GB 16808-2008 4.2 flash rates) and
+    heartbeats (issue 4: every PLC that carries an interlock output should have one)."""
+    import grp
+
+    m = cfg.model
+    tags = cfg.all_tags()
+    il_outputs = {a.output for il in m.interlocks for a in il.actions}
+    seen: dict[str, int] = {}
+    for ai, an in enumerate(m.annunciators):
+        loc = ("annunciators", ai, "output")
+        if an.output not in tags:
+            at(loc, f"unknown tag '{an.output}'")
+        elif not tags[an.output][1].writable:
+            at(loc, f"tag '{an.output}' is not writable (writable: true)")
+        elif an.output in il_outputs:
+            at(loc, f"tag '{an.output}' is also an interlock action output (one writer per output)")
+        elif an.output in seen:
+            at(loc, f"tag '{an.output}' is also driven by annunciators[{seen[an.output]}]")
+        seen.setdefault(an.output, ai)
+        if an.pattern == "flash" and an.alarm_hz < 1.0:
+            at(("annunciators", ai, "alarm_hz"), f"alarm flashing at {an.alarm_hz:g} Hz is slower than the "
+               "GB 16808-2008 4.2 minimum of 1 Hz", warning=True)
+        if an.pattern == "flash" and an.faults and an.fault_hz < 0.2:
+            at(("annunciators", ai, "fault_hz"), f"fault flashing at {an.fault_hz:g} Hz is slower than the "
+               "GB 16808-2008 4.2 minimum of 0.2 Hz", warning=True)
+    for di, d in enumerate(m.devices):
+        carried = [t.name for t in d.tags if t.name in il_outputs]
+        if carried and d.enabled and getattr(d, "heartbeat", None) is None:
+            extra = "" if hasattr(d, "heartbeat") else " (heartbeats are available on Modbus devices)"
+            at(("devices", di, "name"), f"device '{d.name}' carries interlock output {', '.join(carried)} but has "
+               f"no heartbeat: it cannot trip by itself when the gateway stops{extra}", warning=True)
+    if m.control.group is not None:
+        try:
+            grp.getgrnam(m.control.group)
+        except KeyError:
+            at(("control", "group"), f"group '{m.control.group}' does not exist on this machine", warning=True)
+
+
+def _where_loc(where: str) -> tuple:
+    """'hazard.units[0].tanks[1].geometry' -> ('hazard', 'units', 0, 'tanks', 1, 'geometry') for _locate."""
+    import re
+    return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", where))
+
+
+def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
+    """The hazard: section (issue 7): each unit through gateway.hazard.unit_from_dict and HazardEngine
+    (their one-line errors placed at the key they name), unique unit names, tags that exist with a unit
+    the volume model takes (level m/cm/mm/%, temperature degC/K, pressure Pa/kPa/MPa/bar), and
+    enterprise / major-hazard codes that make valid point codes (gateway.hazard.point_code)."""
+    from gateway.hazard import HazardEngine, default_table, point_code, unit_from_dict
+    from gateway.hazard.engine import _PRESSURE_KPA, _TEMP_UNITS
+    from gateway.hazard.volume import LEVEL_UNITS
+
+    m = cfg.model
+    g = m.gateway
+
+    def code_ok(loc: tuple, what: str, value: str) -> None:
+        try:
+            point_code(value if what == "enterprise code" else "E", value if what != "enterprise code" else "M",
+                       "T", sep=g.point_separator)
+        except ValueError as e:
+            at(loc, str(e).removeprefix("point code: "))
+
+    if g.enterprise_code is not None:
+        code_ok(("gateway", "enterprise_code"), "enterprise code", g.enterprise_code)
+    if g.major_hazard_code is not None:
+        code_ok(("gateway", "major_hazard_code"), "major-hazard code", g.major_hazard_code)
+    if m.hazard is None:
+        return
+    tags = cfg.all_tags()
+    table = default_table()
+    names: dict[str, int] = {}
+    kinds = {"tag_level": ("level", {*LEVEL_UNITS, "%"}), "tag_temperature": ("temperature", _TEMP_UNITS),
+             "tag_pressure": ("pressure", {*_PRESSURE_KPA, ""})}
+    for ui, d in enumerate(m.hazard.units):
+        base = ("hazard", "units", ui)
+        try:
+            spec = unit_from_dict(d, f"hazard.units[{ui}]", cfg.base_dir)
+        except ValueError as e:
+            where, _, what = str(e).partition(": ")
+            loc = _where_loc(where) if where.startswith("hazard.units[") else base
+            if what.startswith("unknown key(s) "):  # point at the (first) unknown key itself
+                loc = (*loc, what.removeprefix("unknown key(s) ").split(", ")[0])
+            at(loc, what or str(e))
+            continue
+        if spec.name in names:
+            at((*base, "name"), f"unit name '{spec.name}' also used by hazard.units[{names[spec.name]}]")
+        names.setdefault(spec.name, ui)
+        if spec.major_hazard_code is not None:
+            code_ok((*base, "major_hazard_code"), "major-hazard code", str(spec.major_hazard_code))
+        bad_substance = False
+        for group in ("tanks", "vessels"):
+            for ii, item in enumerate(d.get(group) or []):
+                try:
+                    table.find(item["substance"])
+                except LookupError as e:
+                    at((*base, group, ii, "substance"), e.args[0] if e.args else str(e))
+                    bad_substance = True
+                for key, (kind, units) in kinds.items():
+                    tag = item.get(key)
+                    if tag is None:
+                        continue
+                    if tag not in tags:
+                        at((*base, group, ii, key), f"unknown tag '{tag}'")
+                    elif tags[tag][1].unit.strip() not in units:
+                        allowed = ", ".join(sorted(u or "''" for u in units))
+                        at((*base, group, ii, key), f"tag '{tag}' has unit '{tags[tag][1].unit}'; a {kind} "
+                           f"needs one of {allowed}")
+        for ti, tag in enumerate(spec.alarm_tags):
+            if tag not in tags:
+                at((*base, "alarm_tags", ti), f"unknown tag '{tag}'")
+        if bad_substance:
+            continue
+        try:
+            HazardEngine([spec], table=table)
+        except (ValueError, LookupError) as e:  # one line naming the unit; place it at the key it is about
+            msg = e.args[0] if e.args else str(e)
+            key = next((k for k, needle in (("colour_map", "colour map"), ("colour_basis", "colour_basis"),
+                                            ("overrides", ", override "), ("fixed", ", fixed ")) if needle in msg), None)
+            at((*base, key) if key else base, msg)
+
+
+# --- secret files (issue 6) ---------------------------------------------------------------------
+
+def secret_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[tuple, str]]:
+    """(location, configured path) of every secret file: keys.private_key, uplink.client_key (or
+    client_cert when it also holds the key), OPC UA security key and password_file. used_only: only
+    those the daemon will open (the signing key only with an uplink; enabled devices only)."""
+    m = cfg.model
+    out: list[tuple[tuple, str]] = []
+    if not used_only or m.uplink is not None:
+        out.append((("keys", "private_key"), m.keys.private_key))
+    if m.uplink is not None:
+        if m.uplink.client_key:
+            out.append((("uplink", "client_key"), m.uplink.client_key))
+        elif m.uplink.client_cert:
+            out.append((("uplink", "client_cert"), m.uplink.client_cert))
+    for di, d in enumerate(m.devices):
+        sec = getattr(d, "security", None)
+        if sec is None or (used_only and not d.enabled):
+            continue
+        for f in ("key", "password_file"):
+            if getattr(sec, f):
+                out.append((("devices", di, "security", f), getattr(sec, f)))
+    return out
+
+
+def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
+    """Secret files must exist, be regular files and be readable by their owner only (no group or
+    other permission bits: chmod 600). One Problem per bad file, at the value's FILE:LINE:COL."""
+    import stat
+
+    smap = cfg.srcmap
+    problems = []
+
+    def bad(loc: tuple, msg: str) -> None:
+        if smap is not None:
+            problems.append(smap.problem(loc, msg, at_value=True))
+        else:
+            problems.append(Problem(str(cfg.path), 1, 1, ".".join(map(str, loc)), msg))
+
+    for loc, value in secret_locations(cfg, used_only):
+        path = cfg.resolve(value)
+        try:
+            st = path.stat()  # type: ignore[union-attr]
+        except FileNotFoundError:
+            bad(loc, f"secret file {value} does not exist ({path})")
+            continue
+        except OSError as exc:
+            bad(loc, f"secret file {value}: cannot stat: {exc.strerror}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            bad(loc, f"secret file {value} is not a regular file")
+        elif st.st_mode & 0o077:
+            bad(loc, f"secret file {value} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                     f"run: chmod 600 {path}")
+    return problems

@@ -1,10 +1,17 @@
 """`hazard-gateway run`: the daemon process around a Gateway.
 
 Signals: SIGTERM / SIGINT finish the current tick, flush the store, close
-devices and exit 0 (outputs hold their state). Logs go to stderr one line per
-event (journald adds the timestamp). When NOTIFY_SOCKET is set (systemd
-Type=notify) READY=1 is sent once devices are configured and the store is open
-(sd_notify(3) datagram protocol).
+devices and exit 0 (outputs hold their state). SIGHUP reloads the config file
+(gateway.reload: validated first; a bad file is logged as FILE:LINE:COL and the
+gateway keeps running on the old one). Logs go to stderr one line per event
+(journald adds the timestamp).
+
+systemd (Type=notify, sd_notify(3) datagram protocol on $NOTIFY_SOCKET): READY=1
+once devices are configured and the store is open; STATUS=<one-line summary>
+when it changes (gateway.health.status_line); with WATCHDOG_USEC set
+(WatchdogSec=) WATCHDOG=1 at half that interval, only while every poll loop,
+the safety path and the store writer make progress (gateway.health); STOPPING=1
+on SIGTERM; RELOADING=1 + MONOTONIC_USEC then READY=1 around a SIGHUP reload.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from gateway.config import LoadedConfig
 from gateway.gateway import Gateway
@@ -27,18 +35,23 @@ def sd_notify(state: str) -> bool:
         return False
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(addr)
-        s.sendall(state.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as exc:  # the manager went away: never let notification stop the gateway
+        logging.getLogger("hazard_gateway").warning("sd_notify to %s failed: %s", addr.lstrip("\0"), exc)
+        return False
     return True
 
 
 def run_daemon(cfg: LoadedConfig) -> int:
     """Run until SIGTERM/SIGINT. Raises KeyFileError (one line) for a key readable by others."""
-    logging.basicConfig(level=os.environ.get("HG_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("asyncua", "httpx", "pymodbus"):  # their INFO lines are per request: keep the journal readable
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from gateway.logutil import setup_logging
+
+    # one line per event, <N> prefixes under journald, repeating faults rate-limited, secrets redacted;
+    # asyncua/httpx/pymodbus log per request at INFO and are held at WARNING
+    log_handler = setup_logging(os.environ.get("HG_LOG_LEVEL", "INFO"), stream=sys.stderr)
     signer = None
     if cfg.model.uplink is not None:
         from gateway.signing import Signer
@@ -47,14 +60,52 @@ def run_daemon(cfg: LoadedConfig) -> int:
     gw = Gateway(cfg, signer)
 
     async def main() -> None:
-        stop = asyncio.Event()
+        from gateway.health import status_notify_loop, watchdog_interval_s, watchdog_loop
+        from gateway.reload import reload_from_file
+
+        stop, hup, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_stop() -> None:
+            if not stop.is_set():
+                stop.set()
+                sd_notify("STOPPING=1")  # systemd stops the watchdog; TimeoutStopSec bounds the rest
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: logging.getLogger("hazard_gateway").warning(
-            "SIGHUP: configuration reload is not supported yet; restart the service to apply a new config"))
-        await gw.run(stop, ready=lambda: sd_notify("READY=1\nSTATUS=polling"))
-        sd_notify("STOPPING=1")
+            loop.add_signal_handler(sig, on_stop)
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
+        extra: list[asyncio.Task] = []
+
+        async def reloader() -> None:  # one reload at a time; SIGHUPs during a reload coalesce
+            await started.wait()
+            while not stop.is_set():
+                await hup.wait()
+                hup.clear()
+                if stop.is_set():
+                    return
+                sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+                await reload_from_file(gw)
+                sd_notify("READY=1")
+
+        def ready() -> None:  # devices configured, store open (Gateway.run)
+            sd_notify("READY=1\nSTATUS=polling")
+            started.set()
+            wd = watchdog_interval_s()
+            if wd:
+                extra.append(asyncio.create_task(watchdog_loop(gw.health, sd_notify, wd / 2, stop), name="watchdog"))
+            if os.environ.get("NOTIFY_SOCKET"):
+                extra.append(asyncio.create_task(status_notify_loop(gw, sd_notify, stop), name="sd-status"))
+            if cfg.model.metrics is not None:  # optional Prometheus endpoint (loopback unless allow_remote)
+                from gateway.metrics import serve_metrics
+
+                extra.append(asyncio.create_task(serve_metrics(gw, cfg.model.metrics.listen), name="metrics"))
+
+        extra.append(asyncio.create_task(reloader(), name="sighup"))
+        await gw.run(stop, ready=ready)
+        for t in extra:
+            t.cancel()
+        await asyncio.gather(*extra, return_exceptions=True)
 
     asyncio.run(main())
+    log_handler.flush()  # write the "repeated N times" summaries still pending
     return 0

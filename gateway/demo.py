@@ -155,6 +155,17 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
                 raise RuntimeError(f"gateway did not poll every device within 30 s; see {wd / 'gateway.log'}")
             await asyncio.sleep(0.2)
         _say(f"gateway: polling {len(st['devices'])} devices (config {gw_cfg})")
+
+        async def power_cycle(down_s: float) -> None:  # scenario step power_loss (hil/farm.py)
+            nonlocal gw
+            gw.kill()  # SIGKILL: no shutdown, no flush, as a power loss
+            gw.wait()
+            _say(f"power loss: gateway killed, restarting in {down_s:g} s")
+            await asyncio.sleep(down_s)
+            gw = subprocess.Popen(_cli("run", "--config", str(gw_cfg)), stdout=logs["gateway"],
+                                  stderr=logs["gateway"])
+
+        farm.power_hook = power_cycle
         _say(f"scenario '{scenario}' running ...")
         await farm.run_scenario(scenario)
         await asyncio.sleep(2.0)  # let the last trips confirm and the last readings land
@@ -224,6 +235,9 @@ def _summary(cfg: Any, wd: Path, farm: Any, trust: Path, elapsed_s: float) -> di
         "readings_lost": len(stored - set(received)),
         "alarms": alarms,
         "trips": trips,
+        # GB 18218-2018 unit grade / colour / uncertain changes as received by the regulator (issue 7)
+        "hazard": [{k: e.get(k) for k in ("ts", "unit", "from_grade", "to_grade", "from_colour", "to_colour", "R",
+                                          "uncertain", "changes")} for e in events if e.get("type") == "hazard"],
         "batches_sent": batches_sent,
         "batches_acked": batches_acked,
         "batches_exported": n_export,
@@ -290,6 +304,12 @@ def _print_summary(s: dict[str, Any]) -> None:
         state = "confirmed" if t["confirmed"] else "NOT CONFIRMED"
         _say(f"  {t['interlock']:<15} {t['output']} := {t['value']} ({t['cause']}) {state}; "
              f"limit crossing in simulator -> output confirmed: {lat}")
+    _say(f"major-hazard unit changes: {len(s.get('hazard', []))}")
+    for h in s.get("hazard", []):
+        _say(f"  {h['ts']}  {h['unit']}: grade {h['from_grade']} -> {h['to_grade']}, colour {h['from_colour']} -> "
+             f"{h['to_colour']}, R {h['R']:.1f}"
+             + (f" ({'measured -> uncertain' if h['uncertain'] else 'upper bound -> measured'})"
+                if "uncertain" in (h.get("changes") or []) else ""))
     _say(f"batches: {s['batches_sent']} sent, {s['batches_acked']} acknowledged, {s['batches_verified']} verified "
          f"offline (signature, sequence, hash chain)")
     _say(f"readings lost: {s['readings_lost']}   duplicated at receiver: {s['readings_duplicated']}")

@@ -32,17 +32,27 @@ from drivers.codec import Scaling
 from drivers.modbus import ModbusDevice, ModbusLinks, ModbusPoint
 from drivers.opcua import OpcUaDevice, OpcUaPoint
 from gateway.alarms import AlarmEngine, LimitSpec, TagAlarmConfig, gas_preset
+from gateway.annunciator import Annunciators, specs_from_config
 from gateway.config import (AlarmsCfg, LimitCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg)
+from gateway.control import ControlServer, ControlStartError, socket_path
+from gateway.hazard import HazardEngine, point_code, unit_from_dict
+from gateway.health import Health, watch_gateway
+from gateway.heartbeat import build_heartbeats
 from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Reading, WriteError, rfc3339
 from gateway.outputs import OutputManager
+from gateway.clock import ClockMonitor
+from gateway.report import ReportFilter, rules_from_config as report_rules
 from gateway.store import Store
 
 log = logging.getLogger("hazard_gateway")
 
 ALARM_TICK_S = 0.1
 STATUS_EVERY_S = 1.0
+HAZARD_TICK_S = 1.0  # re-check stale hazard inputs and the unit alarm state this often
 DRAIN_ON_STOP_S = 5.0  # bound of the final upload at SIGTERM
+OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (issue 4)
+SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for this long
 
 
 # --- building runtime objects from the config ----------------------------------
@@ -138,6 +148,39 @@ def interlock_specs(cfg: LoadedConfig) -> list[InterlockSpec]:
             for i in cfg.model.interlocks]
 
 
+def build_hazard(cfg: LoadedConfig) -> HazardEngine | None:
+    """The GB 18218-2018 engine of the config's hazard: units (None without units). The config loader
+    has already checked every unit, so a ValueError here is a bug, not a user error."""
+    h = cfg.model.hazard
+    if h is None or not h.units:
+        return None
+    specs = [unit_from_dict(d, f"hazard.units[{i}]", cfg.base_dir) for i, d in enumerate(h.units)]
+    return HazardEngine(specs, stale_after_s=h.stale_after_s)
+
+
+def point_codes(cfg: LoadedConfig, hazard: HazardEngine | None) -> dict[str, str]:
+    """Regulator point code per tag (gateway.hazard.point_code: enterprise code + major-hazard code + tag,
+    joined by gateway.point_separator). The major-hazard code of a tag is that of the first hazard unit
+    the tag belongs to (HazardEngine.unit_tags) when the unit has one, else gateway.major_hazard_code.
+    Without an enterprise code, or a tag without any major-hazard code, the tag has no point code."""
+    g = cfg.model.gateway
+    if not g.enterprise_code:
+        return {}
+    mh_of: dict[str, str] = {}
+    if hazard is not None:
+        for unit in hazard.units:
+            code = hazard.major_hazard_code(unit)
+            if code:
+                for tag in hazard.unit_tags(unit):
+                    mh_of.setdefault(tag, str(code))
+    out = {}
+    for tag in cfg.all_tags():
+        mh = mh_of.get(tag, g.major_hazard_code)
+        if mh:
+            out[tag] = point_code(g.enterprise_code, mh, tag, sep=g.point_separator)
+    return out
+
+
 # --- the running gateway ----------------------------------------------------------
 
 class Gateway:
@@ -157,12 +200,21 @@ class Gateway:
         self.protocol_of: dict[str, str] = {tag: dev.protocol for dev in self.devices for tag in dev.tags}
         self.alarms = AlarmEngine(alarm_configs(cfg))
         self.interlocks = InterlockEngine(interlock_specs(cfg))
-        self.outputs = OutputManager(self._write_output, on_event=self._record_output_event)
+        self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
+                                     retry_after_fault_s=OUTPUT_RETRY_S)
         self.store = Store(cfg.store_path, commit_interval_s=cfg.model.store.commit_interval_ms / 1000,
                            max_bytes=cfg.model.store.max_bytes,
-                           retention_floor_s=cfg.model.store.retention_days * 86400)
+                           retention_floor_s=cfg.model.store.retention_days * 86400,
+                           on_full=cfg.model.store.on_full)
         self.values: dict[str, Reading] = {}
         self._last_stored: dict[str, tuple] = {}
+        self.report = ReportFilter(report_rules(cfg))   # report by exception: record path only
+        self.clock = ClockMonitor()                      # wall-clock steps (C18), clock state per batch
+        self.hazard = build_hazard(cfg)
+        self.points = point_codes(cfg, self.hazard)
+        self._hazard_unit_tags = {u: self.hazard.unit_tags(u) for u in self.hazard.units} if self.hazard else {}
+        self._interlock_inputs = {i.name: {x.tag for x in i.inputs} for i in cfg.model.interlocks}
+        self._hazard_tick_mono = 0.0
         self.polls: dict[str, dict[str, Any]] = {d.name: {"protocol": d.protocol, "polls": 0, "bad": 0,
                                                           "last_poll": None} for d in self.devices}
         self.readings_taken = 0
@@ -170,6 +222,17 @@ class Gateway:
         self.started_at = time.time()
         self._stopping = False
         self._status_path = cfg.state_dir / "status.json"
+        self.health = Health()  # progress of poll loops, safety path, store writer (systemd watchdog)
+        self._poll_tasks: list[asyncio.Task] = []
+        self._fw_task: asyncio.Task | None = None
+        self._aux_tasks: list[asyncio.Task] = []
+        self._reload_lock = asyncio.Lock()  # SIGHUP reload (gateway.reload) vs shutdown
+        # issue 4: PLC watchdog registers, beacons / horns, the operator socket (gateway.control)
+        self.last_safety_mono: float | None = None
+        self.heartbeats = build_heartbeats(cfg, self.devices, alive=self._safety_alive)
+        self.annunciators = Annunciators(specs_from_config(cfg), self._write_output, lambda: self.alarms.active(),
+                                         on_fault=self._set_output_fault, on_event=self._log_event)
+        self.control: ControlServer | None = None
 
     # ---- safety path ----
 
@@ -182,17 +245,26 @@ class Gateway:
             if r.tag in self.alarms.tags:
                 events += self.alarms.update(r, now)
         self._safety_step(events, now)
+        if self.hazard is not None:  # pure and in memory (GB 18218-2018 quantities), after the safety step
+            for ev in self.hazard.update_many(readings):
+                self._log_hazard_event(ev)
         for r in readings:
-            # A subscription-fed tag (OPC UA) is re-delivered unchanged between notifications: the record
-            # path stores each distinct sample once, keyed by its sample time, quality and value.
-            key = (r.ts, r.quality, r.value)
+            # A subscription-fed tag (OPC UA) is re-delivered unchanged between notifications, and again
+            # after a restart: the record path stores each distinct sample once, keyed by its sample time,
+            # quality and value (seeded from the store at start, Store.last_samples).
+            rec = self._reading_record(r)
+            key = (rec["ts"], rec["quality"], json.dumps(rec["value"], default=str))
             if self._last_stored.get(r.tag) == key:
                 continue
             self._last_stored[r.tag] = key
-            self.store.put_reading(self._reading_record(r))
+            # report by exception (per-tag config); a reading that moved an alarm is always kept
+            if not self.report.keep(r, now, force=any(getattr(e, "tag", None) == r.tag for e in events)):
+                continue
+            self.store.put_reading(rec)
             self.readings_taken += 1
 
     def _safety_step(self, alarm_events: list[Any], now: float) -> None:
+        self.last_safety_mono = now
         commands, il_events = self.interlocks.evaluate(self.alarms, now)
         if commands:
             self.outputs.apply(commands)
@@ -200,17 +272,54 @@ class Gateway:
             self._log_event(e.to_record())
         for e in il_events:
             self._log_event(e.to_record())
+        if self.hazard is not None and (alarm_events or il_events):
+            self._sync_hazard_alarm_state()
+
+    def _sync_hazard_alarm_state(self) -> None:
+        """Map the live alarm state onto each hazard unit (HazardEngine.update_alarm_state):
+
+        * level2_active: an alarm of GB/T 50493-2019 5.5.2 level 2 (the gas presets' HH, oxygen L) is in
+          alarm (active, or latched awaiting reset; shelved or suppressed ones count too: hiding an
+          alarm from the operator does not lower the risk) on a tag of the unit;
+        * tripped: an interlock holds its outputs in the safe state (tripped, cleared or not, until
+          reset) and at least one of its inputs is a tag of the unit.
+
+        Tags of a unit: HazardEngine.unit_tags (its level / temperature / pressure tags and alarm_tags).
+        """
+        level2 = {a.tag for a in self.alarms.active(include_hidden=True) if a.level == 2 and (a.active or a.latched)}
+        tripped: set[str] = set()
+        for name, inputs in self._interlock_inputs.items():
+            if self.interlocks.is_tripped(name):
+                tripped |= inputs
+        for unit, tags in self._hazard_unit_tags.items():
+            for ev in self.hazard.update_alarm_state(unit, level2_active=bool(tags & level2),
+                                                     tripped=bool(tags & tripped)):
+                self._log_hazard_event(ev)
+
+    def _log_hazard_event(self, ev: dict[str, Any]) -> None:
+        """A grade / colour / uncertain change of a unit: to the store (chain, upload) with the codes."""
+        g = self.cfg.model.gateway
+        ev = dict(ev)
+        ev["enterprise_code"] = g.enterprise_code
+        ev["major_hazard_code"] = self.hazard.major_hazard_code(ev["unit"]) or g.major_hazard_code
+        self._log_event(ev)
 
     def _log_event(self, rec: dict[str, Any]) -> None:
         rec.setdefault("gateway_id", self.cfg.model.gateway.id)
+        if self.points:  # the regulator point code of every tag an event names
+            if rec.get("tag") in self.points:
+                rec.setdefault("point", self.points[rec["tag"]])
+            if isinstance(rec.get("inputs"), list):
+                rec["inputs"] = [dict(i, point=self.points[i["tag"]]) if isinstance(i, dict) and i.get("tag")
+                                 in self.points else i for i in rec["inputs"]]
         self.store.put_event(rec)
         log.info("event %s", json.dumps(rec, sort_keys=True, default=str))
 
     def _reading_record(self, r: Reading) -> dict[str, Any]:
         rec = r.to_record()
-        g = self.cfg.model.gateway
-        if g.enterprise_code:
-            rec["point"] = f"{g.enterprise_code}.{g.major_hazard_code or '-'}.{r.tag}"
+        point = self.points.get(r.tag)
+        if point:
+            rec["point"] = point
         return rec
 
     async def _write_output(self, tag: str, value: Any) -> Reading:
@@ -223,19 +332,47 @@ class Gateway:
         ev = dict(ev)
         ev.setdefault("type", "output")
         self._log_event(ev)
+        if ev["type"] in ("output_fault", "output_confirmed"):  # an unconfirmed write is an alarm (issue 4)
+            self._set_output_fault(ev["tag"], ev["type"] == "output_fault", ev.get("error"))
+
+    def _set_output_fault(self, tag: str, fault: bool, reason: str | None) -> None:
+        for e in self.alarms.set_output_fault(tag, fault, reason):
+            self._log_event(e.to_record())
+
+    def _safety_alive(self) -> bool:
+        return self.last_safety_mono is not None and time.monotonic() - self.last_safety_mono < SAFETY_ALIVE_S
+
+    async def _start_control(self) -> None:
+        c = self.cfg.model.control
+        server = ControlServer(self, socket_path(self.cfg), c.mode, c.group, c.max_shelve_minutes * 60.0)
+        try:
+            await server.start()
+        except ControlStartError as exc:  # the safety path runs on without operator actions
+            log.error("%s; operator actions (ack, reset, bypass ...) are unavailable", exc)
+            return
+        self.control = server
 
     async def _alarm_ticker(self) -> None:
         while not self._stopping:
             await asyncio.sleep(ALARM_TICK_S)
             now = time.monotonic()
             self._safety_step(self.alarms.tick(now), now)
+            step = self.clock.tick()
+            if step is not None:
+                self._log_event(self.clock.step_event(step))
+            self.health.beat("safety")
+            if self.hazard is not None and now - self._hazard_tick_mono >= HAZARD_TICK_S:
+                self._hazard_tick_mono = now
+                for ev in self.hazard.tick(now):  # staleness of levels / temperatures
+                    self._log_hazard_event(ev)
+                self._sync_hazard_alarm_state()
 
     # ---- polling ----
 
     async def _poll_loop(self, dev: Device, interval_s: float) -> None:
         stats = self.polls[dev.name]
         next_t = time.monotonic()
-        while not self._stopping:
+        while not self._stopping and dev in self.devices:  # a reload replaces self.devices: old loops end
             try:
                 readings = await dev.read()
             except Exception as exc:  # a driver bug must not stop the other devices; the tags go bad
@@ -245,6 +382,7 @@ class Gateway:
             stats["bad"] += sum(1 for r in readings if not r.usable)
             stats["last_poll"] = time.time()
             self.on_readings(readings)
+            self.health.beat(f"poll:{dev.name}")
             next_t += interval_s
             now = time.monotonic()
             if next_t < now:  # overran: skip missed ticks, never burst (C18)
@@ -264,9 +402,17 @@ class Gateway:
         cert = None
         if up.client_cert:
             cert = (str(self.cfg.resolve(up.client_cert)), str(self.cfg.resolve(up.client_key or up.client_cert)))
-        uplink = HttpsUplink(up.url, ca_file=str(ca) if ca else None, client_cert=cert, timeout_s=up.timeout_ms / 1000)
+        from gateway.profiles import get_profile
+        if up.transport == "mqtt":
+            from gateway.uplink_mqtt import MqttUplink
+            uplink: Any = MqttUplink(up.url, self.cfg.model.gateway.id, up.topic, ca_file=str(ca) if ca else None,
+                                     client_cert=cert, timeout_s=up.timeout_ms / 1000, keepalive_s=up.keepalive_s,
+                                     profile=get_profile(up.profile))
+        else:
+            uplink = HttpsUplink(up.url, ca_file=str(ca) if ca else None, client_cert=cert,
+                                 timeout_s=up.timeout_ms / 1000, profile=get_profile(up.profile))
         batcher = Batcher(self.store, self.signer, self.cfg.model.gateway.id, lambda: self.cfg.config_hash,
-                          max_readings=up.batch_max_readings)
+                          max_readings=up.batch_max_readings, clock_fn=self.clock.state)
         return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000)
 
     async def _drain(self, bound_s: float) -> None:
@@ -302,6 +448,7 @@ class Gateway:
             "interlocks": self.interlocks.status(),
             "outputs": self.outputs.states(),
             "trips": [t.to_record() for t in self.outputs.trip_records()],
+            "hazard": self.hazard.status() if self.hazard is not None else [],
             "store": store_stats,
             "uplink": None if fw is None else {"sent": fw.sent, "dead_lettered": fw.dead_lettered,
                                                "consecutive_failures": fw.consecutive_failures,
@@ -328,11 +475,23 @@ class Gateway:
 
     # ---- lifecycle ----
 
+    def _start_aux(self) -> list[asyncio.Task]:
+        """Tasks of the config-derived writers: PLC heartbeats and annunciators. Each ends at shutdown, or
+        when a SIGHUP reload (gateway.reload) has replaced it in self.heartbeats / self.annunciators."""
+        out = [asyncio.create_task(h.run(lambda h=h: self._stopping or h not in self.heartbeats),
+                                   name=f"heartbeat:{h.device}") for h in self.heartbeats]
+        if len(self.annunciators):
+            ann = self.annunciators
+            out.append(asyncio.create_task(ann.run(lambda: self._stopping or ann is not self.annunciators),
+                                           name="annunciators"))
+        return out
+
     async def run(self, stop: asyncio.Event, ready: Any = None) -> None:
         """Poll until ``stop`` is set, then shut down cleanly. ``ready()`` is called once devices are
         configured and the store is open (sd_notify READY=1)."""
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.open)
+        self._last_stored = await asyncio.to_thread(self.store.last_samples, list(self.device_of))
         if self.store.moved_aside:
             self._log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
                              "ts": rfc3339(time.time())})
@@ -342,19 +501,25 @@ class Gateway:
             await dev.start()
         self.forwarder = self._build_forwarder()
         intervals = {d.name: d.poll_interval_ms / 1000 for d in self.cfg.model.devices}
-        tasks = [asyncio.create_task(self._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
-                 for dev in self.devices]
-        tasks.append(asyncio.create_task(self._alarm_ticker(), name="alarm-tick"))
+        self._poll_tasks = [asyncio.create_task(self._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
+                            for dev in self.devices]
+        tasks = [asyncio.create_task(self._alarm_ticker(), name="alarm-tick")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder") if self.forwarder else None
+        self._aux_tasks = self._start_aux()
+        await self._start_control()
+        self._fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder") if self.forwarder else None
+        watch_gateway(self)  # heartbeats for the systemd watchdog (gateway.health)
         if ready:
             ready()
         log.info("gateway %s running: %d devices, %d tags", self.cfg.model.gateway.id, len(self.devices),
                  len(self.device_of))
         await stop.wait()
         # Shutdown: let the current ticks finish, flush, close. Outputs hold their state.
-        self._stopping = True
-        done, pending = await asyncio.wait(tasks, timeout=5.0)
+        async with self._reload_lock:  # a SIGHUP reload in progress completes first (gateway.reload)
+            self._stopping = True
+        if self.control is not None:
+            await self.control.close()
+        done, pending = await asyncio.wait([*self._poll_tasks, *self._aux_tasks, *tasks], timeout=5.0)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -369,9 +534,9 @@ class Gateway:
             await self._drain(DRAIN_ON_STOP_S)
             self.forwarder.stop()
             try:
-                await asyncio.wait_for(fw_task, 5.0)
+                await asyncio.wait_for(self._fw_task, 5.0)
             except (TimeoutError, asyncio.TimeoutError):
-                fw_task.cancel()
+                self._fw_task.cancel()
             aclose = getattr(self.forwarder.uplink, "aclose", None)
             if aclose:
                 await aclose()

@@ -63,6 +63,10 @@ def test_serial_line_is_raw_and_bidirectional(tmp_path):
         assert b.read(256) == every_byte
         b.write(every_byte[::-1])
         assert a.read(256) == every_byte[::-1]
+        # the bridge thread counts a chunk just after writing it: the reader may see the bytes first
+        deadline = time.monotonic() + 2.0
+        while (line.bytes_to_gateway, line.bytes_to_device) != (256, 256) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert line.bytes_to_gateway == 256 and line.bytes_to_device == 256
         a.close()
         b.close()
