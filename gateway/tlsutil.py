@@ -1,6 +1,7 @@
-"""Self-signed TLS certificates for tests, the demo and a first commissioning.
+"""TLS helpers: the uplinks' client context, and self-signed certificates for tests,
+the demo and a first commissioning.
 
-A production receiver uses a certificate from the regulator's PKI; this helper
+A production receiver uses a certificate from the regulator's PKI; make_self_signed
 only makes a server certificate that a client pins explicitly
 (``ssl.create_default_context(cafile=cert_path)``), e.g. in tests over 127.0.0.1.
 """
@@ -13,10 +14,31 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import ssl
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def client_context(ca_file: str | os.PathLike[str] | bool | None,
+                   client_cert: str | tuple[str, str] | None, what: str) -> ssl.SSLContext:
+    """A verifying TLS client context (certificate checks are never turned off).
+
+    ca_file: PEM of the CA (or the pinned self-signed certificate); None or True: the system CA
+    store. client_cert: one PEM with certificate and key, or (cert_path, key_path), for mutual
+    TLS. Raises ValueError (one line naming ``what`` and the files) when a file is unusable."""
+    try:
+        ctx = (ssl.create_default_context() if ca_file is None or ca_file is True
+               else ssl.create_default_context(cafile=str(ca_file)))
+        if isinstance(client_cert, tuple):
+            ctx.load_cert_chain(client_cert[0], client_cert[1])
+        elif client_cert is not None:
+            ctx.load_cert_chain(client_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{what} TLS files ({ca_file}, {client_cert}): {exc}") from None
+    return ctx
 
 
 def make_self_signed(directory: str | os.PathLike[str],

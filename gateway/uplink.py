@@ -35,7 +35,6 @@ import asyncio
 import email.utils
 import logging
 import random
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ import httpx
 
 from gateway.batches import Batch, Batcher
 from gateway.store import Store
+from gateway.tlsutil import client_context
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +150,7 @@ class HttpsUplink:
         self.url = base if base.endswith(BATCH_PATH) else base + BATCH_PATH
         self.timeout_s = float(timeout_s)
         self.max_backoff_s = float(max_backoff_s)
-        try:
-            if ca_file is None or ca_file is True:
-                ctx = ssl.create_default_context()
-            else:
-                ctx = ssl.create_default_context(cafile=str(ca_file))
-            if client_cert is not None:
-                if isinstance(client_cert, tuple):
-                    ctx.load_cert_chain(client_cert[0], client_cert[1])
-                else:
-                    ctx.load_cert_chain(client_cert)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"uplink TLS files ({ca_file}, {client_cert}): {exc}") from None
-        self._ctx = ctx
+        self._ctx = client_context(ca_file, client_cert, "uplink")
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:

@@ -58,6 +58,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.signing import decode_unverified
+from gateway.tlsutil import client_context
 from gateway.uplink import Ack, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -120,17 +121,7 @@ class MqttUplink:
         self.profile = profile or JwsProfile()
         self._ctx: ssl.SSLContext | None = None
         if self.tls:
-            try:
-                ctx = (ssl.create_default_context() if ca_file is None or ca_file is True
-                       else ssl.create_default_context(cafile=str(ca_file)))
-                if client_cert is not None:
-                    if isinstance(client_cert, tuple):
-                        ctx.load_cert_chain(client_cert[0], client_cert[1])
-                    else:
-                        ctx.load_cert_chain(client_cert)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"mqtt TLS files ({ca_file}, {client_cert}): {exc}") from None
-            self._ctx = ctx
+            self._ctx = client_context(ca_file, client_cert, "mqtt")
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()            # guards the fields below (paho thread vs. ours)
         self._connack: tuple[threading.Event, list[Any]] | None = None
