@@ -15,7 +15,11 @@ HTTP interface (JSON answers; errors are ``{"error": "<one line>"}``):
   ("gap: expected seq N", strict: the gateway sends in order, case C15); prev != chain hash
   of the stored seq-1 ("chain broken"). 409 answers carry ``expected_seq``.
 * 413 body larger than ``max_body`` bytes; 415 wrong content type; 503 + Retry-After when
-  the store is locked (case C17).
+  the store is locked or a write fails (commit error, disk full; case C17): nothing was stored,
+  the transaction is rolled back, and the resend is judged afresh.
+
+``submit`` runs in a worker thread (asyncio.to_thread): its SQLite and signature work never
+blocks the event loop; ReceiverStore serialises the store with its lock and BEGIN IMMEDIATE.
 
 ``GET /v1/gateways/{gateway_id}/status`` -> ``{"gateway_id", "last_seq", "count", "gaps",
 "readings", "last_hash", "last_received_at"}`` (404 when unknown). ``GET /v1/health`` -> ``{"ok": true}``.
@@ -147,15 +151,25 @@ class ReceiverStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... COMMIT (ROLLBACK on any exception)."""
+        """``BEGIN IMMEDIATE`` ... COMMIT; ROLLBACK on any exception, the COMMIT's own included.
+
+        A failed COMMIT (SQLITE_BUSY, SQLITE_FULL, an I/O error, a deferred constraint) can leave
+        the transaction open (SQLite docs, "COMMIT": "the transaction remains active" when it fails
+        with SQLITE_BUSY; sqlite3_get_autocommit(3)); it is rolled back here, so the next batch
+        starts a fresh transaction instead of failing forever on "cannot start a transaction
+        within a transaction"."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:   # keep the original error; the rollback's is secondary
+                        log.error("%s: rollback failed: %s", self.path, exc)
                 raise
-            self._db.execute("COMMIT")
 
     # ------------------------------------------------------------ queries
 
@@ -429,10 +443,10 @@ def create_app(receiver: Receiver, *, max_body: int = MAX_BODY, before_submit: B
             override = await before_submit(request)
             if override is not None:
                 return override
-        try:
-            status, doc = receiver.submit(bytes(body))
-        except sqlite3.OperationalError as exc:
-            log.error("store busy: %s", exc)
+        try:   # SQLite and Ed25519 checks block: run them off the event loop (ReceiverStore locks itself)
+            status, doc = await asyncio.to_thread(receiver.submit, bytes(body))
+        except sqlite3.Error as exc:   # locked, disk full, failed commit: nothing stored, the sender retries
+            log.error("store error: %s", exc)
             return JSONResponse({"error": f"store busy: {exc}"}, 503, headers={"Retry-After": "1"})
         if after_submit is not None:
             await after_submit(status, doc)
@@ -440,7 +454,7 @@ def create_app(receiver: Receiver, *, max_body: int = MAX_BODY, before_submit: B
 
     async def gateway_status(request: Request) -> JSONResponse:
         gid = request.path_params["gateway_id"]
-        st = receiver.store.status(gid)
+        st = await asyncio.to_thread(receiver.store.status, gid)
         if st is None:
             return JSONResponse({"error": f"unknown gateway {gid}"}, 404)
         return JSONResponse(st)

@@ -10,10 +10,13 @@ Durability contract (C15, C17c):
 
 * ``put_reading`` / ``put_event`` only append to a bounded ``queue.Queue``; they never
   touch SQLite, so a locked, slow or full disk cannot delay the poll tick or a trip.
+  (The daemon's log lines are queued the same way, gateway.logutil, so the poll tick
+  waits on no file descriptor at all.)
 * A single writer thread drains the queues and commits **at most every
   ``commit_interval_s``** (default 0.5 s) in one transaction. A reading counts as
-  taken once that transaction is committed. A SIGKILL or a power loss therefore loses
-  at most the readings queued since the last commit: ``commit_interval_s`` worth of
+  taken once that transaction is committed (``stats()["readings_committed"]``; the
+  gateway's ``readings_queued`` counts what was only handed to the queue). A SIGKILL
+  or a power loss therefore loses at most the readings queued since the last commit: ``commit_interval_s`` worth of
   data (plus, while the database is locked, whatever waits in the queue). The database
   uses ``journal_mode=WAL`` with ``synchronous=FULL`` (SQLite docs "Write-Ahead
   Logging" section 2 and "PRAGMA synchronous": in WAL mode FULL makes every commit
@@ -22,14 +25,18 @@ Durability contract (C15, C17c):
 * When a queue is full the record is dropped, counted (``stats()["dropped"]``) and a
   **gap row** (tags, first/last ts, count, reason) is written, which is itself uploaded
   in the next batch, plus one ``buffer_overflow`` event per episode. Nothing is dropped
-  silently (C16).
+  silently (C16). A record that cannot be serialised (json.dumps fails, or SQLite cannot
+  bind a field) becomes an ``unserialisable`` gap row (tag, ts, count) in the same commit,
+  so one bad record never blocks the others. Records the writer has dequeued stay pending
+  on the Store across a restart of the writer thread after an unexpected error.
 * ``open()`` runs ``PRAGMA integrity_check``; a corrupt file (and its -wal/-shm) is
   moved aside as ``<name>.corrupt-<UTC timestamp>`` and a fresh store starts with a
   ``store_corrupt`` event (C17b); ``moved_aside`` names the file so the gateway can raise
   an alarm.
 * Retention (C16), config ``store.on_full``. Policy ``drop_oldest`` (default): when the used size passes ``max_bytes`` the
   writer frees space in this order: (1) acknowledged batches and their rows, oldest
-  first (already delivered; a warning is logged when they are younger than the retention
+  first (already delivered; never the newest batch nor the predecessor of the oldest
+  unacknowledged one, whose JWS a tombstone's ``prev`` needs; a warning is logged when they are younger than the retention
   floor, 30 days by default per SAWS order No. 40), (2) unsent telemetry, oldest first,
   (3) unsent events, oldest first. (2) and (3) write a gap row and a
   ``buffer_overflow`` event: alarm and trip events are the last thing dropped.
@@ -126,8 +133,10 @@ RETENTION_FLOOR_S = 30 * 86400.0
 ON_FULL_POLICIES = ("drop_oldest", "stop_polling")
 
 
-class StoreError(Exception):
-    """The store cannot be used (cannot create the file, not opened); one line naming the file."""
+class StoreError(OSError):
+    """The store cannot be used (cannot create the file, not opened); one line naming the file.
+
+    An OSError, so the CLI (gateway.cli.main) prints it as one line and exits 2 instead of a traceback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +190,27 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _reading_row(rec: dict[str, Any]) -> tuple:
-    return (str(rec.get("tag")), json.dumps(rec.get("value"), default=str), rec.get("unit"),
-            str(rec.get("quality", "bad")), rec.get("reason"), str(rec.get("ts") or _utc_now()),
-            rec.get("ts_source"), rec.get("point"))
+    return _bindable((str(rec.get("tag")), json.dumps(rec.get("value"), default=str), rec.get("unit"),
+                      str(rec.get("quality", "bad")), rec.get("reason"), str(rec.get("ts") or _utc_now()),
+                      rec.get("ts_source"), rec.get("point")))
+
+
+def _event_row(ev: dict[str, Any]) -> tuple:
+    kind = ev.get("kind")
+    return _bindable((None if kind is None else str(kind), str(ev["ts"]), json.dumps(ev, default=str)))
+
+
+def _bindable(row: tuple) -> tuple:
+    """``row`` if SQLite can bind every value as the column expects (None, str, int in 64 bits,
+    float; "Python types" in the sqlite3 docs), else TypeError: such a record is turned into a
+    gap row by the writer instead of failing the whole commit again and again."""
+    for v in row:
+        if v is None or isinstance(v, (str, float)):
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63:
+            continue
+        raise TypeError(f"cannot store a {type(v).__name__} value")
+    return row
 
 
 class Store:
@@ -244,6 +271,11 @@ class Store:
         self._last_drop_mono: float | None = None
         self._last_lock_log = 0.0
         self._writer_error: str | None = None
+        # records dequeued by the writer and not yet committed: on self, so a writer restart after an
+        # unexpected exception resumes them instead of losing them (flush() waits for their count)
+        self._pending_r: list[dict[str, Any]] = []
+        self._pending_e: list[dict[str, Any]] = []
+        self._committed_readings = 0     # readings rows inserted since open (what counts as taken)
         self._drop_log_mono = -1e9
         self._drop_log_n = 0
 
@@ -425,35 +457,42 @@ class Store:
                 self._writer_loop()
                 return
             except Exception:   # never let the writer die silently; keep the record path alive
+                # the dequeued records stay in self._pending_r/_e and are committed after the restart
                 log.exception("%s: store writer failed; restarting it", self.path)
                 time.sleep(1.0)
 
     def _writer_loop(self) -> None:
-        pending_r: list[dict[str, Any]] = []
-        pending_e: list[dict[str, Any]] = []
         while True:
+            pending_r, pending_e = self._pending_r, self._pending_e
             stopping = self._stopping
             if not stopping:
                 self._wake.wait(self.commit_interval_s)
                 self._wake.clear()
             # drain only when nothing is stuck: a locked database must not grow memory
             if not pending_r and not pending_e:
-                pending_e = self._drain(self._eq)
-                pending_r = self._drain(self._rq)
+                pending_e = self._pending_e = self._drain(self._eq)
+                pending_r = self._pending_r = self._drain(self._rq)
             with self._count_lock:
                 drops, self._drops = self._drops, _Drops()
                 ev_drops, self._ev_drops = self._ev_drops, _Drops()
                 full_drops, self._full_drops = self._full_drops, _Drops()
             if pending_r or pending_e or drops.count or ev_drops.count or full_drops.count:
-                if self.max_bytes is not None and (pending_r or pending_e):
-                    self._retention(len(pending_r) + len(pending_e))   # make room first (C16)
-                ok = self._commit(pending_r, pending_e, drops, ev_drops, full_drops)
+                try:
+                    if self.max_bytes is not None and (pending_r or pending_e):
+                        self._retention(len(pending_r) + len(pending_e))   # make room first (C16)
+                    ok = self._commit(pending_r, pending_e, drops, ev_drops, full_drops)
+                except BaseException:
+                    with self._count_lock:     # keep the drop counts for the retry after the restart
+                        self._merge_drops(self._drops, drops)
+                        self._merge_drops(self._ev_drops, ev_drops)
+                        self._merge_drops(self._full_drops, full_drops)
+                    raise
                 if ok:
                     with self._done_cv:
                         self._done[0] += len(pending_r)
                         self._done[1] += len(pending_e)
                         self._done_cv.notify_all()
-                    pending_r, pending_e = [], []
+                    self._pending_r, self._pending_e = [], []
                 else:
                     with self._count_lock:     # put the drop counts back for the retry
                         self._merge_drops(self._drops, drops)
@@ -496,21 +535,44 @@ class Store:
         self._last_drop_mono = now
         return due
 
+    @staticmethod
+    def _serialise(records: list[dict], to_row: Callable[[dict], tuple], key: str) -> tuple[list[tuple], _Drops]:
+        """Serialise records to rows; one that cannot be (json.dumps fails: a circular or non-str-keyed
+        value; a value SQLite cannot bind) is left out and counted in the returned _Drops (tag or kind,
+        ts) instead of failing the commit for every record with it (C16: recorded as a gap row)."""
+        rows, bad = [], _Drops()
+        for r in records:
+            try:
+                rows.append(to_row(r))
+            except Exception as exc:   # noqa: BLE001 - any failure of one record's serialisation
+                ts = r.get("ts") if isinstance(r, dict) else None
+                try:
+                    name = str(r.get(key)) if isinstance(r, dict) else "?"
+                except Exception:   # noqa: BLE001 - even its name will not print
+                    name = "?"
+                bad.add(name, ts if isinstance(ts, str) else None)
+                log.error("store: cannot serialise a %s record (%s: %s); recorded as an 'unserialisable' gap",
+                          "reading" if key == "tag" else "event", type(exc).__name__, exc)
+        return rows, bad
+
     def _commit(self, readings: list[dict], events: list[dict], drops: _Drops, ev_drops: _Drops,
                 full_drops: _Drops | None = None) -> bool:
         conn = self._wconn
         assert conn is not None
+        r_rows, r_bad = self._serialise(readings, _reading_row, "tag")
+        e_rows, e_bad = self._serialise(events, _event_row, "kind")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if readings:
+                if r_rows:
                     conn.executemany(
                         "INSERT INTO readings(tag, value, unit, quality, reason, ts, ts_source, point)"
-                        " VALUES (?,?,?,?,?,?,?,?)", [_reading_row(r) for r in readings])
-                if events:
-                    conn.executemany("INSERT INTO events(kind, ts, data) VALUES (?,?,?)",
-                                     [(e.get("kind"), str(e["ts"]), json.dumps(e, default=str))
-                                      for e in events])
+                        " VALUES (?,?,?,?,?,?,?,?)", r_rows)
+                if e_rows:
+                    conn.executemany("INSERT INTO events(kind, ts, data) VALUES (?,?,?)", e_rows)
+                for d, reason in ((r_bad, "unserialisable"), (e_bad, "unserialisable_events")):
+                    if d.count:
+                        self._insert_gap(conn, reason, sorted(d.tags), d.first_ts, d.last_ts, d.count)
                 for d, reason in ((drops, "queue_overflow"), (ev_drops, "event_queue_overflow")):
                     if d.count:
                         self._insert_gap(conn, reason, sorted(d.tags), d.first_ts, d.last_ts, d.count)
@@ -540,6 +602,9 @@ class Store:
                             self.path, len(readings) + len(events), e)
             self._writer_error = str(e)
             return False
+        with self._count_lock:
+            self._committed_readings += len(r_rows)
+            self._dropped_total += r_bad.count + e_bad.count
         if self._writer_error is not None:
             log.info("%s: writes resumed", self.path)
             self._writer_error = None
@@ -633,8 +698,10 @@ class Store:
         n = max(100, math.ceil(excess / self._per_row(conn, used) * 1.1))
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # events go last (C16): never while readings are stored or about to be committed; with too
+            # many incoming readings the cap is passed for one commit and the next pass drops them
             done = self._drop_acked(conn, n) or self._drop_unsent(conn, "readings", n) \
-                or self._drop_unsent(conn, "events", n)
+                or (not self._pending_r and self._drop_unsent(conn, "events", n))
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -642,14 +709,21 @@ class Store:
         return done
 
     def _drop_acked(self, conn: sqlite3.Connection, n: int, older_than: str | None = None) -> bool:
-        last = conn.execute("SELECT max(seq) FROM batches").fetchone()[0]
+        """Delete about ``n`` rows of the oldest acknowledged batches; False if none may go.
+
+        Kept whatever their age: the newest batch row (the next batch's ``prev``) and every batch
+        from the predecessor of the oldest unacknowledged one on (a tombstone for batch N is
+        signed with the same ``prev`` as N, the hash of N-1's stored JWS; see dead_letter)."""
+        last, oldest_unacked = conn.execute(
+            "SELECT max(seq), min(CASE WHEN acked_at IS NULL THEN seq END) FROM batches").fetchone()
         if last is None:
             return False
+        keep_from = last if oldest_unacked is None else min(last, oldest_unacked - 1)
         seqs, rows = [], 0
         for seq, created in conn.execute(
                 "SELECT seq, created_at FROM batches WHERE acked_at IS NOT NULL AND seq < ?"
                 + (" AND created_at < ?" if older_than else "") + " ORDER BY seq",
-                (last, older_than) if older_than else (last,)):
+                (keep_from, older_than) if older_than else (keep_from,)):
             seqs.append(seq)
             rows += conn.execute("SELECT count(*) FROM readings WHERE batch_seq=?", (seq,)).fetchone()[0] + 1
             if rows >= n:
@@ -665,7 +739,7 @@ class Store:
         for table in ("readings", "events", "gaps"):
             conn.execute(f"DELETE FROM {table} WHERE batch_seq IS NOT NULL AND batch_seq <= ?"
                          f" AND batch_seq IN (SELECT seq FROM batches WHERE acked_at IS NOT NULL)", (hi,))
-        conn.execute("DELETE FROM batches WHERE seq <= ? AND acked_at IS NOT NULL AND seq < ?", (hi, last))
+        conn.execute("DELETE FROM batches WHERE seq <= ? AND acked_at IS NOT NULL AND seq < ?", (hi, keep_from))
         return True
 
     def _drop_unsent(self, conn: sqlite3.Connection, table: str, n: int) -> bool:
@@ -712,19 +786,20 @@ class Store:
         return self._bconn
 
     def last_samples(self, tags: list[str]) -> dict[str, tuple[str, str, str]]:
-        """The newest stored reading of each tag as (ts RFC 3339, quality, value JSON), for tags that have one.
+        """The newest stored device- or server-stamped reading of each tag as (ts RFC 3339, quality, value JSON).
 
         Used at start so a sample re-delivered after a restart (an OPC UA subscription sends the current
-        value with its original source timestamp) is not stored twice. Each lookup walks the table from its
-        newest row, so recently polled tags cost a few rows each."""
+        value with its original source timestamp) is not stored twice. One pass over the table (no extra
+        index slows ingest), bounded by the retention cap."""
+        wanted = set(tags)
         out: dict[str, tuple[str, str, str]] = {}
         with self._block:
             conn = self._b()
-            for tag in tags:
-                row = conn.execute("SELECT ts, quality, value FROM readings WHERE tag = ? ORDER BY id DESC LIMIT 1",
-                                   (tag,)).fetchone()
-                if row is not None:
-                    out[tag] = (row[0], row[1], row[2] if row[2] is not None else "null")
+            for tag, ts, quality, value in conn.execute(
+                    "SELECT tag, ts, quality, value FROM readings WHERE id IN"
+                    " (SELECT max(id) FROM readings WHERE ts_source != 'local' GROUP BY tag)"):
+                if tag in wanted:
+                    out[tag] = (ts, quality, value if value is not None else "null")
         return out
 
     def last_batch(self) -> tuple[int, str] | None:
@@ -839,6 +914,9 @@ class Store:
                 ev_id = conn.execute("INSERT INTO events(kind, ts, data, batch_seq) VALUES (?,?,?,?)",
                                      (ev["kind"], ev["ts"], json.dumps(ev), seq)).lastrowid
                 prev = conn.execute("SELECT jws FROM batches WHERE seq=?", (seq - 1,)).fetchone()
+                if prev is None and seq > 1:   # retention keeps it (_drop_acked); a store edited by hand may not
+                    raise StoreError(f"{self.path}: cannot sign the tombstone of batch {seq}: "
+                                     f"batch {seq - 1} (its prev) is no longer stored")
                 events = [(ev_id, ev)]
                 gaps = [(r[0], {"reason": r[1], "tags": json.loads(r[2]), "first_ts": r[3], "last_ts": r[4],
                                 "count": r[5], "recorded_at": r[6]}) for r in conn.execute(
@@ -867,7 +945,9 @@ class Store:
         acknowledged batch; oldest_unsent_ts: RFC 3339 ts of the oldest of those (None);
         batches_unacked: batches not yet acked; batches_dead_letter: batches set aside;
         last_acked_seq (None); queue_depth: records waiting in memory; dropped: records
-        dropped since open (queue overflow + retention); used_bytes; writer_error: the
+        dropped since open (queue overflow, retention, refused while full, unserialisable), each
+        one also in a gap row; readings_committed: readings committed since open (taken, C15);
+        used_bytes; writer_error: the
         last commit error while writes are failing (e.g. "database is locked"), else None.
         """
         with self._block:
@@ -882,7 +962,8 @@ class Store:
             used = self.used_bytes(c)
         with self._count_lock:
             dropped = self._dropped_total
+            committed = self._committed_readings
         return {"readings_total": total, "readings_unsent": unsent, "oldest_unsent_ts": oldest,
                 "batches_unacked": unacked, "batches_dead_letter": dead, "last_acked_seq": last_acked,
-                "queue_depth": self._rq.qsize() + self._eq.qsize(), "dropped": dropped,
+                "queue_depth": self._rq.qsize() + self._eq.qsize(), "dropped": dropped, "readings_committed": committed,
                 "used_bytes": used, "writer_error": self._writer_error}

@@ -222,7 +222,11 @@ class Forwarder:
     idle_s: how long to wait when there is nothing to send.
 
     Status for health checks: ``sent`` (acks), ``consecutive_failures``, ``last_error``,
-    ``last_ack_mono`` (time.monotonic() of the last ack), ``dead_lettered``.
+    ``last_ack_mono`` (time.monotonic() of the last ack), ``dead_lettered``, and
+    ``last_beat_mono``: time.monotonic() at the start of every loop iteration of run() (None
+    before run() and after it returned), so gateway.health can tell a live uploader from a dead
+    or hung one (:func:`gateway.health.uploader_check`; one iteration takes at most
+    :meth:`max_iteration_s`).
     """
 
     def __init__(self, store: Store, batcher: Batcher, uplink: Any, rate_limit_per_s: float | None = None, *,
@@ -242,11 +246,25 @@ class Forwarder:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_ack_mono: float | None = None
+        self.last_beat_mono: float | None = None
         self._last_send_mono: float | None = None
 
     def stop(self) -> None:
         """Ask run() to return; an in-flight send is abandoned (the batch is resent later)."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """True once stop() was called."""
+        return self._stop.is_set()
+
+    def max_iteration_s(self) -> float:
+        """Upper bound (seconds) of one loop iteration of run() that is not hung: the rate-limit
+        wait, one send bounded by the uplink's ``timeout_s`` (default 5 s; httpx applies it per
+        connect/write/read/pool phase, hence x4), the longest sleep after it (idle, backoff or a
+        held chain: max_backoff_s) and 10 s for the store calls around it."""
+        timeout = float(getattr(self.uplink, "timeout_s", 5.0) or 5.0)
+        return self.min_interval_s + 4 * timeout + max(self.idle_s, self.max_backoff_s) + 10.0
 
     def backoff_s(self, failures: int, retry_after_s: float | None = None) -> float:
         """Delay before the next attempt after ``failures`` consecutive failures: full jitter
@@ -271,7 +289,14 @@ class Forwarder:
     async def run(self) -> None:
         """Upload until stop(). Never raises for a receiver or network fault. One-shot:
         build a new Forwarder to start again."""
+        try:
+            await self._run()
+        finally:
+            self.last_beat_mono = None
+
+    async def _run(self) -> None:
         while not self._stop.is_set():
+            self.last_beat_mono = time.monotonic()   # liveness for gateway.health (one beat per iteration)
             try:
                 batch = await asyncio.to_thread(self.batcher.next_batch)
             except Exception as exc:   # a store fault must not kill the uploader
@@ -288,7 +313,11 @@ class Forwarder:
                 wait = self._last_send_mono + self.min_interval_s - time.monotonic()
                 if await self._sleep(wait):
                     break
-            await self._attempt(batch)
+            try:
+                await self._attempt(batch)
+            except Exception as exc:   # a store or bookkeeping fault must not kill the uploader: keep the batch
+                log.exception("uplink: batch %d: unexpected error; keeping it for a retry", batch.seq)
+                await self._retry_later(batch, f"{type(exc).__name__}: {exc}", None)
 
     async def _attempt(self, batch: Batch) -> None:
         self._last_send_mono = time.monotonic()
@@ -309,7 +338,13 @@ class Forwarder:
             ack = send.result()
         except PermanentError as exc:
             self.last_error = str(exc)
-            replaced = await asyncio.to_thread(self.batcher.dead_letter, batch.seq, str(exc)[:300], exc.status)
+            try:
+                replaced = await asyncio.to_thread(self.batcher.dead_letter, batch.seq, str(exc)[:300], exc.status)
+            except Exception as dl_exc:   # cannot build the tombstone (store fault): keep the batch, retry
+                log.error("uplink: batch %d rejected (%s) but cannot be set aside: %s; keeping it, will retry",
+                          batch.seq, exc, dl_exc)
+                await self._retry_later(batch, f"dead-letter failed: {dl_exc}", None)
+                return
             if replaced:
                 self.consecutive_failures = 0
                 self.dead_lettered += 1

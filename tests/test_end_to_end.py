@@ -48,9 +48,21 @@ def _received(wd: Path) -> list[str]:
         db.close()
 
 
+def test_demo_counts_lost_and_duplicated_readings_as_multisets():
+    """Two distinct samples of one tag in the same millisecond are two readings, not one (no demo run)."""
+    from gateway.demo import _reading_key, reading_counts
+
+    a, b = _reading_key("T1", "2025-01-01T00:00:00.000Z", 1.0, "good"), _reading_key("T1", "2025-01-01T00:00:00.000Z",
+                                                                                       2.0, "good")
+    assert reading_counts(Counter([a, b]), Counter([a, b])) == (0, 0)
+    assert reading_counts(Counter([a, b]), Counter([a])) == (1, 0)           # b lost, though its (tag, ts) arrived
+    assert reading_counts(Counter([a, b]), Counter([a, a, b])) == (0, 1)     # a twice
+    assert reading_counts(Counter([a, a]), Counter([a])) == (1, 0)           # identical samples count twice
+
+
 def test_summary_has_the_documented_keys(demo):
     _, s, stdout = demo
-    for key in ("protocols", "readings", "alarms", "trips", "batches_sent", "batches_verified", "readings_lost",
+    for key in ("protocols", "readings", "alarms", "trips", "batches_built", "batches_sent", "batches_verified", "readings_lost",
                 "workdir"):
         assert key in s
     assert s["protocols"] == {"modbus_tcp": 10, "modbus_rtu": 3, "opcua": 2}
@@ -94,18 +106,33 @@ def test_hh_and_2oo3_trips_written_and_confirmed_at_the_simulator(demo):
 def test_every_stored_reading_reached_the_receiver_exactly_once(demo):
     wd, s, _ = demo
     db = sqlite3.connect(wd / "state" / "store.sqlite")
-    stored = Counter((t, ts, json.dumps(json.loads(v) if v is not None else None))
-                     for t, ts, v in db.execute("SELECT tag, ts, value FROM readings"))
+    stored = Counter((t, ts, json.dumps(json.loads(v) if v is not None else None), q)
+                     for t, ts, v, q in db.execute("SELECT tag, ts, value, quality FROM readings"))
     db.close()
     received: Counter = Counter()
     for token in _received(wd):
         payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
         for r in payload["readings"]:
-            received[(r["tag"], r["ts"], json.dumps(r["value"]))] += 1
+            received[(r["tag"], r["ts"], json.dumps(r["value"]), r["quality"])] += 1
     assert sum(stored.values()) == s["readings"] > 500
     assert max(received.values()) == 1, "a reading arrived twice"
     assert received == stored
     assert s["readings_lost"] == 0 and s["readings_duplicated"] == 0
+
+
+def test_nothing_was_dropped_before_or_inside_the_gateway_store(demo):
+    """Readings dropped before the store (queue overflow, refused while full, unserialisable) leave no
+    row to miss at the receiver; they show only as gap rows and in Store.stats()["dropped"]."""
+    wd, s, _ = demo
+    db = sqlite3.connect(wd / "state" / "store.sqlite")
+    try:
+        gaps = db.execute("SELECT reason, tags, count FROM gaps").fetchall()
+    finally:
+        db.close()
+    assert gaps == [], gaps
+    store = json.loads((wd / "state" / "status.json").read_text())["store"]   # Store.stats() at shutdown
+    assert store["dropped"] == 0 and store["readings_committed"] == s["readings"]
+    assert s["batches_built"] >= s["batches_sent"] == s["batches_acked"] > 0
 
 
 def test_chain_verifies_with_an_independent_jose_library(demo):

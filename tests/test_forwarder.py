@@ -17,7 +17,7 @@ from gateway.batches import Batcher
 from gateway.model import Quality, Reading, rfc3339
 from gateway.receiver import BackgroundReceiver
 from gateway.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
-from gateway.store import Store
+from gateway.store import Store, StoreError
 from gateway.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
                             parse_retry_after)
 
@@ -356,3 +356,100 @@ async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
     # can shorten one gap, never the rate (without the limit 5 sends take a few ms).
     assert hits[-1] - hits[0] >= 4 * 0.1 * 0.95
     assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.05
+
+
+async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path: Path, keys) -> None:
+    """R1: batches 1-2 acked, batch 3 unacked; the size cap then deletes acknowledged batches.
+    Batch 2 (the prev of 3 and of its tombstone) must survive, so the 422 on 3 still yields a
+    signed tombstone the receiver accepts, and later batches flow."""
+    signer, trust_dir = keys
+    n = 0
+    kept: list[int] = []
+    st = Store(tmp_path / "gw.sqlite", commit_interval_s=0.05, max_bytes=200_000)
+
+    async def flood_then_reject_third(request):
+        nonlocal n
+        n += 1
+        if n == 3:   # 1 and 2 are acknowledged, 3 is the newest batch and unacked
+            for i in range(1000, 5000):
+                st.put_reading(rec(i))
+            assert st.flush(20)                  # over the cap: retention deletes acknowledged batches
+            conn = sqlite3.connect(tmp_path / "gw.sqlite")
+            kept.extend(s for (s,) in conn.execute("SELECT seq FROM batches ORDER BY seq"))
+            conn.close()
+            b.max_readings = 1000
+            return JSONResponse({"error": "payload: unprocessable"}, 422)
+        return None
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=flood_then_reject_third) as rx, st:
+        fill(st, 30)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        await run_forwarder(fwd, lambda: fwd.dead_lettered == 1 and st.stats()["readings_unsent"] == 0
+                            and st.stats()["batches_unacked"] == 0, 30)
+        await up.aclose()
+        seqs, _ = delivered(rx)                  # checks prev of every batch, the tombstone's included
+        tomb = payload(rx.receiver.store.get(GW, 3).jws)
+    assert fwd.last_beat_mono is None            # run() returned normally
+    assert kept == [2, 3]                        # at the 422: acked batch 1 deleted, 2 (prev of 3) kept
+    assert seqs[:3] == [1, 2, 3] and len(seqs) >= 4
+    assert tomb["readings"] == [] and tomb["events"][0]["kind"] == "batch_dead_lettered"
+
+
+async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_path: Path, keys) -> None:
+    """R1: a fault while building the tombstone is logged and retried; run() never dies of it."""
+    from gateway.uplink import Ack
+
+    signer, _ = keys
+    sends: list[int] = []
+
+    class Uplink:
+        timeout_s = 1.0
+
+        async def send(self, jws: str) -> Ack:
+            p = payload(jws)
+            sends.append(p["seq"])
+            if not p["events"]:                  # the original batch: refused for good
+                raise PermanentError("422 payload", 422)
+            return Ack(GW, p["seq"], "accepted", chain_hash(jws))
+
+    with Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 5)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        real, calls = b.dead_letter, []
+
+        def flaky(*a, **kw):
+            calls.append(a)
+            if len(calls) == 1:
+                raise StoreError("disk I/O error")
+            return real(*a, **kw)
+
+        b.dead_letter = flaky
+        fwd = Forwarder(st, b, Uplink(), idle_s=0.05, min_backoff_s=0.05)
+        await run_forwarder(fwd, lambda: st.stats()["batches_unacked"] == 0 and fwd.dead_lettered == 1, 10)
+    assert len(calls) == 2 and sends == [1, 1, 1]   # kept, resent, set aside, tombstone sent
+
+
+async def test_health_sees_a_dead_or_hung_uploader() -> None:
+    """R1: gateway.health.uploader_check reports an uploader task that ended and one that stopped beating."""
+    from types import SimpleNamespace
+
+    from gateway.health import uploader_check
+
+    fw = SimpleNamespace(stopped=False, last_beat_mono=None, max_iteration_s=lambda: 5.0)
+
+    async def boom():
+        raise RuntimeError("prev is not a base64url SHA-256")
+
+    gw = SimpleNamespace(forwarder=fw, _fw_task=asyncio.create_task(boom()))
+    await asyncio.sleep(0)
+    check = uploader_check(gw, 1.0)
+    assert "uploader task has ended (RuntimeError" in check(time.monotonic())
+    gw._fw_task = asyncio.create_task(asyncio.sleep(10))
+    fw.last_beat_mono = 100.0
+    assert check(105.0) is None
+    assert "no loop iteration for 7.0 s" in check(107.0)
+    fw.stopped = True                            # shutdown / reload: not a fault
+    assert check(107.0) is None
+    gw._fw_task.cancel()

@@ -339,6 +339,62 @@ def test_locked_store_answers_503_with_retry_after_then_recovers(tmp_path, pki):
         assert post(c, b[0]).json()["status"] == "accepted"
 
 
+def test_failed_commit_is_rolled_back_and_the_next_batch_is_accepted(tmp_path, pki):
+    """R4: a COMMIT that fails (here, deterministically, a deferred foreign key violated by a trigger
+    while a flag is set; SQLite keeps the transaction open after a failed COMMIT) answers 503, is
+    rolled back, and the next batch is stored instead of every later batch getting 503."""
+    import sqlite3
+
+    trust, s = pki
+    b = chain(s["A"], "gw-01", 1, 2)
+    with BackgroundReceiver(tmp_path / "rx", trust) as r, \
+            httpx.Client(base_url=r.url, verify=r.ssl_context(), timeout=10) as c:
+        db = r.receiver.store._db
+        db.executescript("""
+            CREATE TABLE fail_flag (on_ INTEGER);
+            CREATE TABLE parent (id INTEGER PRIMARY KEY);
+            CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+            CREATE TRIGGER fail_commit AFTER INSERT ON batches WHEN (SELECT count(*) FROM fail_flag) > 0
+            BEGIN INSERT INTO child(pid) VALUES (42); END;
+            INSERT INTO fail_flag VALUES (1);""")
+        db.execute("PRAGMA foreign_keys=ON")
+        resp = post(c, b[0])
+        assert resp.status_code == 503 and resp.headers["retry-after"] == "1", resp.text
+        assert not db.in_transaction                       # rolled back, not left open
+        other = sqlite3.connect(r.store_path, timeout=1)    # and nothing holds the write lock
+        other.execute("DELETE FROM fail_flag")
+        other.commit()
+        other.close()
+        assert post(c, b[0]).json()["status"] == "accepted"
+        assert post(c, b[1]).json()["status"] == "accepted"
+        assert r.receiver.store.last_seq("gw-01") == 2
+
+
+async def test_submit_runs_off_the_event_loop(tmp_path, pki):
+    """R4: a slow submit (SQLite, signature checks) does not block the receiver's event loop."""
+    import asyncio
+    import threading
+
+    trust, s = pki
+    b = chain(s["A"], "gw-01", 1, 1)
+    with BackgroundReceiver(tmp_path / "rx", trust, tls=False) as r:
+        real, started, release = r.receiver.submit, threading.Event(), threading.Event()
+
+        def slow_submit(body):
+            started.set()
+            release.wait(10)
+            return real(body)
+
+        r.receiver.submit = slow_submit
+        async with httpx.AsyncClient(base_url=r.url, timeout=10) as c:
+            pending = asyncio.create_task(c.post("/v1/batches", content=b[0].encode(), headers=JOSE))
+            assert await asyncio.to_thread(started.wait, 5)
+            health = await c.get("/v1/health", timeout=2)      # answered while submit is still busy
+            release.set()
+            assert health.json() == {"ok": True}
+            assert (await pending).json()["status"] == "accepted"
+
+
 def test_answer_lost_after_commit_then_resend_is_a_duplicate(tmp_path, pki):
     """C14 (b): the receiver commits but answers after the client's timeout; the byte-identical
     resend is acknowledged as a duplicate and stored once."""

@@ -245,3 +245,97 @@ def test_C17_sigkill_during_write_burst_keeps_database_intact(tmp_path: Path) ->
         last = count
     with Store(db) as st:
         assert st.moved_aside is None
+
+
+def test_R3_unserialisable_record_becomes_a_gap_and_flush_completes(tmp_path: Path) -> None:
+    """A record json cannot serialise (circular value, non-string keys) or SQLite cannot bind must not
+    kill the writer nor lose its neighbours: it becomes an 'unserialisable' gap row, counters catch up."""
+    db = tmp_path / "store.sqlite"
+    circular: list = []
+    circular.append(circular)
+    st = Store(db, commit_interval_s=0.05).open()
+    assert st.put_reading(rec(1))
+    assert st.put_reading(rec(2, tag="BAD-1", value=circular))
+    assert st.put_reading({**rec(3, tag="BAD-2"), "unit": ["not", "bindable"]})
+    assert st.put_reading(rec(4))
+    assert st.put_event({"kind": "alarm", "payload": {(1, 2): "tuple key"}})
+    assert st.put_event({"kind": "trip", "interlock": "IL-1"})
+    assert st.flush(5), "flush never completed: records lost in the writer"
+    s = st.stats()
+    st.close()
+    assert [t for (t,) in rows(db, "SELECT tag FROM readings ORDER BY id")] == ["TT-101", "TT-101"]
+    assert [k for (k,) in rows(db, "SELECT kind FROM events")] == ["trip"]
+    gaps = {r: (json.loads(t), c) for r, t, c in rows(db, "SELECT reason, tags, count FROM gaps")}
+    assert gaps == {"unserialisable": (["BAD-1", "BAD-2"], 2), "unserialisable_events": (["alarm"], 1)}
+    assert s["dropped"] == 3 and s["queue_depth"] == 0
+
+
+def test_R3_writer_restart_keeps_the_records_it_had_dequeued(tmp_path: Path) -> None:
+    """A non-sqlite3 exception in the writer restarts it; the records it held are committed after the
+    restart (not lost without a gap row), so flush() completes."""
+    db = tmp_path / "store.sqlite"
+    st = Store(db, commit_interval_s=0.05, max_bytes=10**9).open()
+    real, calls = st._retention, []
+
+    def fail_once(*a, **kw):
+        calls.append(a)
+        if len(calls) == 1:
+            raise RuntimeError("unexpected")
+        return real(*a, **kw)
+
+    st._retention = fail_once
+    for i in range(20):
+        assert st.put_reading(rec(i))
+    assert st.flush(10)
+    s = st.stats()
+    st.close()
+    assert s["readings_total"] == 20 and s["dropped"] == 0 and len(calls) >= 2
+
+
+E1_CFG = """gateway: {id: site-1, state_dir: %s}
+keys: {private_key: k/private.pem}
+store:
+  path: %s
+devices:
+  - name: plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: 1
+    poll_interval_ms: 1000
+    tags:
+      - {name: T1, address: 30001, type: float32}
+"""
+
+
+def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.signing import keygen
+
+    root = Path(__file__).resolve().parents[1]
+    keygen(tmp_path / "k")
+    f = tmp_path / "g.yaml"
+    f.write_text(E1_CFG % ("state", "/proc/hazard-gateway-test/store.sqlite"))
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(f)], capture_output=True,
+                         text=True, cwd=root, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    line = [ln for ln in run.stderr.splitlines() if "/proc/hazard-gateway-test" in ln]
+    assert line and line[-1].startswith("hazard-gateway: /proc/hazard-gateway-test/store.sqlite: cannot create")
+    chk = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True,
+                         cwd=root, timeout=60)
+    assert chk.returncode == 2 and "Traceback" not in chk.stderr
+    assert f"{f}:4:9: store.path: store directory /proc/hazard-gateway-test cannot be created" in chk.stderr
+    # a state_dir below a regular file: check names gateway.state_dir at its value
+    (tmp_path / "afile").write_text("")
+    f.write_text(E1_CFG % (tmp_path / "afile" / "state", "store.sqlite"))
+    chk = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True,
+                         cwd=root, timeout=60)
+    assert chk.returncode == 2, chk.stderr
+    assert f"{f}:1:34: gateway.state_dir: state_dir {tmp_path / 'afile' / 'state'} cannot be created" in chk.stderr
+    f.write_text(E1_CFG % ("fresh", "store.sqlite"))
+    chk = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True,
+                         cwd=root, timeout=60)
+    assert chk.returncode == 0, chk.stderr
+    assert not (tmp_path / "fresh").exists()          # check probes, it does not create
