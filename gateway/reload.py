@@ -7,13 +7,17 @@ Sequence (:func:`reload_from_file`):
    Gateway is built from the new config (device drivers, alarm and interlock engines,
    hazard units: constructors only, nothing is opened). Changes that cannot be applied
    to a running store are refused: ``gateway.id`` (the chain belongs to one gateway id),
-   ``gateway.state_dir`` and ``store.path``. Any problem: each is logged as one ERROR
-   line and the gateway keeps running on the old config, untouched.
-2. Swap. The old poll loops finish their current tick (they end when their device is no
-   longer in ``gw.devices``), confirmed output writes in flight finish (bounded), the
-   old devices and links are closed, the forwarder is stopped (an unacknowledged batch
-   stays in the store and is resent). Then the new parts are installed, devices started,
-   poll loops and a new forwarder started, and the watchdog heartbeats re-registered.
+   ``gateway.state_dir`` and ``store.path``; so is a config that removes or renames an
+   interlock that is tripped (or cleared and awaiting reset) or bypassed (its state is
+   carried by name and would be dropped: reset it or end the bypass first). Any problem:
+   each is logged as one ERROR line and the gateway keeps running on the old config, untouched.
+2. Swap, ordered to keep the poll/safety gap short (:func:`reload_gateway`): the state is
+   carried and the new parts installed at once; the old poll loops finish their current
+   read (bounded), writes in flight get a short bound, the old devices and links close
+   (bounded); each new device starts and polls in its own task, and the watchdog
+   heartbeats are re-registered. Only then is the forwarder stopped (an unacknowledged
+   batch stays in the store and is resent) and a new one started, so a slow or hung
+   uplink never stalls polling. The pause is logged ("polling paused N s").
 3. Record. An event ``{"type": "gateway", "event": "config_reloaded", "config_hash":
    new, "previous_config_hash": old}`` goes into the store, so it is signed and uploaded
    in the next batch; every later batch carries the new ``config_hash``.
@@ -30,10 +34,11 @@ What carries over:
   last value and age. A changed set point applies from the next reading (a latched alarm
   stays latched until reset: a reload never resets a latch). New alarms start normal;
 * interlock state of every interlock name in both configs: tripped (and cause),
-  cleared-awaiting-reset, bypass with its expiry. A reload never resets a trip. The
+  cleared-awaiting-reset, bypass with its expiry. A reload never resets a trip (nor drops one,
+  see 1.). The
   start-up grace for inputs that have not delivered a reading starts again, so an input
   on a new device is "pending" (not a fault) while that device's first poll runs;
-* last values, poll counters of devices that keep their name, readings_taken, the control socket.
+* last values, poll counters of devices that keep their name, readings_queued, the control socket.
 
 PLC heartbeats (gateway.heartbeat) and annunciators are rebuilt from the new config: a heartbeat
 register pauses for the swap (the old writer ends after its current beat; the new one starts with
@@ -58,16 +63,17 @@ log = logging.getLogger("hazard_gateway.reload")
 #: Gateway attributes built from the config: those of a Gateway built from the new config are used.
 RELOADED = frozenset({"cfg", "signer", "links", "devices", "device_of", "protocol_of", "alarms", "interlocks",
                       "hazard", "points", "_hazard_unit_tags", "_interlock_inputs", "polls", "_status_path",
-                      "report", "heartbeats", "annunciators"})
+                      "report", "heartbeats", "annunciators", "_valid_range", "_interlock_feeds"})
 #: Gateway attributes that live on across a reload (runtime state, the store, the outputs, the operator socket).
-KEPT = frozenset({"store", "outputs", "values", "_last_stored", "readings_taken", "forwarder", "started_at",
+KEPT = frozenset({"store", "outputs", "values", "_last_stored", "readings_queued", "forwarder", "started_at",
                   "_stopping", "health", "_poll_tasks", "_fw_task", "_aux_tasks", "_reload_lock",
-                  "_hazard_tick_mono", "clock", "control", "last_safety_mono"})
+                  "_hazard_tick_mono", "clock", "control", "last_safety_mono", "safety_state"})
 
-#: bounds of the swap, seconds
-OLD_LOOPS_S = 5.0
-OUTPUTS_IDLE_S = 3.0
-FORWARDER_STOP_S = 5.0
+#: bounds of the swap, seconds (the poll/safety gap is bounded by the first three plus the new devices' start)
+OLD_LOOPS_S = 1.0       # an old poll loop's read in flight; then it is cancelled (its device is being closed)
+OUTPUTS_IDLE_S = 0.5    # confirmed writes in flight on the old links; an unfinished one retries on the new
+DEVICE_CLOSE_S = 1.0    # closing one old device, and the old links
+FORWARDER_STOP_S = 5.0  # the old forwarder (after polling has resumed)
 
 # fields of the engines' per-object state that identify or configure the object (never copied)
 _ALARM_IDENTITY = {"id", "tag", "kind", "spec", "cfg"}
@@ -85,6 +91,28 @@ def restart_needed(old: LoadedConfig, new: LoadedConfig) -> list[str]:
         out.append(f"{new.path}: gateway.state_dir changed: restart the service to apply")
     if new.store_path.resolve() != old.store_path.resolve():
         out.append(f"{new.path}: store.path changed: restart the service to apply")
+    return out
+
+
+def dropped_safety_state(old: Any, new: Any, new_cfg: LoadedConfig) -> list[str]:
+    """Interlocks of the running gateway.interlocks.InterlockEngine ``old`` that are tripped (or cleared and
+    awaiting reset) or bypassed and have no interlock of the same name in ``new``: one line each naming the
+    file; empty when none. A reload carries state by name, so removing or renaming such an interlock would
+    silently drop its trip (an un-trip without a reset) or its audited bypass; it is refused instead."""
+    out = []
+    for name, st in old.export_state().items():
+        if name in new._s:
+            continue
+        if st["tripped"]:
+            what = "tripped" + (" (cleared, awaiting reset)" if st["cleared"] else "") + \
+                (f" since {rfc3339(st['tripped_ts'])}" if st.get("tripped_ts") is not None else "")
+            todo = f"reset it first (hazard-gateway reset {name})"
+        else:
+            b = st["bypass"] or {}
+            what = f"bypassed by {b.get('user')} until {rfc3339(b['until_ts'])}" if b.get("until_ts") else "bypassed"
+            todo = f"end the bypass first (hazard-gateway bypass {name} --end)"
+        out.append(f"{new_cfg.path}: interlocks: {name} is {what} and the new config has no interlock of that "
+                   f"name (removed or renamed); a reload would drop its state: {todo}")
     return out
 
 
@@ -165,9 +193,43 @@ async def reload_from_file(gw: Any, path: Any = None) -> bool:
     return True
 
 
+async def _start_then_poll(gw: Any, dev: Any, interval_s: float) -> None:
+    """A new device's poll loop: start the device (connect; an OPC UA start may wait ~3 x its timeout for
+    an unreachable server), then poll. One task per device, so a slow device delays only its own loop."""
+    try:
+        await dev.start()
+    except Exception as exc:  # drivers never raise here by contract; a bug must not stop the other loops
+        log.error("SIGHUP: device %s: start failed: %s (its reads retry)", dev.name, exc)
+    await gw._poll_loop(dev, interval_s)
+
+
+async def _bounded(aw: Any, bound_s: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(aw, bound_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        log.warning("SIGHUP: %s took longer than %.1f s; abandoned", what, bound_s)
+    except Exception as exc:  # closing is best effort; the new links are separate objects
+        log.warning("SIGHUP: %s: %s", what, exc)
+
+
 async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[str]:
     """Apply a validated config to a running gateway.Gateway (see the module docstring).
-    Returns problems (one line each) when the config cannot be applied; then nothing changed."""
+    Returns problems (one line each) when the config cannot be applied; then nothing changed.
+
+    Order of the swap (the poll/safety gap is only steps 2-3, bounded by OLD_LOOPS_S + OUTPUTS_IDLE_S +
+    2 x DEVICE_CLOSE_S plus the new devices' connect; measured and logged as "polling paused"):
+
+    1. under the reload lock, with no await between the check and the install: refuse when a tripped or
+       bypassed interlock would be dropped (:func:`dropped_safety_state`); carry the alarm and interlock
+       state into the new engines and install the new namespace. From here the safety path (the alarm
+       ticker, an old loop's last tick) runs on the new engines;
+    2. the old poll loops end after their current read (bounded, then cancelled), writes in flight get
+       OUTPUTS_IDLE_S (an unfinished one is retried on the new device), old devices and links close
+       (each bounded);
+    3. each new device starts and polls in its own task; heartbeats and annunciators restart;
+    4. only then the forwarder is swapped (the uplink may take seconds on a bad network; the old
+       forwarder is fully stopped before the new one starts, so no seq is built twice).
+    """
     from gateway.gateway import Gateway
     from gateway.health import watch_gateway
 
@@ -181,42 +243,14 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
     async with gw._reload_lock:
         if gw._stopping:
             return ["the gateway is shutting down"]
+        problems = dropped_safety_state(gw.interlocks, fresh.interlocks, new_cfg)
+        if problems:
+            return problems
         old_hash = gw.cfg.config_hash
         t0 = time.monotonic()
-        # -- stop the old parts: poll loops finish their tick, heartbeat/annunciator writers end, writes in
-        #    flight finish, links close. A loop or writer ends when its object is no longer the gateway's.
+        # -- 1. carry state into the new engines, keep the KEPT attributes, install the new namespace.
         old_devices, old_links = gw.devices, gw.links
         old_tasks = [*gw._poll_tasks, *getattr(gw, "_aux_tasks", [])]
-        gw.devices = []
-        if hasattr(fresh, "heartbeats"):
-            gw.heartbeats, gw.annunciators = fresh.heartbeats, fresh.annunciators
-        if old_tasks:
-            _, pending = await asyncio.wait(old_tasks, timeout=OLD_LOOPS_S)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        try:
-            await gw.outputs.wait_idle(timeout_s=OUTPUTS_IDLE_S)
-        except (TimeoutError, asyncio.TimeoutError):
-            log.warning("SIGHUP: outputs still being written; they continue on the new devices")
-        for dev in old_devices:
-            try:
-                await dev.close()
-            except Exception as exc:  # closing is best effort; the new links are separate objects
-                log.warning("SIGHUP: closing device %s: %s", dev.name, exc)
-        await old_links.close_all()
-        if gw.forwarder is not None:
-            gw.forwarder.stop()
-            if gw._fw_task is not None:
-                try:
-                    await asyncio.wait_for(gw._fw_task, FORWARDER_STOP_S)
-                except (TimeoutError, asyncio.TimeoutError):
-                    gw._fw_task.cancel()
-            aclose = getattr(gw.forwarder.uplink, "aclose", None)
-            if aclose:
-                await aclose()
-            gw.forwarder = gw._fw_task = None
-        # -- carry state into the new engines, keep the KEPT attributes, then install the new namespace.
         carry_alarm_state(gw.alarms, fresh.alarms)
         carry_interlock_state(gw.interlocks, fresh.interlocks)
         for name in fresh.polls:
@@ -229,27 +263,54 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         # bound to fresh (a heartbeat's "is the safety path alive", an annunciator's writer), and they must
         # see the live gateway's state (last_safety_mono, device_of ...), which they now do. Everything
         # that was bound to gw (the OutputManager, the control socket) sees the new parts the same way.
+        # An old poll loop, heartbeat or annunciator ends because its object is no longer the gateway's.
         gw.__dict__ = fresh.__dict__
-        for d in (gw.values, gw._last_stored):
-            for tag in [t for t in d if t not in gw.device_of]:
-                del d[tag]
         s = new_cfg.model.store
         gw.store.commit_interval_s = s.commit_interval_ms / 1000
         gw.store.max_bytes = s.max_bytes
         gw.store.retention_floor_s = s.retention_days * 86400
         gw._log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
                        "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
-        # -- start the new parts
-        await asyncio.gather(*(dev.start() for dev in gw.devices))
+        # -- 2. stop the old parts, each step bounded
+        if old_tasks:
+            _, pending = await asyncio.wait(old_tasks, timeout=OLD_LOOPS_S)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await gw.outputs.wait_idle(timeout_s=OUTPUTS_IDLE_S)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("SIGHUP: outputs still being written; they continue on the new devices")
+        for dev in old_devices:
+            await _bounded(dev.close(), DEVICE_CLOSE_S, f"closing device {dev.name}")
+        await _bounded(old_links.close_all(), DEVICE_CLOSE_S, "closing the old links")
+        for d in (gw.values, gw._last_stored):  # after the old loops' last tick
+            for tag in [t for t in d if t not in gw.device_of]:
+                del d[tag]
+        # -- 3. start the new parts: every device polls as soon as it has started
         intervals = {d.name: d.poll_interval_ms / 1000 for d in new_cfg.model.devices}
-        gw._poll_tasks = [asyncio.create_task(gw._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
+        gw._poll_tasks = [asyncio.create_task(_start_then_poll(gw, dev, intervals[dev.name]), name=f"poll:{dev.name}")
                           for dev in gw.devices]
         if hasattr(gw, "_start_aux"):
             gw._aux_tasks = gw._start_aux()
-        gw.forwarder = gw._build_forwarder()
-        if gw.forwarder is not None:
-            gw._fw_task = asyncio.create_task(gw.forwarder.run(), name="forwarder")
         watch_gateway(gw)
-        log.info("SIGHUP: config %s applied (was %s) in %.1f s: %d devices, %d tags", new_cfg.config_hash[:12],
-                 old_hash[:12], time.monotonic() - t0, len(gw.devices), len(gw.device_of))
+        paused = time.monotonic() - t0
+        # -- 4. the forwarder, last: stopping the old one may wait on the network (bounded)
+        old_fw, old_fw_task = gw.forwarder, gw._fw_task
+        if old_fw is not None:
+            old_fw.stop()
+            if old_fw_task is not None:
+                try:
+                    await asyncio.wait_for(old_fw_task, FORWARDER_STOP_S)
+                except (TimeoutError, asyncio.TimeoutError):
+                    old_fw_task.cancel()
+                    await asyncio.gather(old_fw_task, return_exceptions=True)
+            aclose = getattr(old_fw.uplink, "aclose", None)
+            if aclose:
+                await _bounded(aclose(), FORWARDER_STOP_S, "closing the old uplink")
+        gw.forwarder = gw._build_forwarder()
+        gw._fw_task = asyncio.create_task(gw.forwarder.run(), name="forwarder") if gw.forwarder else None
+        log.info("SIGHUP: config %s applied (was %s) in %.1f s, polling paused %.2f s: %d devices, %d tags",
+                 new_cfg.config_hash[:12], old_hash[:12], time.monotonic() - t0, paused, len(gw.devices),
+                 len(gw.device_of))
     return []
