@@ -558,13 +558,27 @@ class RtuLink(_Link):
     Serialises every request on the bus; waits the t3.5 silent interval
     after the last byte seen on the line; flushes the input before each
     request; finds the reply with :func:`scan_rtu_reply`. A port that cannot
-    be opened (or fails while open) is retried with :class:`Backoff`.
+    be opened (or fails while open) is retried with :class:`Backoff`; before
+    each request the open fd is compared with what the path names now
+    (stat vs fstat), so a vanished adapter or a udev link re-pointed to a
+    new tty is closed (no fd kept) and reopened without a restart.
+    local_echo: the adapter is a 2-wire RS-485 transceiver whose receiver
+    stays enabled while it transmits, so every request comes back to us
+    (Modbus over Serial Line v1.02, section 3.3, two-wire definition: one
+    balanced pair carries both directions). After sending, exactly the request's bytes are read
+    and compared; a difference is a line fault (bus collision, wiring, a
+    broken transceiver) and the request fails with "comm fault: echo
+    mismatch", as does a missing echo. Without it an echoing adapter's echo
+    is discarded by the scanner as a non-matching frame for reads, but the
+    echo of FC5/FC6 is byte-identical to a correct reply, so a write could
+    look acknowledged by a silent slave: set local_echo for such adapters.
     Counters: ``discarded_frames`` (foreign / late frames dropped),
-    ``flushed_bytes`` (stale input flushed before a request).
+    ``flushed_bytes`` (stale input flushed before a request),
+    ``echo_faults`` (missing or mismatched local echoes).
     """
 
     def __init__(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: float = 1, bytesize: int = 8,
-                 timeout_s: float = 0.5, *, backoff: Backoff | None = None) -> None:
+                 timeout_s: float = 0.5, *, backoff: Backoff | None = None, local_echo: bool = False) -> None:
         parity = str(parity).upper()
         if parity not in ("N", "E", "O"):
             raise ValueError(f"serial port {port}: parity {parity!r} must be N, E or O")
@@ -572,6 +586,7 @@ class RtuLink(_Link):
             raise ValueError(f"serial port {port}: unsupported settings {baudrate} {bytesize}{parity}{stopbits}")
         self.port, self.baudrate, self.parity, self.stopbits, self.bytesize = port, baudrate, parity, stopbits, bytesize
         self.timeout_s = timeout_s
+        self.local_echo = bool(local_echo)
         self.name = port
         self.char_time_s = (1 + bytesize + (0 if parity == "N" else 1) + stopbits) / baudrate
         self.t35_s = silent_interval_s(baudrate, bytesize, parity, stopbits)
@@ -586,6 +601,7 @@ class RtuLink(_Link):
         self._closed = False
         self.discarded_frames = 0
         self.flushed_bytes = 0
+        self.echo_faults = 0
         self.requests_sent = 0
         self.request_starts: list[float] = []  # monotonic start of the last requests (bounded; tests)
         self.gaps_before_request: list[float] = []  # measured silent gap before each request (bounded)
@@ -611,7 +627,10 @@ class RtuLink(_Link):
         if self._closed:
             raise LinkDown(f"{self.name}: link closed")
         if self._fd is not None:
-            return
+            why = self._port_moved()
+            if why is None:
+                return
+            self._fail(why)  # the adapter is gone or the path (udev by-id link) now names another device
         now = time.monotonic()
         if not self.backoff.due(now):
             raise LinkDown(f"comm fault: serial port {self.port} not open ({self.last_error}), "
@@ -636,6 +655,18 @@ class RtuLink(_Link):
         self.opens += 1
         self.last_error = None
         log.info("modbus rtu %s: open %d %d%s%g", self.port, self.baudrate, self.bytesize, self.parity, self.stopbits)
+
+    def _port_moved(self) -> str | None:
+        """Why the open fd no longer is ``port`` (path gone, or re-pointed to another device), else None."""
+        try:
+            now, mine = os.stat(self.port), os.fstat(self._fd)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return "port vanished"
+        except OSError as e:
+            return f"port unusable: {e.strerror or e}"
+        if (now.st_rdev, now.st_ino, now.st_dev) != (mine.st_rdev, mine.st_ino, mine.st_dev):
+            return "port path re-pointed to another device"
+        return None
 
     def _on_readable(self) -> None:
         fd = self._fd
@@ -723,6 +754,32 @@ class RtuLink(_Link):
                     raise OSError("serial write blocked")
                 time.sleep(0.0005)
 
+    async def _consume_echo(self, frame: bytes, deadline: float) -> None:
+        """Read and drop exactly our own echoed request (local_echo); a mismatch or no echo is a line fault."""
+        n = len(frame)
+        while len(self._buf) < n:
+            if self._fd is None:
+                raise LinkDown(f"comm fault: serial port {self.port} failed ({self.last_error})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.echo_faults += 1
+                log.warning("modbus rtu %s: no local echo of %s (got %s)", self.port, frame.hex(" "),
+                            bytes(self._buf).hex(" ") or "nothing")
+                self._buf.clear()
+                raise LinkDown("comm fault: no local echo")
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        echo = bytes(self._buf[:n])
+        del self._buf[:n]
+        if echo != frame:
+            self.echo_faults += 1
+            log.warning("modbus rtu %s: echo mismatch: sent %s, heard %s", self.port, frame.hex(" "), echo.hex(" "))
+            self._buf.clear()  # whatever follows a garbled echo cannot be trusted; the next request flushes anyway
+            raise LinkDown("comm fault: echo mismatch")
+
     async def transact(self, unit_id: int, pdu: bytes, reply_len: int) -> bytes:
         """Send ``pdu`` to ``unit_id``; return the reply frame (without CRC checks left to do).
 
@@ -749,6 +806,8 @@ class RtuLink(_Link):
             tx_end = start + len(frame) * self.char_time_s
             self._last_line_activity = tx_end
             deadline = tx_end + self.timeout_s
+            if self.local_echo:
+                await self._consume_echo(frame, deadline)
             function = pdu[0]
             while True:
                 reply, consumed, foreign = scan_rtu_reply(self._buf, unit_id, function, reply_len)
@@ -831,14 +890,19 @@ class ModbusLinks:
         return link
 
     def rtu(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: float = 1, bytesize: int = 8,
-            timeout_s: float = 0.5) -> RtuLink:
+            timeout_s: float = 0.5, local_echo: bool = False) -> RtuLink:
         """The one owner of serial ``port``. Raises ValueError when the port is already
-        configured with other line settings (two devices cannot disagree on one bus)."""
+        configured with other line settings, local_echo included (two devices cannot
+        disagree on one bus or its adapter)."""
         key = os.path.realpath(port)
         link = self._rtu.get(key)
         want = (baudrate, str(parity).upper(), stopbits, bytesize)
         if link is None:
-            link = self._rtu[key] = RtuLink(port, baudrate, parity, stopbits, bytesize, timeout_s)
+            link = self._rtu[key] = RtuLink(port, baudrate, parity, stopbits, bytesize, timeout_s,
+                                            local_echo=local_echo)
+        elif link.local_echo != bool(local_echo):
+            raise ValueError(f"serial port {port} is already used with local_echo={link.local_echo}; "
+                             f"cannot also use it with local_echo={bool(local_echo)}")
         elif link.settings != want:
             b, p, s, n = link.settings
             raise ValueError(f"serial port {port} is already used at {b} {n}{p}{s:g}; "

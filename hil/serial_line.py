@@ -31,6 +31,11 @@ Fault injection (cheap, for bus-robustness tests; see cases C08/C09):
 foreign slave's frame), ``delay_next(direction, s)`` holds the next
 character back for s seconds (a late reply).
 
+``local_echo=True`` emulates a 2-wire RS-485 adapter whose receiver stays
+enabled while it transmits: every character the gateway sends comes back to
+the gateway at the time it is on the wire, as the wire carries it (so a
+``corrupt_next(TO_DEVICE)`` garbles the echo too).
+
 Directions: ``"to_gateway"`` (device -> gateway) and ``"to_device"``
 (gateway -> device).
 """
@@ -69,13 +74,15 @@ class SerialLine:
     baudrate: bits per second (e.g. 9600, 19200). bits_per_char: 10 for 8N1,
     11 for 8N2 / 8E1. half_duplex: True (RS-485 two-wire) makes both
     directions share one wire, so a reply cannot overlap a request.
+    local_echo: the gateway hears its own transmission (see the module doc).
 
     Counters: ``bytes_to_gateway`` and ``bytes_to_device`` (delivered bytes).
     Raises RuntimeError from start() when called twice, OSError when a pty
     cannot be allocated.
     """
 
-    def __init__(self, baudrate: int = 19200, bits_per_char: int = 10, half_duplex: bool = True) -> None:
+    def __init__(self, baudrate: int = 19200, bits_per_char: int = 10, half_duplex: bool = True,
+                 local_echo: bool = False) -> None:
         if baudrate <= 0:
             raise ValueError(f"baudrate must be positive, got {baudrate}")
         if bits_per_char not in (10, 11, 12):
@@ -83,6 +90,7 @@ class SerialLine:
         self.baudrate = baudrate
         self.bits_per_char = bits_per_char
         self.half_duplex = half_duplex
+        self.local_echo = local_echo
         self.char_time_s = bits_per_char / baudrate
         self.bytes_to_gateway = 0
         self.bytes_to_device = 0
@@ -253,6 +261,8 @@ class SerialLine:
                         f.corrupt -= 1
                         b ^= 0xFF
                 pending[direction].append((t, b))
+                if self.local_echo and direction == TO_DEVICE:
+                    pending[TO_GATEWAY].append((t, b))
             wire_free[key] = t
 
         while not self._stop.is_set():
