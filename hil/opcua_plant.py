@@ -18,13 +18,15 @@ When a client writes TripCommand=True the simulated valve strokes to 0 %
 (and back to 100 % on False); :meth:`OpcUaPlant.set_esd_position` sets the
 position directly (it holds until the next TripCommand change).
 
-Run standalone: ``python -m hil.opcua_plant --port 4840``.
+Run standalone: ``python -m hil.opcua_plant --port 4840`` (``--ramp --ramp-ms 500`` changes H2S
+every 500 ms; ``--report`` prints each value and the server-side subscription count, C12).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import socket
 from datetime import datetime, timezone
@@ -213,31 +215,64 @@ class OpcUaPlant:
         await self.stop()
 
 
-async def _run(host: str, port: int, ramp: bool) -> None:
+def subscription_report(plant: OpcUaPlant) -> dict:
+    """Server side: sessions, subscriptions and monitored items per node id (HIL diagnostics,
+    asyncua internals; C12 checks that a reconnect leaves one subscription, one item per tag)."""
+    iserver = plant.server.iserver
+    subs = iserver.subscription_service.subscriptions
+    items: dict[str, int] = {}
+    for isub in subs.values():
+        for item in isub.monitored_item_srv._monitored_items.values():
+            key = item.read_value_id.NodeId.to_string()
+            items[key] = items.get(key, 0) + 1
+    return {"sessions": len(getattr(iserver, "_external_sessions", {}) or {}), "subscriptions": len(subs),
+            "monitored_items": items}
+
+
+async def _run(host: str, port: int, ramp: bool, ramp_ms: float = 1000.0, report: bool = False) -> None:
     plant = OpcUaPlant(host=host, port=port)
     await plant.start()
     print(f"OPC UA plant on {plant.endpoint} (nsu={plant.namespace_uri}, ns={plant.ns})", flush=True)
+
+    async def reporter() -> None:
+        last = None
+        while True:
+            rep = subscription_report(plant)
+            if rep != last:
+                print("SUBSCRIPTIONS " + json.dumps(rep, sort_keys=True), flush=True)
+                last = rep
+            await asyncio.sleep(0.1)
+
+    report_task = asyncio.create_task(reporter()) if report else None
     try:
         value = 0.0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(ramp_ms / 1000.0 if ramp else 1.0)
             if ramp:
                 value = (value + 0.5) % 20.0
                 await plant.set_h2s(value)
+                if report:
+                    print(f"H2S {value}", flush=True)
     finally:
+        if report_task is not None:
+            report_task.cancel()
         await plant.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hil.opcua_plant [--host 127.0.0.1] [--port 4840] [--ramp]``."""
+    """``python -m hil.opcua_plant [--host 127.0.0.1] [--port 4840] [--ramp [--ramp-ms MS]] [--report]``."""
     ap = argparse.ArgumentParser(prog="python -m hil.opcua_plant", description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=4840, help="TCP port (0 = pick a free one)")
-    ap.add_argument("--ramp", action="store_true", help="ramp H2S 0..20 mg/m3 by 0.5 per second")
+    ap.add_argument("--ramp", action="store_true", help="ramp H2S 0..20 mg/m3 by 0.5 per step (1 s steps)")
+    ap.add_argument("--ramp-ms", type=float, default=1000.0, help="ramp step in ms (default 1000)")
+    ap.add_argument("--report", action="store_true",
+                    help="print each ramp value (H2S v) and, on every change, SUBSCRIPTIONS {json}: sessions, "
+                         "subscriptions, monitored items per node id")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        asyncio.run(_run(args.host, args.port, args.ramp))
+        asyncio.run(_run(args.host, args.port, args.ramp, args.ramp_ms, args.report))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
