@@ -47,6 +47,15 @@ SunSpec convention) is applied first; |sf| > 10 is refused.
 Sentinel raw values ("not available", e.g. uint16 FFFF, int16 8000,
 uint32 FFFFFFFF) and NaN / infinity never become a number: they raise
 :class:`CodecError`, which the driver turns into a BAD reading.
+
+A linear range map is a live-zero analogue signal (4-20 mA: ``raw_range`` is the
+raw equivalent of 4 mA .. 20 mA), so a raw value in the NAMUR NE 43 failure
+band raises CodecError "out of range: NAMUR NE 43 ...": at or below 3.6 mA
+(-2.5 % of span: broken loop, 0 mA, sensor failure signalled downscale) or at
+or above 21 mA (+106.25 % of span: short circuit, failure signalled upscale).
+NE 43 (2003) section 3: measuring information 3.8..20.5 mA, failure information
+<= 3.6 mA or >= 21 mA. Without this a broken loop (0 mA -> -25 %LEL) would be a
+good reading "within limits". See :meth:`Scaling.check_raw`.
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ __all__ = [
     "apply_exponent",
     "check_value",
     "MAX_EXPONENT",
+    "NAMUR_LOW_FRACTION",
+    "NAMUR_HIGH_FRACTION",
 ]
 
 # dtype -> (struct format char, number of registers)
@@ -91,6 +102,12 @@ BIT_DTYPES = frozenset({"bool"})  # the dtypes that live in coil / discrete-inpu
 
 #: Largest |exponent| accepted for a power-of-ten scale factor (case C02).
 MAX_EXPONENT = 10
+
+#: NAMUR NE 43 failure limits as fractions of a 4-20 mA span: 3.6 mA = (3.6 - 4) / 16 = -2.5 %,
+#: 21 mA = (21 - 4) / 16 = +106.25 %. A raw value at or beyond either is a failure signal.
+NAMUR_LOW_FRACTION = (3.6 - 4.0) / 16.0
+NAMUR_HIGH_FRACTION = (21.0 - 4.0) / 16.0
+_NAMUR_EPS = 1e-9
 
 _ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 _ORDER_ALIASES_64 = {"ABCDEFGH": "ABCD", "GHEFCDAB": "CDAB", "BADCFEHG": "BADC", "HGFEDCBA": "DCBA"}
@@ -369,8 +386,26 @@ class Scaling:
         """True when to_eng returns the raw value unchanged."""
         return self.raw_range is None and self.scale == 1.0 and self.offset == 0.0
 
+    def check_raw(self, raw: int | float) -> None:
+        """Raise CodecError when ``raw`` is in the NAMUR NE 43 failure band of a linear range map.
+
+        Only for ``raw_range``/``eng_range`` scaling (a live-zero 4-20 mA signal: raw_range is the raw
+        equivalent of 4..20 mA); scale/offset and identity scaling are not checked. Failure: a raw value
+        at or below the equivalent of 3.6 mA (-2.5 % of span) or at or above 21 mA (+106.25 % of span),
+        NAMUR NE 43 section 3 (failure information <= 3.6 mA or >= 21 mA). The message names the raw
+        value and its mA equivalent, e.g. "out of range: NAMUR NE 43 failure signal: raw 0 = 0.000 mA
+        (valid above 3.6 mA and below 21 mA)"."""
+        if self.raw_range is None or isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            return
+        r0, r1 = self.raw_range
+        frac = (raw - r0) / (r1 - r0)
+        if frac <= NAMUR_LOW_FRACTION + _NAMUR_EPS or frac >= NAMUR_HIGH_FRACTION - _NAMUR_EPS:
+            ma = 4.0 + 16.0 * frac
+            raise CodecError(f"out of range: NAMUR NE 43 failure signal: raw {raw:g} = {ma:.3f} mA "
+                             f"(valid above 3.6 mA and below 21 mA)")
+
     def to_eng(self, raw: int | float) -> int | float:
-        """Raw value -> engineering value."""
+        """Raw value -> engineering value (no validity check: see :meth:`check_raw`)."""
         if self.is_identity:
             return raw
         if self.raw_range is not None:
@@ -424,6 +459,7 @@ def decode_value(registers: Sequence[int], point: Any, sf: int | None = None) ->
     Returns the engineering value (list for arrays). Raises CodecError when
     any element is a sentinel (matched against the raw integer or the unsigned
     register pattern, so int16 8000 matches 0x8000 or -32768), NaN or infinity,
+    in the NAMUR NE 43 failure band of a raw_range scaling (Scaling.check_raw),
     or when ``sf`` is out of range (C02, C03).
     """
     dtype = point.dtype
@@ -448,6 +484,10 @@ def decode_value(registers: Sequence[int], point: Any, sf: int | None = None) ->
         v: Any = r
         if sf is not None:
             v = apply_exponent(v, sf)
+        try:
+            scaling.check_raw(v)  # NAMUR NE 43 failure band of a 4-20 mA range map
+        except CodecError as e:
+            raise CodecError(f"{e}{f' (element {i})' if length > 1 else ''}") from None
         v = scaling.to_eng(v)
         if isinstance(v, float) and not math.isfinite(v):
             raise CodecError(f"scaled value of raw {r!r} is not finite")

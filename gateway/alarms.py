@@ -224,7 +224,8 @@ class AlarmEvent:
     time.monotonic() value (never stored). user / reason: who and why for operator actions;
     for QUALITY transitions ``reason`` is the quality reason ("nan", "timeout", "stale" ...).
     action: "ack", "reset", "shelve", "unshelve", "suppress", "unsuppress", "out_of_service",
-    "in_service", "re-alarm", "shelve_expired" or None for a process transition. first_out: this
+    "in_service", "re-alarm", "shelve_expired", "restored" (a latch restored after a restart) or None for a
+    process transition. first_out: this
     activation was the first in its first-out group. hidden: the transition happened while the
     alarm was shelved / suppressed / out of service (not annunciated); from/to are then the
     underlying states.
@@ -803,3 +804,54 @@ class AlarmEngine:
         ev = self._transition(a, now, change, user=user, reason=reason, action=action, force=True)
         self._refresh_groups()
         return [ev]
+
+    # ------------------------------------------------------------------ restart persistence
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The alarm state that must survive a restart (gateway.safety_state), JSON-able, keyed by alarm id.
+
+        Only latched alarms (awaiting a manual reset, GB 16808; OPC UA Part 9 LatchedState) are listed:
+        ``{"active": bool, "acked": bool, "since_ts": UTC epoch s | None, "first_out": bool}``. Values are
+        left out on purpose (the snapshot changes only at state transitions). Pure and in memory.
+        """
+        return {aid: {"active": a.active, "acked": a.acked, "since_ts": a.since_ts, "first_out": a.first_out}
+                for aid, a in self._alarms.items() if a.latched}
+
+    def restore_state(self, saved: dict[str, dict[str, Any]],
+                      now_mono: float | None = None) -> tuple[list[AlarmEvent], list[str]]:
+        """Restore the latched alarms :meth:`export_state` saved before a restart; call before the first reading.
+
+        A restart is not a reset: each saved alarm that still exists is latched again with its activation
+        time, acknowledgement and first-out mark. Its condition is restored as last known (``active``) but
+        the value is unknown until the tag's next reading: :meth:`reset` is refused until a fresh reading
+        shows the condition has returned, and a still-active condition is no new activation (no second
+        event, the activation time stays). Event per alarm: action "restored" (from_state "normal").
+        Returns (events, ids in ``saved`` that are not configured any more).
+        """
+        now = time.monotonic() if now_mono is None else now_mono
+        events: list[AlarmEvent] = []
+        unknown: list[str] = []
+        for aid, d in saved.items():
+            a = self._alarms.get(aid)
+            if a is None or a.spec is None:
+                unknown.append(aid)
+                continue
+            since = d.get("since_ts")
+
+            def change(a: _Alarm = a, d: dict = d, since: Any = since) -> None:
+                a.latched = True
+                a.active = a.raw = bool(d.get("active"))
+                a.known = False
+                a.pending_since = None
+                a.acked = bool(d.get("acked"))
+                a.acked_mono = now if a.acked else None
+                a.since_ts = float(since) if isinstance(since, (int, float)) else self._clock()
+                a.since_mono = now
+                grp = a.cfg.group
+                if d.get("first_out") and grp is not None and grp not in self._first_out:
+                    self._first_out[grp] = a.id
+                    a.first_out = True
+            ev = self._transition(a, now, change, action="restored", force=True)
+            ev.reason = f"latched since {rfc3339(a.since_ts)}; restored after a restart, awaiting reset"
+            events.append(ev)
+        return events, unknown

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable
 
 from gateway.alarms import OUTPUT, QUALITY, AlarmStatus
 from gateway.model import Reading, rfc3339
-from gateway.outputs import values_match
+from gateway.outputs import readback_problem, values_match
 
 log = logging.getLogger("hazard_gateway.annunciator")
 
@@ -213,10 +213,7 @@ class Annunciators:
         except Exception as exc:
             err = str(exc).splitlines()[0] if str(exc) else f"{tag}: {type(exc).__name__}"
         else:
-            if not isinstance(rb, Reading) or not rb.usable:
-                err = f"{tag}: read-back unusable ({getattr(rb, 'reason', None)})"
-            elif not values_match(rb.value, value):
-                err = f"{tag}: read-back {rb.value!r} differs from commanded {value!r}"
+            err = readback_problem(tag, rb, value)  # only a GOOD, matching read-back confirms
         self.writes += 1
         if err is not None:
             first = tag not in self._errors

@@ -21,13 +21,15 @@ def _err(msg: str) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config import load_config
 
-    from gateway.config import ConfigError, check_secrets
+    from gateway.config import ConfigError, check_secrets, check_state_dirs
 
     cfg = load_config(args.file)
     secrets = check_secrets(cfg)  # issue 6: secret files exist and are readable by the owner only
-    if secrets:
-        raise ConfigError(secrets)
-    for w in cfg.warnings:
+    dirs = check_state_dirs(cfg)  # state_dir and the store directory can be created (run creates them)
+    errors = secrets + [p for p in dirs if not p.warning]
+    if errors:
+        raise ConfigError(errors)
+    for w in [*cfg.warnings, *dirs]:
         print(w, file=sys.stderr)
     m = cfg.model
     ntags = sum(len(d.tags) for d in m.devices)
@@ -101,6 +103,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         for i in range(0, len(regs), per):
             raw = codec.decode(regs[i:i + per], args.type, args.order, 1)
             codec.check_value(raw)
+            if isinstance(raw, str) and args.str_len is not None:
+                raw = raw[:args.str_len]
             values.append(scaling.to_eng(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw)
     except codec.CodecError as exc:
         _err(f"{' '.join(f'{r:04X}' for r in regs)} as {args.type} {args.order}: {exc} "
@@ -113,17 +117,43 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str, dtype: str, scaled: bool) -> object:
+    """One command-line value for ``encode``: a string as given (quotes optional), true/false/1/0 for
+    bool, an exact integer (decimal or 0x hex) for integer types unless --scale/--offset make it an
+    engineering value, else a number. Raises ValueError with a one-line reason."""
+    if dtype.startswith("string"):
+        return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+    if dtype.startswith("bool") or dtype.startswith("bit"):
+        low = text.strip().lower()
+        if low in ("1", "true", "on"):
+            return True
+        if low in ("0", "false", "off"):
+            return False
+        raise ValueError(f"{text!r} is not a bool (true/false, 1/0)")
+    if dtype.startswith(("int", "uint")) and not scaled:
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer for {dtype} (give --scale to encode an engineering "
+                             "value with a fraction)") from None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from drivers import codec
 
     try:
-        vals = [json.loads(v) for v in args.values]
         scaling = codec.Scaling(scale=args.scale, offset=args.offset)
         regs: list[int] = []
-        for v in vals:
-            raw = scaling.to_raw(v, args.type) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            regs += codec.encode(raw, args.type, args.order)
-    except (ValueError, codec.CodecError) as exc:
+        for text in args.values:
+            scaled = (args.scale, args.offset) != (1.0, 0.0)
+            v = _parse_value(text, args.type, scaled)
+            raw = scaling.to_raw(v, args.type) if scaled and isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            regs += codec.encode(raw, args.type, args.order, args.str_len)
+    except (ValueError, codec.CodecError, OverflowError) as exc:
         _err(str(exc))
         return 2
     print(" ".join(f"{r:04X}" for r in regs))
@@ -178,6 +208,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config=args.config, workdir=args.workdir, json_out=args.json, scenario=args.scenario)
 
 
+def _control_socket_of(config: str) -> Path:
+    """The control socket named by a config file. A daemon keeps running on its last good config when
+    the file on disk is broken (a rejected SIGHUP), so the operator must still reach it: the socket
+    path is then read from the raw YAML (control.socket, else gateway.state_dir/control.sock), and the
+    config's errors are only mentioned. Raises ConfigError when not even that can be read."""
+    from gateway.config import ConfigError, load_config, read_yaml
+    from gateway.control import SOCKET_NAME, socket_path
+
+    try:
+        return socket_path(load_config(config))
+    except ConfigError as exc:
+        root, _ = read_yaml(Path(config), config)
+        base = Path(config).resolve().parent
+        try:
+            sock = (root.get("control") or {}).get("socket")
+            state = (root.get("gateway") or {}).get("state_dir") or "state"
+        except AttributeError:
+            raise exc from None
+        _err(f"{config} has errors (run `hazard-gateway check {config}`); using its control socket anyway")
+        return base / sock if sock else base / state / SOCKET_NAME
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     """status | ack | reset | shelve | unshelve | bypass | silence over the daemon's control socket
     (gateway.control). Exit 0 done, 1 refused (one line why), 2 daemon not running or usage error."""
@@ -186,9 +238,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     if args.socket:
         path = Path(args.socket)
     elif args.config:
-        from gateway.config import load_config
-
-        path = socket_path(load_config(args.config))
+        path = _control_socket_of(args.config)
     else:
         _err(f"{args.command}: give --config FILE (the daemon's config) or --socket PATH")
         return 2

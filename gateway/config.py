@@ -40,6 +40,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from drivers.codec import normalise_order, register_count
+from gateway.alarms import GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, gas_preset, setpoint_warnings
 from drivers.modbus import parse_reference
 from drivers.opcua import parse_node_id
 
@@ -171,7 +172,12 @@ class AlarmsCfg(Strict):
     H: LimitValue | None = None
     L: LimitValue | None = None
     LL: LimitValue | None = None
-    stale_after_s: float | None = Field(None, gt=0, description="no fresh good reading for this long is a stale alarm")
+    stale_after_s: float | None = Field(None, gt=0, description=(
+        "seconds without any reading of the tag before it is stale: a QUALITY alarm 'stale', and an interlock "
+        "input on it counts as unknown (a fault vote). Any reading, good or bad, resets the timer (a bad "
+        "reading raises its own QUALITY alarm at once), so this catches a hung poll loop, not a silent "
+        "device. Default: derived from the device, 3 poll intervals plus 3 timeouts per device sharing its "
+        "link; gas tags at most 30 s (detection budget)"))
     group: str | None = Field(None, description="first-out group (default: every gas detector is in the group 'gas')")
 
     @model_validator(mode="after")
@@ -198,8 +204,19 @@ class TagBase(Strict):
     unit: str = Field("", description="engineering unit, e.g. m, degC, kPa, %LEL, ppm, mg/m3")
     writable: bool = Field(False, description="an output the gateway may write (interlock actions, annunciators)")
     alarms: AlarmsCfg | None = Field(None, description="limits (HH/H/L/LL) and gas presets")
+    valid_range: tuple[float, float] | None = Field(None, description=(
+        "[lo, hi] in engineering units: a reading outside it is BAD \"out of range\" (never a value, so it "
+        "never votes 'within limits'; an interlock input counts it as a fault); e.g. [-5, 105] for %LEL. "
+        "4-20 mA range maps (raw_range) also refuse the NAMUR NE 43 failure band by themselves"))
     report: ReportCfg | None = None
     description: str | None = None
+
+    @field_validator("valid_range")
+    @classmethod
+    def _valid_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"valid_range {list(v)} must be two finite numbers [lo, hi] with lo < hi")
+        return v
 
 
 class ModbusTag(TagBase):
@@ -357,6 +374,8 @@ class ModbusRtuDevice(ModbusDeviceBase):
                                                             "of the standard, many devices use N)")
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
+    local_echo: bool = Field(False, description="the 2-wire RS-485 adapter echoes what it sends: read and check "
+                                                "the echo of each request; every device on one port shares it")
     unit_id: int = Field(ge=1, le=247, description="slave address 1..247")
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
@@ -407,6 +426,10 @@ class InterlockInputCfg(Strict):
 class ActionCfg(Strict):
     output: str = Field(description="a writable tag")
     value: Union[bool, int, float] = Field(description="the safe-state value written on trip")
+    reset_value: Union[bool, int, float, None] = Field(None, description=(
+        "value written after an operator reset (e.g. 0: beacon off); default none: the gateway never writes "
+        "the normal value, restarting the plant is a local operator action. Not written while another "
+        "tripped interlock holds the same output"))
 
 
 class InterlockCfg(Strict):
@@ -675,16 +698,6 @@ def _dedupe_union_errors(errors: list[dict]) -> list[dict]:
     return out
 
 
-def _to_plain(node: Any) -> Any:
-    if isinstance(node, CommentedMap):
-        return {str(k): _to_plain(v) for k, v in node.items()}
-    if isinstance(node, CommentedSeq):
-        return [_to_plain(v) for v in node]
-    return node
-
-
-# --- loading -------------------------------------------------------------------
-
 def load_config(path: str | Path) -> LoadedConfig:
     """Read, parse and validate a config file.
 
@@ -702,7 +715,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     ex = expand(root, shown, p)  # device profiles and include: merged into the tree, with their marks
     problems = list(ex.problems)
     try:
-        model = Config.model_validate(ex.tree)
+        # top-level keys starting with "x-" hold YAML anchors for reuse (<<: *anchor), like compose files
+        model = Config.model_validate({k: v for k, v in ex.tree.items() if not str(k).startswith("x-")})
     except ValidationError as exc:
         for q in validation_problems(exc, ex.smap):
             # a device whose profile failed has no profile tags: do not also say it has none
@@ -803,8 +817,11 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 if table in ("coil", "discrete_input") and t.type not in ("bool",):
                     at(("devices", di, "tags", ti, "type"), f"{_article(table)} {table.replace('_', ' ')} holds bits: type must be bool")
             if t.alarms is not None:
-                for w in _preset_warnings(t.alarms):
+                for w in _preset_warnings(t.name, t.alarms):
                     at(("devices", di, "tags", ti, "alarms"), w, warning=True)
+                if t.alarms.gas is not None and d.enabled:
+                    for w in _gas_freshness_warnings(d, t.alarms):
+                        at(("devices", di, "tags", ti, "alarms"), w, warning=True)
     retention = _retention_warning(m)
     if retention:
         at(("store", "max_bytes"), retention, warning=True)
@@ -823,6 +840,7 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 at(("interlocks", ii, "actions", ai, "output"), f"unknown tag '{act.output}'")
             elif not tags[act.output][1].writable:
                 at(("interlocks", ii, "actions", ai, "output"), f"tag '{act.output}' is not writable (writable: true)")
+    _shared_output_checks(m, at)
     _safety_io_checks(cfg, at)
     _hazard_checks(cfg, at)
     return problems, warnings
@@ -850,32 +868,86 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def _limit_kinds(a: AlarmsCfg) -> set[str]:
-    kinds = {k for k in LIMIT_KINDS if getattr(a, k) is not None}
-    if a.gas in ("combustible", "toxic"):
-        kinds |= {"H", "HH"}
-    elif a.gas == "oxygen":
-        kinds |= {"L", "H"}
-    return kinds
-
-
-def _preset_warnings(a: AlarmsCfg) -> list[str]:
-    """Set points looser than the GB/T 50493-2019 5.5.2 ceilings (combustible 25/50 %LEL, toxic 100/200 %OEL)."""
-    out = []
-
-    def sp(v: LimitValue | None) -> float | None:
-        return None if v is None else (v if isinstance(v, (int, float)) else v.setpoint)
-
-    if a.gas == "combustible":
-        ceilings = {"H": 25.0, "HH": 50.0}
-    elif a.gas == "toxic" and a.oel:
-        ceilings = {"H": a.oel, "HH": 2 * a.oel}
+def limit_spec(kind: str, v: LimitValue, base: LimitSpec | None) -> LimitSpec:
+    """A configured limit over a preset default (gateway.alarms.gas_preset): the config's fields win, the
+    preset fills the rest; without a preset HH/LL get priority 1, H/L priority 3."""
+    if isinstance(v, LimitCfg):
+        fields: dict[str, Any] = {"setpoint": v.setpoint, "deadband": v.deadband, "on_delay_s": v.on_delay_s,
+                                  "off_delay_s": v.off_delay_s}
+        if v.priority is not None:
+            fields["priority"] = v.priority
+        if v.latching is not None:
+            fields["latching"] = v.latching
     else:
-        ceilings = {}
-    for k, ceiling in ceilings.items():
-        v = sp(getattr(a, k))
-        if v is not None and v > ceiling:
-            out.append(f"{k} set point {v:g} is looser than the GB/T 50493-2019 5.5.2 ceiling {ceiling:g}")
+        fields = {"setpoint": float(v)}
+    if base is not None:
+        merged = {"priority": base.priority, "latching": base.latching, "level": base.level,
+                  "deadband": base.deadband, "on_delay_s": base.on_delay_s}
+        merged.update(fields)
+        return LimitSpec(kind, **merged)
+    return LimitSpec(kind, priority={"HH": 1, "LL": 1, "H": 3, "L": 3}.get(kind, 3), **fields)
+
+
+def tag_alarm_config(tag: str, a: AlarmsCfg, stale_after_s: float | None = None) -> TagAlarmConfig:
+    """The gateway.alarms.TagAlarmConfig of one tag's ``alarms:``: the GB/T 50493-2019 5.5.2 preset
+    (gateway.alarms.gas_preset; toxic only with an oel), then the explicit limits over it (limit_spec).
+    The one translation used by the running gateway (gateway.gateway.alarm_configs) and by `check`
+    (_limit_kinds, _preset_warnings), so what check accepts is what runs."""
+    preset = {s.kind: s for s in gas_preset(a.gas, a.oel)} if a.gas and (a.gas != "toxic" or a.oel) else {}
+    limits = dict(preset)
+    for kind in LIMIT_KINDS:
+        v = getattr(a, kind)
+        if v is not None:
+            limits[kind] = limit_spec(kind, v, preset.get(kind))
+    return TagAlarmConfig(tag=tag, limits=list(limits.values()), gas=a.gas, stale_after_s=stale_after_s,
+                          group=a.group or ("gas" if a.gas else None), oel=a.oel)
+
+
+def _limit_kinds(a: AlarmsCfg) -> set[str]:
+    """The limit kinds the running alarm engine will have for ``a`` (preset and explicit)."""
+    return {lim.kind for lim in tag_alarm_config("", a).limits}
+
+
+def _preset_warnings(tag: str, a: AlarmsCfg) -> list[str]:
+    """gateway.alarms.setpoint_warnings of the tag's alarms as configured (GB/T 50493-2019 5.5.2 ceilings,
+    the GAS_ON_DELAY_CAP_S detection budget, latching and level ordering of gas alarms), without the tag
+    prefix (the warning is placed at the tag's ``alarms`` key)."""
+    return [w.removeprefix(f"{tag}: ") for w in setpoint_warnings(tag_alarm_config(tag, a))]
+
+
+def _shared_output_checks(m: Config, at: Any) -> None:
+    """An output driven by several interlocks must have one safe value and one reset value: with two, the
+    interlock tripped last (or reset last) would silently decide the output's state (OutputManager: the
+    latest command wins). Reported at the later action's ``value`` / ``reset_value``."""
+    first: dict[str, tuple[int, int, Any]] = {}   # output -> (interlock index, action index, action)
+    for ii, il in enumerate(m.interlocks):
+        for ai, act in enumerate(il.actions):
+            prev = first.setdefault(act.output, (ii, ai, act))
+            if prev[0] == ii:
+                continue
+            pi, pa, p = prev
+            where = f"interlocks[{pi}].actions[{pa}] ({m.interlocks[pi].name})"
+            if p.value != act.value:  # (0 == false: a coil written 0 or false is the same state)
+                at(("interlocks", ii, "actions", ai, "value"), f"output '{act.output}' gets safe value "
+                   f"{act.value!r} here but {p.value!r} from {where}: one output, one safe state")
+            if p.reset_value != act.reset_value:
+                at(("interlocks", ii, "actions", ai, "reset_value" if act.reset_value is not None else "output"),
+                   f"output '{act.output}' gets reset_value {act.reset_value!r} here but {p.reset_value!r} "
+                   f"from {where}: one output, one reset value")
+
+
+def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
+    """A gas tag must be detected within GAS_ON_DELAY_CAP_S (30 s, the detector response budget): warn
+    when its device's poll interval + timeout alone exceed it, or when stale_after_s is set above it
+    (gateway.gateway.alarm_configs caps the derived stale time of gas tags at it)."""
+    out = []
+    cycle = (d.poll_interval_ms + d.timeout_ms) / 1000
+    if cycle > GAS_ON_DELAY_CAP_S:
+        out.append(f"gas detector polled every {d.poll_interval_ms / 1000:g} s with a {d.timeout_ms / 1000:g} s "
+                   f"timeout: a reading can be older than the {GAS_ON_DELAY_CAP_S:g} s detection budget")
+    if a.stale_after_s is not None and a.stale_after_s > GAS_ON_DELAY_CAP_S:
+        out.append(f"stale_after_s {a.stale_after_s:g} s is longer than the {GAS_ON_DELAY_CAP_S:g} s detection "
+                   "budget of a gas detector")
     return out
 
 
@@ -1056,4 +1128,77 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
         elif st.st_mode & 0o077:
             bad(loc, f"secret file {value} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
                      f"run: chmod 600 {path}")
+    for loc, value in public_file_locations(cfg, used_only):  # certificates: must exist, any mode
+        path = cfg.resolve(value)
+        if not path.is_file():  # type: ignore[union-attr]
+            bad(loc, f"file {value} does not exist or is not a regular file ({path})")
     return problems
+
+
+def public_file_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[tuple, str]]:
+    """(location, configured path) of the certificate files the daemon opens: uplink.ca_file,
+    uplink.client_cert (when a separate client_key holds the key), OPC UA cert and server_cert."""
+    m = cfg.model
+    out: list[tuple[tuple, str]] = []
+    if m.uplink is not None:
+        if m.uplink.ca_file:
+            out.append((("uplink", "ca_file"), m.uplink.ca_file))
+        if m.uplink.client_cert and m.uplink.client_key:
+            out.append((("uplink", "client_cert"), m.uplink.client_cert))
+    for di, d in enumerate(m.devices):
+        sec = getattr(d, "security", None)
+        if sec is None or (used_only and not d.enabled):
+            continue
+        for f in ("cert", "server_cert"):
+            if getattr(sec, f):
+                out.append((("devices", di, "security", f), getattr(sec, f)))
+    return out
+
+
+def check_state_dirs(cfg: LoadedConfig) -> list[Problem]:
+    """Can the daemon create (or write in) ``gateway.state_dir`` and the store's directory?
+
+    ``run`` creates both (gateway.gateway.Gateway.run, gateway.store.Store.open); here the nearest
+    existing ancestor of each is probed by creating and removing a temporary directory in it, so a
+    path under a virtual file system (/proc), a read-only mount or below a regular file is caught
+    by ``check``. One Problem at the value's FILE:LINE:COL: an error, or a warning when only the
+    permissions of the user running ``check`` stand in the way (run it as the service user, README
+    "Install on a plant host" step 4).
+    """
+    import errno
+    import os
+    import tempfile
+
+    smap = cfg.srcmap
+    out: list[Problem] = []
+
+    def report(loc: tuple, msg: str, warning: bool) -> None:
+        if smap is not None:
+            out.append(smap.problem(loc, msg, at_value=True, warning=warning))
+        else:
+            out.append(Problem(str(cfg.path), 1, 1, ".".join(map(str, loc)), msg, warning))
+
+    def probe(path: Path) -> OSError | None:
+        p = path
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if p.exists() and not p.is_dir():
+            return NotADirectoryError(errno.ENOTDIR, "not a directory", str(p))
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".hg-check-", dir=p))
+        except OSError as exc:
+            return exc
+        return None
+
+    targets = [(("gateway", "state_dir"), cfg.state_dir, "state_dir")]
+    if cfg.store_path.parent != cfg.state_dir:
+        targets.append((("store", "path"), cfg.store_path.parent, "store directory"))
+    for loc, path, what in targets:
+        exc = probe(path)
+        if exc is None:
+            continue
+        perm = exc.errno in (errno.EACCES, errno.EPERM)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        report(loc, f"{what} {path} cannot be created or written: {exc.strerror or exc}{where}"
+                    + ("; check again as the service user" if perm else ""), perm)
+    return out

@@ -415,7 +415,8 @@ def render_status(s: dict[str, Any]) -> str:
         w(f"  {o['tag']:<18} commanded {o.get('commanded')!s:<6} {state}{err}")
     for h in s.get("heartbeats") or []:
         w(f"  heartbeat {h['device']} {h['address']} ({h['mode']} every {h['interval_ms']} ms): "
-          f"value {h['value']}, {h['state']}" + (f" ({h['last_error']})" if h.get("last_error") else ""))
+          f"value {h['value']}, {h['state']}" + (f" ({h['last_error']})" if h.get("last_error") else "")
+          + (f" ({h['held_reason']})" if h.get("held_reason") else ""))
     for an in s.get("annunciators") or []:
         w(f"  {an['kind']} {an['output']}: {an['mode']}"
           + (f", silenced {an['silenced']}" if an.get("silenced") else "")

@@ -96,10 +96,14 @@ class SourceMap:
         """Record the position of every key and item under ``node`` (a ruamel CommentedMap/Seq)."""
         if isinstance(node, CommentedMap):
             for key in node:
-                kl, kc = node.lc.key(key)
                 child = node[key]
                 scalar = not isinstance(child, (CommentedMap, CommentedSeq))
-                vl, vc = node.lc.value(key) if scalar else (None, None)
+                try:
+                    kl, kc = node.lc.key(key)
+                    vl, vc = node.lc.value(key) if scalar else (None, None)
+                except KeyError:  # a key merged in by a YAML merge key (<<: *anchor): point at the mapping
+                    kl, kc = node.lc.line, node.lc.col
+                    vl, vc = (kl, kc) if scalar else (None, None)
                 p = f"{path}.{key}" if path else str(key)
                 self.pos[(*loc, str(key))] = Pos(file, kl + 1, kc + 1, None if vl is None else vl + 1,
                                                  None if vc is None else vc + 1, p)

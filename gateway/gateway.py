@@ -5,7 +5,10 @@ Two paths, never coupled (DESIGN.md):
 * SAFETY PATH, in the poll tick and from memory: a device's readings go to the
   alarm engine, the interlock engine votes, and the output manager starts
   confirmed writes as tasks. Nothing here waits on SQLite, the disk or the
-  uplink (put_reading/put_event only enqueue).
+  uplink: put_reading/put_event only enqueue (gateway.store), and so does the
+  log (the daemon's logging, gateway.logutil.setup_logging, puts each line into
+  a bounded queue that a writer thread drains; a stalled stderr / journald
+  drops and counts lines, it never delays a trip).
 * RECORD PATH, queued and allowed to lag: the store's writer thread commits
   readings and events; the forwarder builds, signs and sends batches and marks
   them sent only on the receiver's acknowledgement.
@@ -20,6 +23,7 @@ hour (the fault C18 describes).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -31,18 +35,21 @@ from drivers.base import Device
 from drivers.codec import Scaling
 from drivers.modbus import ModbusDevice, ModbusLinks, ModbusPoint
 from drivers.opcua import OpcUaDevice, OpcUaPoint
-from gateway.alarms import AlarmEngine, LimitSpec, TagAlarmConfig, gas_preset
+from gateway.alarms import GAS_ON_DELAY_CAP_S, AlarmEngine, TagAlarmConfig
 from gateway.annunciator import Annunciators, specs_from_config
-from gateway.config import (AlarmsCfg, LimitCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg)
+from gateway.config import (AlarmsCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg,
+                            tag_alarm_config)
 from gateway.control import ControlServer, ControlStartError, socket_path
 from gateway.hazard import HazardEngine, point_code, unit_from_dict
-from gateway.health import Health, watch_gateway
+from gateway.health import Health, link_key, watch_gateway
 from gateway.heartbeat import build_heartbeats
 from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
-from gateway.model import Reading, WriteError, rfc3339
+from gateway.model import Quality, Reading, WriteError, rfc3339
 from gateway.outputs import OutputManager
 from gateway.clock import ClockMonitor
 from gateway.report import ReportFilter, rules_from_config as report_rules
+from gateway.safety_state import FILE_NAME as SAFETY_STATE_FILE, SafetyStateError, SafetyStatePersister
+from gateway.safety_state import load as load_safety_state
 from gateway.store import Store
 
 log = logging.getLogger("hazard_gateway")
@@ -80,7 +87,8 @@ def build_devices(cfg: LoadedConfig, links: ModbusLinks) -> list[Device]:
                 link = links.tcp(d.host, d.port, timeout_s)
             else:
                 port = str(cfg.resolve(d.port)) if not d.port.startswith("/") else d.port
-                link = links.rtu(port, d.baudrate, d.parity, d.stopbits, d.bytesize, timeout_s)
+                link = links.rtu(port, d.baudrate, d.parity, d.stopbits, d.bytesize, timeout_s,
+                                 local_echo=d.local_echo)
             devices.append(ModbusDevice(d.name, link, d.unit_id, points, d.protocol,
                                         max_registers_per_read=d.max_registers_per_read,
                                         max_bits_per_read=d.max_bits_per_read))
@@ -97,54 +105,103 @@ def build_devices(cfg: LoadedConfig, links: ModbusLinks) -> list[Device]:
     return devices
 
 
-def _limit(kind: str, v: float | LimitCfg, base: LimitSpec | None) -> LimitSpec:
-    """A configured limit over a preset default: the config's fields win, the preset fills the rest."""
-    if isinstance(v, LimitCfg):
-        fields: dict[str, Any] = {"setpoint": v.setpoint, "deadband": v.deadband, "on_delay_s": v.on_delay_s,
-                                  "off_delay_s": v.off_delay_s}
-        if v.priority is not None:
-            fields["priority"] = v.priority
-        if v.latching is not None:
-            fields["latching"] = v.latching
-    else:
-        fields = {"setpoint": float(v)}
-    if base is not None:
-        merged = {"priority": base.priority, "latching": base.latching, "level": base.level,
-                  "deadband": base.deadband, "on_delay_s": base.on_delay_s}
-        merged.update(fields)
-        return LimitSpec(kind, **merged)
-    return LimitSpec(kind, priority={"HH": 1, "LL": 1, "H": 3, "L": 3}.get(kind, 3), **fields)
+def valid_ranges(cfg: LoadedConfig) -> dict[str, tuple[float, float]]:
+    """Tag -> (lo, hi) of every enabled tag with a ``valid_range`` (engineering units)."""
+    return {t.name: (float(t.valid_range[0]), float(t.valid_range[1]))
+            for d in cfg.model.devices if d.enabled for t in d.tags if t.valid_range is not None}
+
+
+def check_valid_range(readings: list[Reading], ranges: dict[str, tuple[float, float]]) -> list[Reading]:
+    """``readings`` with every usable reading whose value (or any element of a list value) lies outside
+    its tag's valid range turned BAD, reason "out of range: V outside valid_range [lo, hi]" (time,
+    time source and raw kept). The one place valid_range is applied (Gateway.on_readings, before the
+    safety step, for every protocol; the probe shows the same). A value outside what the instrument
+    can measure is a fault, never a reading "within limits" (DESIGN.md fail-safe; NAMUR NE 43 for
+    4-20 mA loops is checked by the codec). Booleans and strings are not ranged."""
+    if not ranges:
+        return readings
+    out = []
+    for r in readings:
+        rng = ranges.get(r.tag)
+        if rng is not None and r.usable:
+            vals = r.value if isinstance(r.value, list) else [r.value]
+            bad = next((v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and not rng[0] <= v <= rng[1]), None)
+            if bad is not None:
+                r = dataclasses.replace(r, value=None, quality=Quality.BAD,
+                                        reason=f"out of range: {bad:g} outside valid_range [{rng[0]:g}, {rng[1]:g}]")
+        out.append(r)
+    return out
+
+
+#: a device's readings count as fresh for this many poll periods (plus its link's timeouts), issue 4
+STALE_POLL_PERIODS = 3
+#: timeouts one poll cycle may spend per device sharing a link: a connect, a request and its retry
+#: (drivers.modbus retries=1; a unit that timed out is skipped for the rest of the cycle)
+STALE_TIMEOUTS_PER_DEVICE = 3
+
+
+def fresh_windows(cfg: LoadedConfig) -> dict[str, float]:
+    """Device name -> seconds within which its poll loop delivers a fresh reading (good or bad) when it is
+    running at all: STALE_POLL_PERIODS poll intervals plus, for every enabled device sharing its link
+    (gateway.health.link_key: one RS-485 bus, one TCP host:port), STALE_TIMEOUTS_PER_DEVICE timeouts,
+    since a silent device on a shared bus legitimately holds the link that long per cycle. A device that
+    does not answer still delivers (BAD "timeout" readings) within this window; only a hung poll loop
+    (a driver that never returns, a dead task) does not. Issue 4: "no fresh reading within N poll
+    periods" is a fault."""
+    enabled = [d for d in cfg.model.devices if d.enabled]
+    link_wait: dict[tuple, float] = {}
+    for d in enabled:
+        k = link_key(d)
+        link_wait[k] = link_wait.get(k, 0.0) + STALE_TIMEOUTS_PER_DEVICE * d.timeout_ms / 1000
+    return {d.name: STALE_POLL_PERIODS * d.poll_interval_ms / 1000 + link_wait[link_key(d)] for d in enabled}
+
+
+def derived_stale_after_s(window_s: float, poll_interval_s: float, timeout_s: float, gas: bool) -> float:
+    """stale_after_s of a tag whose alarms do not set it: the device's fresh window (fresh_windows). A gas
+    tag is capped at GAS_ON_DELAY_CAP_S (30 s: detection within 30 s, the detector response budget of
+    the commissioning rules; GB/T 50493-2019), but never below one poll period + three timeouts (when
+    the next reading may arrive at the latest; a detector polled that slowly cannot meet the 30 s rule,
+    and `check` warns when its poll interval + timeout exceed 30 s)."""
+    if not gas:
+        return window_s
+    return max(min(window_s, GAS_ON_DELAY_CAP_S), poll_interval_s + STALE_TIMEOUTS_PER_DEVICE * timeout_s)
 
 
 def alarm_configs(cfg: LoadedConfig) -> list[TagAlarmConfig]:
-    """TagAlarmConfig per tag that has alarms: (GB/T 50493-2019 5.5.2 presets, then explicit limits);
-    every other input tag still gets its QUALITY alarm."""
+    """TagAlarmConfig per tag that has alarms (gateway.config.tag_alarm_config: GB/T 50493-2019 5.5.2
+    presets, then explicit limits); every other input tag still gets its QUALITY alarm.
+
+    stale_after_s: the tag's configured value, else derived from its device (issue 4: no fresh reading,
+    good or bad, within STALE_POLL_PERIODS poll periods plus the link's timeouts, see fresh_windows;
+    gas tags at most GAS_ON_DELAY_CAP_S), so a hung poll loop makes its tags stale (QUALITY alarm
+    "stale", an unknown interlock input that votes to trip) instead of leaving the last value "known"
+    forever."""
     out = []
+    windows = fresh_windows(cfg)
     for d in cfg.model.devices:
         if not d.enabled:
             continue
         for t in d.tags:
             a: AlarmsCfg | None = t.alarms
+
+            def stale(gas: bool, a: AlarmsCfg | None = a) -> float:
+                if a is not None and a.stale_after_s is not None:
+                    return a.stale_after_s
+                return derived_stale_after_s(windows[d.name], d.poll_interval_ms / 1000, d.timeout_ms / 1000, gas)
+
             if a is None:
                 if not t.writable:
-                    out.append(TagAlarmConfig(tag=t.name))
+                    out.append(TagAlarmConfig(tag=t.name, stale_after_s=stale(False)))
                 continue
-            preset = {s.kind: s for s in gas_preset(a.gas, a.oel)} if a.gas and (a.gas != "toxic" or a.oel) else {}
-            limits = dict(preset)
-            for kind in ("HH", "H", "L", "LL"):
-                v = getattr(a, kind)
-                if v is not None:
-                    limits[kind] = _limit(kind, v, preset.get(kind))
-            out.append(TagAlarmConfig(tag=t.name, limits=list(limits.values()), gas=a.gas,
-                                      stale_after_s=a.stale_after_s, group=a.group or ("gas" if a.gas else None),
-                                      oel=a.oel))
+            out.append(tag_alarm_config(t.name, a, stale_after_s=stale(a.gas is not None)))
     return out
 
 
 def interlock_specs(cfg: LoadedConfig) -> list[InterlockSpec]:
     return [InterlockSpec(name=i.name, inputs=[InterlockInput(x.tag, x.condition) for x in i.inputs], vote=i.vote,
-                          on_fault=i.on_fault, actions=[OutputAction(a.output, a.value) for a in i.actions],
-                          latch=i.latch)
+                          on_fault=i.on_fault, latch=i.latch,
+                          actions=[OutputAction(a.output, a.value, a.reset_value) for a in i.actions])
             for i in cfg.model.interlocks]
 
 
@@ -207,6 +264,7 @@ class Gateway:
                            retention_floor_s=cfg.model.store.retention_days * 86400,
                            on_full=cfg.model.store.on_full)
         self.values: dict[str, Reading] = {}
+        self._valid_range = valid_ranges(cfg)  # tag -> (lo, hi), engineering units (check_valid_range)
         self._last_stored: dict[str, tuple] = {}
         self.report = ReportFilter(report_rules(cfg))   # report by exception: record path only
         self.clock = ClockMonitor()                      # wall-clock steps (C18), clock state per batch
@@ -217,7 +275,9 @@ class Gateway:
         self._hazard_tick_mono = 0.0
         self.polls: dict[str, dict[str, Any]] = {d.name: {"protocol": d.protocol, "polls": 0, "bad": 0,
                                                           "last_poll": None} for d in self.devices}
-        self.readings_taken = 0
+        # readings handed to the store's queue (put_reading accepted them); a reading counts as taken only
+        # once committed (DESIGN.md "Two paths"): that figure is Store.stats()["readings_committed"]
+        self.readings_queued = 0
         self.forwarder: Any = None
         self.started_at = time.time()
         self._stopping = False
@@ -229,16 +289,25 @@ class Gateway:
         self._reload_lock = asyncio.Lock()  # SIGHUP reload (gateway.reload) vs shutdown
         # issue 4: PLC watchdog registers, beacons / horns, the operator socket (gateway.control)
         self.last_safety_mono: float | None = None
-        self.heartbeats = build_heartbeats(cfg, self.devices, alive=self._safety_alive)
+        # devices whose poll loops feed an interlock input, with the window they must deliver within (S6)
+        windows = fresh_windows(cfg)
+        feeds = {self.device_of[i.tag].name for il in cfg.model.interlocks for i in il.inputs if i.tag in self.device_of}
+        self._interlock_feeds = {name: windows[name] for name in sorted(feeds)}
+        self.heartbeats = build_heartbeats(cfg, self.devices, alive=self._safety_alive, why=self._safety_problem)
         self.annunciators = Annunciators(specs_from_config(cfg), self._write_output, lambda: self.alarms.active(),
                                          on_fault=self._set_output_fault, on_event=self._log_event)
         self.control: ControlServer | None = None
+        # trips, bypasses and latched alarms survive a restart (gateway.safety_state); written off the loop
+        self.safety_state = SafetyStatePersister(
+            cfg.state_dir / SAFETY_STATE_FILE, gateway_id=cfg.model.gateway.id,
+            export=lambda: {"interlocks": self.interlocks.export_state(), "alarms": self.alarms.export_state()})
 
     # ---- safety path ----
 
     def on_readings(self, readings: list[Reading]) -> None:
-        """The poll tick: alarms, interlock voting, output commands; record path only enqueues."""
+        """The poll tick: valid ranges, alarms, interlock voting, output commands; record path only enqueues."""
         now = time.monotonic()
+        readings = check_valid_range(readings, self._valid_range)  # out of range: BAD before the safety step
         events: list[Any] = []
         for r in readings:
             self.values[r.tag] = r
@@ -249,19 +318,21 @@ class Gateway:
             for ev in self.hazard.update_many(readings):
                 self._log_hazard_event(ev)
         for r in readings:
-            # A subscription-fed tag (OPC UA) is re-delivered unchanged between notifications, and again
-            # after a restart: the record path stores each distinct sample once, keyed by its sample time,
-            # quality and value (seeded from the store at start, Store.last_samples).
+            # A subscription-fed tag (OPC UA) is re-delivered unchanged between notifications, after a
+            # reconnect and after a restart: the record path stores each sample stamped by the device or
+            # server once, keyed by its sample time, quality and value (the last such key per tag, seeded
+            # from the store at start, Store.last_samples). Locally stamped readings are always new samples.
             rec = self._reading_record(r)
-            key = (rec["ts"], rec["quality"], json.dumps(rec["value"], default=str))
-            if self._last_stored.get(r.tag) == key:
-                continue
-            self._last_stored[r.tag] = key
+            if rec["ts_source"] != "local":
+                key = (rec["ts"], rec["quality"], json.dumps(rec["value"], default=str))
+                if self._last_stored.get(r.tag) == key:
+                    continue
+                self._last_stored[r.tag] = key
             # report by exception (per-tag config); a reading that moved an alarm is always kept
             if not self.report.keep(r, now, force=any(getattr(e, "tag", None) == r.tag for e in events)):
                 continue
-            self.store.put_reading(rec)
-            self.readings_taken += 1
+            if self.store.put_reading(rec):   # False: dropped, counted by the store and recorded as a gap
+                self.readings_queued += 1
 
     def _safety_step(self, alarm_events: list[Any], now: float) -> None:
         self.last_safety_mono = now
@@ -339,8 +410,25 @@ class Gateway:
         for e in self.alarms.set_output_fault(tag, fault, reason):
             self._log_event(e.to_record())
 
+    def _safety_problem(self) -> str | None:
+        """Why the safety path cannot be vouched for (one line), or None when it can: the safety step has
+        not run within SAFETY_ALIVE_S, or a poll loop feeding an interlock input has not delivered a read
+        (good or bad) within its fresh window (fresh_windows; the ``poll:<device>`` beats of self.health,
+        refreshed when watch_gateway (re)registers them at start and after a reload). A device that does
+        not answer still delivers (BAD readings, which the interlock votes on); only a hung loop fails."""
+        now = time.monotonic()
+        if self.last_safety_mono is None or now - self.last_safety_mono >= SAFETY_ALIVE_S:
+            return "the safety path is not running"
+        for name, window in self._interlock_feeds.items():
+            age = self.health.age(f"poll:{name}", now)
+            if age is not None and age > window:
+                return (f"poll loop of {name} (feeds an interlock) has delivered nothing for {age:.1f} s "
+                        f"(window {window:g} s)")
+        return None
+
     def _safety_alive(self) -> bool:
-        return self.last_safety_mono is not None and time.monotonic() - self.last_safety_mono < SAFETY_ALIVE_S
+        """True while PLC heartbeats may be written (gateway.heartbeat): see _safety_problem."""
+        return self._safety_problem() is None
 
     async def _start_control(self) -> None:
         c = self.cfg.model.control
@@ -351,6 +439,43 @@ class Gateway:
             log.error("%s; operator actions (ack, reset, bypass ...) are unavailable", exc)
             return
         self.control = server
+
+    async def _restore_safety_state(self) -> list[Any]:
+        """Restore trips, bypasses and latched alarms saved before a restart (gateway.safety_state) into the
+        engines: a "restored" event per trip / latch / bypass; returns the TripCommands that drive the
+        restored trips' outputs to the safe state again. A state file that cannot be read is logged and
+        recorded (event "safety_state_unreadable"), moved aside, and the gateway starts without it (a
+        standing demand trips again at the first evaluation). State of interlocks / alarms no longer
+        configured is recorded as "safety_state_unmatched" (gateway.reload refuses such a removal)."""
+        path = self.safety_state.path
+        try:
+            saved = await asyncio.to_thread(load_safety_state, path)
+        except SafetyStateError as exc:
+            log.error("%s; starting without the saved trips and latches", exc)
+            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = None
+            self._log_event({"type": "gateway", "event": "safety_state_unreadable", "reason": str(exc),
+                             "moved_to": str(aside) if aside else None, "ts": rfc3339(time.time())})
+            return []
+        if saved is None:
+            return []
+        now = time.monotonic()
+        cmds, il_events, il_unknown = self.interlocks.restore_state(saved["interlocks"], now)
+        al_events, al_unknown = self.alarms.restore_state(saved["alarms"], now)
+        for e in [*al_events, *il_events]:
+            self._log_event(e.to_record())
+        if il_unknown or al_unknown:
+            log.error("safety state of %s not restored: no longer configured",
+                      ", ".join([*il_unknown, *al_unknown]))
+            self._log_event({"type": "gateway", "event": "safety_state_unmatched", "interlocks": il_unknown,
+                             "alarms": al_unknown, "ts": rfc3339(time.time())})
+        if il_events or al_events:
+            log.warning("restored after a restart: %d interlock trip/bypass, %d latched alarm(s)",
+                        len(il_events), len(al_events))
+        return cmds
 
     async def _alarm_ticker(self) -> None:
         while not self._stopping:
@@ -439,7 +564,9 @@ class Gateway:
             "config_hash": self.cfg.config_hash,
             "time": rfc3339(now),
             "uptime_s": round(now - self.started_at, 1),
-            "readings_taken": self.readings_taken,
+            "readings_queued": self.readings_queued,
+            # taken = committed to SQLite since the store was opened (Store.stats)
+            "readings_taken": None if store_stats is None else store_stats.get("readings_committed"),
             "devices": self.polls,
             "tags": {t: {"value": r.value, "unit": r.unit, "quality": r.quality.value, "reason": r.reason,
                          "age_s": round(now - r.ts, 3), "protocol": self.protocol_of.get(t)}
@@ -497,14 +624,18 @@ class Gateway:
                              "ts": rfc3339(time.time())})
         self._log_event({"type": "gateway", "event": "start", "config_hash": self.cfg.config_hash,
                          "ts": rfc3339(time.time())})
+        restore_cmds = await self._restore_safety_state()  # before the first evaluate (no poll loop yet)
         for dev in self.devices:
             await dev.start()
+        if restore_cmds:  # a restored trip: its outputs to the safe state again, confirmed by read-back
+            self.outputs.apply(restore_cmds)
         self.forwarder = self._build_forwarder()
         intervals = {d.name: d.poll_interval_ms / 1000 for d in self.cfg.model.devices}
         self._poll_tasks = [asyncio.create_task(self._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
                             for dev in self.devices]
         tasks = [asyncio.create_task(self._alarm_ticker(), name="alarm-tick")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        tasks.append(asyncio.create_task(self.safety_state.run(lambda: self._stopping), name="safety-state"))
         self._aux_tasks = self._start_aux()
         await self._start_control()
         self._fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder") if self.forwarder else None
@@ -528,6 +659,7 @@ class Gateway:
         except (TimeoutError, asyncio.TimeoutError):
             log.warning("outputs still being written at shutdown")
         await self.outputs.close()
+        await self.safety_state.write_if_changed()  # the last resets / acks before the stop
         self._log_event({"type": "gateway", "event": "stop", "ts": rfc3339(time.time())})
         await asyncio.to_thread(self.store.flush)
         if self.forwarder is not None:

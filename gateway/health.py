@@ -13,7 +13,10 @@ only while every watched part of the gateway is making progress (:class:`Health`
   stuck inside a read (a driver that blocks forever) or a loop task that died goes stale;
 * ``safety``         the alarm/interlock ticker of the safety path (every 100 ms);
 * ``store``          the store's writer thread: alive, and committing while records are
-  queued (see :func:`store_writer_check`).
+  queued (see :func:`store_writer_check`);
+* ``uplink``         the uploader (gateway.uplink.Forwarder.run): its task alive and one beat per
+  loop iteration (see :func:`uploader_check`). A receiver that is down is not a hang (the loop
+  backs off and beats on); a task that died on an exception or a loop stuck for good is.
 
 Each heartbeat has its own limit in seconds; the limits of the poll loops come from
 :func:`poll_limits` so that a device that merely stops answering (every request ends in
@@ -90,6 +93,13 @@ class Health:
         if b is not None:
             b.last = self._clock()
 
+    def age(self, name: str, now: float | None = None) -> float | None:
+        """Seconds since heartbeat ``name`` last beat (or was (re)watched); None when it is not watched."""
+        b = self._beats.get(name)
+        if b is None:
+            return None
+        return (self._clock() if now is None else now) - b.last
+
     def forget(self, prefix: str) -> None:
         """Stop watching every heartbeat and check whose name starts with ``prefix`` (e.g. "poll:")."""
         for d in (self._beats, self._checks):
@@ -118,6 +128,17 @@ class Health:
         return out
 
 
+def link_key(d: Any) -> tuple:
+    """The link a config device is polled over: Modbus TCP (host, port) and Modbus RTU serial port are
+    shared by every device on them (requests are serialised), an OPC UA device has its own session."""
+    proto = getattr(d, "protocol", "")
+    if proto == "modbus_tcp":
+        return (proto, d.host, d.port)
+    if proto == "modbus_rtu":
+        return (proto, d.port)
+    return (proto, d.name)
+
+
 def poll_limits(devices: list[Any], floor_s: float) -> dict[str, float]:
     """Seconds a device's poll loop may go without completing a read before it counts as hung.
 
@@ -129,14 +150,6 @@ def poll_limits(devices: list[Any], floor_s: float) -> dict[str, float]:
     wait_for slack), so 3 x (timeout + 1 s) per tag; devices on one link (a shared RS-485 bus or TCP connection) wait for each
     other, so their worst cases add up. limit = poll interval + max(floor_s, that sum).
     """
-    def link_key(d: Any) -> tuple:
-        proto = getattr(d, "protocol", "")
-        if proto == "modbus_tcp":
-            return (proto, d.host, d.port)
-        if proto == "modbus_rtu":
-            return (proto, d.port)
-        return (proto, d.name)
-
     worst: dict[tuple, float] = {}
     enabled = [d for d in devices if getattr(d, "enabled", True)]
     for d in enabled:
@@ -172,6 +185,34 @@ def store_writer_check(store: Any, stall_s: float) -> Callable[[float], str | No
             return None
         if now - state["since"] > stall_s:
             return f"nothing committed for {now - state['since']:.1f} s with {sum(queued) - sum(done)} records queued"
+        return None
+
+    return check
+
+
+def uploader_check(gw: Any, floor_s: float) -> Callable[[float], str | None]:
+    """A Health check for the uploader of a gateway.Gateway (``gw.forwarder``, ``gw._fw_task``).
+
+    Read through ``gw`` on every call, so a forwarder rebuilt by a SIGHUP reload is the one
+    watched. Not making progress: the task has ended while the forwarder was not stopped (an
+    exception escaped run()), or ``last_beat_mono`` (set at the start of every loop iteration) is
+    older than ``floor_s`` + the forwarder's own worst iteration (Forwarder.max_iteration_s).
+    No uplink configured, a stopped forwarder, or one not yet running: nothing to report.
+    """
+    def check(now: float) -> str | None:
+        fw = getattr(gw, "forwarder", None)
+        task = getattr(gw, "_fw_task", None)
+        if fw is None or task is None or getattr(fw, "stopped", False):
+            return None
+        if task.done():
+            exc = None if task.cancelled() else task.exception()
+            return f"uploader task has ended ({type(exc).__name__ + ': ' + str(exc) if exc else 'returned'})"
+        beat = getattr(fw, "last_beat_mono", None)
+        if beat is None:
+            return None   # created, its first iteration not begun yet
+        limit = floor_s + fw.max_iteration_s()
+        if now - beat > limit:
+            return f"no loop iteration for {now - beat:.1f} s (limit {limit:g} s)"
         return None
 
     return check
@@ -250,7 +291,8 @@ DEFAULT_FLOOR_S = 30.0
 
 def watch_gateway(gw: Any, floor_s: float | None = None) -> None:
     """(Re)register the heartbeats of a running gateway.Gateway in ``gw.health``: one per poll loop
-    (limits from :func:`poll_limits`), the safety path ticker and the store writer check.
+    (limits from :func:`poll_limits`), the safety path ticker, the store writer check and the
+    uploader check (:func:`uploader_check`).
     floor_s: the smallest limit; default the systemd watchdog interval (WatchdogSec), else 30 s.
     Called by Gateway.run() and again after a SIGHUP reload (the device set may have changed)."""
     floor = floor_s or watchdog_interval_s() or DEFAULT_FLOOR_S
@@ -261,3 +303,4 @@ def watch_gateway(gw: Any, floor_s: float | None = None) -> None:
     gw.health.watch("safety", floor)
     stall = max(STORE_STALL_FLOOR_S, floor, 4 * gw.store.commit_interval_s)
     gw.health.add_check("store", store_writer_check(gw.store, stall))
+    gw.health.add_check("uplink", uploader_check(gw, floor))

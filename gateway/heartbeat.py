@@ -12,8 +12,10 @@ write must repeat address and value (Modbus spec: the normal response to FC5/FC6
 request), else the beat counts as failed. There is no read-back: the PLC itself is the judge.
 
 The heartbeat proves more than a running process: it is written only while the gateway's safety path
-is alive (``alive()``, the alarm tick ran recently); a stuck safety path stops the beat and so trips
-the PLC. It runs as its own task on the gateway's event loop, separate from polling, and never
+is alive (``alive()``: the alarm tick ran recently, and every poll loop that feeds an interlock input
+has delivered readings within its fresh window, gateway.gateway.fresh_windows); a stuck safety path
+or a hung input poll loop stops the beat and so trips the PLC, even when the gateway could not write
+the trip itself. It runs as its own task on the gateway's event loop, separate from polling, and never
 touches the disk. On shutdown it stops: a PLC configured to trip on a stopped heartbeat will trip
 (that is the point; set the PLC's timeout longer than a service restart if that is not wanted).
 """
@@ -37,12 +39,14 @@ class Heartbeat:
     unit_id: Modbus unit id. table: "holding_register" or "coil"; address: 0-based PDU address;
     reference: the address as configured (e.g. "40101") for messages. interval_s: seconds between
     beats (> 0). mode: "count" (holding register only) or "toggle". alive: callable answering
-    whether the safety path is running (None: always). Raises ValueError for a bad combination.
+    whether the safety path is running (None: always). why: optional callable giving the one-line
+    reason when ``alive()`` is False (for the log and ``status``). Raises ValueError for a bad
+    combination.
     """
 
     def __init__(self, device: str, link: Any, unit_id: int, table: str, address: int, interval_s: float,
                  mode: str = "count", *, reference: str | None = None,
-                 alive: Callable[[], bool] | None = None) -> None:
+                 alive: Callable[[], bool] | None = None, why: Callable[[], str | None] | None = None) -> None:
         if table not in ("holding_register", "coil"):
             raise ValueError(f"{device}: heartbeat must be a holding register or a coil, not {table}")
         if mode not in ("count", "toggle"):
@@ -55,6 +59,8 @@ class Heartbeat:
         self.table, self.address, self.interval_s, self.mode = table, address, float(interval_s), mode
         self.reference = reference or f"{table} {address}"
         self.alive = alive
+        self.why = why
+        self.held_reason: str | None = None
         self.value = 0
         self.beats = 0
         self.errors = 0
@@ -71,11 +77,14 @@ class Heartbeat:
     async def beat(self) -> bool:
         """Write the next value once; True when the device echoed it. Never raises for a device fault."""
         if self.alive is not None and not self.alive():
-            if not self.held and self.beats:  # (before the first safety step it simply waits)
-                log.error("heartbeat %s %s withheld: the safety path is not running", self.device, self.reference)
-            self.held = True
+            reason = (self.why() if self.why is not None else None) or "the safety path is not running"
+            if (not self.held or reason != self.held_reason) and self.beats:  # (before the first safety
+                log.error("heartbeat %s %s withheld: %s", self.device, self.reference, reason)  # step it waits)
+            self.held, self.held_reason = True, reason
             return False
-        self.held = False
+        if self.held and self.beats:
+            log.warning("heartbeat %s %s: writing again", self.device, self.reference)
+        self.held, self.held_reason = False, None
         v = self.next_value()
         try:
             if self.table == "coil":
@@ -116,17 +125,19 @@ class Heartbeat:
 
     def status(self) -> dict[str, Any]:
         """{device, address, mode, interval_ms, value, beats, errors, state ("ok" | "failing" | "held" |
-        "starting"), age_s (since the last echoed beat), last_error}."""
+        "starting"), age_s (since the last echoed beat), last_error, held_reason}."""
         age = None if self.last_ok_mono is None else round(time.monotonic() - self.last_ok_mono, 3)
         state = "held" if self.held else ("failing" if self.last_error else ("ok" if self.beats else "starting"))
         return {"device": self.device, "address": self.reference, "mode": self.mode,
                 "interval_ms": round(self.interval_s * 1000), "value": self.value, "beats": self.beats,
-                "errors": self.errors, "state": state, "age_s": age, "last_error": self.last_error}
+                "errors": self.errors, "state": state, "age_s": age, "last_error": self.last_error,
+                "held_reason": self.held_reason}
 
 
-def build_heartbeats(cfg: Any, devices: list[Any], alive: Callable[[], bool] | None = None) -> list[Heartbeat]:
+def build_heartbeats(cfg: Any, devices: list[Any], alive: Callable[[], bool] | None = None,
+                     why: Callable[[], str | None] | None = None) -> list[Heartbeat]:
     """One Heartbeat per enabled Modbus device with a ``heartbeat:`` section (cfg: LoadedConfig;
-    devices: the built driver objects, matched by name)."""
+    devices: the built driver objects, matched by name; alive / why: see Heartbeat)."""
     by_name = {d.name: d for d in devices}
     out = []
     for d in cfg.model.devices:
@@ -137,5 +148,5 @@ def build_heartbeats(cfg: Any, devices: list[Any], alive: Callable[[], bool] | N
         table, address = hb.table_address()
         ref = hb.address if isinstance(hb.address, (int, str)) else f"{table} {address}"
         out.append(Heartbeat(d.name, dev.link, d.unit_id, table, address, hb.interval_ms / 1000, hb.mode,
-                             reference=str(ref), alive=alive))
+                             reference=str(ref), alive=alive, why=why))
     return out

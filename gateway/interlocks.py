@@ -17,9 +17,13 @@ Rules and their sources:
   itself, while the unknown inputs could still make up M votes, and a fault event is raised.
 - Latch (IEC 61511-1 11.2 practice, GB 16808 manual reset): once tripped, outputs stay in the safe
   state until the condition has cleared AND a person resets. The gateway never writes the normal
-  (unsafe) value itself, except an optional ``OutputAction.reset_value`` (e.g. beacon off).
+  (unsafe) value itself, except an optional ``OutputAction.reset_value`` (config ``reset_value``,
+  e.g. beacon off), and never while another tripped interlock holds the same output.
 - Bypass (ISA-18.2 / IEC 62682 audit): needs user and reason, is time-limited (max_bypass_s), and
   every start / end is an event. A bypass prevents new trips; it never un-trips an interlock.
+- Restart: a restart is not a reset. Trips (cleared-awaiting-reset included) and bypasses are exported
+  (:meth:`InterlockEngine.export_state`), persisted off the safety path by gateway.safety_state and
+  restored before the first evaluate (:meth:`InterlockEngine.restore_state`), outputs commanded safe again.
 - This gateway is not a SIS (IEC 61511 / GB/T 50770-2013) and may not be credited as a protection layer.
 """
 
@@ -110,8 +114,9 @@ class InterlockSpec:
 
 @dataclass
 class TripCommand:
-    """Write ``value`` to output ``tag`` because interlock ``interlock`` tripped (kind "trip") or was
-    reset (kind "reset", value = reset_value). cause: "process" / "fault" (trip) or "reset".
+    """Write ``value`` to output ``tag`` because interlock ``interlock`` tripped (kind "trip"), was
+    reset (kind "reset", value = reset_value) or was restored tripped after a restart (kind "restore",
+    the safe value again). cause: "process" / "fault" (trip, restore) or "reset".
     detected_mono / detected_ts: when the trip was detected (time.monotonic(), UTC epoch s)."""
 
     interlock: str
@@ -128,7 +133,8 @@ class InterlockEvent:
     """One interlock journal entry.
 
     event: "trip", "clear" (condition gone; latched interlocks still await reset), "reset",
-    "input_fault" / "input_fault_cleared", "bypass", "bypass_end", "demand_bypassed".
+    "input_fault" / "input_fault_cleared", "bypass", "bypass_end", "demand_bypassed", "restored"
+    (a trip or bypass restored after a restart, :meth:`InterlockEngine.restore_state`).
     cause: "process" or "fault" for trips. votes: {"process": n, "fault": n, "needed": M, "of": N}.
     inputs: [{tag, condition, state: True/False/None/"pending"}]. ts: UTC epoch s; mono: monotonic (not stored).
     """
@@ -302,11 +308,15 @@ class InterlockEngine:
         return cmds, events
 
     def _release(self, st: _State, now: float) -> list[TripCommand]:
+        """Untrip ``st``; the reset_value commands of its actions, except for an output that another
+        tripped interlock still holds in the safe state (the reset of one interlock never un-safes an
+        output a second one demands; that output is released when the last holder resets)."""
         st.tripped = st.cleared = False
         st.cause = st.tripped_mono = st.tripped_ts = None
         ts = self._clock()
+        held = {a.output for o in self._s.values() if o.tripped for a in o.spec.actions}
         return [TripCommand(st.spec.name, a.output, a.reset_value, "reset", now, ts, kind="reset")
-                for a in st.spec.actions if a.reset_value is not None]
+                for a in st.spec.actions if a.reset_value is not None and a.output not in held]
 
     def _get(self, name: str) -> _State:
         st = self._s.get(name)
@@ -394,3 +404,79 @@ class InterlockEngine:
                 "outputs": [{"tag": a.output, "safe_value": a.value} for a in st.spec.actions],
             })
         return out
+
+    # ------------------------------------------------------------------ restart persistence (S3)
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The interlock state that must survive a restart (gateway.safety_state), JSON-able, keyed by name.
+
+        Only interlocks that are tripped (cleared-awaiting-reset included) or bypassed are listed:
+        ``{"tripped": bool, "cause": "process"|"fault"|None, "tripped_ts": UTC epoch s|None,
+        "cleared": bool, "bypass": {"user", "reason", "until_ts": UTC epoch s} | None}``. A bypass
+        expiry is kept as wall-clock time because the monotonic clock restarts with the process.
+        Pure and in memory (cheap enough to call every 0.5 s on the event loop).
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for name, st in self._s.items():
+            if not st.tripped and not st.bypassed:
+                continue
+            out[name] = {"tripped": st.tripped, "cause": st.cause, "tripped_ts": st.tripped_ts,
+                         "cleared": st.cleared,
+                         "bypass": {"user": st.bypass_user, "reason": st.bypass_reason,
+                                    "until_ts": st.bypass_until_ts} if st.bypassed else None}
+        return out
+
+    def restore_state(self, saved: dict[str, dict[str, Any]], now_mono: float | None = None
+                      ) -> tuple[list[TripCommand], list[InterlockEvent], list[str]]:
+        """Restore what :meth:`export_state` saved before a restart; call before the first evaluate().
+
+        A restart must never un-trip an interlock (IEC 61511-1 11.2 / GB 16808: a trip is left only by a
+        manual reset after the condition has cleared). Per saved interlock that still exists:
+
+        - tripped: tripped again with the saved cause and trip time; ``cleared`` starts False (the
+          condition must be shown clear again by fresh readings; until the first readings the inputs
+          are "pending" or unknown, so a reset is refused). Event "restored"; and one TripCommand
+          (kind "restore") per action, so the outputs are commanded to the safe state again (a field
+          operator may have moved them while the gateway was down).
+        - bypassed: restored with the remaining wall-clock time (capped at max_bypass_s, so a wall-clock
+          step cannot lengthen it beyond the limit); event "restored". A bypass that expired while the
+          gateway was down is not restored: event "bypass_end" ("expired while the gateway was down").
+
+        Returns (commands for OutputManager.apply, events, names in ``saved`` that are not configured
+        any more: their state cannot be restored and the caller must report it).
+        """
+        now = time.monotonic() if now_mono is None else now_mono
+        wall = self._clock()
+        cmds: list[TripCommand] = []
+        events: list[InterlockEvent] = []
+        unknown: list[str] = []
+        for name, d in saved.items():
+            st = self._s.get(name)
+            if st is None:
+                unknown.append(name)
+                continue
+            if d.get("tripped"):
+                cause = d.get("cause") if d.get("cause") in ("process", "fault") else "fault"
+                ts = d.get("tripped_ts")
+                st.tripped, st.cause, st.cleared = True, cause, False
+                st.tripped_mono, st.tripped_ts = now, float(ts) if isinstance(ts, (int, float)) else wall
+                events.append(self._event(st, "restored", now, cause=cause,
+                                          reason=f"tripped at {rfc3339(st.tripped_ts)}"
+                                                 f"{' (cleared before the restart)' if d.get('cleared') else ''};"
+                                                 " restored after a restart, awaiting reset"))
+                cmds.extend(TripCommand(name, a.output, a.value, cause, now, wall, kind="restore")
+                            for a in st.spec.actions)
+            b = d.get("bypass")
+            if isinstance(b, dict) and isinstance(b.get("until_ts"), (int, float)):
+                left = float(b["until_ts"]) - wall
+                if left <= 0:
+                    events.append(self._event(st, "bypass_end", now, user=b.get("user"),
+                                              reason="bypass expired while the gateway was down"))
+                else:
+                    left = min(left, st.spec.max_bypass_s)
+                    st.bypass_user, st.bypass_reason = b.get("user"), b.get("reason")
+                    st.bypass_until_mono, st.bypass_until_ts = now + left, wall + left
+                    events.append(self._event(st, "restored", now, user=st.bypass_user,
+                                              reason=f"bypass ({st.bypass_reason}) until "
+                                                     f"{rfc3339(st.bypass_until_ts)} restored after a restart"))
+        return cmds, events, unknown

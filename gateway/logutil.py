@@ -12,7 +12,16 @@
   over one summary line says ``(repeated N times in the last 60 s)``. The key is
   ``extra={"key": ...}`` when given, else logger + level + the formatted message.
   Only WARNING and above are limited: INFO lines are events (alarm transitions) and
-  are never dropped.
+  are never rate-limited.
+* Nothing that logs waits on the log's consumer (DESIGN.md: the safety path never waits on
+  the disk). The caller only formats the message and puts the record into a bounded
+  in-memory queue (:class:`DroppingQueueHandler`, a ``logging.handlers.QueueHandler``);
+  one writer thread (``logging.handlers.QueueListener``) formats the line and writes it
+  to stderr. When the writer is stalled (journald not reading, a full pipe) the queue
+  fills up and further lines are dropped and counted, never waited for; once there is
+  room again one line ``N log lines dropped (log writer stalled)`` says how many. The
+  log is diagnostics: the record of alarms and trips is the store's signed event chain,
+  which has its own non-blocking queue (gateway.store).
 * Redaction: PEM blocks, JWK private members (``"d"``, ``"p"``, ``"q"`` ...),
   ``password=``/``token:``/``secret`` style key-value pairs, HTTP Authorization
   values and URL user-info passwords are replaced by ``***`` before writing.
@@ -21,7 +30,9 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import sys
 import threading
@@ -164,24 +175,137 @@ class RateLimitingHandler(logging.Handler):
         super().close()
 
 
-def setup_logging(level: str | int = "INFO", stream: IO[str] | None = None, interval_s: float = 60.0,
-                  quiet: tuple[str, ...] = ("asyncua", "httpx", "pymodbus", "uvicorn.access")) -> logging.Handler:
-    """Configure the root logger for the daemon; returns the installed handler.
+#: records the log queue holds while the writer is stalled (a few MB at most)
+LOG_QUEUE_SIZE = 10_000
 
-    level: name or number (HG_LOG_LEVEL); stream: default stderr; interval_s: the rate-limit window.
-    Libraries in ``quiet`` log per request at INFO: they are held at WARNING. An unknown level name
-    raises ValueError (one line)."""
+
+class _StreamWriter(logging.StreamHandler):
+    """The writer thread's stream handler. flush() from another thread (logging.shutdown at exit, a
+    final flush) gives up after ``lock_timeout_s`` instead of waiting forever on a write that blocks."""
+
+    lock_timeout_s = 1.0
+
+    def flush(self) -> None:
+        if self.lock is None or not self.lock.acquire(timeout=self.lock_timeout_s):
+            return
+        try:
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.lock.release()
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """A QueueHandler that never blocks its caller: records go into a bounded ``queue.Queue`` that a
+    ``logging.handlers.QueueListener`` thread writes to ``target`` (the handler doing the I/O).
+
+    When the queue is full the record is dropped and counted (``dropped``: total; the count since the
+    last report is pending). At the next record that finds room, a WARNING "N log lines dropped (log
+    writer stalled)" is queued first. The message is rendered (``%`` args merged) in the caller's
+    thread; the exception info stays on the record so the writer's formatter still sees it.
+    flush() waits at most ``flush_timeout_s`` for the writer to catch up; close() stops the writer."""
+
+    def __init__(self, target: logging.Handler, maxsize: int = LOG_QUEUE_SIZE, flush_timeout_s: float = 5.0) -> None:
+        if maxsize < 1:
+            raise ValueError("the log queue needs room for at least one record")
+        super().__init__(queue.Queue(maxsize))
+        self.target = target
+        self.flush_timeout_s = flush_timeout_s
+        self.dropped = 0            # total records dropped since start
+        self._pending = 0           # dropped and not yet reported
+        self._mu = threading.Lock()
+        self.listener = logging.handlers.QueueListener(self.queue, target, respect_handler_level=True)
+        self.listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        rec = logging.makeLogRecord(record.__dict__)
+        rec.msg = record.getMessage()
+        rec.args = None
+        return rec
+
+    def _put(self, record: logging.LogRecord) -> bool:
+        try:
+            self.queue.put_nowait(record)
+            return True
+        except queue.Full:
+            return False
+
+    def _note(self) -> logging.LogRecord:
+        n = self._pending
+        return logging.LogRecord("hazard_gateway.log", logging.WARNING, __file__, 0,
+                                 f"{n} log line{'s' if n != 1 else ''} dropped (log writer stalled)", None, None)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with self._mu:
+            if self._pending and self._put(self._note()):
+                self._pending = 0
+            if not self._put(record):
+                self.dropped += 1
+                self._pending += 1
+
+    def flush(self) -> None:
+        """Report pending drops and wait (at most flush_timeout_s) until the writer has written the queue."""
+        q = self.queue
+        deadline = time.monotonic() + self.flush_timeout_s
+        self._report_pending(deadline)
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                q.all_tasks_done.wait(left)
+
+    def _report_pending(self, deadline: float) -> None:
+        with self._mu:
+            if not self._pending:
+                return
+            try:
+                self.queue.put(self._note(), timeout=max(0.0, deadline - time.monotonic()))
+                self._pending = 0
+            except queue.Full:
+                pass
+
+    def close(self) -> None:
+        """Flush (bounded), then stop the writer thread (bounded: a writer blocked for good is left behind,
+        it is a daemon thread)."""
+        self.flush()
+        th = self.listener._thread
+        if th is not None:
+            try:
+                self.queue.put(self.listener._sentinel, timeout=1.0)
+            except queue.Full:
+                pass
+            th.join(self.flush_timeout_s)
+            self.listener._thread = None
+        super().close()
+
+
+def setup_logging(level: str | int = "INFO", stream: IO[str] | None = None, interval_s: float = 60.0,
+                  quiet: tuple[str, ...] = ("asyncua", "httpx", "pymodbus", "uvicorn.access"),
+                  queue_size: int = LOG_QUEUE_SIZE) -> logging.Handler:
+    """Configure the root logger for the daemon; returns the installed handler (flush() writes pending
+    rate-limit summaries and waits, bounded, for the writer; close() also stops the writer thread).
+
+    level: name or number (HG_LOG_LEVEL); stream: default stderr; interval_s: the rate-limit window;
+    queue_size: records held for the writer thread (see DroppingQueueHandler). Libraries in ``quiet``
+    log per request at INFO: they are held at WARNING. An unknown level name raises ValueError (one line).
+
+    Chain: root -> RateLimitingHandler (caller's thread, in memory) -> DroppingQueueHandler (bounded
+    queue, never blocks) -> writer thread -> OneLineFormatter -> ``stream``."""
     stream = stream or sys.stderr
     lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(lvl, int):
         raise ValueError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    inner = logging.StreamHandler(stream)
+    inner = _StreamWriter(stream)
     inner.setFormatter(OneLineFormatter(journald=under_journald(stream)))
-    handler = RateLimitingHandler(inner, interval_s=interval_s)
+    handler = RateLimitingHandler(DroppingQueueHandler(inner, maxsize=queue_size), interval_s=interval_s)
     root = logging.getLogger()
     for h in list(root.handlers):
         if isinstance(h, RateLimitingHandler):
             root.removeHandler(h)
+            h.close()
     root.addHandler(handler)
     root.setLevel(lvl)
     for name in quiet:

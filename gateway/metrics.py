@@ -56,7 +56,7 @@ def snapshot(gw: Any, store_stats: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "devices": {name: dict(st) for name, st in gw.polls.items()},
         "alarms": prio,
-        "readings_taken": gw.readings_taken,
+        "readings_queued": gw.readings_queued,
         "store": dict(store_stats or {}),
         "uplink_failures": None if fw is None else fw.consecutive_failures,
         "taken_at": time.time(),
@@ -87,7 +87,7 @@ class GatewayCollector:
         yield polls
         yield bad
         readings = CounterMetricFamily(PREFIX + "readings", "readings handed to the record path")
-        readings.add_metric([], float(s["readings_taken"]))
+        readings.add_metric([], float(s["readings_queued"]))
         yield readings
         alarms = GaugeMetricFamily(PREFIX + "active_alarms", "active alarms by priority (1 highest)",
                                    labels=["priority"])

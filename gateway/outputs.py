@@ -6,8 +6,10 @@ returns at once, so a slow device, a full disk or a dead uplink never delays the
 
 - goes through ``write(tag, value) -> Reading`` (the device write with read-back, drivers/base.py
   ``Device.write``), which raises gateway.model.WriteError when rejected or echoed wrongly;
-- is confirmed only when the returned read-back is usable and equals the commanded value (C04: a
-  disagreeing read-back or echo is a failure, never "applied");
+- is confirmed only when the returned read-back is of quality GOOD and equals the commanded value
+  (C04: a disagreeing read-back or echo is a failure, never "applied"; an UNCERTAIN read-back, OPC UA
+  Part 4 7.34.1 severity 01 such as UncertainLastUsableValue, may be a stale cached value and never
+  confirms either);
 - is retried under a bounded policy (``attempts`` tries, exponential backoff from ``backoff_s`` up
   to ``backoff_max_s``, each try limited to ``attempt_timeout_s``);
 - raises an "output_fault" event when not confirmed within ``confirm_timeout_s`` of the command, or
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from gateway.interlocks import TripCommand
-from gateway.model import Reading, WriteError, rfc3339
+from gateway.model import Quality, Reading, WriteError, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,20 @@ def values_match(readback: Any, commanded: Any, rel_tol: float = 1e-6, abs_tol: 
     if a is not None and b is not None:
         return math.isfinite(a) and math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
     return readback == commanded
+
+
+def readback_problem(tag: str, rb: Any, commanded: Any) -> str | None:
+    """None when the read-back ``rb`` confirms the write of ``commanded`` to ``tag``, else why not (one line).
+
+    Only a Reading of quality GOOD whose value matches (:func:`values_match`) confirms. UNCERTAIN
+    (OPC UA Part 4 7.34.1 severity 01, e.g. UncertainLastUsableValue) may be a cached or substituted
+    value rather than the output's present state, so it confirms nothing; neither does BAD."""
+    if not isinstance(rb, Reading) or rb.quality is not Quality.GOOD or rb.value is None:
+        q = getattr(rb, "quality", None)
+        return f"{tag}: read-back unusable ({getattr(q, 'value', q)}, {getattr(rb, 'reason', None)})"
+    if not values_match(rb.value, commanded):
+        return f"{tag}: read-back {rb.value!r} differs from commanded {commanded!r}"
+    return None
 
 
 class OutputManager:
@@ -325,11 +341,7 @@ class OutputManager:
         except Exception as e:  # a driver broke its contract; still a failed write, never an applied one
             err = f"{tag}: {type(e).__name__}: {e}"
         else:
-            if not isinstance(rb, Reading) or not rb.usable:
-                q = getattr(rb, "quality", None)
-                err = f"{tag}: read-back unusable ({getattr(q, 'value', q)}, {getattr(rb, 'reason', None)})"
-            elif not values_match(rb.value, job.value):
-                err = f"{tag}: read-back {rb.value!r} differs from commanded {job.value!r}"
+            err = readback_problem(tag, rb, job.value)
         if job.done:
             return False
         self._emit("output_write", tag, job, attempt=job.attempts, ok=err is None, error=err)

@@ -21,7 +21,8 @@ references up to 9999, 6-digit beyond), or the OPC UA node id as
 configured. raw: the registers (hex words) or bits as read, for OPC UA the
 status code name; "-" when nothing was read.
 quality: good / uncertain / bad, with the reason of a non-good reading
-(timeout, exception NN name, sentinel, nan, comm fault ...).
+(timeout, exception NN name, sentinel, nan, comm fault, out of range: NAMUR NE 43
+or a tag's valid_range ...).
 
 Exit codes: 0 every tag good; 1 any tag uncertain or bad (an unreachable
 device gives one "comm fault" line per tag); 2 a config error or an
@@ -39,7 +40,7 @@ from typing import Any, TextIO
 
 from drivers.modbus import ModbusLinks
 from gateway.config import LoadedConfig, ModbusTag, OpcUaTag
-from gateway.gateway import build_devices
+from gateway.gateway import build_devices, check_valid_range, valid_ranges
 from gateway.model import Quality, Reading
 
 __all__ = ["ProbeRow", "reference", "probe", "format_table", "run_probe"]
@@ -141,8 +142,9 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
     finally:
         await links.close_all()
     rows = []
+    ranges = valid_ranges(cfg)
     for dev, readings in zip(devices, results):
-        for r in readings:
+        for r in check_valid_range(readings, ranges):  # as the daemon judges them (valid_range)
             tc = tag_cfg.get(r.tag)
             rows.append(ProbeRow(dev.name, r.tag, _address(tc), _raw(r, tc), _value(r), r.unit or "", _quality(r),
                                  r.quality is Quality.GOOD))

@@ -122,6 +122,21 @@ def test_output_fault_alarm_in_the_active_list():
     assert horn.update(eng.active(), 0.0) == 1 and horn.mode == "fault"
 
 
+async def test_uncertain_read_back_does_not_confirm_an_annunciator_write():
+    """S7: only a GOOD read-back confirms an output write, for annunciators as for interlock outputs."""
+    from gateway.annunciator import Annunciators
+
+    async def write(tag, value):
+        return Reading(tag, value, "", Quality.UNCERTAIN, time.time(), reason="status UncertainLastUsableValue")
+    faults = []
+    ann = Annunciators([AnnunciatorSpec("BEACON", "beacon", "steady")], write, lambda: [],
+                       on_fault=lambda tag, fault, why: faults.append((tag, fault, why)))
+    ann.step(0.0)
+    await asyncio.gather(*ann._busy.values())
+    assert faults and faults[0][:2] == ("BEACON", True) and "uncertain" in faults[0][2]
+    assert "BEACON" not in ann._written
+
+
 # ------------------------------------------------------------------------------------------- on the PLC
 
 def cfg_text(port: int) -> str:

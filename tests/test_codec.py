@@ -202,6 +202,45 @@ def test_range_scaling_4_20mA():
     assert decode_value([8000], P("uint16", scaling=s)) == 25.0
 
 
+# S2: NAMUR NE 43 section 3: failure information <= 3.6 mA or >= 21 mA; a broken loop is never a value
+NE43 = Scaling(raw_range=(4000, 20000), eng_range=(0.0, 100.0))   # 4-20 mA as uA counts
+NE43_12BIT = Scaling(raw_range=(819, 4095), eng_range=(0.0, 100.0))  # 0-20 mA on a 12-bit ADC
+
+
+@pytest.mark.parametrize("scaling, raw, expect", [
+    (NE43, 0, None),                    # broken loop: 0 mA would be -25 %LEL
+    (NE43, 3599, None),
+    (NE43, 3600, None),                 # 3.6 mA: the NE 43 downscale failure signal itself
+    (NE43, 3601, -2.49375),             # just above: measuring / transition range, a value
+    (NE43, 3800, -1.25),
+    (NE43, 4000, 0.0),
+    (NE43, 20000, 100.0),
+    (NE43, 20500, 103.125),
+    (NE43, 20999, 106.24375),
+    (NE43, 21000, None),                # 21 mA: upscale failure signal
+    (NE43, 0xFFFE, None),
+    (NE43_12BIT, 737, None),            # 737 < 3.6 mA (737.1 counts)
+    (NE43_12BIT, 738, pytest.approx(-2.4725, abs=1e-4)),
+    (NE43_12BIT, 4095, 100.0),
+    (Scaling(raw_range=(20000, 4000), eng_range=(100.0, 0.0)), 0, None),  # range written backwards
+    (Scaling(scale=0.1), 0, 0.0),       # scale/offset is not a live-zero signal: no band
+    (Scaling(), 0, 0),
+])
+def test_namur_ne43_band_of_range_scaling(scaling, raw, expect):
+    p = P("uint16", scaling=scaling)
+    if expect is None:
+        with pytest.raises(CodecError, match=r"out of range: NAMUR NE 43 .* mA"):
+            decode_value([raw], p)
+    else:
+        assert decode_value([raw], p) == expect
+
+
+def test_namur_ne43_band_names_the_array_element():
+    with pytest.raises(CodecError, match=r"NAMUR NE 43 .*\(element 1\)"):
+        decode_value([8000, 0], P("uint16", length=2, scaling=NE43))
+    assert decode_value([8000, 12000], P("uint16", length=2, scaling=NE43)) == [25.0, 50.0]
+
+
 @pytest.mark.parametrize("kw", [
     dict(raw_range=(0, 10)),
     dict(raw_range=(0, 10), eng_range=(0, 1), scale=2.0),

@@ -118,3 +118,90 @@ def test_daemon_refuses_private_key_readable_by_others(tmp_path: Path):
     assert "Traceback" not in r.stderr
     assert "private.pem" in r.stderr and ("group" in r.stderr or "others" in r.stderr or "0644" in r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+RESET_CFG = """gateway: {id: s}
+keys: {private_key: k}
+devices:
+  - name: p
+    protocol: modbus_tcp
+    host: h
+    tags:
+      - {name: L1, address: 30001, alarms: {HH: 10}}
+      - {name: L2, address: 30002, alarms: {HH: 10}}
+      - {name: XV1, address: 40001, writable: true}
+      - {name: BEACON, address: 40002, writable: true}
+interlocks:
+  - name: il1
+    inputs: [{tag: L1, condition: HH}]
+    actions: [{output: XV1, value: 0}, {output: BEACON, value: 1, reset_value: 0}]
+  - name: il2
+    inputs: [{tag: L2, condition: HH}]
+    actions: [{output: BEACON, value: 1, reset_value: 0}]
+"""
+
+
+def test_reset_value_from_config_is_written_after_a_reset(tmp_path: Path):
+    """A2: actions[].reset_value reaches gateway.interlocks.OutputAction; a reset writes it (beacon off)."""
+    from gateway.alarms import AlarmEngine
+    from gateway.gateway import alarm_configs, interlock_specs
+    from gateway.interlocks import InterlockEngine
+    from gateway.model import Quality, Reading
+
+    f = tmp_path / "gw.yaml"
+    f.write_text(RESET_CFG)
+    cfg = load_config(f)
+    alarms, il = AlarmEngine(alarm_configs(cfg)), InterlockEngine(interlock_specs(cfg))
+    alarms.update(Reading("L1", 12.0, "m", Quality.GOOD, 0.0), 0.0)
+    alarms.update(Reading("L2", 1.0, "m", Quality.GOOD, 0.0), 0.0)
+    cmds, _ = il.evaluate(alarms, 0.0)
+    assert [(c.tag, c.value) for c in cmds] == [("XV1", 0), ("BEACON", 1)]
+    alarms.update(Reading("L1", 1.0, "m", Quality.GOOD, 1.0), 1.0)
+    il.evaluate(alarms, 1.0)
+    cmds, _ = il.reset("il1", "op", "clear", alarms=alarms, now_mono=2.0)
+    assert [(c.tag, c.value, c.kind) for c in cmds] == [("BEACON", 0, "reset")]   # XV1 stays closed
+
+
+def test_check_refuses_one_output_with_two_safe_or_reset_values(tmp_path: Path):
+    """A2: an output written by two interlocks must get the same safe value and the same reset value."""
+    f = tmp_path / "gw.yaml"
+    lines = RESET_CFG.splitlines()
+    il2 = len(lines) - 1                         # il2's actions line is the last line
+    f.write_text(RESET_CFG.replace("[{output: BEACON, value: 1, reset_value: 0}]",
+                                   "[{output: BEACON, value: 0, reset_value: 1}]"))
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msgs = [(p.line, p.path, p.message) for p in e.value.problems]
+    assert (il2 + 1, "interlocks[1].actions[0].value",
+            "output 'BEACON' gets safe value 0 here but 1 from interlocks[0].actions[1] (il1): one output, "
+            "one safe state") in msgs, msgs
+    assert any(m[1] == "interlocks[1].actions[0].reset_value" and "one reset value" in m[2] for m in msgs), msgs
+    f.write_text(RESET_CFG.replace("[{output: BEACON, value: 1, reset_value: 0}]", "[{output: BEACON, value: 1}]"))
+    with pytest.raises(ConfigError, match="gets reset_value None here but 0 from interlocks"):
+        load_config(f)
+
+
+def test_check_uses_the_alarm_engines_presets_and_warnings(tmp_path: Path):
+    """A1: `check` judges alarms with gateway.alarms (gas_preset, setpoint_warnings), the same translation
+    the running gateway uses (config.tag_alarm_config), not a copy with its own numbers."""
+    f = tmp_path / "a1.yaml"
+    head = ("gateway: {id: s}\nkeys: {private_key: k}\ndevices:\n"
+            "  - name: p\n    protocol: modbus_tcp\n    host: h\n    tags:\n")
+    f.write_text(head +
+                 "      - {name: O2, address: 30001, unit: '%VOL', alarms: {gas: oxygen, L: 18.0}}\n"
+                 "      - {name: LEL, address: 30002, unit: '%LEL', alarms: {gas: combustible,\n"
+                 "         HH: {setpoint: 50, on_delay_s: 45}}}\n")
+    ws = load_config(f).warnings
+    got = {(w.line, w.path, w.message) for w in ws}
+    assert (8, "devices[0].tags[0].alarms", "L set point 18 is looser than the GB/T 50493-2019 5.5.2 limit 19.5") \
+        in got, got
+    assert (9, "devices[0].tags[1].alarms",
+            "HH on-delay 45 s exceeds the 30 s detection budget; capped at 30 s") in got, got
+    # toxic without oel has no preset: only the explicit H exists, so an interlock on HH is refused
+    f.write_text(head +
+                 "      - {name: H2S, address: 30001, unit: ppm, alarms: {gas: toxic, H: 10}}\n"
+                 "      - {name: XV, address: 40001, writable: true}\n"
+                 "interlocks:\n  - name: il\n    inputs: [{tag: H2S, condition: HH}]\n"
+                 "    actions: [{output: XV, value: 0}]\n")
+    with pytest.raises(ConfigError, match="tag 'H2S' has no HH limit"):
+        load_config(f)

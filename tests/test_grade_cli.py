@@ -107,6 +107,7 @@ def test_demo_hazard_unit_is_valid(tmp_path):
 
     f = _demo_with(tmp_path, "hazard:", "hazard:")
     keygen(tmp_path / "keys")  # the demo's signing key (a checked secret file)
+    (tmp_path / "keys" / "receiver-cert.pem").write_text("certificate (public)\n")  # uplink.ca_file must exist
     r = check(f)
     assert r.returncode == 0 and "hazard" not in r.stderr, r.stderr
 

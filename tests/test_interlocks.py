@@ -277,3 +277,24 @@ def test_event_records_are_json():
     assert {r["event"] for r in recs} == {"trip", "input_fault"}
     assert recs[-1]["ts"] == "2023-11-14T22:13:20.000Z" and recs[-1]["type"] == "interlock"
     json.dumps(il.status())
+
+
+def test_reset_value_is_not_written_while_another_tripped_interlock_holds_the_output():
+    """A2: two interlocks drive BEACON (safe 1, reset 0). Resetting one must not switch the beacon off
+    while the other is still tripped; the last reset releases it."""
+    alarms = AlarmEngine([TagAlarmConfig(t, gas_preset("combustible"), gas="combustible") for t in GDS[:2]],
+                         clock=lambda: WALL)
+    specs = [InterlockSpec(f"il{i}", [InterlockInput(t, "HH")], "1oo1", "trip",
+                           [OutputAction("BEACON", 1, reset_value=0)]) for i, t in enumerate(GDS[:2])]
+    il = InterlockEngine(specs, clock=lambda: WALL)
+    feed(alarms, [60, 60], 0)
+    cmds, _ = il.evaluate(alarms, 0)
+    assert [(c.interlock, c.tag, c.value) for c in cmds] == [("il0", "BEACON", 1), ("il1", "BEACON", 1)]
+    feed(alarms, [0, 60], 1)
+    il.evaluate(alarms, 1)
+    cmds, events = il.reset("il0", "op1", "GD1 clear", alarms=alarms, now_mono=2)
+    assert cmds == [] and [e.event for e in events] == ["reset"]     # il1 still holds the beacon on
+    feed(alarms, [0, 0], 3)
+    il.evaluate(alarms, 3)
+    cmds, _ = il.reset("il1", "op1", "GD2 clear", alarms=alarms, now_mono=4)
+    assert [(c.interlock, c.tag, c.value, c.kind) for c in cmds] == [("il1", "BEACON", 0, "reset")]

@@ -138,6 +138,31 @@ async def test_bad_readback_is_not_confirmation():
     assert not om.state("XV100").confirmed and "unusable" in om.state("XV100").last_error
 
 
+async def test_uncertain_readback_is_not_confirmation():
+    """S7: only a GOOD read-back confirms. An UNCERTAIN one (OPC UA UncertainLastUsableValue: the server's
+    cached value, not the valve's present state) is a failed attempt, even when its value matches."""
+    async def write(tag, value):
+        return Reading(tag, value, "", Quality.UNCERTAIN, time.time(), reason="status UncertainLastUsableValue")
+    events = []
+    om = OutputManager(write, events.append, attempts=2, backoff_s=0.01, confirm_timeout_s=1)
+    om.apply([cmd("XV100", 0)])
+    await om.wait_idle(2)
+    s = om.state("XV100")
+    assert not s.confirmed and s.fault and "uncertain" in s.last_error
+    assert "output_confirmed" not in [e["type"] for e in events]
+    assert [e["type"] for e in events].count("output_fault") == 1
+
+
+def test_readback_problem_only_good_and_matching_confirms():
+    from gateway.outputs import readback_problem
+    good = Reading("XV100", 0, "", Quality.GOOD, time.time())
+    assert readback_problem("XV100", good, 0) is None
+    assert "differs" in readback_problem("XV100", good, 1)
+    assert "uncertain" in readback_problem("XV100", Reading("XV100", 0, "", Quality.UNCERTAIN, time.time()), 0)
+    assert "bad" in readback_problem("XV100", Reading.bad("XV100", "", "timeout"), 0)
+    assert "unusable" in readback_problem("XV100", None, 0)
+
+
 async def test_confirm_timeout_raises_fault_before_attempts_end_then_late_confirm():
     coils, events = Coils(), []
     coils.delay_s = 0.15

@@ -45,6 +45,7 @@ def site(tmp_path: Path) -> Path:
         f = tmp_path / "keys" / name
         f.write_text("s3cret\n")
         f.chmod(0o600)
+    (tmp_path / "keys" / "client.pem").write_text("certificate (public; any mode)\n")
     (tmp_path / "gw.yaml").write_text(CONFIG)
     return tmp_path / "gw.yaml"
 
@@ -156,3 +157,12 @@ def test_pem_in_a_log_record_is_redacted(site: Path):
     assert out.count("\n") == 1 and "[redacted PEM]" in out
     assert pem.splitlines()[1] not in out
     assert os.linesep not in out.rstrip("\n")
+
+
+def test_missing_certificate_file_is_an_error_at_its_line(site: Path):
+    """check must not pass a config whose uplink CA or client certificate is missing: run would die on it."""
+    (site.parent / "keys" / "client.pem").unlink()
+    r = check(site)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (err,) = r.stderr.strip().splitlines()
+    assert err.startswith(f"{site}:6:16: uplink.client_cert: file keys/client.pem does not exist")
