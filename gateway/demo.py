@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from gateway.config import load_config
+from hil.rig import stop_process
 from gateway.model import rfc3339
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
@@ -96,17 +96,6 @@ def _read_status(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def _cli(*args: str) -> list[str]:
@@ -173,9 +162,9 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
         await asyncio.sleep(2.0)  # let the last trips confirm and the last readings land
     finally:
         if gw is not None:
-            _stop(gw, 30)
+            stop_process(gw, 30)
         await farm.stop()
-        _stop(receiver, 15)
+        stop_process(receiver, 15)
         for f in logs.values():
             f.close()
     if gw.returncode != 0:

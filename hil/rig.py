@@ -41,6 +41,18 @@ TANK_TAGS = [
     "{name: BEACON, address: {table: coil, address: 3}, type: bool}",
 ]
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM a child, wait up to timeout_s, then SIGKILL; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hil.bench import REPO, TagSim, free_port, tree_cpu_s, tree_rss_mb
+from hil.rig import stop_process
 
 
 def _slope_per_h(points: list[tuple[float, float]]) -> float | None:
@@ -104,16 +104,6 @@ def _config(tags: int, poll_ms: int, port: int, wd: Path, receiver_url: str, ca:
     return "\n".join(lines) + "\n"
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def _run_one(tags: int, poll_ms: int, duration_s: float, warmup_s: float, wd: Path) -> dict[str, Any]:
     from gateway.signing import keygen
     from gateway.tlsutil import make_self_signed
@@ -158,8 +148,8 @@ async def _run_one(tags: int, poll_ms: int, duration_s: float, warmup_s: float, 
         res["uplink_sent_batches"] = (st.get("uplink") or {}).get("sent")
         res["store_unsent"] = (st.get("store") or {}).get("readings_unsent")
     finally:
-        _stop(gw)
-        _stop(receiver)
+        stop_process(gw)
+        stop_process(receiver)
         logs.close()
         await sim.stop()
     if gw.returncode not in (0, None):
