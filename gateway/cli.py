@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.shipped import version
+
 
 def _err(msg: str) -> None:
     print(f"hazard-gateway: {msg}", file=sys.stderr)
@@ -277,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hazard-gateway", description=(
         "Edge gateway for major-hazard installations. An additional monitoring and protection layer; "
         "not a safety instrumented system (IEC 61511)."))
+    p.add_argument("--version", action="version", version=f"hazard-gateway {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the daemon")

@@ -37,10 +37,11 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from gateway.config import load_config
+from gateway.shipped import shipped
 from hil.rig import stop_process
 from gateway.model import rfc3339
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+REPO_CONFIG = shipped("config/demo.yaml")
 
 # Simulator names of the demo tags (hil.farm watch names), for crossing times.
 SIM_NAME = {"T101.level": "T101.level", "T102.level": "T102.level", "GD1.gas": "LEL.1", "GD2.gas": "LEL.2",

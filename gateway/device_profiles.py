@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,13 +52,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from gateway.shipped import shipped
 from gateway.config import NAME_RE, ConfigError, ModbusTag, Problem, Strict, read_yaml, validation_problems
 
-#: profiles shipped with the gateway: the source tree's config/profiles, or after a plain pip install
-#: <prefix>/share/hazard-gateway/config/profiles (pyproject data-files)
-BUILTIN_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "config" / "profiles",
-                                Path(sys.prefix) / "share" / "hazard-gateway" / "config" / "profiles")
-                    if d.is_dir()), Path(__file__).resolve().parent.parent / "config" / "profiles")
+#: profiles shipped with the gateway (gateway.shipped: the source tree, or the wheel's data directory)
+BUILTIN_DIR = shipped("config/profiles")
 
 #: device keys a profile may preset (device_defaults); serial ones only reach modbus_rtu devices
 DEVICE_DEFAULT_KEYS = {"baudrate", "parity", "stopbits", "bytesize", "unit_id", "poll_interval_ms", "timeout_ms",

@@ -35,23 +35,13 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from gateway.shipped import shipped
+
 SERVICE = "hazard-gateway"
 USER = "hazard-gateway"
 STATE_DIR = "/var/lib/hazard-gateway"
 DEFAULT_CONFIG_DIR = "/etc/hazard-gateway"
 DEFAULT_EXEC = "/usr/local/bin/hazard-gateway"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def shipped(sub: str) -> Path:
-    """A file shipped with the package: in the source tree (checkout, editable install) or, after
-    a plain `pip install`, under PREFIX/share/hazard-gateway (pyproject [tool.setuptools.data-files])."""
-    for base in (REPO, Path(sys.prefix) / "share" / "hazard-gateway"):
-        if (base / sub).exists():
-            return base / sub
-    return REPO / sub
-
-
 SYSTEMD_SRC = shipped("systemd")
 EXAMPLE_SITE = shipped("config/example-site.yaml")
 

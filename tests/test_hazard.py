@@ -19,7 +19,7 @@ from gateway.hazard import (ColourMap, DensityTable, HazardEngine, HorizontalCyl
 from gateway.hazard.substances import SubstanceTable, cas_valid, default_table
 from gateway.model import Quality, Reading
 
-PY = "/work/main/.venv/bin/python"
+PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
 

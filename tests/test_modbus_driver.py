@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import tty
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -702,10 +703,7 @@ async def test_rtu_port_missing_is_comm_fault():
 def test_crc_reference_frames():
     assert crc16(bytes.fromhex("01 03 00 00 00 02")) == 0x0BC4
     # frames of the public-domain sigrok capture (wizmodbus, 9600 8N1)
-    from pathlib import Path
-    tsv = Path("/work/shared/real/modbus_rtu/wizmodbus.rtu.tsv")
-    if not tsv.exists():
-        pytest.skip("real capture not present")
+    tsv = Path(__file__).parent / "data" / "real" / "wizmodbus.rtu.tsv"  # attribution: tests/data/real/ATTRIBUTION.md
     frames = [bytes.fromhex(line.split("\t")[4]) for line in tsv.read_text().splitlines() if not line.startswith("#")]
     from drivers.modbus import crc_ok, scan_rtu_reply
     assert frames and all(crc_ok(f) for f in frames)
