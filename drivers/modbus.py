@@ -18,11 +18,11 @@ Design choices
   never blocks a poll while the peer is down (requests fail fast with
   "comm fault" until the next attempt is due), closes and reopens after 3
   consecutive timeouts (a black-holed connection), and maps a raw
-  ConnectionResetError escaping pymodbus (DESIGN.md, known faults) to a
+  ConnectionResetError escaping pymodbus (docs/design.md, Known dependency faults) to a
   link fault.
 * RTU does NOT use pymodbus's serial client: after a CRC mismatch it drops
   its whole receive buffer, and a foreign slave's frame arriving together
-  with the real reply can hide that reply (DESIGN.md, known faults; case
+  with the real reply can hide that reply (docs/design.md, Known dependency faults; case
   C08). :class:`RtuLink` owns the port through pyserial (non-blocking fd +
   ``loop.add_reader``) and does its own framing: requests are built with
   struct, CRC-16/MODBUS appended; before each request it waits the silent
@@ -405,7 +405,7 @@ class TcpLink(_Link):
                     self.backoff.next_attempt = 0.0  # reopen at once on the next request
                 raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)") from None
             except (ConnectionException, ConnectionError, OSError) as e:
-                # includes the raw ConnectionResetError pymodbus lets escape (DESIGN.md known faults)
+                # includes the raw ConnectionResetError pymodbus lets escape (docs/design.md, Known dependency faults)
                 self._drop(type(e).__name__)
                 raise LinkDown(f"comm fault: {self.name} {type(e).__name__}") from None
             self._timeouts = 0

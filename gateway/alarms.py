@@ -1,6 +1,6 @@
 """Alarm engine: limit alarms with deadband, on/off delay, latching, acknowledge, shelve and first-out.
 
-Pure, in-memory state machine that runs in the poll tick (DESIGN.md "two paths"): it never
+Pure, in-memory state machine that runs in the poll tick (docs/design.md "two paths"): it never
 touches the disk or the network. The caller feeds :meth:`AlarmEngine.update` with every
 :class:`gateway.model.Reading` and calls :meth:`AlarmEngine.tick` at least once per poll tick;
 both return :class:`AlarmEvent` lists that the caller queues to the record path.
@@ -13,12 +13,12 @@ Sources of the rules:
 - Gas set points: GB/T 50493-2019 clause 5.5.2 (combustible level 1 <= 25 %LEL, level 2 <= 50 %LEL;
   toxic level 1 <= 100 %OEL, level 2 <= 200 %OEL; oxygen over 23.5 %VOL / under 19.5 %VOL).
 - Alarm order: level 2 before level 1, toxic before combustible at the same level, then time
-  (GB/T 50493-2009 3.0.2; the 2019 edition is unconfirmed, see DOMAIN.md).
+  (GB/T 50493-2009 3.0.2; the 2019 edition is unconfirmed, see docs/domain.md).
 - Latching until a manual reset after the gas has cleared, first-out identification, fault distinct
-  from gas alarm: alarm-controller behaviour of GB 16808 (test methods; DOMAIN.md marks it [?]).
+  from gas alarm: alarm-controller behaviour of GB 16808 (test methods; docs/domain.md marks it [?]).
 - Detection time: detectors respond within 30 s (commissioning rules), so the on-delay of a gas alarm
   is capped at ``gas_on_delay_cap_s`` (30 s by default).
-- Output faults (issue 4): an output write not confirmed by read-back raises an OUTPUT alarm of the
+- Output faults (docs/design.md, Fail safe): an output write not confirmed by read-back raises an OUTPUT alarm of the
   output tag (:meth:`AlarmEngine.set_output_fault`), shown in the active list like any other alarm.
 - C03: a NaN / sentinel reading arrives as quality BAD with value None. A bad or stale reading is never
   "within limits": it raises a QUALITY alarm of its own kind, it never clears a process alarm, and
@@ -44,7 +44,7 @@ OUTPUT = "OUTPUT"
 STATES = ("normal", "unacked", "acked", "rtn_unacked", "shelved", "suppressed", "out_of_service")
 HIDDEN_STATES = ("shelved", "suppressed", "out_of_service")
 GASES = ("combustible", "toxic", "oxygen")
-#: Detector response time budget (commissioning rules, DOMAIN.md): an on-delay never exceeds it.
+#: Detector response time budget (commissioning rules, docs/domain.md): an on-delay never exceeds it.
 GAS_ON_DELAY_CAP_S = 30.0
 #: GB/T 50493-2019 5.5.2 ceilings.
 COMBUSTIBLE_L1_LEL = 25.0
@@ -464,7 +464,7 @@ class AlarmEngine:
     def add_output_alarm(self, tag: str, priority: int = 1, group: str | None = None) -> str:
         """Register the OUTPUT (output-fault) alarm of output tag ``tag``; returns its id f"{tag}.OUTPUT".
 
-        An output fault (a write not confirmed by read-back in time, issue 4) is an alarm of its own kind,
+        An output fault (a write not confirmed by read-back in time; docs/design.md, Fail safe) is an alarm of its own kind,
         distinct from process and QUALITY alarms: it shows in :meth:`active` and is acknowledged like any
         other. It is driven only by :meth:`set_output_fault`. Idempotent.
         """

@@ -2,11 +2,11 @@
 
 Rules and their sources:
 
-- GB 16808-2008 4.2 (indicator conventions; DOMAIN.md): an alarm indicator flashes at >= 1 Hz, a
+- GB 16808-2008 4.2 (indicator conventions; docs/domain.md): an alarm indicator flashes at >= 1 Hz, a
   fault indicator at >= 0.2 Hz. Each annunciator is ``steady`` (on while it has something to show) or
   ``flash`` (on for half a period, off for the other half, at ``alarm_hz`` for a process alarm and
   ``fault_hz`` for a fault); a process alarm outranks a fault.
-- GB 16808 test methods (DOMAIN.md, marked [?]): silence is allowed (an operator action); a new alarm
+- GB 16808 test methods (docs/domain.md, GB 16808; marked [?] there): silence is allowed (an operator action); a new alarm
   sounds again. ISA-18.2: acknowledging an alarm silences it.
 - Faults (comm fault, bad quality, stale, output fault: the QUALITY and OUTPUT alarm kinds) are
   distinct from gas / process alarms (GB 16808; GB/T 50493-2019 5.1.2 sends them separately).

@@ -2,7 +2,7 @@
 
 A batch is stored BEFORE it is sent and resent byte-identical until acknowledged, so the
 receiver can deduplicate by (gateway_id, seq) and the record path is exactly-once in
-effect (DESIGN.md "Two paths", C14b, C15). Payload (JSON, signed as a compact JWS by
+effect (docs/design.md "Two paths", C14b, C15). Payload (JSON, signed as a compact JWS by
 ``gateway.signing.Signer``, RFC 7515 s.7.1 / RFC 8037)::
 
     {"gateway_id": str, "seq": int (1, 2, 3 ... no gaps), "prev": chain_hash(previous

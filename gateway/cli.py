@@ -26,7 +26,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, check_secrets, check_state_dirs
 
     cfg = load_config(args.file)
-    secrets = check_secrets(cfg)  # issue 6: secret files exist and are readable by the owner only
+    secrets = check_secrets(cfg)  # docs/design.md, Secrets: secret files exist and are readable by the owner only
     dirs = check_state_dirs(cfg)  # state_dir and the store directory can be created (run creates them)
     errors = secrets + [p for p in dirs if not p.warning]
     if errors:
@@ -163,7 +163,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    """GB 18218-2018 identification (S) and grading (R) of one unit from quantities (issue 7)."""
+    """GB 18218-2018 identification (S) and grading (R) of one unit from quantities (docs/domain.md, GB 18218-2018)."""
     from gateway.hazard import grade_command
 
     return grade_command(args.people, args.substance)

@@ -11,7 +11,7 @@ monotonic clock advanced since the previous tick. A difference larger than ``thr
 ``makestep``) is a step: it is remembered (``last_step_s``, signed seconds, + = forward)
 and returned so the caller records a ``clock_step`` event. ``state()`` is the Batcher's
 ``clock_fn``: ``{"synchronised": bool | None, "last_step_s": float | None}``, carried in
-every batch (issue 5, "Clock").
+every batch (docs/design.md, Clock).
 
 ``synchronised`` comes from the kernel's NTP discipline: ``adjtimex(2)`` with modes 0 (a
 read, no privilege needed) returns TIME_ERROR (5) while the clock is unsynchronised

@@ -9,7 +9,7 @@ Shape (see config/example-site.yaml for a commented template)::
                  batch_max_readings, interval_ms}
     devices:    [{name, protocol: modbus_tcp|modbus_rtu|opcua, ..., tags: [...]}]
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
-    hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, issue 7)
+    hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, docs/domain.md)
     control:    {socket, mode, group, max_shelve_minutes}   (operator socket)
     annunciators: [{output, kind: beacon|horn, pattern: steady|flash, alarm_hz, fault_hz, groups, priorities}]
     (a Modbus device may carry heartbeat: {address, interval_ms, mode: count|toggle})
@@ -91,7 +91,7 @@ class GatewaySection(Strict):
 
 
 def _secret_path(v: Any) -> Any:
-    """A secret is given as a file path, never inline (issue 6): refuse PEM / multi-line key material."""
+    """A secret is given as a file path, never inline (docs/design.md, Secrets): refuse PEM / multi-line key material."""
     if isinstance(v, str) and ("-----BEGIN" in v or "\n" in v.strip()):
         raise ValueError("key material must not be inline: put it in a file (chmod 600) and give the file's path")
     return v
@@ -304,7 +304,7 @@ class DeviceBase(Strict):
 
 class HeartbeatCfg(Strict):
     """Watchdog register the gateway writes every interval_ms so the PLC can trip by itself when the
-    gateway stops (issue 4; DESIGN.md fail-safe). mode count: a holding register counts 0..65535 and
+    gateway stops (docs/design.md, Fail safe). mode count: a holding register counts 0..65535 and
     wraps; mode toggle: a holding register or a coil alternates 0/1."""
 
     address: Union[ModbusAddress, int, str] = Field(
@@ -453,7 +453,7 @@ class InterlockCfg(Strict):
 
 class ControlSection(Strict):
     """The operator socket (`hazard-gateway ack|reset|shelve|unshelve|bypass|silence|status`): a local
-    unix stream socket; who may act is decided by the socket file's mode and group (issue 4)."""
+    unix stream socket; who may act is decided by the socket file's mode and group (docs/design.md, Fail safe)."""
 
     socket: str | None = Field(None, description="socket path (default: state_dir/control.sock)")
     mode: int = Field(0o660, description="permission bits of the socket file, octal (\"0660\")",
@@ -497,7 +497,7 @@ class AnnunciatorCfg(Strict):
 
 
 class HazardSection(Strict):
-    """GB 18218-2018 major-hazard units (issue 7, gateway/hazard). Each entry of ``units`` has the shape
+    """GB 18218-2018 major-hazard units (gateway/hazard; docs/domain.md, GB 18218-2018). Each entry of ``units`` has the shape
     that gateway.hazard.unit_from_dict documents (name, people_500m, tanks, vessels, fixed, overrides,
     colour_map, colour_basis, major_hazard_code, alarm_tags); it is checked, with FILE:LINE:COL, in
     _hazard_checks (every tag must exist, with a unit the volume model understands)."""
@@ -635,7 +635,7 @@ def _value_pos(root: Any, loc: tuple) -> tuple[int, int] | None:
     return None
 
 
-#: keys that would hold a secret inline; refused with a message saying to use a file (issue 6)
+#: keys that would hold a secret inline; refused with a message saying to use a file (docs/design.md, Secrets)
 INLINE_SECRET_KEYS = {"password", "passwd", "pass", "passphrase", "secret", "token", "api_key", "apikey",
                       "private_key_pem", "key_pem", "pin"}
 
@@ -953,7 +953,7 @@ def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
 
 def _safety_io_checks(cfg: LoadedConfig, at: Any) -> None:
     """Annunciator outputs (known, writable, one writer per output; GB 16808-2008 4.2 flash rates) and
-    heartbeats (issue 4: every PLC that carries an interlock output should have one)."""
+    heartbeats (every PLC that carries an interlock output should have one; docs/design.md, Fail safe)."""
     import grp
 
     m = cfg.model
@@ -997,7 +997,7 @@ def _where_loc(where: str) -> tuple:
 
 
 def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
-    """The hazard: section (issue 7): each unit through gateway.hazard.unit_from_dict and HazardEngine
+    """The hazard: section (docs/domain.md, GB 18218-2018): each unit through gateway.hazard.unit_from_dict and HazardEngine
     (their one-line errors placed at the key they name), unique unit names, tags that exist with a unit
     the volume model takes (level m/cm/mm/%, temperature degC/K, pressure Pa/kPa/MPa/bar), and
     enterprise / major-hazard codes that make valid point codes (gateway.hazard.point_code)."""
@@ -1074,7 +1074,7 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
             at((*base, key) if key else base, msg)
 
 
-# --- secret files (issue 6) ---------------------------------------------------------------------
+# --- secret files (docs/design.md, Secrets) ---------------------------------------------------------------------
 
 def secret_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[tuple, str]]:
     """(location, configured path) of every secret file: keys.private_key, uplink.client_key (or

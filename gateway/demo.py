@@ -231,11 +231,11 @@ def _summary(cfg: Any, wd: Path, farm: Any, trust: Path, elapsed_s: float) -> di
         "readings_lost": lost,
         "alarms": alarms,
         "trips": trips,
-        # GB 18218-2018 unit grade / colour / uncertain changes as received by the regulator (issue 7)
+        # GB 18218-2018 unit grade / colour / uncertain changes as received by the regulator (docs/domain.md, GB 18218-2018)
         "hazard": [{k: e.get(k) for k in ("ts", "unit", "from_grade", "to_grade", "from_colour", "to_colour", "R",
                                           "uncertain", "changes")} for e in events if e.get("type") == "hazard"],
         # built: signed and stored by the gateway; sent: acknowledged by the receiver (a batch counts as
-        # sent only at its ack, DESIGN.md "Two paths"); batches_acked is the same figure, kept for readers
+        # sent only at its ack, docs/design.md "Two paths"); batches_acked is the same figure, kept for readers
         "batches_built": batches_built,
         "batches_sent": batches_acked,
         "batches_acked": batches_acked,

@@ -1,6 +1,6 @@
 """The Gateway: the one object that owns the running parts, built from the config.
 
-Two paths, never coupled (DESIGN.md):
+Two paths, never coupled (docs/design.md):
 
 * SAFETY PATH, in the poll tick and from memory: a device's readings go to the
   alarm engine, the interlock engine votes, and the output manager starts
@@ -58,7 +58,7 @@ ALARM_TICK_S = 0.1
 STATUS_EVERY_S = 1.0
 HAZARD_TICK_S = 1.0  # re-check stale hazard inputs and the unit alarm state this often
 DRAIN_ON_STOP_S = 5.0  # bound of the final upload at SIGTERM
-OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (issue 4)
+OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (docs/design.md, Fail safe)
 SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for this long
 
 
@@ -116,7 +116,7 @@ def check_valid_range(readings: list[Reading], ranges: dict[str, tuple[float, fl
     its tag's valid range turned BAD, reason "out of range: V outside valid_range [lo, hi]" (time,
     time source and raw kept). The one place valid_range is applied (Gateway.on_readings, before the
     safety step, for every protocol; the probe shows the same). A value outside what the instrument
-    can measure is a fault, never a reading "within limits" (DESIGN.md fail-safe; NAMUR NE 43 for
+    can measure is a fault, never a reading "within limits" (docs/design.md fail-safe; NAMUR NE 43 for
     4-20 mA loops is checked by the codec). Booleans and strings are not ranged."""
     if not ranges:
         return readings
@@ -134,7 +134,7 @@ def check_valid_range(readings: list[Reading], ranges: dict[str, tuple[float, fl
     return out
 
 
-#: a device's readings count as fresh for this many poll periods (plus its link's timeouts), issue 4
+#: a device's readings count as fresh for this many poll periods (plus its link's timeouts); docs/design.md, Fail safe
 STALE_POLL_PERIODS = 3
 #: timeouts one poll cycle may spend per device sharing a link: a connect, a request and its retry
 #: (drivers.modbus retries=1; a unit that timed out is skipped for the rest of the cycle)
@@ -147,8 +147,8 @@ def fresh_windows(cfg: LoadedConfig) -> dict[str, float]:
     (gateway.health.link_key: one RS-485 bus, one TCP host:port), STALE_TIMEOUTS_PER_DEVICE timeouts,
     since a silent device on a shared bus legitimately holds the link that long per cycle. A device that
     does not answer still delivers (BAD "timeout" readings) within this window; only a hung poll loop
-    (a driver that never returns, a dead task) does not. Issue 4: "no fresh reading within N poll
-    periods" is a fault."""
+    (a driver that never returns, a dead task) does not ("no fresh reading within N poll
+    periods" is a fault; docs/design.md, Fail safe)."""
     enabled = [d for d in cfg.model.devices if d.enabled]
     link_wait: dict[tuple, float] = {}
     for d in enabled:
@@ -172,9 +172,9 @@ def alarm_configs(cfg: LoadedConfig) -> list[TagAlarmConfig]:
     """TagAlarmConfig per tag that has alarms (gateway.config.tag_alarm_config: GB/T 50493-2019 5.5.2
     presets, then explicit limits); every other input tag still gets its QUALITY alarm.
 
-    stale_after_s: the tag's configured value, else derived from its device (issue 4: no fresh reading,
+    stale_after_s: the tag's configured value, else derived from its device (no fresh reading,
     good or bad, within STALE_POLL_PERIODS poll periods plus the link's timeouts, see fresh_windows;
-    gas tags at most GAS_ON_DELAY_CAP_S), so a hung poll loop makes its tags stale (QUALITY alarm
+    gas tags at most GAS_ON_DELAY_CAP_S; docs/design.md, Fail safe), so a hung poll loop makes its tags stale (QUALITY alarm
     "stale", an unknown interlock input that votes to trip) instead of leaving the last value "known"
     forever."""
     out = []
@@ -276,7 +276,7 @@ class Gateway:
         self.polls: dict[str, dict[str, Any]] = {d.name: {"protocol": d.protocol, "polls": 0, "bad": 0,
                                                           "last_poll": None} for d in self.devices}
         # readings handed to the store's queue (put_reading accepted them); a reading counts as taken only
-        # once committed (DESIGN.md "Two paths"): that figure is Store.stats()["readings_committed"]
+        # once committed (docs/design.md "Two paths"): that figure is Store.stats()["readings_committed"]
         self.readings_queued = 0
         self.forwarder: Any = None
         self.started_at = time.time()
@@ -287,7 +287,7 @@ class Gateway:
         self._fw_task: asyncio.Task | None = None
         self._aux_tasks: list[asyncio.Task] = []
         self._reload_lock = asyncio.Lock()  # SIGHUP reload (gateway.reload) vs shutdown
-        # issue 4: PLC watchdog registers, beacons / horns, the operator socket (gateway.control)
+        # docs/design.md, Fail safe: PLC watchdog registers, beacons / horns, the operator socket (gateway.control)
         self.last_safety_mono: float | None = None
         # devices whose poll loops feed an interlock input, with the window they must deliver within (S6)
         windows = fresh_windows(cfg)
@@ -403,7 +403,7 @@ class Gateway:
         ev = dict(ev)
         ev.setdefault("type", "output")
         self._log_event(ev)
-        if ev["type"] in ("output_fault", "output_confirmed"):  # an unconfirmed write is an alarm (issue 4)
+        if ev["type"] in ("output_fault", "output_confirmed"):  # an unconfirmed write is an alarm (docs/design.md, Fail safe)
             self._set_output_fault(ev["tag"], ev["type"] == "output_fault", ev.get("error"))
 
     def _set_output_fault(self, tag: str, fault: bool, reason: str | None) -> None:

@@ -1,6 +1,6 @@
 """Heartbeat: the gateway keeps a watchdog register changing in every PLC that carries an interlock output.
 
-Issue 4 / DESIGN.md (fail-safe): the PLC watches the register and trips by itself when it stops
+docs/design.md (Fail safe, Heartbeat): the PLC watches the register and trips by itself when it stops
 changing, so a dead, hung or disconnected gateway cannot leave a plant unprotected. Configured per
 Modbus device::
 

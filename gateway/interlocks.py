@@ -1,6 +1,6 @@
 """Interlocks: MooN voting over alarm conditions, fail-safe on unknown inputs, latch, reset and bypass.
 
-Pure, in-memory logic run in the poll tick right after the alarm engine (DESIGN.md "two paths").
+Pure, in-memory logic run in the poll tick right after the alarm engine (docs/design.md "two paths").
 :meth:`InterlockEngine.evaluate` reads :meth:`gateway.alarms.AlarmEngine.condition` for every input
 and returns the :class:`TripCommand` list for :class:`gateway.outputs.OutputManager` plus the
 :class:`InterlockEvent` journal entries.
@@ -11,7 +11,7 @@ Rules and their sources:
   GB 16808-2025 clause 5.5.1.8 lets a controller confirm an alarm only when two or more detectors
   alarm: that is 2oo2 / 2oo3 voting. HH/LL come from instruments separate from the control one
   (SH/T 3007 5.4, GB 50074 15.1), so interlocks vote across independent inputs.
-- Fail-safe (DESIGN.md; C03): an input whose condition is unknown (bad quality, stale, comm fault,
+- Fail-safe (docs/design.md; C03): an input whose condition is unknown (bad quality, stale, comm fault,
   no reading yet) votes to trip when ``on_fault == "trip"`` (the default); with "hold" it does not
   vote and the interlock keeps its state. Either way the interlock cannot be reset, nor clear by
   itself, while the unknown inputs could still make up M votes, and a fault event is raised.

@@ -13,7 +13,7 @@
   ``extra={"key": ...}`` when given, else logger + level + the formatted message.
   Only WARNING and above are limited: INFO lines are events (alarm transitions) and
   are never rate-limited.
-* Nothing that logs waits on the log's consumer (DESIGN.md: the safety path never waits on
+* Nothing that logs waits on the log's consumer (docs/design.md: the safety path never waits on
   the disk). The caller only formats the message and puts the record into a bounded
   in-memory queue (:class:`DroppingQueueHandler`, a ``logging.handlers.QueueHandler``);
   one writer thread (``logging.handlers.QueueListener``) formats the line and writes it

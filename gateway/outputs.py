@@ -2,7 +2,7 @@
 
 The safety path calls :meth:`OutputManager.apply` in the poll tick; it only starts asyncio tasks and
 returns at once, so a slow device, a full disk or a dead uplink never delays the next tick
-(DESIGN.md "two paths"). Each write:
+(docs/design.md "two paths"). Each write:
 
 - goes through ``write(tag, value) -> Reading`` (the device write with read-back, drivers/base.py
   ``Device.write``), which raises gateway.model.WriteError when rejected or echoed wrongly;
@@ -151,8 +151,8 @@ class OutputManager:
     "output_fault", "tag", "value", "interlock", "attempt", "error", "ts" (RFC 3339)}.
     attempts >= 1, backoff_s / backoff_max_s / attempt_timeout_s / confirm_timeout_s in seconds.
     retry_after_fault_s: None (default) = give up after ``attempts`` (the fault stands); a number = after
-    the fault, keep retrying every that many seconds until confirmed or superseded (issue 4: an
-    unconfirmed output write raises an output-fault alarm and is retried).
+    the fault, keep retrying every that many seconds until confirmed or superseded (an
+    unconfirmed output write raises an output-fault alarm and is retried; docs/design.md, Fail safe).
     clock: wall clock (time.time); monotonic time always comes from time.monotonic().
     """
 

@@ -1,6 +1,6 @@
 """Report by exception on the record path: store a tag's reading only when it says something new.
 
-Per tag (config ``report: {deadband, max_silence_s}`` on a tag; issue 5 "Store"), a reading
+Per tag (config ``report: {deadband, max_silence_s}`` on a tag; docs/design.md, Record path), a reading
 is recorded when any of these holds, else it is left out of the store (the safety path has
 already seen it: alarms and interlocks are evaluated on every reading, and alarm and trip
 events are stored unconditionally):

@@ -9,7 +9,7 @@ must survive is copied out here:
   their wall-clock expiry (gateway.interlocks.InterlockEngine.export_state);
 * latched alarms awaiting reset (gateway.alarms.AlarmEngine.export_state).
 
-Writing never touches the safety path (DESIGN.md "two paths"): :class:`SafetyStatePersister` runs as
+Writing never touches the safety path (docs/design.md "two paths"): :class:`SafetyStatePersister` runs as
 a small background task that takes the in-memory snapshot every :data:`WRITE_EVERY_S` seconds (a pure
 dict build on the event loop), compares it with the last one written (the comparison is the change
 counter: no mutation path, a SIGHUP reload's carry-over included, can be missed), and only when it

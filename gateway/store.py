@@ -1,6 +1,6 @@
 """The record path's durable buffer: readings, events, gaps and signed batches in SQLite.
 
-Shape of the record path (DESIGN.md, "Two paths, never coupled")::
+Shape of the record path (docs/design.md, "Two paths, never coupled")::
 
     poll tick --put_reading()/put_event()--> bounded in-memory queues (never wait on SQLite)
               --writer thread, one transaction per commit interval--> SQLite (WAL)

@@ -360,7 +360,7 @@ def per_packet_counts(path: str | Path, server_port: int = 502) -> dict[int, tup
     """Function code -> (requests, responses) counted packet by packet, without reassembly.
 
     The naive method of simple capture tools (and of the counts in
-    ../shared/real/MANIFEST.md, made with dpkt): each TCP payload is split
+    tests/data/real/ATTRIBUTION.md, made with dpkt): each TCP payload is split
     into MBAP ADUs on its own, a header whose protocol id is not 0 ends the
     payload, a length running past the payload is cut there, and
     retransmitted segments count again. Kept to check the reader against

@@ -1,6 +1,6 @@
 """Replay peers: answer captured Modbus requests with the captured responses, byte for byte.
 
-Real traffic (../shared/real/, copied to tests/data/real/) is turned into a
+Real traffic (tests/data/real/, see its ATTRIBUTION.md) is turned into a
 table of outcomes: for each request key (unit id, request PDU bytes) the
 responses in capture order, ``None`` where the capture holds no answer (the
 device never replied: a timeout in the field). A replay peer serves that

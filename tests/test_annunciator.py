@@ -1,4 +1,4 @@
-"""Beacons and horns (gateway.annunciator) and output faults as alarms (issue 4).
+"""Beacons and horns (gateway.annunciator) and output faults as alarms (docs/design.md, Fail safe).
 
 The logic is checked by tables over a real AlarmEngine; the outputs are checked on the HIL tank
 PLC (pymodbus TCP): its own event log of client coil writes is the witness of flash rate, silence

@@ -1,4 +1,4 @@
-"""Crash test (issue 5 "Done means"): SIGKILL the gateway daemon 30 times at random moments.
+"""Crash test (docs/design.md, Record path): SIGKILL the gateway daemon 30 times at random moments.
 
 The daemon (`python -m gateway.cli run`) polls the HIL tank PLC (hil.tank_plc, Modbus TCP,
 10 tags at 10 Hz, in this process) and uploads over HTTPS to the reference receiver

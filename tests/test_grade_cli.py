@@ -1,7 +1,7 @@
-"""`hazard-gateway grade` (issue 7) and the config's hazard: section through `hazard-gateway check`.
+"""`hazard-gateway grade` and the config's hazard: section through `hazard-gateway check`.
 
 Each case runs the real command line in a child process. Expected numbers are worked by hand from
-GB 18218-2018 (via ../shared/DOMAIN.md): S = sum q/Q, R = alpha sum beta q/Q, grade 1: R >= 100,
+GB 18218-2018 (see docs/domain.md): S = sum q/Q, R = alpha sum beta q/Q, grade 1: R >= 100,
 2: 50..100, 3: 10..50, 4: < 10; alpha 2.0 (>= 100 people), 1.5 (50-99), 1.2 (30-49), 1.0 (1-29), 0.5 (0).
 """
 
@@ -29,7 +29,7 @@ def ok(*args: str) -> dict:
 
 
 def test_worked_check_chlorine_and_lpg():
-    # DOMAIN.md: 20 t Cl2 + 100 t LPG, 35 people: S = 20/5 + 100/50 = 6, R = 1.2 (4 x 4 + 1.5 x 2) = 22.8
+    # docs/domain.md: 20 t Cl2 + 100 t LPG, 35 people: S = 20/5 + 100/50 = 6, R = 1.2 (4 x 4 + 1.5 x 2) = 22.8
     out = ok("--people", "35", "--substance", "氯=20", "--substance", "LPG=100")
     assert out["S"] == pytest.approx(6.0) and out["R"] == pytest.approx(22.8) and out["alpha"] == 1.2
     assert out["grade"] == 3 and out["major_hazard"] is True

@@ -69,7 +69,7 @@ def test_categories_tables_2_and_4():
     assert t.find("J3").beta == 2 and t.find("J4").beta == 2 and t.find("J5").beta == 1
     assert t.find("W5.1").beta == 1.5 and {t.find(c).beta for c in ("W5.2", "W5.3", "W5.4")} == {1.0}
     assert {t.find(c).beta for c in ("W1.1", "W1.2", "W1.3")} == {2.0}
-    # table 2 Q values are not in DOMAIN.md: they must be flagged as unverified
+    # table 2 Q values are not in docs/domain.md: they must be flagged as unverified
     assert "Q" in t.find("W5.3").unverified
     # named substance not in table 3: beta through its category
     assert find("LPG").beta == 1.5 and find("LPG").category == "W2"
@@ -94,7 +94,7 @@ def test_table3_betas_and_domain_q_values_match_domain_md():
     for n, v in q.items():
         assert find(n).Q_t == v, n
         assert "Q" not in find(n).unverified, n
-    # values that DOMAIN.md does not give are marked
+    # values that docs/domain.md does not give are marked
     assert "Q" in find("HCl").unverified and "Q" in find("methyl isocyanate").unverified
 
 

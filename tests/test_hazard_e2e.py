@@ -1,4 +1,4 @@
-"""Issue 7 end to end: a filling tank moves a GB 18218-2018 unit across a grade boundary, live.
+"""GB 18218-2018 grading end to end (docs/domain.md): a filling tank moves a GB 18218-2018 unit across a grade boundary, live.
 
 Real peers on 127.0.0.1: the HIL tank PLC (pymodbus TCP server with its level physics), the Gateway
 in-process (Modbus driver, alarms, interlocks, HazardEngine, SQLite store, HTTPS forwarder) and the

@@ -1,4 +1,4 @@
-"""Interlocks end to end over the real simulators (issue 4 "Done means").
+"""Interlocks end to end over the real simulators (docs/design.md, Fail safe).
 
 The HIL tank farm (hil.farm.TankFarm: pymodbus TCP tank PLC, three PT495-like detectors on a paced
 RTU pty bus, asyncua plant) runs in this process; a Gateway is built from a YAML config in tmp_path

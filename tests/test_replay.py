@@ -2,7 +2,7 @@
 
 Parsing: hil.pcap reassembles the TCP streams of four public captures and
 splits MBAP ADUs; the counts per function code are checked against
-../shared/real/MANIFEST.md (made independently with dpkt); every PDU must
+the dpkt counts in tests/data/real/ATTRIBUTION.md (made independently); every PDU must
 decode with pymodbus's DecodePDU; every RTU frame of three logic-analyser
 captures of real devices must pass our CRC and be found by our
 resynchronising reply scanner (drivers.modbus.scan_rtu_reply).
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 
 REAL = Path(__file__).parent / "data" / "real"
 
-# ../shared/real/MANIFEST.md section 1: function code -> (requests, responses), dpkt per-packet counts
+# tests/data/real/ATTRIBUTION.md, dpkt counts: function code -> (requests, responses), dpkt per-packet counts
 MANIFEST_TCP = {
     "ModbusTCP.pcap": ({1: (1519, 1519), 2: (1574, 1580), 4: (2768, 2767), 15: (2115, 2113), 16: (14, 14)}, 15983),
     "modbus_test.pcap": ({4: (1079, 1053), 6: (63, 63)}, 2258),
@@ -44,7 +44,7 @@ MANIFEST_TCP = {
                                      17: (2, 2), 42: (0, 2), 43: (2, 0)}, 48),
     "modbusSmall.pcap": ({1: (8, 8), 15: (8, 8)}, 32),
 }
-# section 2: file -> (frames, master line label, {function: requests})
+# RTU frame lists (ATTRIBUTION.md): file -> (frames, master line label, {function: requests})
 MANIFEST_RTU = {
     "brainchild-io-16do.rtu.tsv": (30, "TX", {1: 2, 2: 2, 3: 2, 4: 2, 5: 2, 6: 2, 15: 2, 16: 1}),
     "wizmodbus.rtu.tsv": (88, "RX", {3: 40, 6: 4}),

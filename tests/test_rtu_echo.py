@@ -1,4 +1,4 @@
-"""RTU local echo of 2-wire RS-485 adapters (issue 3), over the paced hil SerialLine.
+"""RTU local echo of 2-wire RS-485 adapters, over the paced hil SerialLine.
 
 SerialLine(local_echo=True) hears every character the gateway transmits, as
 a 2-wire adapter with its receiver left enabled does. A small slave thread

@@ -1,4 +1,4 @@
-"""A vanished serial port (USB adapter unplugged, /dev/serial/by-id link re-pointed), issue 3.
+"""A vanished serial port (USB adapter unplugged, /dev/serial/by-id link re-pointed).
 
 The gateway opens a symlink, as it would /dev/serial/by-id/...; the paced
 hil SerialLine behind it is stopped (its ptys close, the link disappears:

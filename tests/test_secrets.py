@@ -1,4 +1,4 @@
-"""Secrets only by file path (issue 6): `check` and `run` refuse missing secret files and files that
+"""Secrets only by file path (docs/design.md, Secrets): `check` and `run` refuse missing secret files and files that
 group/others can access, as FILE:LINE:COL with exit 2; inline passwords and key material are errors;
 the logs never carry key material or passwords."""
 

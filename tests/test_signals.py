@@ -271,7 +271,7 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
         assert il["T101_overfill"]["tripped_at"] == trip["tripped_at"]   # the same trip, not a new one
         assert next(a["since"] for a in st["alarms"] if a["id"] == "T101.level.HH") == hh_since
         assert farm.plc.coil("XV101") is False
-        if "heartbeat:" in cfg.read_text():  # the PLC heartbeat keeps beating after the reload (issue 4)
+        if "heartbeat:" in cfg.read_text():  # the PLC heartbeat keeps beating after the reload (docs/design.md, Fail safe)
             ages = []
             for _ in range(30):  # 3 s, some batches under the new config meanwhile
                 ages.append(farm.plc.heartbeat_age_s)

@@ -3,7 +3,7 @@
 :class:`HazardEngine` keeps, per unit (a diked tank group or a production unit), the online quantity q of
 every tank and vessel, recomputes S, R, the grade and the risk colour whenever a reading of one of its
 tags arrives, and returns change events as dicts for the record path. It is pure, in memory, and never
-touches the disk or the network (DESIGN.md "two paths").
+touches the disk or the network (docs/design.md "two paths").
 
 Quantities:
 

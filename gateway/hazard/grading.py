@@ -1,6 +1,6 @@
 """Identification (S), grading (R, grade 1..4), risk colour and regulator point codes. Pure functions.
 
-Rules (GB 18218-2018, via DOMAIN.md [2]):
+Rules (GB 18218-2018, via docs/domain.md [2]):
 
 - Identification: a unit (production unit, or storage unit; each diked tank group is its own unit) is a
   major hazard installation when S = sum(q_i / Q_i) >= 1 (q actual tonnes, Q critical quantity, tonnes).
@@ -13,7 +13,7 @@ S and R are rounded to 9 decimal places before they are compared with 1, 10, 50 
 value that is exactly on a boundary in decimal (e.g. R = 1.5 x 4 x q/5 = 50) is not pushed under it by
 binary floating point.
 
-Risk colour (platform practice, DOMAIN.md "Risk colours"): red / orange / yellow / blue = major / large /
+Risk colour (platform practice, docs/domain.md "Risk colours"): red / orange / yellow / blue = major / large /
 general / low risk. :class:`ColourMap` keeps the mapping explicit and configurable; its default is
 documented there.
 """
@@ -171,7 +171,7 @@ _CODE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 def point_code(enterprise_code: str, major_hazard_code: str, tag: str, *, sep: str = "") -> str:
     """Regulator point code: enterprise code + major-hazard code + tag code, joined with ``sep``.
 
-    No public copy of the national data-access specification exists (DOMAIN.md "Regulator platforms");
+    No public copy of the national data-access specification exists (docs/domain.md "Regulator platforms");
     provinces seen use a 12-digit enterprise code and per-point codes built from it. The default joins
     the three parts without a separator (each province profile fixes the field lengths); pass ``sep``
     when the platform wants one. Letters are upper-cased in the enterprise and major-hazard codes.

@@ -9,7 +9,7 @@ The data ship with the package in ``gateway/hazard/data/gb18218_2018.yaml``:
   Cl2 4; H2S, HF 5; NO2, HCN 10; phosgene, PH3, methyl isocyanate 20);
 - table 4: beta by hazard category for a chemical not named in table 3.
 
-Every number carries its source; values not confirmed by DOMAIN.md are marked ``recalled`` in the
+Every number carries its source; values not confirmed by docs/domain.md are marked ``recalled`` in the
 data and :attr:`Substance.unverified` lists them, so a report can say which numbers still need a
 check against the official text. A plant's own hazard study wins: :func:`custom` builds a
 substance with configured Q / beta.
@@ -52,7 +52,7 @@ class Category:
     """One hazard category row of GB 18218-2018 table 2 (Q) and table 4 (beta).
 
     code: "J1".."J5", "W1.1".."W11". Q_t: critical quantity in tonnes. beta: correction factor.
-    Q_src / beta_src: where the number comes from ("DOMAIN.md [2]" or "recalled" = unverified).
+    Q_src / beta_src: where the number comes from ("docs/domain.md [2]" or "recalled" = unverified).
     """
 
     code: str
@@ -229,7 +229,7 @@ def find(name: str) -> Substance:
 
 def custom(base: Substance | None, *, id: str | None = None, Q_t: float | None = None, beta: float | None = None,
            source: str = "plant hazard study") -> Substance:
-    """A substance with plant-configured numbers (DOMAIN.md: "a plant's own hazard study wins").
+    """A substance with plant-configured numbers (docs/domain.md: "a plant's own hazard study wins").
 
     base: the table entry to start from (None for a substance the table lacks; then id, Q_t and beta
     are required). Q_t in tonnes, beta dimensionless, both > 0. Raises ValueError (one line) otherwise.

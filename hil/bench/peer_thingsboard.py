@@ -17,7 +17,7 @@ its memory storage: the JSON says which). The peer's Modbus connector reads
 one request per configured tag (its data model: one ``timeseries`` entry,
 ``32float``, ``objectsCount`` 2, per tag); ours plans block reads.
 
-``peer_ratio`` = ours tags per CPU-second / the peer's (target >= 20, issue 8).
+``peer_ratio`` = ours tags per CPU-second / the peer's (target >= 20, hil/bench/README.md, Targets).
 If the peer cannot be installed or started, ``available`` is False and
 ``reason`` says exactly why; nothing raises.
 """

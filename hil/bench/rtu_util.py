@@ -16,7 +16,7 @@ turnaround is not counted: it is the slave's, and this emulated slave
 answers as soon as the request's last character has arrived (a real one
 takes a few ms, which would only lower the achievable figure).
 ``utilisation`` = sum of theoretical line times / wall time (target >= 0.9,
-issue 8); ``char_utilisation`` counts the characters alone.
+hil/bench/README.md, Targets); ``char_utilisation`` counts the characters alone.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ A benchmark whose module is missing is recorded as ``{"available": false,
 "reason": "module ... not found"}``; one that fails records its one-line error;
 the others still run. Output: ``OUT/bench-YYYYmmddTHHMMSSZ.json`` with
 ``machine``, ``versions``, ``params`` (the options), ``results`` (each
-benchmark's dict), ``summary`` (the keys of issue 8: safety_latency_ms {p50,
+benchmark's dict), ``summary`` (the keys of the targets in hil/bench/README.md: safety_latency_ms {p50,
 p99, max}, tcp_ratio_to_ceiling, rtu_bus_utilisation {baud: u},
 store_ingest_per_s, drain_per_s, drain_peak_rss_mb, idle_cpu_s_per_h,
 peer_ratio), ``targets`` (one row per figure: value, target, pass/miss,
@@ -150,7 +150,7 @@ def _miss_note(value: float, target: float, higher_is_better: bool, unit: str = 
 
 
 def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: list[int]) -> list[dict[str, Any]]:
-    """One row per figure with its issue-8 target, pass/miss and, where missed, by how much and why."""
+    """One row per figure with its target (hil/bench/README.md, Targets), pass/miss and, where missed, by how much and why."""
     rows = []
     why = {
         "tcp": "per-tag decode and Reading objects in the driver cost ~10x the bare read per tag "
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--safety-seconds", type=float, default=60.0, help="safety latency run length per interval")
     ap.add_argument("--store-backlog", type=int, default=1_000_000,
                     help="readings in the drain backlog (default 1 million so the run fits in 15 min; "
-                         "issue 8's figure is for 10 million: --store-backlog 10000000, tens of minutes)")
+                         "the target figure is for 10 million: --store-backlog 10000000, tens of minutes)")
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="daemon measurement at 1 s polling")
     ap.add_argument("--peer-seconds", type=float, default=60.0, help="peer measurement")
     ap.add_argument("--peer-venv", help="venv for the peer (default bench-results/.peer-venv)")

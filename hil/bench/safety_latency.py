@@ -1,4 +1,4 @@
-"""Benchmark (not a test): safety-path latency at 500 tags (issue 4 "Done means").
+"""Benchmark (not a test): safety-path latency at 500 tags (docs/design.md, Fail safe).
 
 Two figures, measured on a real Gateway (real Modbus TCP driver, alarm engine, interlock engine,
 OutputManager with read-back) against a pymodbus Modbus TCP PLC simulator in the same process:

@@ -3,7 +3,7 @@
 ``run(...) -> dict`` (for :mod:`hil.bench.run`) or
 ``python -m hil.bench.store_bench [--json FILE] [--backlog N] [--quick]``.
 
-Figures (issue 5 "Done means"):
+Figures (docs/design.md, Record path):
 
 * ``store_ingest_per_s``: readings/s through ``Store.put_reading`` (the poll tick's call)
   until committed by the writer thread (WAL, synchronous=FULL, one transaction per commit

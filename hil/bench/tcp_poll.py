@@ -13,7 +13,7 @@ machine noise hits both alike:
   pymodbus stack and the loopback socket alone.
 
 Figures per tag count: tags/s, requests/s, client CPU seconds per 1000 tags,
-and ``ratio`` = gateway tags/s / ceiling tags/s (target >= 0.9, issue 8).
+and ``ratio`` = gateway tags/s / ceiling tags/s (target >= 0.9, hil/bench/README.md, Targets).
 Sources: Modbus Application Protocol v1.1b3 6.4 (FC4, at most 125 registers
 per request), Modbus Messaging on TCP/IP v1.0b.
 
