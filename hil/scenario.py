@@ -259,9 +259,11 @@ def _line_of(node: Any, key: Any = None, default: int = 0) -> int:
 
 
 def resolve_scenario_path(name_or_path: str | Path) -> Path:
-    """A scenario name ("demo") -> hil/scenarios/demo.yaml; an existing path is returned as is."""
+    """A scenario name ("demo") -> hil/scenarios/demo.yaml; a path (a .yaml/.yml name, or an existing file,
+    or anything with a directory part) is returned as is. A directory of the same name in the working
+    directory (a demo --workdir called "demo") does not shadow a built-in scenario."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file() or len(p.parts) > 1:
         return p
     return SCENARIO_DIR / f"{name_or_path}.yaml"
 

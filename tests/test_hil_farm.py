@@ -364,6 +364,15 @@ def test_scenario_missing_file_is_one_line(tmp_path):
         load_scenario(tmp_path / "nope.yaml")
 
 
+
+def test_a_folder_named_like_a_scenario_does_not_shadow_it(tmp_path, monkeypatch):
+    """`hazard-gateway demo --workdir demo` makes ./demo; the built-in scenario "demo" must still load."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert load_scenario("demo").name == "demo"
+    (tmp_path / "mine.yaml").write_text("name: mine\nsteps:\n  - {at_s: 1, set_lel: {slave: 1, pct: 12}}\n")
+    assert load_scenario("mine.yaml").name == "mine"  # a path is still a path
+
 # ---------------------------------------------------------------------------- the farm
 async def test_farm_end_to_end_scenario_esd_coupling_and_events(tmp_path):
     farm = TankFarm(esd_stroke_s=0.3)
