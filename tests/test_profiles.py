@@ -269,16 +269,11 @@ async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
 def test_example_site_passes_check(tmp_path: Path):
     """The commented template passes `check` once its secret files (mode 0600) and certificates exist; the only
     warnings are the profile addresses still to be verified on site."""
-    from gateway.signing import keygen
+    from site_secrets import make_site_secrets
 
     site = tmp_path / "gateway.yaml"
     site.write_text((ROOT / "config" / "example-site.yaml").read_text())
-    keygen(tmp_path / "keys")
-    for name in ("uplink-client.key", "opcua-client-key.pem", "opcua-password"):
-        (tmp_path / "keys" / name).write_text("secret\n")
-        (tmp_path / "keys" / name).chmod(0o600)
-    for name in ("regulator-ca.pem", "uplink-client.pem", "opcua-client-cert.der", "opcua-server-cert.der"):
-        (tmp_path / "keys" / name).write_text("certificate (public)\n")  # must exist; any mode
+    make_site_secrets(tmp_path / "keys")
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(site)], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
