@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("grade", help="GB 18218-2018: S, R, grade and major_hazard of one unit as JSON")
     s.add_argument("--people", type=int, required=True, help="people within 500 m outside the unit boundary")
     s.add_argument("--substance", action="append", default=[], metavar="NAME=TONNES",
-                   help="Chinese or English name, or CAS number = quantity in tonnes (repeatable)")
+                   help="Chinese or English name, CAS number, category code or codes joined by + (W2+J3) = "
+                        "design maximum quantity in tonnes (GB 18218-2018 4.2.2; repeatable)")
     s.set_defaults(func=cmd_grade)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")

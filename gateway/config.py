@@ -499,7 +499,7 @@ class AnnunciatorCfg(Strict):
 class HazardSection(Strict):
     """GB 18218-2018 major-hazard units (gateway/hazard; docs/domain.md, GB 18218-2018). Each entry of ``units`` has the shape
     that gateway.hazard.unit_from_dict documents (name, people_500m, tanks, vessels, fixed, overrides,
-    colour_map, colour_basis, major_hazard_code, alarm_tags); it is checked, with FILE:LINE:COL, in
+    colour_map, major_hazard_code, alarm_tags); it is checked, with FILE:LINE:COL, in
     _hazard_checks (every tag must exist, with a unit the volume model understands)."""
 
     stale_after_s: float | None = Field(60.0, gt=0, description=(
@@ -1002,6 +1002,7 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
     the volume model takes (level m/cm/mm/%, temperature degC/K, pressure Pa/kPa/MPa/bar), and
     enterprise / major-hazard codes that make valid point codes (gateway.hazard.point_code)."""
     from gateway.hazard import HazardEngine, default_table, point_code, unit_from_dict
+    from gateway.hazard.engine import resolve_substance
     from gateway.hazard.engine import _PRESSURE_KPA, _TEMP_UNITS
     from gateway.hazard.volume import LEVEL_UNITS
 
@@ -1046,20 +1047,25 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
         for group in ("tanks", "vessels"):
             for ii, item in enumerate(d.get(group) or []):
                 try:
-                    table.find(item["substance"])
-                except LookupError as e:
-                    at((*base, group, ii, "substance"), e.args[0] if e.args else str(e))
+                    resolve_substance(table, str(item.get("substance") or ""), tuple(item.get("categories") or ()),
+                                      item.get("mixture"), where="x")
+                except ValueError as e:
+                    msg = str(e).removeprefix("x: ")
+                    key = next((k for k, ok in (("mixture", "mixture" in msg), ("substance", True),
+                                                ("categories", True)) if ok and k in item), None)
+                    at((*base, group, ii, *((key,) if key else ())), msg)
                     bad_substance = True
                 for key, (kind, units) in kinds.items():
-                    tag = item.get(key)
-                    if tag is None:
+                    value = item.get(key)
+                    if value is None:
                         continue
-                    if tag not in tags:
-                        at((*base, group, ii, key), f"unknown tag '{tag}'")
-                    elif tags[tag][1].unit.strip() not in units:
-                        allowed = ", ".join(sorted(u or "''" for u in units))
-                        at((*base, group, ii, key), f"tag '{tag}' has unit '{tags[tag][1].unit}'; a {kind} "
-                           f"needs one of {allowed}")
+                    for li, tag in enumerate(value if isinstance(value, list) else [value]):
+                        loc = (*base, group, ii, key, *((li,) if isinstance(value, list) else ()))
+                        if tag not in tags:
+                            at(loc, f"unknown tag '{tag}'")
+                        elif tags[tag][1].unit.strip() not in units:
+                            allowed = ", ".join(sorted(u or "''" for u in units))
+                            at(loc, f"tag '{tag}' has unit '{tags[tag][1].unit}'; a {kind} needs one of {allowed}")
         for ti, tag in enumerate(spec.alarm_tags):
             if tag not in tags:
                 at((*base, "alarm_tags", ti), f"unknown tag '{tag}'")
@@ -1069,8 +1075,9 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
             HazardEngine([spec], table=table)
         except (ValueError, LookupError) as e:  # one line naming the unit; place it at the key it is about
             msg = e.args[0] if e.args else str(e)
-            key = next((k for k, needle in (("colour_map", "colour map"), ("colour_basis", "colour_basis"),
-                                            ("overrides", ", override "), ("fixed", ", fixed ")) if needle in msg), None)
+            key = next((k for k, needle in (("colour_map", "colour map"), ("assessed_risk", "assessed_risk"),
+                                            ("overrides", ", override "),
+                                            ("fixed", ", fixed ")) if needle in msg), None)
             at((*base, key) if key else base, msg)
 
 

@@ -368,7 +368,8 @@ class Gateway:
                 self._log_hazard_event(ev)
 
     def _log_hazard_event(self, ev: dict[str, Any]) -> None:
-        """A grade / colour / uncertain change of a unit: to the store (chain, upload) with the codes."""
+        """A hazard event (a colour change, or a design-basis change at a reload): to the store (chain, upload)
+        with the enterprise and major-hazard codes."""
         g = self.cfg.model.gateway
         ev = dict(ev)
         ev["enterprise_code"] = g.enterprise_code

@@ -56,6 +56,7 @@ import time
 from typing import Any
 
 from gateway.config import ConfigError, LoadedConfig, load_config
+from gateway.hazard.engine import basis_events
 from gateway.model import rfc3339
 
 log = logging.getLogger("hazard_gateway.reload")
@@ -250,6 +251,7 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         t0 = time.monotonic()
         # -- 1. carry state into the new engines, keep the KEPT attributes, install the new namespace.
         old_devices, old_links = gw.devices, gw.links
+        old_hazard = gw.hazard
         old_tasks = [*gw._poll_tasks, *getattr(gw, "_aux_tasks", [])]
         carry_alarm_state(gw.alarms, fresh.alarms)
         carry_interlock_state(gw.interlocks, fresh.interlocks)
@@ -271,6 +273,9 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         gw.store.retention_floor_s = s.retention_days * 86400
         gw._log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
                        "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
+        if fresh.hazard is not None:  # a grade changes only with its design basis: record each change
+            for ev in basis_events(old_hazard, fresh.hazard, time.time()):
+                gw._log_hazard_event(ev)
         # -- 2. stop the old parts, each step bounded
         if old_tasks:
             _, pending = await asyncio.wait(old_tasks, timeout=OLD_LOOPS_S)

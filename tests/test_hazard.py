@@ -69,14 +69,14 @@ def test_categories_tables_2_and_4():
     assert t.find("J3").beta == 2 and t.find("J4").beta == 2 and t.find("J5").beta == 1
     assert t.find("W5.1").beta == 1.5 and {t.find(c).beta for c in ("W5.2", "W5.3", "W5.4")} == {1.0}
     assert {t.find(c).beta for c in ("W1.1", "W1.2", "W1.3")} == {2.0}
-    # table 2 Q values are not in docs/domain.md: they must be flagged as unverified
-    assert "Q" in t.find("W5.3").unverified
-    # named substance not in table 3: beta through its category
+    # table 2 Q values are confirmed by two sources (S1, S2): no longer flagged as unverified
+    assert t.find("W5.3").unverified == [] and t.find("W4").Q_t == 50
+    # named substance not in table 3: beta through its category; several categories: the highest beta
     assert find("LPG").beta == 1.5 and find("LPG").category == "W2"
-    assert find("styrene").beta == 1.0 and find("propylene oxide").beta == 1.5
+    assert find("styrene").beta == 1.0 and find("propylene oxide").beta == 2.0
     # category entries grade like substances
     r = evaluate(1, [(t.find("W2"), 20)])
-    assert r.S == pytest.approx(2.0) and r.R == pytest.approx(3.0) and "W2" in r.unverified
+    assert r.S == pytest.approx(2.0) and r.R == pytest.approx(3.0) and r.unverified == []
 
 
 def test_table3_betas_and_domain_q_values_match_domain_md():
@@ -94,16 +94,17 @@ def test_table3_betas_and_domain_q_values_match_domain_md():
     for n, v in q.items():
         assert find(n).Q_t == v, n
         assert "Q" not in find(n).unverified, n
-    # values that docs/domain.md does not give are marked
-    assert "Q" in find("HCl").unverified and "Q" in find("methyl isocyanate").unverified
+    # the seven Q values once recalled are confirmed by S1 and S2: no longer marked
+    assert find("HCl").unverified == [] and find("methyl isocyanate").unverified == []
 
 
 def test_shipped_data_cas_numbers_valid():
     t = default_table()
     named = [s for s in t.substances.values() if s.table == "1"]
-    assert len(named) >= 31
+    assert len(named) == 85
     for s in named:
-        assert s.cas and all(cas_valid(c) for c in s.cas), s.id
+        # the table-1 row of ammonium nitrate fertilizer gives no CAS number
+        assert (s.cas or s.id == "ammonium-nitrate-fertilizer") and all(cas_valid(c) for c in s.cas), s.id
         assert s.zh and s.en
     assert cas_valid("7782-50-5") and not cas_valid("7782-50-4") and not cas_valid("7782505")
 
@@ -296,44 +297,77 @@ def chlorine_unit(people=35, **kw):
     return UnitSpec(name="chlorine-store", people_500m=people, tanks=tanks, **kw)
 
 
-def test_engine_quantities_from_level_and_temperature():
+def design_q(density):  # one full 1.6 m x 5 m bullet (max_fill 1.0) at ``density`` t/m3
+    return math.pi * 0.8 ** 2 * 5 * density
+
+
+def test_engine_inventory_from_level_and_temperature_beside_the_design_grade():
     eng = HazardEngine([chlorine_unit()])
     assert set(eng.tags) == {"TK1.LT", "TK1.TT", "TK2.LT"}
     s = eng.status()[0]
-    assert s["uncertain"] and all(t["basis"] == "upper_bound" for t in s["tanks"])  # nothing read yet
+    assert s["inventory_uncertain"] and all(t["inventory_basis"] == "upper_bound" for t in s["tanks"])
+    # the grade: design maximum quantity (GB 18218-2018 4.2.2), TK1 full at the table's highest density
+    D = (design_q(1.47) + design_q(1.41)) / 5
+    assert s["basis"].startswith("design maximum quantity") and s["S"] == pytest.approx(D)
+    assert s["R"] == pytest.approx(1.2 * 4 * D) and s["grade"] == grade_of(1.2 * 4 * D) == 3
     eng.update(rd("TK1.TT", 10.0, "degC"))
     eng.update(rd("TK1.LT", 800.0, "mm"))           # half full
     eng.update(rd("TK2.LT", 100.0, "%"))            # full
     s = eng.status()[0]
     half = math.pi * 0.8 ** 2 * 5 / 2
     q1, q2 = half * 1.44, 2 * half * 1.41
-    assert [t["q_t"] for t in s["tanks"]] == [pytest.approx(q1), pytest.approx(q2)]
-    assert not s["uncertain"] and s["reasons"] == []
-    assert s["S"] == pytest.approx((q1 + q2) / 5)
-    assert s["R"] == pytest.approx(1.2 * 4 * (q1 + q2) / 5)
-    assert s["grade"] == grade_of(1.2 * 4 * (q1 + q2) / 5)
-    # design maximum: both full at the highest density of each tank
-    assert s["design_S"] == pytest.approx((2 * half * 1.47 + 2 * half * 1.41) / 5)
+    assert [t["inventory_q_t"] for t in s["tanks"]] == [pytest.approx(q1), pytest.approx(q2)]
+    assert not s["inventory_uncertain"] and s["reasons"] == []
+    assert s["S_live"] == pytest.approx((q1 + q2) / 5)
+    assert s["R_live"] == pytest.approx(1.2 * 4 * (q1 + q2) / 5)
+    # the levels moved the inventory, not the grade
+    assert s["S"] == pytest.approx(D) and s["grade"] == 3
+    assert [t["design_q_t"] for t in s["tanks"]] == [pytest.approx(design_q(1.47)), pytest.approx(design_q(1.41))]
 
 
-def test_bad_quality_counts_tank_full_and_flags_uncertain():
+def test_bad_quality_counts_tank_full_and_flags_the_inventory_uncertain():
     eng = HazardEngine([chlorine_unit()])
     eng.update(rd("TK1.TT", 10.0, "degC"))
     eng.update(rd("TK1.LT", 0.1))
     eng.update(rd("TK2.LT", 0.1))
     low = eng.status()[0]
-    assert not low["uncertain"]
+    assert not low["inventory_uncertain"]
     ev = eng.update(rd("TK2.LT", None, quality=Quality.BAD, reason="timeout"))
     s = eng.status()[0]
-    assert s["uncertain"] and any("TK2.LT: timeout" in r for r in s["reasons"])
+    assert s["inventory_uncertain"] and any("TK2.LT: timeout" in r for r in s["reasons"])
     tk2 = s["tanks"][1]
-    assert tk2["basis"] == "upper_bound"
-    assert tk2["q_t"] == pytest.approx(math.pi * 0.8 ** 2 * 5 * 1.41)   # full, never lower
-    assert s["R"] > low["R"]
-    assert ev and ev[0]["uncertain"] and "uncertain" in ev[0]["changes"]
-    # good again -> certain, an event says so
-    ev = eng.update(rd("TK2.LT", 0.1))
-    assert ev and ev[0]["uncertain"] is False and eng.status()[0]["R"] == pytest.approx(low["R"])
+    assert tk2["inventory_basis"] == "upper_bound"
+    assert tk2["inventory_q_t"] == pytest.approx(design_q(1.41))   # full, never lower
+    assert s["R_live"] > low["R_live"] and s["R"] == low["R"] and s["grade"] == low["grade"]
+    assert ev == []   # the inventory is no grade: no grade event for it
+    eng.update(rd("TK2.LT", 0.1))
+    assert eng.status()[0]["R_live"] == pytest.approx(low["R_live"]) and not eng.status()[0]["inventory_uncertain"]
+
+
+def redundant_unit():
+    geo = VerticalCylinder(diameter_m=10.0, height_m=10.0)
+    return UnitSpec("dike", 10, tanks=[TankSpec(["T1.LT1", "T1.LT2"], "苯", geo, 0.88, name="T1")])
+
+
+def test_redundant_level_instruments_take_the_higher_and_a_bad_one_never_lowers():
+    eng = HazardEngine([redundant_unit()])
+    area = math.pi * 25
+    assert set(eng.tags) == {"T1.LT1", "T1.LT2"}
+    eng.update_many([rd("T1.LT1", 6.0), rd("T1.LT2", 6.4)])
+    t = eng.status()[0]["tanks"][0]
+    assert t["inventory_q_t"] == pytest.approx(area * 6.4 * 0.88) and not t["inventory_uncertain"]
+    assert t["tags"] == ["T1.LT1", "T1.LT2"]
+    eng.update(rd("T1.LT2", None, quality=Quality.BAD, reason="sensor fault"))   # the higher one fails
+    s = eng.status()[0]
+    t = s["tanks"][0]
+    # the remaining instrument counts, flagged: the figure is uncertain
+    assert t["inventory_q_t"] == pytest.approx(area * 6.0 * 0.88) and t["inventory_uncertain"]
+    assert s["inventory_uncertain"] and any("T1.LT2: sensor fault" in r for r in s["reasons"])
+    eng.update(rd("T1.LT1", None, quality=Quality.BAD))                          # both: upper bound
+    t = eng.status()[0]["tanks"][0]
+    assert t["inventory_basis"] == "upper_bound" and t["inventory_q_t"] == pytest.approx(area * 10 * 0.88)
+    eng.update_many([rd("T1.LT1", 3.0), rd("T1.LT2", 2.0)])
+    assert eng.status()[0]["tanks"][0]["inventory_q_t"] == pytest.approx(area * 3.0 * 0.88)
 
 
 @pytest.mark.parametrize("reading,why", [
@@ -346,7 +380,7 @@ def test_out_of_range_or_unknown_unit_is_upper_bound(reading, why):
     eng = HazardEngine([chlorine_unit()])
     eng.update(rd(*reading))
     t = eng.status()[0]["tanks"][1]
-    assert t["basis"] == "upper_bound" and t["uncertain"]
+    assert t["inventory_basis"] == "upper_bound" and t["inventory_uncertain"]
     assert any(why in r for r in eng.status()[0]["reasons"])
 
 
@@ -357,12 +391,13 @@ def test_uncertain_quality_used_but_flagged_and_temperature_fallback():
     eng.update(rd("TK1.TT", None, quality=Quality.BAD))
     s = eng.status()[0]
     half = math.pi * 0.8 ** 2 * 5 / 2
-    assert s["tanks"][1]["basis"] == "measured" and s["tanks"][1]["q_t"] == pytest.approx(half * 1.41)
-    assert s["tanks"][0]["q_t"] == pytest.approx(half * 1.47)   # highest density of the table
-    assert s["uncertain"] and len(s["reasons"]) == 2
+    assert s["tanks"][1]["inventory_basis"] == "measured"
+    assert s["tanks"][1]["inventory_q_t"] == pytest.approx(half * 1.41)
+    assert s["tanks"][0]["inventory_q_t"] == pytest.approx(half * 1.47)   # highest density of the table
+    assert s["inventory_uncertain"] and len(s["reasons"]) == 2
     eng.update(rd("TK1.TT", 40.0, "degC"))                       # above the table -> nearest row, uncertain
     s = eng.status()[0]
-    assert s["tanks"][0]["q_t"] == pytest.approx(half * 1.41)
+    assert s["tanks"][0]["inventory_q_t"] == pytest.approx(half * 1.41)
     assert any("outside the density table" in r for r in s["reasons"])
 
 
@@ -370,60 +405,62 @@ def test_stale_reading_becomes_upper_bound():
     eng = HazardEngine([chlorine_unit()], stale_after_s=10)
     for tag, v, u in (("TK1.LT", 0.1, "m"), ("TK1.TT", 5.0, "degC"), ("TK2.LT", 0.1, "m")):
         eng.update(rd(tag, v, u, mono=100.0))
-    assert not eng.status()[0]["uncertain"]
+    assert not eng.status()[0]["inventory_uncertain"]
     assert eng.tick(105.0) == []
-    ev = eng.tick(111.0)
+    assert eng.tick(111.0) == []     # the inventory goes up, the grade does not move
     s = eng.status()[0]
-    assert s["uncertain"] and {t["basis"] for t in s["tanks"]} == {"upper_bound"}
-    assert ev and ev[0]["uncertain"]
+    assert s["inventory_uncertain"] and {t["inventory_basis"] for t in s["tanks"]} == {"upper_bound"}
 
 
-def test_grade_change_event_and_not_major():
-    eng = HazardEngine([chlorine_unit(people=0, colour_basis="live")], clock=lambda: T0 + 5)
-    eng.update(rd("TK1.TT", 10.0, "degC"))
-    eng.update(rd("TK1.LT", 0.0))
-    ev = eng.update(rd("TK2.LT", 0.05))   # almost empty: S < 1
-    assert ev and ev[-1]["to_grade"] is None and ev[-1]["major_hazard"] is False
-    s = eng.status()[0]
-    assert s["S"] < 1 and s["grade"] is None and s["colour"] == "blue"
-    ev = eng.update(rd("TK2.LT", 1.6))    # full: q = 14.17 t, S = 2.83, R = 0.5 x 4 x 2.83 = 5.7 -> grade 4
-    assert len(ev) == 1
-    e = ev[0]
-    assert e["type"] == "hazard" and e["unit"] == "chlorine-store"
-    assert e["from_grade"] is None and e["to_grade"] == 4 and e["major_hazard"]
-    assert "grade" in e["changes"] and e["uncertain"] is False
-    assert e["S"] == pytest.approx(math.pi * 0.64 * 5 * 1.41 / 5, rel=1e-6)
-    assert e["ts"] == "2026-05-28T20:26:40.000Z"
-    assert eng.update(rd("TK2.LT", 1.6)) == []   # no change, no event
-    json.dumps(e)
+def test_grade_is_the_design_grade_whatever_the_levels_do():
+    # 0 people (alpha 0.5): design = both bullets full: S = (14.77 + 14.17) / 5 = 5.79, R = 0.5 x 4 x 5.79
+    # = 11.6 -> grade 3, even while the tanks are almost empty (S_live < 1)
+    eng = HazardEngine([chlorine_unit(people=0)], clock=lambda: T0 + 5)
+    D = (design_q(1.47) + design_q(1.41)) / 5
+    events = []
+    for lt in (0.0, 0.05, 0.8, 1.6, 0.05):
+        events += eng.update_many([rd("TK1.TT", 10.0, "degC"), rd("TK1.LT", lt), rd("TK2.LT", lt)])
+        s = eng.status()[0]
+        assert s["grade"] == 3 and s["S"] == pytest.approx(D) and s["R"] == pytest.approx(0.5 * 4 * D)
+        assert s["major_hazard"] and s["colour"] == "yellow"
+    assert events == []                     # a level change is never a grade change
+    assert eng.status()[0]["S_live"] < 1    # the inventory is shown beside it
+    json.dumps(eng.status())
+
+
+def test_design_basis_change_is_an_event():
+    from gateway.hazard.engine import basis_events
+
+    old = HazardEngine([chlorine_unit(people=0)])
+    new = HazardEngine([chlorine_unit(people=100)])                  # the population study changed
+    ev = basis_events(old, new, T0)
+    D = (design_q(1.47) + design_q(1.41)) / 5
+    assert len(ev) == 1 and ev[0]["event"] == "design_basis_changed" and ev[0]["unit"] == "chlorine-store"
+    assert (ev[0]["from_grade"], ev[0]["to_grade"]) == (3, 3) and set(ev[0]["changes"]) == {"R"}
+    assert ev[0]["R"] == pytest.approx(2.0 * 4 * D, abs=1e-5) and ev[0]["ts"] == "2026-05-28T20:26:40.000Z"
+    assert basis_events(new, HazardEngine([chlorine_unit(people=100)]), T0) == []    # same basis: none
+    assert basis_events(None, new, T0) == []
+    gone = basis_events(new, HazardEngine([redundant_unit()]), T0)
+    assert sorted((e["unit"], e["changes"][0]) for e in gone) == [("chlorine-store", "removed"), ("dike", "added")]
 
 
 def test_alarm_state_raises_colour_and_emits_event():
     eng = HazardEngine([chlorine_unit(people=35)], clock=lambda: T0)
-    for tag, v, u in (("TK1.LT", 1.6, "m"), ("TK1.TT", 5.0, "degC"), ("TK2.LT", 1.6, "m")):
+    for tag, v, u in (("TK1.LT", 0.2, "m"), ("TK1.TT", 5.0, "degC"), ("TK2.LT", 0.2, "m")):
         eng.update(rd(tag, v, u))
     s = eng.status()[0]
-    # both full: q = 10.05 m3 x (1.455 + 1.41) t/m3 = 28.8 t, S = 5.76, R = 1.2 x 4 x 5.76 = 27.6 -> grade 3
-    assert s["R"] == pytest.approx(1.2 * 4 * math.pi * 0.64 * 5 * (1.455 + 1.41) / 5)
-    assert s["grade"] == 3 and s["colour"] == "yellow"
+    # design: S = 5.79, R = 1.2 x 4 x 5.79 = 27.8 -> grade 3 (yellow)
+    assert s["R"] == pytest.approx(1.2 * 4 * (design_q(1.47) + design_q(1.41)) / 5)
+    assert s["grade"] == 3 and s["colour"] == "yellow" and s["colour_source"] == "gateway-derived"
     ev = eng.update_alarm_state("chlorine-store", level2_active=True)
     assert ev and ev[0]["from_colour"] == "yellow" and ev[0]["to_colour"] == "orange"
-    assert ev[0]["changes"] == ["colour"] and ev[0]["from_grade"] == ev[0]["to_grade"] == 3
+    assert ev[0]["changes"] == ["colour"] and ev[0]["grade"] == 3 and ev[0]["event"] == "colour_changed"
+    assert ev[0]["colour_source"] == "gateway-derived" and ev[0]["R_live"] < ev[0]["R"]
     assert eng.update_alarm_state("chlorine-store", tripped=True) == []   # effects do not stack
     ev = eng.update_alarm_state("chlorine-store", level2_active=False, tripped=False)
     assert ev[0]["to_colour"] == "yellow"
     with pytest.raises(KeyError, match="unknown unit"):
         eng.update_alarm_state("nope", True)
-
-
-def test_colour_basis_worst_uses_design_grade():
-    # 100 people: live 0.3 m in each -> S = 0.76, not major;
-    # design full -> R = 2 x 4 x (14.77 + 14.17)/5 = 46 -> grade 3
-    eng = HazardEngine([chlorine_unit(people=100)])
-    for tag, v, u in (("TK1.LT", 0.3, "m"), ("TK1.TT", 5.0, "degC"), ("TK2.LT", 0.3, "m")):
-        eng.update(rd(tag, v, u))
-    s = eng.status()[0]
-    assert s["design_grade"] == 3 and s["grade"] is None and s["colour"] == "yellow"
 
 
 def test_fixed_quantities_overrides_and_vessel():
@@ -436,16 +473,20 @@ def test_fixed_quantities_overrides_and_vessel():
     eng.update(rd("V1.PT", 2.0, "MPa"))
     s = eng.status()[0]
     q_h2 = (2101.325 * 10 * 2.016) / (8.314462618 * 293.15) / 1000
-    assert s["tanks"][0]["q_t"] == pytest.approx(q_h2, rel=1e-6)
-    assert s["S"] == pytest.approx(q_h2 / 5 + 30 / 50 + 500 / 1000)
-    assert s["R"] == pytest.approx(1.0 * (1.5 * q_h2 / 5 + 2.0 * 30 / 50 + 1 * 500 / 1000))
+    # design: 2.5 MPa gauge at the coldest design temperature (-40 degC)
+    q_h2_design = (2601.325 * 10 * 2.016) / (8.314462618 * 233.15) / 1000
+    assert s["tanks"][0]["inventory_q_t"] == pytest.approx(q_h2, rel=1e-6)
+    assert s["S_live"] == pytest.approx(q_h2 / 5 + 30 / 50 + 500 / 1000)
+    assert s["R_live"] == pytest.approx(1.0 * (1.5 * q_h2 / 5 + 2.0 * 30 / 50 + 1 * 500 / 1000))
+    assert s["S"] == pytest.approx(q_h2_design / 5 + 30 / 50 + 500 / 1000)
+    assert s["R"] == pytest.approx(1.0 * (1.5 * q_h2_design / 5 + 2.0 * 30 / 50 + 1 * 500 / 1000))
     eng.update(rd("V1.PT", 2000.0, "kPa"))            # the reading's own unit wins
-    assert eng.status()[0]["tanks"][0]["q_t"] == pytest.approx(q_h2, rel=1e-6)
+    assert eng.status()[0]["tanks"][0]["inventory_q_t"] == pytest.approx(q_h2, rel=1e-6)
     json.dumps(eng.status())
     eng.update(rd("V1.PT", None, quality=Quality.BAD))
     t = eng.status()[0]["tanks"][0]
-    assert t["basis"] == "upper_bound"
-    assert t["q_t"] == pytest.approx((2601.325 * 10 * 2.016) / (8.314462618 * 233.15) / 1000, rel=1e-6)
+    assert t["inventory_basis"] == "upper_bound"
+    assert t["inventory_q_t"] == pytest.approx(q_h2_design, rel=1e-6)
 
 
 @pytest.mark.parametrize("unit,match", [
@@ -458,11 +499,30 @@ def test_fixed_quantities_overrides_and_vessel():
     (UnitSpec("u", 5, fixed={"benzene": -3}), "fixed benzene"),
     (UnitSpec("u", 5, colour_map={"grades": {1: "pink", 2: "red", 3: "red", 4: "red"}}), "unit u: colour map"),
     (UnitSpec("u", 5, overrides={"benzene": {"Q_t": 0}}), "override benzene"),
+    (UnitSpec("u", 5, tanks=[TankSpec(["a", "a"], "chlorine", Sphere(5), 1.4)]), "distinct tag names"),
+    (UnitSpec("u", 5, tanks=[TankSpec("a", "氨", Sphere(5), 0.9, mixture="similar")]), "mixture must be one of"),
+    (UnitSpec("u", 5, tanks=[TankSpec("a", "氨", Sphere(5), 0.9, mixture="own_class")]), "needs categories"),
+    (UnitSpec("u", 5, tanks=[TankSpec("a", "氨", Sphere(5), 0.9, categories=("J3",))]), "not both"),
 ])
 def test_config_errors_are_one_line(unit, match):
     with pytest.raises(ValueError, match=match) as e:
         HazardEngine([unit])
     assert "\n" not in str(e.value)
+
+
+def test_several_hazards_take_the_lowest_Q_and_the_mixture_rule():
+    geo = VerticalCylinder(diameter_m=4.0, height_m=5.0)
+    vol = math.pi * 4 * 5
+    # not in table 1, flammable gas W2 (Q 10) and acute toxic gas J3 (Q 50): Q = 10 (GB 18218-2018 4.2)
+    multi = UnitSpec("m", 10, tanks=[TankSpec("M.LT", "", geo, 0.6, categories=("W2", "J3"))])
+    s = HazardEngine([multi]).status()[0]
+    assert s["S"] == pytest.approx(vol * 0.6 / 10, abs=1e-6)
+    # a mixture of the same hazard class as ammonia counts as ammonia, on the whole mass (Q 10)
+    same = UnitSpec("s", 10, tanks=[TankSpec("S.LT", "氨", geo, 0.9, mixture="same_class")])
+    assert HazardEngine([same]).status()[0]["S"] == pytest.approx(vol * 0.9 / 10, abs=1e-6)
+    # ammonia solution (氨水) is not of ammonia's class: its own class, e.g. acute toxicity J5 (Q 500)
+    own = UnitSpec("o", 10, tanks=[TankSpec("O.LT", "氨", geo, 0.9, mixture="own_class", categories=("J5",))])
+    assert HazardEngine([own]).status()[0]["S"] == pytest.approx(vol * 0.9 / 500, abs=1e-6)
 
 
 def test_reading_of_other_tag_ignored():
@@ -507,10 +567,12 @@ def test_grade_command_usage_errors(capsys, people, subs, msg):
 
 
 def test_grade_command_reports_unverified(capsys):
-    assert grade_command(10, ["HCl=40", "W2=5"]) == 0
+    # HCl and W2 are confirmed (S1, S2); gasoline's beta rests on an uncertain classification
+    assert grade_command(10, ["HCl=40", "W2=5", "汽油=100"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["unverified"] == ["W2", "hydrogen-chloride"]
-    assert out["S"] == pytest.approx(2.5) and out["grade"] == 4
+    assert out["unverified"] == ["gasoline"]
+    # S = 40/20 + 5/10 + 100/200 = 3; R = 1.0 x (3 x 2 + 1.5 x 0.5 + 1.5 x 0.5) = 7.5
+    assert out["S"] == pytest.approx(3.0) and out["R"] == pytest.approx(7.5) and out["grade"] == 4
 
 
 def test_temperature_in_kelvin_and_unknown_unit():
@@ -518,10 +580,10 @@ def test_temperature_in_kelvin_and_unknown_unit():
     eng.update(rd("TK1.LT", 0.8))
     eng.update(rd("TK1.TT", 283.15, "K"))               # 10 degC
     half = math.pi * 0.8 ** 2 * 5 / 2
-    assert eng.status()[0]["tanks"][0]["q_t"] == pytest.approx(half * 1.44)
+    assert eng.status()[0]["tanks"][0]["inventory_q_t"] == pytest.approx(half * 1.44)
     eng.update(rd("TK1.TT", 50.0, "degF"))
     s = eng.status()[0]
-    assert s["tanks"][0]["q_t"] == pytest.approx(half * 1.47)  # unknown unit -> highest density, uncertain
+    assert s["tanks"][0]["inventory_q_t"] == pytest.approx(half * 1.47)  # unknown unit -> highest density, uncertain
     assert any("degF" in r for r in s["reasons"])
 
 
@@ -533,15 +595,15 @@ def test_shared_temperature_tag_updates_every_unit():
     eng = HazardEngine([u1, u2])
     eng.update(rd("A1.LT", 10.0))
     eng.update(rd("B1.LT", 10.0))
-    ev = eng.update(rd("AMB.TT", 20.0, "degC"))
-    assert {e["unit"] for e in ev} == {"dike-A", "dike-B"}      # both become certain
+    eng.update(rd("AMB.TT", 20.0, "degC"))
     q = math.pi * 100 * 10 * 0.8725
     a, b = eng.status()
-    assert a["tanks"][0]["q_t"] == pytest.approx(q) and b["tanks"][0]["q_t"] == pytest.approx(q)
-    # benzene Q 50: S = 54.8, R = 1.5 x 54.8 = 82 -> grade 2; toluene Q 500: S = 5.48, R = 8.2 -> grade 4
-    assert a["grade"] == 2 and b["grade"] == 4
-    # colour basis "worst": design full (4712 m3 x 0.89 t/m3): benzene R = 126 -> grade 1; toluene R = 12.6 -> 3
-    assert (a["design_grade"], a["colour"]) == (1, "red") and (b["design_grade"], b["colour"]) == (3, "yellow")
+    assert a["tanks"][0]["inventory_q_t"] == pytest.approx(q) and b["tanks"][0]["inventory_q_t"] == pytest.approx(q)
+    assert not a["inventory_uncertain"] and not b["inventory_uncertain"]   # both units took the temperature
+    # inventory: benzene Q 50: S_live = 54.8, R_live = 1.5 x 54.8 = 82; toluene Q 500: R_live = 8.2
+    assert a["R_live"] == pytest.approx(1.5 * q / 50) and b["R_live"] == pytest.approx(1.5 * q / 500)
+    # grade: design full (4712 m3 x 0.89 t/m3): benzene R = 126 -> grade 1; toluene R = 12.6 -> grade 3
+    assert (a["grade"], a["colour"]) == (1, "red") and (b["grade"], b["colour"]) == (3, "yellow")
 
 
 def test_unit_from_yaml_config(tmp_path):
@@ -564,6 +626,8 @@ units:
          tag_temperature: TK2.TT, geometry: {type: sphere, diameter_m: 12.3}}
       - {tag_level: TK3.LT, substance: methanol, density_t_m3: 0.79,
          geometry: {type: strapping_table, csv: tables/tk3.csv}}
+      - {tag_level: [TK4.LT1, TK4.LT2], categories: [W2, J3], density_t_m3: 0.6, name: TK4,
+         geometry: {type: vertical_cylinder, diameter_m: 4, height_m: 5}}
     vessels:
       - {tag_pressure: V1.PT, substance: hydrogen, volume_m3: 10, molar_mass_kg_kmol: 2.016, design_pressure: 2.5}
 """)
@@ -571,8 +635,9 @@ units:
     eng = HazardEngine([unit])
     eng.update(rd("TK3.LT", 5.0))
     s = eng.status()[0]
-    assert [t["tag"] for t in s["tanks"]] == ["TK1.LT", "TK2.LT", "TK3.LT", "V1.PT"]
-    assert s["tanks"][2]["q_t"] == pytest.approx(500 * 0.79)
+    assert [t["tag"] for t in s["tanks"]] == ["TK1.LT", "TK2.LT", "TK3.LT", "TK4.LT1", "V1.PT"]
+    assert s["tanks"][3]["tags"] == ["TK4.LT1", "TK4.LT2"] and s["tanks"][3]["substance"] == "W2+J3"
+    assert s["tanks"][2]["inventory_q_t"] == pytest.approx(500 * 0.79)
     assert s["fixed"] == {"methanol": 100.0}
     assert eng.update_alarm_state("dike-1", tripped=True)[0]["to_colour"] == "red"
     for bad, match in [({"name": "x"}, "missing key.*people_500m"),
@@ -587,7 +652,27 @@ units:
                         "nope.csv"),
                        ({"name": "x", "people_500m": 3, "tanks": [{"tag_level": "a", "substance": "苯",
                          "density_t_m3": 0.88, "geometry": {"type": "sphere", "diameter_m": "3"}}]},
-                        "diameter_m must be a number")]:
+                        "diameter_m must be a number"),
+                       ({"name": "x", "people_500m": 3, "colour_basis": "live"}, r"colour_basis: removed.*4\.2\.2"),
+                       ({"name": "x", "people_500m": 3, "tanks": [{"tag_level": "a", "density_t_m3": 0.88,
+                         "geometry": {"type": "sphere", "diameter_m": 3}}]}, "give substance .* or categories"),
+                       ({"name": "x", "people_500m": 3, "tanks": [{"tag_level": [], "substance": "苯",
+                         "density_t_m3": 0.88, "geometry": {"type": "sphere", "diameter_m": 3}}]}, "tag_level"),
+                       ({"name": "x", "people_500m": 3, "tanks": [{"tag_level": "a", "categories": "W2",
+                         "density_t_m3": 0.88, "geometry": {"type": "sphere", "diameter_m": 3}}]}, "categories")]:
         with pytest.raises(ValueError, match=match) as e:
             unit_from_dict(bad, "hazard.units[0]", base_dir=tmp_path)
         assert "\n" not in str(e.value) and str(e.value).startswith("hazard.units[0]")
+
+
+def test_enterprise_assessed_risk_replaces_the_derived_colour_and_alarms_still_raise_it():
+    unit = chlorine_unit(people=35, assessed_risk={"colour": "orange", "source": "2026 风险分级评估报告"})
+    eng = HazardEngine([unit], clock=lambda: T0)
+    s = eng.status()[0]
+    assert s["grade"] == 3 and s["colour"] == "orange"          # grade 3 alone would be yellow
+    assert s["colour_source"] == "enterprise assessment: 2026 风险分级评估报告"
+    ev = eng.update_alarm_state("chlorine-store", tripped=True)
+    assert ev[0]["to_colour"] == "red" and ev[0]["colour_source"].startswith("enterprise assessment")
+    for bad in ({"colour": "pink", "source": "x"}, {"colour": "red"}, {"colour": "red", "source": " "}):
+        with pytest.raises(ValueError, match="assessed_risk needs colour"):
+            HazardEngine([chlorine_unit(assessed_risk=bad)])

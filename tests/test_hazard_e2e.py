@@ -1,13 +1,14 @@
-"""GB 18218-2018 grading end to end (docs/domain.md): a filling tank moves a GB 18218-2018 unit across a grade boundary, live.
+"""GB 18218-2018 grading end to end (docs/domain.md, Quantity q: the design maximum), live.
 
 Real peers on 127.0.0.1: the HIL tank PLC (pymodbus TCP server with its level physics), the Gateway
 in-process (Modbus driver, alarms, interlocks, HazardEngine, SQLite store, HTTPS forwarder) and the
 reference receiver (HTTPS, verifies each batch before it stores it). The hazard unit is the one of
-config/demo.yaml (two benzene tanks, 11 m x 12 m, 120 people within 500 m), so this also checks that
-the demo's computed numbers really cross grade 3 -> 2 while T101 fills from 8.0 m to 11 m.
+config/demo.yaml (two benzene tanks, 11 m x 12 m, 120 people within 500 m): its grade is on the design
+maximum quantity (4.2.2), grade 2 with R 72.8 whatever the levels do, while the current inventory
+(R_live) rises past 50 as T101 fills from 8.0 m to 11 m. A level change is never a grade change.
 
 The uploaded batches are checked independently of the signing code: signature with jwcrypto, sequence
-and hash chain recomputed; R of the crossing event is recomputed by hand from the uploaded readings.
+and hash chain recomputed; R_live of the uploaded colour event is recomputed by hand from the readings.
 """
 
 from __future__ import annotations
@@ -124,7 +125,12 @@ def _benzene_density(t_c: float) -> float:
     raise AssertionError(f"{t_c} degC outside the table")
 
 
-async def test_filling_tank_crosses_grade_boundary_event_uploaded_signed_chained(tmp_path: Path):
+#: the demo unit's design grade by hand: 2 tanks x (pi 5.5^2 x 12 m x max_fill 0.9 x 0.887 t/m3) / 50 t, alpha 2
+DESIGN_S = 2 * math.pi * 5.5 ** 2 * 12.0 * 0.9 * 0.887 / 50.0
+DESIGN_R = 2.0 * DESIGN_S
+
+
+async def test_filling_tank_moves_the_inventory_not_the_design_grade_events_uploaded_signed_chained(tmp_path: Path):
     kid = keygen(tmp_path / "keys")
     trust = tmp_path / "trust"
     trust.mkdir()
@@ -140,27 +146,28 @@ async def test_filling_tank_crosses_grade_boundary_event_uploaded_signed_chained
         stop = asyncio.Event()
         task = asyncio.create_task(gw.run(stop))
         try:
-            # 8.0 m + 6.0 m of benzene, 120 people: R ~ 46.7, grade 3; the design grade is 2 -> orange
-            u0 = await _until(gw, lambda u: u["grade"] == 3 and not u["uncertain"], "grade 3 from live levels")
-            assert 46.0 < u0["R"] < 50.0 and u0["major_hazard"] and u0["design_grade"] == 2
-            assert u0["colour"] == "orange" and not u0["tripped"]
-            plc.set_inflow("T101", 30.0)  # 0.5 m/s: R = 50 at T101 ~ 9.0 m, HH 11.0 m after ~6 s
-            u1 = await _until(gw, lambda u: u["grade"] == 2, "grade 2 while T101 fills")
-            assert 50.0 <= u1["R"] < 52.0 and not u1["uncertain"]
+            # 8.0 m + 6.0 m of benzene: inventory R_live ~ 46.7; the grade (design) is 2, R 72.8 -> orange
+            u0 = await _until(gw, lambda u: not u["inventory_uncertain"], "inventory from live levels")
+            assert 46.0 < u0["R_live"] < 50.0 and u0["grade"] == 2 and u0["major_hazard"]
+            assert u0["R"] == pytest.approx(DESIGN_R, abs=1e-5) and u0["S"] == pytest.approx(DESIGN_S, abs=1e-5)
+            assert u0["colour"] == "orange" and not u0["tripped"] and u0["colour_source"] == "gateway-derived"
+            plc.set_inflow("T101", 30.0)  # 0.5 m/s: R_live = 50 at T101 ~ 9.0 m, HH 11.0 m after ~6 s
+            u1 = await _until(gw, lambda u: u["R_live"] >= 50.0, "inventory past R 50 while T101 fills")
+            assert u1["grade"] == 2 and u1["R"] == u0["R"]          # the grade does not follow the level
             assert 8.9 < plc.level("T101") < 11.0
             # HH 11.0 m trips T101_overfill (input T101.level is a tag of the unit): colour raised to red
             u2 = await _until(gw, lambda u: u["tripped"], "T101_overfill trip seen by the unit")
             assert u2["colour"] == "red" and u2["grade"] == 2
             await asyncio.sleep(0.5)
             before = _unit(gw)
-            # the level transmitter of T101 fails (NaN): uncertain, and counted full - never lower
+            # the level transmitter of T101 fails (NaN): inventory uncertain, and counted full - never lower
             plc.nan_level = "T101"
-            u3 = await _until(gw, lambda u: u["uncertain"], "uncertain after a bad T101 level")
-            assert u3["R"] >= before["R"] and u3["S"] >= before["S"] and u3["grade"] <= before["grade"]
+            u3 = await _until(gw, lambda u: u["inventory_uncertain"], "uncertain after a bad T101 level")
+            assert u3["R_live"] >= before["R_live"] and u3["grade"] == 2 and u3["R"] == u0["R"]
             (t101,) = [t for t in u3["tanks"] if t["name"] == "T101"]
-            assert t101["basis"] == "upper_bound" and t101["uncertain"]
+            assert t101["inventory_basis"] == "upper_bound" and t101["inventory_uncertain"]
             assert any(r.startswith("T101.level") and "nan" in r for r in u3["reasons"]), u3["reasons"]
-            assert math.isclose(t101["q_t"], math.pi * 5.5 ** 2 * 12.0 * 0.887, rel_tol=1e-9)  # full, densest
+            assert math.isclose(t101["inventory_q_t"], math.pi * 5.5 ** 2 * 12.0 * 0.887, rel_tol=1e-9)
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)  # drains the uplink before it returns
@@ -183,27 +190,28 @@ async def test_filling_tank_crosses_grade_boundary_event_uploaded_signed_chained
     readings = [r for p in payloads for r in p["readings"]]
     hazard = [e for p in payloads for e in p["events"] if e.get("type") == "hazard"]
 
-    # the grade 3 -> 2 crossing, uploaded once, with the regulator codes
-    cross = [e for e in hazard if e["from_grade"] == 3 and e["to_grade"] == 2]
-    assert len(cross) == 1, hazard
-    e = cross[0]
-    assert e["unit"] == UNIT and e["changes"] == ["grade"] and e["uncertain"] is False and e["major_hazard"]
+    # no grade events while the levels moved: the only hazard event is the trip's colour change, uploaded
+    # once, with the design grade and the regulator codes
+    assert [e["event"] for e in hazard] == ["colour_changed"], hazard
+    e = hazard[0]
+    assert (e["from_colour"], e["to_colour"], e["tripped"], e["changes"]) == ("orange", "red", True, ["colour"])
+    assert e["unit"] == UNIT and e["grade"] == 2 and e["major_hazard"] and e["colour_source"] == "gateway-derived"
+    assert e["R"] == pytest.approx(DESIGN_R, abs=1e-5) and e["S"] == pytest.approx(DESIGN_S, abs=1e-5)
     assert e["enterprise_code"] == ENTERPRISE and e["major_hazard_code"] == MH and e["gateway_id"] == GW
-    # R recomputed by hand from the uploaded readings of the poll that caused the event
-    snap = {r["tag"]: r["value"] for r in readings if r["ts"] == e["ts"]}
+    # R_live recomputed by hand from the uploaded readings: the state after one of the last polls before
+    # the event (the event is stamped by the gateway's clock when it maps the alarm state, after the poll)
     area = math.pi * 5.5 ** 2
-    q = sum(area * snap[f"{t}.level"] * _benzene_density(snap[f"{t}.temperature"]) for t in ("T101", "T102"))
-    assert e["R"] == pytest.approx(2.0 * q / 50.0, abs=1e-5) and e["R"] >= 50.0
-    assert e["S"] == pytest.approx(q / 50.0, abs=1e-5)
-    assert 8.95 < snap["T101.level"] < 9.2 and snap["T102.level"] == pytest.approx(6.0, abs=1e-6)
-    earlier = [r["value"] for r in readings if r["tag"] == "T101.level" and r["ts"] < e["ts"]]
-    assert earlier and max(earlier) < snap["T101.level"]  # the poll before was still under R = 50
-
-    # colour raised by the trip, and the bad level: uncertain, not lower
-    assert any(x["to_colour"] == "red" and x["tripped"] and "colour" in x["changes"] for x in hazard), hazard
-    bad = [x for x in hazard if x["uncertain"] and "uncertain" in x["changes"] and x["ts"] > e["ts"]]
-    assert len(bad) == 1 and bad[0]["to_grade"] in (1, 2) and bad[0]["R"] >= e["R"]
-    assert any("T101.level" in r for r in bad[0]["reasons"])
+    polls = sorted({r["ts"] for r in readings if r["tag"] == "T101.level" and r["ts"] <= e["ts"]})[-3:]
+    hand = []
+    for ts in polls:
+        snap = {}
+        for r in sorted((r for r in readings if r["ts"] <= ts), key=lambda r: r["ts"]):
+            snap[r["tag"]] = r["value"]
+        q = sum(area * snap[f"{t}.level"] * _benzene_density(snap[f"{t}.temperature"]) for t in ("T101", "T102"))
+        hand.append(2.0 * q / 50.0)
+    assert any(abs(e["R_live"] - h) < 1e-5 for h in hand), (e["R_live"], hand)
+    assert e["R_live"] >= 50.0
+    assert snap["T101.level"] >= 10.9 and snap["T102.level"] == pytest.approx(6.0, abs=1e-6)
 
     # point codes on tagged events: enterprise + major-hazard + tag (point_code's default, no separator)
     alarms = [x for p in payloads for x in p["events"] if x.get("type") == "alarm"]
@@ -257,12 +265,12 @@ def test_level2_gas_alarm_of_a_unit_tag_raises_the_colour_and_is_recorded(tmp_pa
                         Reading("GD1.gas", gas, "%LEL", Quality.GOOD, ts=t0 + i)])
 
     poll(0, 0.0)
-    assert _unit(gw)["colour"] == "orange" and _unit(gw)["grade"] == 3
+    assert _unit(gw)["colour"] == "orange" and _unit(gw)["grade"] == 2
     poll(1, 30.0)                                   # level 1 only
     assert _unit(gw)["colour"] == "orange" and not _unit(gw)["level2_active"]
     poll(2, 55.0)                                   # level 2
     u = _unit(gw)
-    assert u["level2_active"] and u["colour"] == "red" and u["grade"] == 3  # the grade is the quantity's
+    assert u["level2_active"] and u["colour"] == "red" and u["grade"] == 2  # the grade is the design's
     assert gw.store.flush(10)
     db = sqlite3.connect(gw.cfg.store_path)
     logged = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
@@ -275,21 +283,25 @@ def test_level2_gas_alarm_of_a_unit_tag_raises_the_colour_and_is_recorded(tmp_pa
     assert gas_alarms and all(e["point"] == f"{ENTERPRISE}{MH}GD1.gas" for e in gas_alarms)
 
 
-def test_one_poll_is_one_snapshot_no_intermediate_event():
-    """HazardEngine.update_many: a poll's level and temperature together give one evaluation. Fed one
-    by one, the level without its temperature counts the densest row (uncertain) first, an event the
-    plant never was in."""
+def test_one_poll_is_one_snapshot():
+    """HazardEngine.update_many: a poll's level and temperature together give one evaluation of the
+    inventory, certain at once; fed one by one, the level without its temperature first counts the
+    densest row (uncertain). Neither moves the grade."""
     from gateway.hazard import HazardEngine, unit_from_dict
 
     unit = _demo_hazard_unit()
     snap = [Reading("T101.level", 8.0, "m", Quality.GOOD, ts=1.0), Reading("T102.level", 6.0, "m", Quality.GOOD, ts=1.0),
             Reading("T101.temperature", 20.0, "degC", Quality.GOOD, ts=1.0),
             Reading("T102.temperature", 20.0, "degC", Quality.GOOD, ts=1.0)]
-    together = HazardEngine([unit_from_dict(unit)]).update_many(snap)
-    assert len(together) == 1 and together[0]["to_grade"] == 3 and not together[0]["uncertain"]
+    together = HazardEngine([unit_from_dict(unit)])
+    assert together.update_many(snap) == []
+    (u,) = together.status()
+    assert not u["inventory_uncertain"] and u["grade"] == 2
+    assert u["R_live"] == pytest.approx(2.0 * math.pi * 5.5 ** 2 * 14.0 * 0.877 / 50.0, abs=1e-6)
     one_by_one = HazardEngine([unit_from_dict(unit)])
-    events = [e for r in snap for e in one_by_one.update(r)]
-    assert len(events) > 1 and events[-1]["to_grade"] == 3
+    one_by_one.update(snap[0])
+    (first,) = one_by_one.status()
+    assert first["inventory_uncertain"] and first["grade"] == 2
     eng = HazardEngine([unit_from_dict(dict(unit, alarm_tags=["GD1.gas"]))])
     assert eng.unit_tags(UNIT) == {"T101.level", "T101.temperature", "T102.level", "T102.temperature", "GD1.gas"}
     assert eng.major_hazard_code(UNIT) == MH

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
+import sqlite3
 import time
 from pathlib import Path
 
@@ -198,3 +201,38 @@ async def test_the_reload_polling_gap_stays_short_with_a_hung_uplink(tmp_path, c
             w.close()
         server.close()
         opc.close()
+
+
+def hazard_section(people: int) -> str:
+    return f"""hazard:
+  units:
+    - name: dike-T100
+      people_500m: {people}
+      tanks:
+        - {{name: T101, tag_level: T101.level, substance: 苯, density_t_m3: 0.88,
+           geometry: {{type: vertical_cylinder, diameter_m: 11.0, height_m: 12.0}}}}
+"""
+
+
+async def test_a_reload_that_changes_the_design_basis_records_the_grade_change(tmp_path):
+    """The grade is the design grade (GB 18218-2018 4.2.2): it changes only with its basis, the config.
+    120 -> 20 people within 500 m: alpha 2.0 -> 1.0, R 2 x S -> S; one event, in the chain's store."""
+    S = math.pi * 5.5 ** 2 * 12.0 * 0.88 / 50.0   # 22.8: benzene Q 50 t, beta 1
+    text = lambda people: lambda port: config_text(port, interlocks=INTERLOCKS) + hazard_section(people)
+    async with running(tmp_path, text(120)) as (plc, gw, path):
+        (u,) = gw.hazard.status()
+        assert u["grade"] == 3 and u["R"] == pytest.approx(2 * S, abs=1e-5)
+        plc.set_level("T101", 10.0)    # the level moves the inventory only: no event
+        path.write_text(text(20)(plc.port))
+        assert await reload_from_file(gw) is True
+        (u,) = gw.hazard.status()
+        assert u["grade"] == 3 and u["R"] == pytest.approx(S, abs=1e-5)
+        assert gw.store.flush(10)
+        db = sqlite3.connect(gw.cfg.store_path)
+        events = [json.loads(d) for (d,) in db.execute("SELECT data FROM events ORDER BY id")]
+        db.close()
+    hazard = [e for e in events if e.get("type") == "hazard"]
+    assert [e["event"] for e in hazard] == ["design_basis_changed"], hazard
+    e = hazard[0]
+    assert e["unit"] == "dike-T100" and e["changes"] == ["R"] and (e["from_grade"], e["to_grade"]) == (3, 3)
+    assert e["from_R"] == pytest.approx(2 * S, abs=1e-5) and e["R"] == pytest.approx(S, abs=1e-5)

@@ -26,8 +26,11 @@ def _err(msg: str) -> None:
 def grade_command(people: int, substances: list[str]) -> int:
     """``hazard-gateway grade --people N --substance NAME=TONNES [--substance ...]``.
 
-    NAME: Chinese name, English name, alias, CAS number or category code (case-insensitive); TONNES: the
-    quantity q in tonnes. The same substance may repeat (quantities add up). Prints JSON to stdout:
+    NAME: Chinese name, English name, alias, CAS number or category code (case-insensitive), or several
+    table-2 codes joined by "+" ("W2+J3") for a chemical not in table 1 with several hazards (the lowest
+    Q, GB 18218-2018 4.2). TONNES: the quantity q in tonnes, the DESIGN maximum quantity of the tanks,
+    vessels and stores (GB 18218-2018 4.2.2), not the current inventory. The same substance may repeat
+    (quantities add up). Prints JSON to stdout:
     S, R, alpha, people_500m, major_hazard, grade (1..4, or null when S < 1), substances (per substance:
     id, name_zh, name_en, q_t, Q_t, beta, q_over_Q, Q_src, beta_src) and unverified (substances whose Q
     or beta is not confirmed, see gateway/hazard/data/gb18218_2018.yaml).
@@ -55,7 +58,9 @@ def grade_command(people: int, substances: list[str]) -> int:
             _err(f"--substance {arg!r}: TONNES must be a number >= 0")
             return 2
         try:
-            pairs.append((find(name.strip()), q))
+            name = name.strip()
+            codes = [c.strip() for c in name.split("+")]
+            pairs.append((default_table().by_categories(codes) if len(codes) > 1 else find(name), q))
         except UnknownSubstance as e:
             _err(str(e))
             return 2

@@ -1,14 +1,32 @@
-"""Live major-hazard identification and grading per unit (GB 18218-2018), fed by readings.
+"""Major-hazard identification and grading per unit (GB 18218-2018), with the live inventory beside it.
 
-:class:`HazardEngine` keeps, per unit (a diked tank group or a production unit), the online quantity q of
-every tank and vessel, recomputes S, R, the grade and the risk colour whenever a reading of one of its
-tags arrives, and returns change events as dicts for the record path. It is pure, in memory, and never
-touches the disk or the network (docs/design.md "two paths").
+:class:`HazardEngine` keeps, per unit (a diked tank group or a production unit, GB 18218-2018 3.x "unit";
+docs/domain.md, Installation units):
 
-Quantities:
+- the **grade**: S, R, major_hazard and grade 1..4 from the DESIGN maximum quantity of every tank,
+  vessel and store. GB 18218-2018 4.2.2: "危险化学品储罐以及其他容器、设备或仓储区的危险化学品的实际存在量
+  按设计最大量确定" (docs/domain.md, Quantity q: the design maximum). The design quantity comes from the
+  configuration alone (tank capacity x max_fill x highest density; vessel at design pressure and the
+  coldest design temperature; fixed quantities), so the grade is constant while the gateway runs. It
+  changes only when the design basis (the config) changes: :func:`basis_events` compares two engines,
+  and the gateway records each difference as an event at a reload. A level change is never a grade
+  change;
+- the **current inventory** (S_live, R_live): the same formulas on the live quantities (level ->
+  volume -> tonnes), shown beside the grade and never called a grade;
+- the risk **colour**: from the design grade through the unit's :class:`~gateway.hazard.grading.ColourMap`,
+  raised by the live alarm state (:meth:`HazardEngine.update_alarm_state`). The mapping is the
+  project's convention, not a standard (docs/domain.md, Risk colours): every status and event says
+  ``colour_source: "gateway-derived"``, unless the unit carries the enterprise's own assessed risk
+  colour (``assessed_risk``), which then replaces it and is named as the source;
+
+It is pure, in memory, and never touches the disk or the network (docs/design.md "two paths").
+
+Live quantities:
 
 - liquid tank (:class:`TankSpec`): level -> volume (gateway.hazard.volume geometry or strapping table)
-  x density (constant, or a temperature table fed by ``tag_temperature``);
+  x density (constant, or a temperature table fed by ``tag_temperature``). A tank with redundant level
+  instruments (``tag_level`` a list) counts the HIGHER of the usable levels; a bad or stale one makes
+  the figure uncertain and never lowers it; all bad: the upper bound;
 - gas pressure vessel (:class:`VesselSpec`): ideal gas with a compressibility factor,
   q = P_abs V M / (Z R T), R = 8.314462618 kJ/(kmol K) (P in kPa, V in m3, M in kg/kmol, T in K -> kg);
 - fixed quantities (:attr:`UnitSpec.fixed`, tonnes): warehouses, pipework, what has no live tag.
@@ -16,17 +34,16 @@ Quantities:
 Conservative rule for doubtful inputs (documented choice): a tank or vessel whose level / pressure is
 missing (no reading yet), BAD, not numeric, outside the geometry's range, stale (older than
 ``stale_after_s``) or in an unknown engineering unit counts at its UPPER BOUND (tank full at the
-highest density; vessel at design pressure and the coldest design temperature), and the unit's result
-is flagged ``uncertain``. It is never silently lower than the truth. A reading of quality UNCERTAIN is
-used as it is and also flags the result uncertain. An unknown temperature for a density table uses the
+highest density; vessel at design pressure and the coldest design temperature), and the inventory is
+flagged ``inventory_uncertain``. It is never silently lower than the truth. A reading of quality
+UNCERTAIN is used as it is and also flags it. An unknown temperature for a density table uses the
 table's highest density (uncertain); a temperature outside the table uses the nearest row (uncertain).
 
-Two grades per unit: ``grade`` from the live quantities, and ``design_grade`` from the design maximum
-quantities (capacity x max_fill x highest density, vessels at design pressure and coldest temperature,
-plus fixed quantities) - GB 18218-2018 practice identifies installations by their maximum quantity.
-The colour follows ``UnitSpec.colour_basis``: "worst" (default: the higher of the two grades),
-"design" or "live", then the unit's :class:`~gateway.hazard.grading.ColourMap` with the live alarm state
-from :meth:`HazardEngine.update_alarm_state`.
+Substances (GB 18218-2018 4.2; docs/domain.md, Critical quantity Q): a tank names a table-1 substance
+or a table-2 category (``substance:``), or lists several table-2 categories (``categories:``) for a
+chemical with several hazards, which takes the LOWEST Q among them. A mixture (``mixture:``) of the same
+hazard class as its pure substance counts as that substance, on the whole mixture mass
+(``same_class``); otherwise it is classified by its own class (``own_class``, with ``categories:``).
 """
 
 from __future__ import annotations
@@ -38,10 +55,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gateway.hazard import substances as subs
-from gateway.hazard.grading import ColourMap, Result, evaluate
+from gateway.hazard.grading import COLOURS, ColourMap, Result, evaluate
 from gateway.hazard.volume import DensityTable, Geometry, HorizontalCylinder, Sphere, StrappingTable, \
     VerticalCylinder, level_to_m
 from gateway.model import Quality, Reading, rfc3339
+
+#: what the reported S, R and grade are computed on
+BASIS = "design maximum quantity (GB 18218-2018 4.2.2)"
+#: the risk colour is the project's mapping, not a standard's (docs/domain.md, Risk colours)
+COLOUR_SOURCE = "gateway-derived"
+
 
 R_KJ_KMOL_K = 8.314462618
 P_ATM_KPA = 101.325
@@ -54,21 +77,32 @@ _GEOMETRIES = (VerticalCylinder, HorizontalCylinder, Sphere, StrappingTable)
 class TankSpec:
     """A liquid (or liquefied-gas) tank in a unit.
 
-    tag_level: level tag (Reading unit "m", "cm", "mm" or "%" of the geometry's max level).
-    substance: Chinese name, English name, CAS or category code (GB 18218-2018 tables 1/2).
+    tag_level: level tag (Reading unit "m", "cm", "mm" or "%" of the geometry's max level), or a list of
+    the tags of redundant level instruments on the same tank (the higher usable one counts).
+    substance: Chinese name, English name, CAS or category code (GB 18218-2018 tables 1/2); "" when
+    ``categories`` is given. categories: table-2 codes of a chemical not in table 1 with several hazards
+    (lowest Q, GB 18218-2018 4.2). mixture: None, "same_class" (counts as ``substance``, whole mass) or
+    "own_class" (classified by ``categories``), GB 18218-2018 mixture rule.
     geometry: VerticalCylinder | HorizontalCylinder | Sphere | StrappingTable.
     density_t_m3: constant density (t/m3) or a DensityTable (needs tag_temperature, degC or K).
     tag_temperature: liquid temperature tag, or None. name: display name (default: tag_level).
     max_fill: the design fill limit as a fraction of capacity (e.g. 0.85 for LPG), for the design quantity.
     """
 
-    tag_level: str
+    tag_level: str | list[str]
     substance: str
     geometry: Geometry
     density_t_m3: float | DensityTable
     tag_temperature: str | None = None
     name: str | None = None
     max_fill: float = 1.0
+    categories: tuple[str, ...] = ()
+    mixture: str | None = None
+
+    @property
+    def level_tags(self) -> list[str]:
+        """The level tags of this tank (one, or the redundant instruments)."""
+        return [self.tag_level] if isinstance(self.tag_level, str) else list(self.tag_level)
 
 
 @dataclass
@@ -94,6 +128,8 @@ class VesselSpec:
     min_temperature_c: float = -40.0
     z: float = 1.0
     name: str | None = None
+    categories: tuple[str, ...] = ()
+    mixture: str | None = None
 
 
 @dataclass
@@ -103,7 +139,10 @@ class UnitSpec:
     name: unit name. people_500m: people within 500 m outside the boundary (-> alpha).
     tanks / vessels: live inventories. fixed: {substance name: tonnes} without a live tag.
     overrides: {substance name: {"Q_t": t, "beta": b}} from the plant's hazard study.
-    colour_map: ColourMap (or its config dict). colour_basis: "worst" | "design" | "live".
+    colour_map: ColourMap (or its config dict), applied to the design grade.
+    assessed_risk: {"colour": red|orange|yellow|blue, "source": "the assessment it comes from"}: the
+    enterprise's own risk grading (风险分级), which replaces the grade's colour (docs/domain.md, Risk
+    colours); the live alarm state still raises it. None: the gateway-derived colour.
     major_hazard_code: the regulator's code of this installation (for point codes), optional.
     alarm_tags: further tags located in the unit (gas detectors in the dike, ...) whose level-2 alarms and
     interlock trips count for the unit's live alarm state (see :meth:`HazardEngine.unit_tags`).
@@ -116,7 +155,7 @@ class UnitSpec:
     colour_map: ColourMap | dict | None = None
     vessels: list[VesselSpec] = field(default_factory=list)
     overrides: dict[str, dict] = field(default_factory=dict)
-    colour_basis: str = "worst"
+    assessed_risk: dict | None = None
     major_hazard_code: str | None = None
     alarm_tags: list[str] = field(default_factory=list)
 
@@ -153,9 +192,12 @@ class _Item:
         self.spec = spec
         self.sub = sub
         self.is_tank = isinstance(spec, TankSpec)
-        self.name = spec.name or (spec.tag_level if self.is_tank else spec.tag_pressure)
+        self.name = spec.name or (spec.level_tags[0] if self.is_tank else spec.tag_pressure)
         where = f"unit {unit}, {'tank' if self.is_tank else 'vessel'} {self.name}"
         if self.is_tank:
+            lt = spec.level_tags
+            if not lt or not all(isinstance(x, str) and x for x in lt) or len(set(lt)) != len(lt):
+                raise ValueError(f"{where}: tag_level must be a tag name or a list of distinct tag names")
             if not isinstance(spec.geometry, _GEOMETRIES):
                 raise ValueError(f"{where}: geometry must be a VerticalCylinder, HorizontalCylinder, Sphere or "
                                  f"StrappingTable")
@@ -182,10 +224,16 @@ class _Item:
         self.where = where
 
     @property
+    def main_tags(self) -> list[str]:
+        """The level tag(s) of a tank, the pressure tag of a vessel."""
+        return self.spec.level_tags if self.is_tank else [self.spec.tag_pressure]
+
+    @property
     def tags(self) -> list[tuple[str, str]]:
         s = self.spec
-        main = ("level", s.tag_level) if self.is_tank else ("pressure", s.tag_pressure)
-        return [main] + ([("temperature", s.tag_temperature)] if s.tag_temperature else [])
+        kind = "level" if self.is_tank else "pressure"
+        return [(kind, tag) for tag in self.main_tags] + \
+            ([("temperature", s.tag_temperature)] if s.tag_temperature else [])
 
     # -- tanks
     def _max_density(self) -> float:
@@ -213,17 +261,13 @@ class _Item:
         return kg / 1000.0
 
     def live_q(self, inputs: dict[str, _Input], stale: Callable[[_Input], bool]) -> tuple[float, str, list[str]]:
-        """(q tonnes, basis "measured" | "upper_bound", reasons why uncertain)."""
+        """(q tonnes, basis "measured" | "upper_bound", reasons why uncertain).
+
+        Redundant level instruments: each usable level gives a quantity and the HIGHER counts; an
+        unusable one adds its reason (uncertain) but never lowers the figure; none usable: the upper
+        bound (tank full at the highest density)."""
         s = self.spec
-        kind, tag = self.tags[0]
-        inp = inputs[tag]
         reasons: list[str] = []
-        if inp.value is None:
-            return self.upper_q(), "upper_bound", [f"{tag}: {inp.reason or 'bad'}"]
-        if stale(inp):
-            return self.upper_q(), "upper_bound", [f"{tag}: stale"]
-        if inp.quality is Quality.UNCERTAIN:
-            reasons.append(f"{tag}: quality uncertain ({inp.reason or 'no reason'})")
         t_c: float | None = None
         if s.tag_temperature:
             ti = inputs[s.tag_temperature]
@@ -238,43 +282,107 @@ class _Item:
                 reasons.append(f"{s.tag_temperature}: temperature unknown ({why})")
             elif ti.quality is Quality.UNCERTAIN:
                 reasons.append(f"{s.tag_temperature}: quality uncertain")
+        measured: list[float] = []
+        for tag in self.main_tags:
+            q, why = self._q_of(tag, inputs[tag], stale, t_c, reasons)
+            if q is None:
+                reasons.append(why)
+            else:
+                measured.append(q)
+        if not measured:
+            return self.upper_q(), "upper_bound", reasons
+        return max(measured), "measured", reasons
+
+    def _q_of(self, tag: str, inp: _Input, stale: Callable[[_Input], bool], t_c: float | None,
+              reasons: list[str]) -> tuple[float | None, str]:
+        """(tonnes from one level / pressure input, or None and why it is unusable)."""
+        s = self.spec
+        if inp.value is None:
+            return None, f"{tag}: {inp.reason or 'bad'}"
+        if stale(inp):
+            return None, f"{tag}: stale"
+        if inp.quality is Quality.UNCERTAIN:
+            reasons.append(f"{tag}: quality uncertain ({inp.reason or 'no reason'})")
         if self.is_tank:
             geo = s.geometry
             try:
                 level = level_to_m(inp.value, inp.unit, geo.max_level_m)
                 vol = geo.volume_m3(level)
             except ValueError as e:
-                return self.upper_q(), "upper_bound", reasons + [f"{tag}: {e}"]
+                return None, f"{tag}: {e}"
             d = s.density_t_m3
             if isinstance(d, DensityTable):
                 if t_c is None:
                     rho = d.max_density_t_m3
                 else:
                     rho, ok = d.density_t_m3(t_c)
-                    if not ok:
+                    if not ok and not any("outside the density table" in r for r in reasons):
                         reasons.append(f"{s.tag_temperature}: {t_c} degC outside the density table")
             else:
                 rho = float(d)
-            return vol * rho, "measured", reasons
+            return vol * rho, ""
         unit = inp.unit.strip() if inp.unit.strip() in _PRESSURE_KPA else s.pressure_unit
         if inp.unit.strip() and inp.unit.strip() not in _PRESSURE_KPA:
-            return self.upper_q(), "upper_bound", reasons + [f"{tag}: pressure unit {inp.unit!r} unknown"]
+            return None, f"{tag}: pressure unit {inp.unit!r} unknown"
         if t_c is None:
             t_c = s.min_temperature_c if s.tag_temperature else s.temperature_c
-        return self._gas_t(inp.value, unit, t_c), "measured", reasons
+        return self._gas_t(inp.value, unit, t_c), ""
+
+
+MIXTURE_RULES = ("same_class", "own_class")
+
+
+def resolve_substance(table: subs.SubstanceTable, name: str, categories: tuple[str, ...] = (), mixture: str | None = None, *,
+                      where: str) -> subs.Substance:
+    """The substance a tank, vessel or fixed quantity counts as (GB 18218-2018 4.2; docs/domain.md,
+    Critical quantity Q).
+
+    - ``name`` alone: the table-1 substance or table-2 category it names;
+    - ``categories`` (table-2 codes) without a table-1 name: a chemical with several hazards takes the
+      lowest Q among them (SubstanceTable.by_categories);
+    - ``mixture="same_class"``: a mixture of the same hazard class as its pure substance ``name`` counts
+      as that substance, computed on the whole mixture mass;
+    - ``mixture="own_class"``: a mixture of another class is classified by its own ``categories``.
+
+    Raises ValueError "where: problem" (one line) for an unknown name or code, a mixture rule other
+    than same_class / own_class, or a combination the rule does not allow."""
+    if mixture is not None and mixture not in MIXTURE_RULES:
+        raise ValueError(f"{where}: mixture must be one of {', '.join(MIXTURE_RULES)}, got {mixture!r}")
+    try:
+        if mixture == "own_class" or (categories and not name):
+            if not categories:
+                raise ValueError("a mixture of its own hazard class needs categories: [table-2 codes]")
+            return table.by_categories(list(categories))
+        if categories:
+            raise ValueError("give either substance (a table-1 name or one category) or categories, not both")
+        if not name:
+            raise ValueError("give substance or categories")
+        return table.find(name)
+    except LookupError as e:
+        raise ValueError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 class _Unit:
     def __init__(self, spec: UnitSpec, table: subs.SubstanceTable):
         self.spec = spec
         self.name = spec.name
-        if spec.colour_basis not in ("worst", "design", "live"):
-            raise ValueError(f"unit {spec.name}: colour_basis must be worst, design or live")
         try:
             self.colour_map = spec.colour_map if isinstance(spec.colour_map, ColourMap) \
                 else ColourMap.from_dict(spec.colour_map)
         except (TypeError, ValueError) as e:
             raise ValueError(f"unit {spec.name}: {e}") from None
+        self.assessed: str | None = None
+        self.colour_source = COLOUR_SOURCE
+        if spec.assessed_risk is not None:
+            a = spec.assessed_risk
+            if not isinstance(a, dict) or set(a) != {"colour", "source"} or a["colour"] not in COLOURS \
+                    or not isinstance(a["source"], str) or not a["source"].strip():
+                raise ValueError(f"unit {spec.name}: assessed_risk needs colour (one of {', '.join(COLOURS)}) and "
+                                 f"source (the risk assessment it comes from)")
+            self.assessed = a["colour"]
+            self.colour_source = f"enterprise assessment: {a['source'].strip()}"
         over: dict[str, dict] = {}
         for name, o in (spec.overrides or {}).items():
             try:
@@ -284,37 +392,35 @@ class _Unit:
             except (LookupError, ValueError) as e:
                 raise ValueError(f"unit {spec.name}, override {name}: {e}") from None
 
-        def resolve(name: str, where: str) -> subs.Substance:
-            try:
-                base = table.find(name)
-            except LookupError as e:
-                raise ValueError(f"{where}: {e}") from None
+        def resolve(s: TankSpec | VesselSpec | None, name: str, where: str) -> subs.Substance:
+            base = resolve_substance(table, name, tuple(getattr(s, "categories", ()) or ()),
+                                     getattr(s, "mixture", None), where=where)
             o = over.get(base.id)
             return subs.custom(base, Q_t=o.get("Q_t"), beta=o.get("beta")) if o else base
 
-        self.items = [_Item(spec.name, t, resolve(t.substance, f"unit {spec.name}, tank {t.name or t.tag_level}"))
+        self.items = [_Item(spec.name, t, resolve(t, t.substance, f"unit {spec.name}, tank {t.name or t.level_tags[0]}"))
                       for t in spec.tanks]
-        self.items += [_Item(spec.name, v, resolve(v.substance, f"unit {spec.name}, vessel {v.name or v.tag_pressure}"))
+        self.items += [_Item(spec.name, v, resolve(v, v.substance, f"unit {spec.name}, vessel {v.name or v.tag_pressure}"))
                        for v in spec.vessels]
         self.fixed: list[tuple[subs.Substance, float]] = []
         for name, q in (spec.fixed or {}).items():
             if not (isinstance(q, (int, float)) and math.isfinite(q) and q >= 0):
                 raise ValueError(f"unit {spec.name}, fixed {name}: quantity must be tonnes >= 0, got {q!r}")
-            self.fixed.append((resolve(name, f"unit {spec.name}, fixed {name}"), float(q)))
-        # alpha check, one line
-        try:
+            self.fixed.append((resolve(None, name, f"unit {spec.name}, fixed {name}"), float(q)))
+        try:  # the grade: design maximum quantities (GB 18218-2018 4.2.2); alpha checked here, one line
             self.design: Result = evaluate(spec.people_500m, [(i.sub, i.design_q()) for i in self.items] + self.fixed)
         except ValueError as e:
             raise ValueError(f"unit {spec.name}: {e}") from None
         self.level2_active = False
         self.tripped = False
-        self.result: Result | None = None
-        self.uncertain = True
+        self.inventory: Result | None = None
+        self.inventory_uncertain = True
         self.reasons: list[str] = []
         self.tank_status: list[dict] = []
         self.colour = ""
 
     def evaluate(self, inputs: dict[str, _Input], stale: Callable[[_Input], bool]) -> None:
+        """Recompute the current inventory (S_live, R_live) and the colour; the grade does not move."""
         pairs = list(self.fixed)
         reasons: list[str] = []
         self.tank_status = []
@@ -322,37 +428,56 @@ class _Unit:
             q, basis, why = it.live_q(inputs, stale)
             pairs.append((it.sub, q))
             reasons += why
-            self.tank_status.append({"name": it.name, "tag": it.tags[0][1], "substance": it.sub.id,
-                                     "q_t": q, "basis": basis, "uncertain": bool(why),
-                                     "design_q_t": it.design_q()})
-        self.result = evaluate(self.spec.people_500m, pairs)
-        self.uncertain = bool(reasons)
+            self.tank_status.append({"name": it.name, "tag": it.main_tags[0], "tags": list(it.main_tags),
+                                     "substance": it.sub.id, "design_q_t": it.design_q(),
+                                     "inventory_q_t": q, "inventory_basis": basis, "inventory_uncertain": bool(why)})
+        self.inventory = evaluate(self.spec.people_500m, pairs)
+        self.inventory_uncertain = bool(reasons)
         self.reasons = reasons
-        self.colour = self.colour_map.colour(self.colour_grade, self.level2_active, self.tripped)
-
-    @property
-    def colour_grade(self) -> int | None:
-        live, design = self.result.grade, self.design.grade
-        if self.spec.colour_basis == "live":
-            return live
-        if self.spec.colour_basis == "design":
-            return design
-        known = [g for g in (live, design) if g is not None]
-        return min(known) if known else None
+        self.colour = self.colour_map.colour(self.design.grade, self.level2_active, self.tripped, base=self.assessed)
 
     def status(self) -> dict[str, Any]:
-        r = self.result
-        return {"unit": self.name, "S": round(r.S, 6), "R": round(r.R, 6), "alpha": r.alpha,
-                "major_hazard": r.major_hazard, "grade": r.grade, "design_grade": self.design.grade,
-                "design_S": round(self.design.S, 6), "design_R": round(self.design.R, 6),
-                "colour": self.colour, "uncertain": self.uncertain, "reasons": list(self.reasons),
+        d, live = self.design, self.inventory
+        return {"unit": self.name, "basis": BASIS, "S": round(d.S, 6), "R": round(d.R, 6), "alpha": d.alpha,
+                "major_hazard": d.major_hazard, "grade": d.grade,
+                "colour": self.colour, "colour_source": self.colour_source,
+                "S_live": round(live.S, 6), "R_live": round(live.R, 6),
+                "inventory_uncertain": self.inventory_uncertain, "reasons": list(self.reasons),
                 "level2_active": self.level2_active, "tripped": self.tripped,
-                "unverified": r.unverified, "tanks": [dict(t) for t in self.tank_status],
+                "unverified": d.unverified, "tanks": [dict(t) for t in self.tank_status],
                 "fixed": {s.id: q for s, q in self.fixed}}
 
 
+def basis_events(old: "HazardEngine | None", new: "HazardEngine", ts: float) -> list[dict]:
+    """Events for a change of the design basis between two engines (a config reload): one per unit whose
+    design S, R, grade or major_hazard differs, or that was added or removed. Shape: {"type": "hazard",
+    "event": "design_basis_changed", "unit", "from_grade", "to_grade", "from_S", "S", "from_R", "R",
+    "major_hazard", "colour", "colour_source", "changes" (of "grade", "S", "R", "major_hazard", "added",
+    "removed"), "ts" (RFC 3339 UTC)}. ``old`` None: nothing to compare, no events."""
+    if old is None:
+        return []
+    before = {u["unit"]: u for u in old.status()}
+    after = {u["unit"]: u for u in new.status()}
+    out = []
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name), after.get(name)
+        if a is None or b is None:
+            changes = ["added" if a is None else "removed"]
+        else:
+            changes = [k for k in ("grade", "S", "R", "major_hazard") if a[k] != b[k]]
+            if not changes:
+                continue
+        ref = b or {}
+        out.append({"type": "hazard", "event": "design_basis_changed", "unit": name,
+                    "from_grade": (a or {}).get("grade"), "to_grade": ref.get("grade"),
+                    "from_S": (a or {}).get("S"), "S": ref.get("S"), "from_R": (a or {}).get("R"),
+                    "R": ref.get("R"), "major_hazard": ref.get("major_hazard"), "colour": ref.get("colour"),
+                    "colour_source": ref.get("colour_source", COLOUR_SOURCE), "changes": changes, "ts": rfc3339(ts)})
+    return out
+
+
 class HazardEngine:
-    """Live S / R / grade / colour of every configured unit.
+    """Design S / R / grade, risk colour and current inventory (S_live / R_live) of every configured unit.
 
     units: list of UnitSpec. stale_after_s: a level / pressure / temperature reading older than this
     (monotonic seconds, from Reading.mono) counts as unknown (None: never stale). clock: wall clock for
@@ -361,7 +486,8 @@ class HazardEngine:
 
     Raises ValueError (one line naming unit and tank) for a bad configuration: unknown substance (with
     close matches), bad geometry or density, duplicate unit name, a negative people count.
-    The initial state (no readings yet) counts every tank full and is uncertain; it emits no event.
+    The initial state (no readings yet) counts every tank full in the inventory (uncertain); it emits no
+    event. Readings move only the inventory; the grade is the design grade (see the module docstring).
     """
 
     def __init__(self, units: list[UnitSpec], *, stale_after_s: float | None = None,
@@ -419,8 +545,9 @@ class HazardEngine:
     def update(self, reading: Reading) -> list[dict]:
         """Take one reading; return the hazard events it causes (empty for a tag of no unit).
 
-        An event is emitted when a unit's live grade, colour or uncertain flag changes (see
-        :meth:`_event` for the dict shape). ts of the event: the reading's sample time.
+        A reading moves the inventory, never the grade, so it causes an event only when the colour
+        changes (see :meth:`_event`); in practice that is the alarm state's doing. ts of the event: the
+        reading's sample time.
         """
         return self.update_many([reading])
 
@@ -472,31 +599,31 @@ class HazardEngine:
     def _reevaluate(self, units: list[_Unit], ts: float) -> list[dict]:
         events = []
         for u in units:
-            before = (u.result.grade, u.colour, u.uncertain, u.result.major_hazard)
+            before = u.colour
             u.evaluate(self._inputs, self._stale)
-            after = (u.result.grade, u.colour, u.uncertain, u.result.major_hazard)
-            if before != after:
+            if before != u.colour:
                 events.append(self._event(u, before, ts))
         return events
 
     @staticmethod
-    def _event(u: _Unit, before: tuple, ts: float) -> dict:
-        """{"type": "hazard", "unit", "from_grade", "to_grade", "from_colour", "to_colour", "S", "R",
-        "major_hazard", "design_grade", "uncertain", "reasons", "changes" (list of "grade", "colour",
-        "uncertain", "major_hazard"), "level2_active", "tripped", "ts" (RFC 3339 UTC)}."""
-        r = u.result
-        changes = [k for k, a, b in zip(("grade", "colour", "uncertain", "major_hazard"), before,
-                                        (r.grade, u.colour, u.uncertain, r.major_hazard)) if a != b]
-        return {"type": "hazard", "unit": u.name, "from_grade": before[0], "to_grade": r.grade,
-                "from_colour": before[1], "to_colour": u.colour, "S": round(r.S, 6), "R": round(r.R, 6),
-                "major_hazard": r.major_hazard, "design_grade": u.design.grade, "uncertain": u.uncertain,
-                "reasons": list(u.reasons), "changes": changes, "level2_active": u.level2_active,
-                "tripped": u.tripped, "ts": rfc3339(ts)}
+    def _event(u: _Unit, from_colour: str, ts: float) -> dict:
+        """{"type": "hazard", "event": "colour_changed", "unit", "grade", "S", "R", "major_hazard" (the
+        design figures, unchanged), "from_colour", "to_colour", "colour_source", "level2_active", "tripped",
+        "S_live", "R_live", "inventory_uncertain", "changes": ["colour"], "ts" (RFC 3339 UTC)}."""
+        d, live = u.design, u.inventory
+        return {"type": "hazard", "event": "colour_changed", "unit": u.name, "grade": d.grade,
+                "S": round(d.S, 6), "R": round(d.R, 6), "major_hazard": d.major_hazard,
+                "from_colour": from_colour, "to_colour": u.colour, "colour_source": u.colour_source,
+                "level2_active": u.level2_active, "tripped": u.tripped, "S_live": round(live.S, 6),
+                "R_live": round(live.R, 6), "inventory_uncertain": u.inventory_uncertain,
+                "changes": ["colour"], "ts": rfc3339(ts)}
 
     def status(self) -> list[dict]:
-        """Per unit: unit, S, R, alpha, major_hazard, grade (live), design_grade, design_S, design_R, colour,
-        uncertain, reasons, level2_active, tripped, unverified (substance ids with unconfirmed Q/beta),
-        tanks (name, tag, substance, q_t, basis, uncertain, design_q_t), fixed {substance: t}."""
+        """Per unit: unit, basis, S, R, alpha, major_hazard, grade (all on the design maximum quantity,
+        GB 18218-2018 4.2.2), colour, colour_source ("gateway-derived"), S_live, R_live (current
+        inventory, not a grade), inventory_uncertain, reasons, level2_active, tripped, unverified (substance
+        ids with unconfirmed Q/beta), tanks (name, tag, tags, substance, design_q_t, inventory_q_t,
+        inventory_basis "measured" | "upper_bound", inventory_uncertain), fixed {substance: t}."""
         return [u.status() for u in self._units.values()]
 
 
@@ -535,21 +662,31 @@ def _geometry_from_dict(where: str, g: Any, base_dir: Path | None) -> Geometry:
         raise ValueError(f"{where}: {e}") from None
 
 
+def _categories(where: str, d: dict) -> tuple[str, ...]:
+    cats = d.get("categories") or []
+    if not isinstance(cats, list) or not all(isinstance(c, str) and c for c in cats):
+        raise ValueError(f"{where}.categories: must be a list of table-2 codes, e.g. [W2, J3]")
+    if not cats and not d.get("substance"):
+        raise ValueError(f"{where}: give substance (table-1 name or category code) or categories")
+    return tuple(cats)
+
+
 def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str | None = None) -> UnitSpec:
     """Build a :class:`UnitSpec` from its config mapping (YAML), e.g.::
 
         name: chlorine-store            # required
         people_500m: 35                 # required, people within 500 m outside the boundary
         major_hazard_code: H01          # optional, for point codes
-        colour_basis: worst             # worst | design | live
         colour_map: {grades: {1: red, 2: orange, 3: yellow, 4: blue}, not_major: blue,
                      level2_alarm: raise, trip: raise}      # none | raise | red
+        assessed_risk: {colour: orange, source: "2026 风险分级评估报告"}   # optional: replaces the derived colour
         fixed: {苯: 30}                 # tonnes without a live tag
         alarm_tags: [GD1.gas, GD2.gas]  # detectors in the unit: their level-2 alarms / trips count
         overrides: {benzene: {Q_t: 50, beta: 2}}           # plant hazard study
         tanks:
-          - tag_level: TK1.LT
-            substance: 液氯
+          - tag_level: TK1.LT           # or [TK1.LT1, TK1.LT2]: redundant instruments, the higher counts
+            substance: 液氯              # or categories: [W2, J3] (not in table 1, several hazards: lowest Q)
+            # mixture: same_class       # counts as the substance (whole mass) | own_class (with categories)
             geometry: {type: horizontal_cylinder, diameter_m: 1.6, length_m: 5, head_depth_m: 0.4}
             #  {type: vertical_cylinder, diameter_m, height_m} | {type: sphere, diameter_m}
             #  {type: strapping_table, csv: tables/tk1.csv} | {type: strapping_table, points: [[0, 0], [1, 80]]}
@@ -565,13 +702,21 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
     when the HazardEngine is built.
     """
     base = Path(base_dir) if base_dir is not None else None
-    d = _keys(where, d, {"name", "people_500m", "major_hazard_code", "colour_basis", "colour_map", "fixed",
+    if "colour_basis" in d:
+        raise ValueError(f"{where}.colour_basis: removed: the grade and the colour are those of the design maximum "
+                         f"quantity (GB 18218-2018 4.2.2); delete the key")
+    d = _keys(where, d, {"name", "people_500m", "major_hazard_code", "colour_map", "assessed_risk", "fixed",
                          "overrides", "tanks", "vessels", "alarm_tags"}, {"name", "people_500m"})
     tanks = []
     for i, t in enumerate(d.get("tanks") or []):
         w = f"{where}.tanks[{i}]"
-        t = _keys(w, t, {"tag_level", "substance", "geometry", "density_t_m3", "density_table", "tag_temperature",
-                         "name", "max_fill"}, {"tag_level", "substance", "geometry"})
+        t = _keys(w, t, {"tag_level", "substance", "categories", "mixture", "geometry", "density_t_m3",
+                         "density_table", "tag_temperature", "name", "max_fill"}, {"tag_level", "geometry"})
+        level = t["tag_level"]
+        if not (isinstance(level, str) and level) and not (isinstance(level, list) and level
+                                                            and all(isinstance(x, str) and x for x in level)):
+            raise ValueError(f"{w}.tag_level: must be a tag name or a list of tag names")
+        cats = _categories(w, t)
         if ("density_t_m3" in t) == ("density_table" in t):
             raise ValueError(f"{w}: give exactly one of density_t_m3 or density_table")
         try:
@@ -579,7 +724,8 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
                 else float(t["density_t_m3"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{w}: density: {e}") from None
-        tanks.append(TankSpec(tag_level=str(t["tag_level"]), substance=str(t["substance"]),
+        tanks.append(TankSpec(tag_level=level if isinstance(level, str) else list(level),
+                              substance=str(t.get("substance") or ""), categories=cats, mixture=t.get("mixture"),
                               geometry=_geometry_from_dict(f"{w}.geometry", t["geometry"], base),
                               density_t_m3=dens, tag_temperature=t.get("tag_temperature"), name=t.get("name"),
                               max_fill=t.get("max_fill", 1.0)))
@@ -587,10 +733,12 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
     vkeys = {f.name for f in VesselSpec.__dataclass_fields__.values()}
     for i, v in enumerate(d.get("vessels") or []):
         w = f"{where}.vessels[{i}]"
-        v = _keys(w, v, vkeys, {"tag_pressure", "substance", "volume_m3", "molar_mass_kg_kmol", "design_pressure"})
-        vessels.append(VesselSpec(**v))
+        v = dict(_keys(w, v, vkeys, {"tag_pressure", "volume_m3", "molar_mass_kg_kmol", "design_pressure"}))
+        v["categories"] = _categories(w, v)
+        v.setdefault("substance", "")
         if not isinstance(v.get("tag_pressure"), str) or not isinstance(v.get("substance"), str):
             raise ValueError(f"{w}: tag_pressure and substance must be text")
+        vessels.append(VesselSpec(**v))
     people = d["people_500m"]
     if isinstance(people, bool) or not isinstance(people, int) or people < 0:
         raise ValueError(f"{where}.people_500m: must be a whole number >= 0, got {people!r}")
@@ -599,8 +747,8 @@ def unit_from_dict(d: dict, where: str = "hazard.units[0]", base_dir: Path | str
         raise ValueError(f"{where}.alarm_tags: must be a list of tag names")
     return UnitSpec(name=str(d["name"]), people_500m=people, tanks=tanks, vessels=vessels,
                     fixed=dict(d.get("fixed") or {}), overrides=dict(d.get("overrides") or {}),
-                    colour_map=d.get("colour_map"), colour_basis=d.get("colour_basis", "worst"),
-                    major_hazard_code=d.get("major_hazard_code"), alarm_tags=list(alarm_tags))
+                    colour_map=d.get("colour_map"), assessed_risk=d.get("assessed_risk"), major_hazard_code=d.get("major_hazard_code"), alarm_tags=list(alarm_tags))
 
 
-__all__ = ["HazardEngine", "TankSpec", "UnitSpec", "VesselSpec", "unit_from_dict"]
+__all__ = ["BASIS", "COLOUR_SOURCE", "HazardEngine", "MIXTURE_RULES", "TankSpec", "UnitSpec", "VesselSpec",
+           "basis_events", "resolve_substance", "unit_from_dict"]

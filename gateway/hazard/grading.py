@@ -3,7 +3,8 @@
 Rules (GB 18218-2018, via docs/domain.md [2]):
 
 - Identification: a unit (production unit, or storage unit; each diked tank group is its own unit) is a
-  major hazard installation when S = sum(q_i / Q_i) >= 1 (q actual tonnes, Q critical quantity, tonnes).
+  major hazard installation when S = sum(q_i / Q_i) >= 1 (q: the design maximum quantity in tonnes,
+  4.2.2 "实际存在量按设计最大量确定"; Q: critical quantity, tonnes, table 1 or table 2).
 - Grading: R = alpha * sum(beta_i * q_i / Q_i). Grade 1: R >= 100; grade 2: 50 <= R < 100;
   grade 3: 10 <= R < 50; grade 4: R < 10. A unit with S < 1 is not graded (grade None).
 - alpha by the number of people within 500 m outside the boundary: >= 100 -> 2.0; 50..99 -> 1.5;
@@ -154,9 +155,15 @@ class ColourMap:
                 raise ValueError("colour map: grades must map 1..4 to a colour") from None
         return cls(**d)
 
-    def colour(self, grade: int | None, level2_active: bool = False, tripped: bool = False) -> str:
-        """Risk colour for ``grade`` (1..4 or None) and the live alarm state."""
-        base = self.not_major if grade is None else self.grades[grade]
+    def colour(self, grade: int | None, level2_active: bool = False, tripped: bool = False,
+               base: str | None = None) -> str:
+        """Risk colour for ``grade`` (1..4 or None) and the live alarm state. ``base``: the enterprise's
+        assessed risk colour (风险分级, docs/domain.md "Risk colours"), which replaces the grade's colour
+        when given; the alarm state raises it the same way."""
+        if base is None:
+            base = self.not_major if grade is None else self.grades[grade]
+        elif base not in COLOURS:
+            raise ValueError(f"colour map: unknown colour {base!r}; use one of {', '.join(COLOURS)}")
         i = COLOURS.index(base)
         for on, effect in ((level2_active, self.level2_alarm), (tripped, self.trip)):
             if not on or effect == "none":

@@ -1,4 +1,7 @@
-"""Level -> volume -> mass for the online quantity q of a tank (GB 18218-2018: q = actual quantity).
+"""Level -> volume -> mass of a tank: its capacity for the design maximum quantity, its level for the inventory.
+
+GB 18218-2018 4.2.2 grades on the design maximum quantity (capacity x max fill x highest density); the
+level gives the current inventory shown beside the grade (gateway.hazard.engine).
 
 Geometries (all lengths in metres, volumes in m3, level measured from the lowest inside point):
 
