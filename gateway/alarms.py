@@ -10,14 +10,27 @@ Sources of the rules:
 - Alarm states, deadband, on-/off-delay, latching, re-alarm, shelve, suppress by design, out of
   service: ISA-18.2 / IEC 62682, as carried into OPC UA Part 9 (AlarmConditionType, ShelvedStateMachine,
   AcknowledgeableConditionType, LatchedState / Reset).
-- Gas set points: GB/T 50493-2019 clause 5.5.2 (combustible level 1 <= 25 %LEL, level 2 <= 50 %LEL;
-  toxic level 1 <= 100 %OEL, level 2 <= 200 %OEL; oxygen over 23.5 %VOL / under 19.5 %VOL).
+- Gas set points: GB/T 50493-2019 clause 5.5.2 (combustible point detector level 1 <= 25 %LEL, level 2
+  <= 50 %LEL; open-path detector 1 / 2 LEL·m; toxic level 1 <= 100 %OEL, level 2 <= 200 %OEL, or 5 / 10 %IDLH
+  where the range cannot reach 200 %OEL; oxygen over 23.5 %VOL / under 19.5 %VOL), in the tag's unit:
+  gateway.gas (units, ppm conversion, the OEL / IDLH basis, the oxygen mapping; docs/alarm-presets.md).
 - Alarm order: level 2 before level 1, toxic before combustible at the same level, then time
   (GB/T 50493-2009 3.0.2; the 2019 edition is unconfirmed, see docs/domain.md).
 - Latching until a manual reset after the gas has cleared, first-out identification, fault distinct
   from gas alarm: alarm-controller behaviour of GB 16808 (test methods; docs/domain.md marks it [?]).
-- Detection time: detectors respond within 30 s (commissioning rules), so the on-delay of a gas alarm
-  is capped at ``gas_on_delay_cap_s`` (30 s by default).
+- Gas on-delay cap (docs/domain.md, Response times; GB/T 50493-2019 commissioning budget, GB 16808): an
+  on-delay in the gateway is *added* to the detector's own response (<= 30 s) and to the poll time, so
+  the detector's 30 s cannot justify a 30 s on-delay. Gas alarms cap the on-delay at
+  ``gas_on_delay_cap_s`` (GAS_ON_DELAY_CAP_S, 5 s by default; configurable as
+  ``alarm_policy.gas_on_delay_cap_s``, and `check` warns above the default).
+- First alarm and later alarms in time order (GB 16808-2008 5.3 alarm-function test; docs/domain.md,
+  GB 16808): :meth:`AlarmEngine.first_out_sequence` lists, per first-out group, the first alarm and then
+  every later activation in the order it came, with its time.
+- Points disabled (屏蔽, GB 16808; docs/domain.md, Alarm management): :meth:`AlarmEngine.disabled_points`
+  lists the shelved, suppressed and out-of-service alarms of gas points, which must still be shown
+  ("points disabled") and counted.
+- System alarms: :meth:`AlarmEngine.set_system_alarm` raises and clears condition alarms that are not a
+  tag's limit, e.g. CLOCK (the system clock is not synchronised, gateway.clock) on the tag "system".
 - Output faults (docs/design.md, Fail safe): an output write not confirmed by read-back raises an OUTPUT alarm of the
   output tag (:meth:`AlarmEngine.set_output_fault`), shown in the active list like any other alarm.
 - C03: a NaN / sentinel reading arrives as quality BAD with value None. A bad or stale reading is never
@@ -36,24 +49,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, KeysView
 
+from gateway.gas import (COMBUSTIBLE_L1_LEL, COMBUSTIBLE_L2_LEL, GAS_KINDS, OPEN_PATH_L1_LELM, OPEN_PATH_L2_LELM,
+                         OXYGEN_HIGH_VOL, OXYGEN_LOW_VOL, TOXIC_L1_OEL_PCT, TOXIC_L2_OEL_PCT, GasPreset, gas_setpoints)
 from gateway.model import Reading, rfc3339
 
 LIMIT_KINDS = ("HH", "H", "L", "LL", "ROC", "DEV")
 QUALITY = "QUALITY"
 OUTPUT = "OUTPUT"
+#: system alarm: the system clock is not synchronised (gateway.clock.ClockMonitor.sync_alarm)
+CLOCK = "CLOCK"
+#: the tag name of system alarms (f"{SYSTEM_TAG}.{CLOCK}" = "system.CLOCK")
+SYSTEM_TAG = "system"
 STATES = ("normal", "unacked", "acked", "rtn_unacked", "shelved", "suppressed", "out_of_service")
 HIDDEN_STATES = ("shelved", "suppressed", "out_of_service")
-GASES = ("combustible", "toxic", "oxygen")
-#: Detector response time budget (commissioning rules, docs/domain.md): an on-delay never exceeds it.
-GAS_ON_DELAY_CAP_S = 30.0
-#: GB/T 50493-2019 5.5.2 ceilings.
-COMBUSTIBLE_L1_LEL = 25.0
-COMBUSTIBLE_L2_LEL = 50.0
-TOXIC_L1_OEL_PCT = 100.0
-TOXIC_L2_OEL_PCT = 200.0
-OXYGEN_HIGH_VOL = 23.5
-OXYGEN_LOW_VOL = 19.5
-_GAS_RANK = {"toxic": 0, "combustible": 1, "oxygen": 2}
+GASES = GAS_KINDS
+#: Cap of a gas alarm's on-delay, seconds (docs/domain.md, Response times): the gateway's delay adds to the
+#: detector's own response (<= 30 s, GB/T 50493-2019 commissioning practice) and to the poll time, so it is
+#: kept to a few seconds (GB 16808 controllers alarm without a long delay; their figure is not confirmed).
+GAS_ON_DELAY_CAP_S = 5.0
+#: Detection budget of a gas detector, seconds (commissioning practice: a detector responds within 30 s;
+#: docs/domain.md, Response times): a gas reading is at most this old (derived stale_after_s), and `check`
+#: warns when a detector's poll cycle or stale_after_s exceeds it. Not an on-delay (see GAS_ON_DELAY_CAP_S).
+GAS_DETECTION_BUDGET_S = 30.0
+#: most activations kept per first-out group for first_out_sequence (the first one is always kept)
+SEQUENCE_MAX = 200
+_GAS_RANK = {"toxic": 0, "combustible": 1, "combustible_open_path": 1, "oxygen": 2}
 
 
 class AlarmActionError(ValueError):
@@ -116,12 +136,15 @@ class LimitSpec:
 class TagAlarmConfig:
     """The alarms of one tag.
 
-    tag: tag name. limits: its LimitSpecs (at most one per kind). gas: "combustible", "toxic",
-    "oxygen" or None (sets the GB/T 50493-2019 ordering and the on-delay cap). oel: occupational
-    exposure limit of a toxic gas, in the tag's unit (only used for set-point warnings).
-    stale_after_s: no reading at all for this long raises a QUALITY alarm "stale" (None = off).
-    group: first-out group name (GB 16808 first alarm identification). quality_priority: priority
-    of the tag's QUALITY (comm fault / bad quality / stale) alarm.
+    tag: tag name. limits: its LimitSpecs (at most one per kind). gas: one of GASES ("combustible",
+    "combustible_open_path", "toxic", "oxygen") or None (sets the GB/T 50493-2019 ordering, the on-delay
+    cap and the 屏蔽 indication of disabled gas points). oel: occupational exposure limit of a toxic gas,
+    in the tag's unit (only used for set-point warnings when ``ceilings`` is not given). ceilings: kind ->
+    the GB/T 50493-2019 5.5.2 set point in the tag's unit (the resolved gateway.gas preset), which
+    setpoint_warnings compares the configured limits with. stale_after_s: no reading at all for this
+    long raises a QUALITY alarm "stale" (None = off). group: first-out group name (GB 16808 first alarm
+    identification). quality_priority: priority of the tag's QUALITY (comm fault / bad quality / stale)
+    alarm.
     """
 
     tag: str
@@ -131,6 +154,7 @@ class TagAlarmConfig:
     group: str | None = None
     oel: float | None = None
     quality_priority: int = 2
+    ceilings: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.gas not in (None, *GASES):
@@ -145,39 +169,73 @@ class TagAlarmConfig:
             raise ValueError(f"{self.tag}: quality_priority must be 1..4")
 
 
+#: the unit each preset is defined in (gas_preset without a unit); toxic: the OEL is taken in the tag's unit
+_NATIVE_UNIT = {"combustible": "%LEL", "combustible_open_path": "LEL·m", "toxic": "mg/m3", "oxygen": "%VOL"}
+
+
+def preset_limits(preset: GasPreset, *, deadband: float = 0.0, on_delay_s: float = 0.0,
+                  latching: bool = True) -> list[LimitSpec]:
+    """The LimitSpecs of a gateway.gas.GasPreset (set points in the tag's unit, levels and priorities as
+    resolved there); latching by default (GB 16808 controllers latch until a manual reset after the gas
+    clears)."""
+    return [LimitSpec(x.kind, x.setpoint, priority=x.priority, level=x.level, deadband=deadband,
+                      on_delay_s=on_delay_s, latching=latching) for x in preset.limits]
+
+
 def gas_preset(gas: str, oel: float | None = None, *, deadband: float = 0.0, on_delay_s: float = 0.0,
-               latching: bool = True) -> list[LimitSpec]:
-    """The GB/T 50493-2019 clause 5.5.2 set points for a gas detector, as LimitSpecs.
+               latching: bool = True, unit: str | None = None, **substance: Any) -> list[LimitSpec]:
+    """The GB/T 50493-2019 clause 5.5.2 set points for a gas detector, as LimitSpecs (gateway.gas.gas_setpoints).
 
     combustible (point detector, %LEL): level 1 H at 25, level 2 HH at 50.
-    toxic (tag unit = unit of ``oel``): level 1 H at 100 %OEL (= oel), level 2 HH at 200 %OEL.
-    oxygen (%VOL): level 1 H at 23.5 (enrichment), level 2 L at 19.5 (deficiency).
+    combustible_open_path (LEL·m): level 1 H at 1, level 2 HH at 2.
+    toxic: level 1 H at 100 %OEL, level 2 HH at 200 %OEL (or 5 / 10 %IDLH), converted to ``unit``.
+    oxygen (%VOL): over-oxygen H 23.5 (level 1), under-oxygen L 19.5 (level 2) unless ``oxygen_over`` /
+    ``oxygen_under`` (gateway.gas.OxygenLimit) say otherwise: the level mapping is the project's choice.
     Level 2 gets priority 1, level 1 priority 2; latching by default (GB 16808 controllers latch
     until a manual reset after the gas clears).
 
-    Raises ValueError for an unknown gas, or toxic without a positive oel.
+    unit: the tag's unit; None = the unit the preset is defined in (%LEL, LEL·m, %VOL), and for toxic
+    ``oel`` is then the OEL in the tag's own unit. substance: the other keyword arguments of
+    gateway.gas.gas_setpoints (oel_mg_m3, idlh_mg_m3, molar_mass_g_mol, gas_name, toxic_basis, range_hi,
+    oxygen_over, oxygen_under).
+
+    Raises ValueError (gateway.gas.GasPresetError, one line) for an unknown gas, a preset that does not fit
+    the unit, or toxic without an OEL.
     """
-    common = dict(deadband=deadband, on_delay_s=on_delay_s, latching=latching)
-    if gas == "combustible":
-        return [LimitSpec("H", COMBUSTIBLE_L1_LEL, priority=2, level=1, **common),
-                LimitSpec("HH", COMBUSTIBLE_L2_LEL, priority=1, level=2, **common)]
-    if gas == "toxic":
-        if oel is None or not oel > 0:
-            raise ValueError("toxic gas preset needs oel > 0 (MAC, else PC-TWA, in the tag's unit)")
-        return [LimitSpec("H", oel * TOXIC_L1_OEL_PCT / 100.0, priority=2, level=1, **common),
-                LimitSpec("HH", oel * TOXIC_L2_OEL_PCT / 100.0, priority=1, level=2, **common)]
-    if gas == "oxygen":
-        return [LimitSpec("H", OXYGEN_HIGH_VOL, priority=2, level=1, **common),
-                LimitSpec("L", OXYGEN_LOW_VOL, priority=1, level=2, **common)]
-    raise ValueError(f"gas preset {gas!r} is not one of {', '.join(GASES)}")
+    if unit is None:
+        unit = _NATIVE_UNIT.get(gas, "")
+        if gas == "toxic" and oel is not None:
+            substance.setdefault("oel_mg_m3", oel)
+    elif oel is not None:
+        substance.setdefault("oel_mg_m3", oel)
+    preset = gas_setpoints(gas, unit, **substance)
+    return preset_limits(preset, deadband=deadband, on_delay_s=on_delay_s, latching=latching)
+
+
+def _ceilings(cfg: TagAlarmConfig) -> dict[str, float]:
+    """kind -> the GB/T 50493-2019 5.5.2 set point a configured limit must not be looser than."""
+    if cfg.ceilings is not None:
+        return dict(cfg.ceilings)
+    if cfg.gas == "combustible":
+        return {"H": COMBUSTIBLE_L1_LEL, "HH": COMBUSTIBLE_L2_LEL}
+    if cfg.gas == "combustible_open_path":
+        return {"H": OPEN_PATH_L1_LELM, "HH": OPEN_PATH_L2_LELM}
+    if cfg.gas == "toxic" and cfg.oel:
+        return {"H": cfg.oel * TOXIC_L1_OEL_PCT / 100, "HH": cfg.oel * TOXIC_L2_OEL_PCT / 100}
+    if cfg.gas == "oxygen":
+        return {"H": OXYGEN_HIGH_VOL, "L": OXYGEN_LOW_VOL}
+    return {}
 
 
 def setpoint_warnings(cfg: TagAlarmConfig, gas_on_delay_cap_s: float = GAS_ON_DELAY_CAP_S) -> list[str]:
     """Warnings (one line each, prefixed with the tag) where a gas tag's config is looser than the standards.
 
-    - set point looser than the GB/T 50493-2019 5.5.2 ceiling (combustible H > 25 %LEL or HH > 50 %LEL;
-      toxic H > 100 %OEL or HH > 200 %OEL when ``cfg.oel`` is known; oxygen H > 23.5 or L < 19.5 %VOL);
-    - an on-delay above the detection budget (it is capped at ``gas_on_delay_cap_s`` at run time);
+    - set point looser than the GB/T 50493-2019 5.5.2 ceiling in the tag's unit (``cfg.ceilings``, the
+      resolved preset; without it: combustible H > 25 %LEL or HH > 50 %LEL, open path H > 1 or HH > 2 LEL·m,
+      toxic H > 100 %OEL or HH > 200 %OEL when ``cfg.oel`` is known, oxygen H > 23.5 or L < 19.5 %VOL);
+      a high limit (H, HH) is looser above its ceiling, a low limit (L, LL) below it;
+    - an on-delay above ``gas_on_delay_cap_s`` (it is capped there at run time: the delay adds to the
+      detector's response; docs/domain.md, Response times);
     - a level-2 limit with a lower priority than a level-1 limit (GB/T 50493 ordering);
     - a non-latching gas alarm (GB 16808 controllers latch until reset).
     Returns [] for a tag without ``gas``.
@@ -186,24 +244,18 @@ def setpoint_warnings(cfg: TagAlarmConfig, gas_on_delay_cap_s: float = GAS_ON_DE
         return []
     out: list[str] = []
     by_kind = {lim.kind: lim for lim in cfg.limits}
-    looser: list[tuple[str, float, str]] = []  # kind, ceiling, direction
-    if cfg.gas == "combustible":
-        looser = [("H", COMBUSTIBLE_L1_LEL, ">"), ("HH", COMBUSTIBLE_L2_LEL, ">")]
-    elif cfg.gas == "toxic" and cfg.oel:
-        looser = [("H", cfg.oel * TOXIC_L1_OEL_PCT / 100, ">"), ("HH", cfg.oel * TOXIC_L2_OEL_PCT / 100, ">")]
-    elif cfg.gas == "oxygen":
-        looser = [("H", OXYGEN_HIGH_VOL, ">"), ("L", OXYGEN_LOW_VOL, "<")]
-    for kind, ceiling, direction in looser:
+    for kind, ceiling in _ceilings(cfg).items():
         lim = by_kind.get(kind)
         if lim is None:
             continue
-        if (direction == ">" and lim.setpoint > ceiling) or (direction == "<" and lim.setpoint < ceiling):
+        high = kind in ("H", "HH")
+        if (high and lim.setpoint > ceiling) or (not high and lim.setpoint < ceiling):
             out.append(f"{cfg.tag}: {kind} set point {lim.setpoint:g} is looser than the "
-                       f"GB/T 50493-2019 5.5.2 limit {ceiling:g}")
+                       f"GB/T 50493-2019 5.5.2 limit {ceiling:.4g}")
     for lim in cfg.limits:
         if lim.on_delay_s > gas_on_delay_cap_s:
             out.append(f"{cfg.tag}: {lim.kind} on-delay {lim.on_delay_s:g} s exceeds the {gas_on_delay_cap_s:g} s "
-                       f"detection budget; capped at {gas_on_delay_cap_s:g} s")
+                       f"gas on-delay cap (it adds to the detector's response); capped at {gas_on_delay_cap_s:g} s")
         if not lim.latching and lim.level is not None:
             out.append(f"{cfg.tag}: {lim.kind} gas alarm is not latching (GB 16808 controllers latch until reset)")
     l1 = [lim.priority for lim in cfg.limits if lim.level == 1]
@@ -364,7 +416,8 @@ class AlarmEngine:
 
     configs: one TagAlarmConfig per tag (ValueError on a duplicate tag or a DEV limit whose
     other_tag is not configured). clock: wall clock for event timestamps (time.time).
-    gas_on_delay_cap_s: on-delays of gas alarms are capped at this (detector response budget).
+    gas_on_delay_cap_s: on-delays of gas alarms are capped at this (GAS_ON_DELAY_CAP_S: the delay adds to
+    the detector's response; docs/domain.md, Response times).
     Every tag gets a QUALITY alarm (bad reading, non-numeric value, stale) besides its limits.
 
     Operator actions (ack, reset, shelve, ...) return the events they create and raise
@@ -380,6 +433,9 @@ class AlarmEngine:
         self._by_tag: dict[str, list[_Alarm]] = {}
         self._dependents: dict[str, list[_Alarm]] = {}  # other_tag -> DEV alarms that reference it
         self._first_out: dict[str, str] = {}  # group -> alarm id
+        # group -> activations of the group's current episode, in order: (alarm id, since_ts, since_mono)
+        self._sequence: dict[str, list[tuple[str, float, float]]] = {}
+        self._sequence_count: dict[str, int] = {}  # group -> activations of the current episode (all of them)
         self._start_mono: float | None = None
         for cfg in configs:
             if cfg.tag in self._tags:
@@ -459,7 +515,43 @@ class AlarmEngine:
         if self._start_mono is None:
             self._start_mono = now_mono
 
-    # ------------------------------------------------------------------ output faults
+    # ------------------------------------------------------------------ output faults and system alarms
+
+    def add_system_alarm(self, tag: str, kind: str, priority: int = 3, group: str | None = None) -> str:
+        """Register a condition alarm ``kind`` of ``tag`` that is not a limit (OUTPUT, CLOCK ...); returns its
+        id f"{tag}.{kind}". It shows in :meth:`active`, is acknowledged like any other alarm and is driven
+        only by :meth:`set_system_alarm`. Idempotent (the first registration's priority and group stay).
+        Raises ValueError when the id is already a limit or QUALITY alarm."""
+        aid = f"{tag}.{kind}"
+        a = self._alarms.get(aid)
+        if a is None:
+            cfg = TagAlarmConfig(tag=tag, group=group, quality_priority=priority)
+            self._alarms[aid] = _Alarm(aid, tag, kind, None, cfg)
+        elif a.spec is not None or a.kind == QUALITY:
+            raise ValueError(f"{aid}: already an alarm of a configured tag")
+        return aid
+
+    def set_system_alarm(self, tag: str, kind: str, active: bool, reason: str | None = None,
+                         now_mono: float | None = None, *, clear_reason: str | None = None,
+                         priority: int = 3) -> list[AlarmEvent]:
+        """Raise (active=True, with a one-line reason) or clear the condition alarm ``kind`` of ``tag``.
+
+        Registers the alarm on first use (with ``priority``). Returns the transition events ([] when nothing
+        changed; a new reason while active is a transition too, so keep the reason stable while the
+        condition lasts). The event of a clear carries ``clear_reason``. Clearing leaves the alarm
+        rtn_unacked until acknowledged (ISA-18.2)."""
+        a = self._alarms[self.add_system_alarm(tag, kind, priority)]
+        now = time.monotonic() if now_mono is None else now_mono
+        if active == a.active and (not active or reason == a.reason):
+            return []
+
+        def change() -> None:
+            self._set_active(a, active, now)
+            a.reason = reason if active else None
+        ev = self._transition(a, now, change, force=active)
+        if ev is not None:
+            ev.reason = reason if active else clear_reason
+        return [ev] if ev is not None else []
 
     def add_output_alarm(self, tag: str, priority: int = 1, group: str | None = None) -> str:
         """Register the OUTPUT (output-fault) alarm of output tag ``tag``; returns its id f"{tag}.OUTPUT".
@@ -468,11 +560,7 @@ class AlarmEngine:
         distinct from process and QUALITY alarms: it shows in :meth:`active` and is acknowledged like any
         other. It is driven only by :meth:`set_output_fault`. Idempotent.
         """
-        aid = f"{tag}.{OUTPUT}"
-        if aid not in self._alarms:
-            cfg = TagAlarmConfig(tag=tag, group=group, quality_priority=priority)
-            self._alarms[aid] = _Alarm(aid, tag, OUTPUT, None, cfg)
-        return aid
+        return self.add_system_alarm(tag, OUTPUT, priority, group)
 
     def set_output_fault(self, tag: str, fault: bool, reason: str | None = None,
                          now_mono: float | None = None) -> list[AlarmEvent]:
@@ -481,18 +569,8 @@ class AlarmEngine:
         Registers the alarm on first use. Returns the transition events ([] when nothing changed; a new
         reason while active is a transition too). Clearing leaves it rtn_unacked until acknowledged (ISA-18.2).
         """
-        a = self._alarms[self.add_output_alarm(tag)]
-        now = time.monotonic() if now_mono is None else now_mono
-        if fault == a.active and (not fault or reason == a.reason):
-            return []
-
-        def change() -> None:
-            self._set_active(a, fault, now)
-            a.reason = reason if fault else None
-        ev = self._transition(a, now, change, force=fault)
-        if ev is not None:
-            ev.reason = reason if fault else "confirmed"
-        return [ev] if ev is not None else []
+        self.add_output_alarm(tag)
+        return self.set_system_alarm(tag, OUTPUT, fault, reason, now_mono, clear_reason="confirmed")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -582,9 +660,13 @@ class AlarmEngine:
             a.latched = bool(a.spec is not None and a.spec.latching)
             a.since_mono, a.since_ts = now, self._clock()
             grp = a.cfg.group
-            if grp is not None and a.spec is not None and grp not in self._first_out:
-                self._first_out[grp] = a.id
-                a.first_out = True
+            if grp is not None and a.spec is not None:
+                if grp not in self._first_out:
+                    self._first_out[grp] = a.id
+                    a.first_out = True
+                    self._sequence[grp] = []
+                    self._sequence_count[grp] = 0
+                self._record_activation(grp, a.id, a.since_ts, now)
         elif not a.latched:
             a.since_mono = a.since_ts = None
 
@@ -603,11 +685,35 @@ class AlarmEngine:
                           user=user, reason=reason, first_out=a.first_out and not was_first, action=action,
                           hidden=hidden_before if action is None else None)
 
+    def _group_sequence(self, grp: str) -> list[tuple[str, float, float]]:
+        """The group's activations of this episode; rebuilt from the alarms' activation times when the group has
+        a first-out but no recorded sequence (restored after a restart, or carried over a reload): the
+        first-out first, then the group's other alarms that are not normal, by activation time."""
+        seq = self._sequence.get(grp)
+        if seq is None:
+            first = self._alarms.get(self._first_out.get(grp, ""))
+            later = sorted((x for x in self._alarms.values() if x.cfg.group == grp and x.spec is not None
+                            and x is not first and x.base_state() != "normal" and x.since_ts is not None),
+                           key=lambda x: (x.since_ts, x.id))
+            head = [first] if first is not None and first.since_ts is not None else []
+            seq = self._sequence[grp] = [(x.id, x.since_ts, x.since_mono or 0.0) for x in (*head, *later)]
+            self._sequence_count[grp] = len(seq)
+        return seq
+
+    def _record_activation(self, grp: str, aid: str, since_ts: float, since_mono: float) -> None:
+        seq = self._group_sequence(grp)
+        seq.append((aid, since_ts, since_mono))
+        self._sequence_count[grp] = self._sequence_count.get(grp, 0) + 1
+        if len(seq) > SEQUENCE_MAX:  # keep the first alarm and the latest ones
+            del seq[1:len(seq) - SEQUENCE_MAX + 1]
+
     def _refresh_groups(self) -> None:
         for grp, aid in list(self._first_out.items()):
             members = [a for a in self._alarms.values() if a.cfg.group == grp and a.spec is not None]
             if all(m.base_state() == "normal" for m in members):
                 del self._first_out[grp]
+                self._sequence.pop(grp, None)
+                self._sequence_count.pop(grp, None)
                 self._alarms[aid].first_out = False
 
     # ------------------------------------------------------------------ queries
@@ -671,6 +777,42 @@ class AlarmEngine:
     def all_status(self) -> list[AlarmStatus]:
         """Every alarm, normal ones included, in the same order as :meth:`active`."""
         return [self._status(a) for a in sorted(self._alarms.values(), key=self._order)]
+
+    def first_out_sequence(self) -> list[dict[str, Any]]:
+        """The first alarm and the later alarms in time order, per first-out group (GB 16808-2008 5.3: the
+        first alarm is identified and later alarms are shown in the order they came; docs/domain.md,
+        GB 16808), beside the priority-ordered :meth:`active` list.
+
+        One dict per group that has a first-out now, by group name: ``{"group", "first_out": alarm id,
+        "count": activations in this episode, "alarms": [...]}``; ``alarms`` holds every activation of a
+        limit alarm of the group since its first-out, the first-out first, then in activation order:
+        ``{"id", "tag", "kind", "level", "priority", "since": RFC 3339 UTC, "state": displayed state now,
+        "first_out": bool}``. An alarm that returned, or activated twice, keeps each activation (at most
+        SEQUENCE_MAX per group: the first and the latest). The episode ends, and the group leaves the list,
+        when every alarm of the group is back to normal (acknowledged and reset)."""
+        out = []
+        for grp in sorted(self._first_out):
+            seq = self._group_sequence(grp)
+            total = max(self._sequence_count.get(grp, 0), len(seq))
+            rows = []
+            for aid, ts, _mono in seq:
+                a = self._alarms.get(aid)
+                if a is None:
+                    continue
+                rows.append({"id": aid, "tag": a.tag, "kind": a.kind, "level": a.level, "priority": a.priority,
+                             "since": rfc3339(ts), "state": a.state(),
+                             "first_out": not rows and aid == self._first_out[grp]})
+            out.append({"group": grp, "first_out": self._first_out[grp], "count": total, "alarms": rows})
+        return out
+
+    def disabled_points(self) -> list[AlarmStatus]:
+        """The alarms of gas points that are shelved, suppressed or out of service, whatever their underlying
+        state (GB 16808: a controller with 屏蔽 must show the disabled points and count them; docs/domain.md,
+        Alarm management: "points disabled"). A gas point is a tag with a gas preset (``gas``) or in the
+        first-out group "gas". In the order of :meth:`active`; [] when no gas point is disabled."""
+        out = [a for a in self._alarms.values()
+               if a.hide is not None and (a.cfg.gas is not None or a.cfg.group == "gas")]
+        return [self._status(a) for a in sorted(out, key=self._order)]
 
     # ------------------------------------------------------------------ operator actions
 
@@ -854,4 +996,6 @@ class AlarmEngine:
             ev = self._transition(a, now, change, action="restored", force=True)
             ev.reason = f"latched since {rfc3339(a.since_ts)}; restored after a restart, awaiting reset"
             events.append(ev)
+        for grp in list(self._first_out):  # the restored first-out, then the group's other latches by time
+            self._group_sequence(grp)
         return events, unknown

@@ -8,8 +8,12 @@ Rules and their sources:
   ``fault_hz`` for a fault); a process alarm outranks a fault.
 - GB 16808 test methods (docs/domain.md, GB 16808; marked [?] there): silence is allowed (an operator action); a new alarm
   sounds again. ISA-18.2: acknowledging an alarm silences it.
-- Faults (comm fault, bad quality, stale, output fault: the QUALITY and OUTPUT alarm kinds) are
-  distinct from gas / process alarms (GB 16808; GB/T 50493-2019 5.1.2 sends them separately).
+- Faults (comm fault, bad quality, stale, output fault, unsynchronised clock: the QUALITY, OUTPUT and
+  CLOCK alarm kinds) are distinct from gas / process alarms (GB 16808; GB/T 50493-2019 5.1.2 sends them
+  separately).
+- Points disabled (屏蔽; GB 16808: a controller that can disable points must show it, yellow, and count
+  it; docs/domain.md, Alarm management): shelved, suppressed and out-of-service gas points
+  (:meth:`gateway.alarms.AlarmEngine.disabled_points`) light a ``disabled_indicator``.
 
 What each kind shows (from :meth:`gateway.alarms.AlarmEngine.active`, so shelved, suppressed and
 out-of-service alarms never annunciate):
@@ -19,6 +23,9 @@ out-of-service alarms never annunciate):
 - ``horn``: sounds while a followed alarm is unacknowledged and in alarm and has not been silenced.
   Silence mutes the activations sounding now; a new activation (another alarm, or the same alarm
   raised again) sounds again. "alarm" when any sounding one is a process alarm, else "fault".
+- ``disabled_indicator``: "disabled" while any followed gas point is shelved, suppressed or out of
+  service (the ``disabled`` callable), else "off"; steady (or flashing at ``fault_hz``). Alarms and
+  silence do not touch it.
 
 Writes: direct device writes with read-back (``write(tag, value) -> Reading``, the gateway's
 ``Device.write``), not the OutputManager: a flashing output changes twice a second and is not a
@@ -35,9 +42,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
-from gateway.alarms import OUTPUT, QUALITY, AlarmStatus
+from gateway.alarms import CLOCK, OUTPUT, QUALITY, AlarmStatus
 from gateway.model import Reading, rfc3339
 from gateway.outputs import readback_problem, values_match
 
@@ -45,16 +52,18 @@ log = logging.getLogger("hazard_gateway.annunciator")
 
 TICK_S = 0.05
 WRITE_TIMEOUT_S = 2.0
-FAULT_KINDS = (QUALITY, OUTPUT)
-MODES = ("off", "fault", "alarm")
+FAULT_KINDS = (QUALITY, OUTPUT, CLOCK)
+KINDS = ("beacon", "horn", "disabled_indicator")
+MODES = ("off", "fault", "alarm", "disabled")
 
 
 @dataclass
 class AnnunciatorSpec:
-    """One beacon or horn. output: writable tag; on_value / off_value written for on / off.
-    pattern "steady" | "flash"; alarm_hz / fault_hz > 0 (flash rates; GB 16808-2008 4.2 asks >= 1 / >= 0.2).
-    groups / priorities: follow only alarms of these first-out groups / priorities (None: all).
-    faults: also annunciate QUALITY / OUTPUT alarms. Raises ValueError for a bad kind, pattern or rate."""
+    """One beacon, horn or disabled-points indicator (KINDS). output: writable tag; on_value / off_value
+    written for on / off. pattern "steady" | "flash"; alarm_hz / fault_hz > 0 (flash rates; GB 16808-2008 4.2
+    asks >= 1 / >= 0.2; a disabled_indicator flashes at fault_hz). groups / priorities: follow only alarms of
+    these first-out groups / priorities (None: all). faults: also annunciate QUALITY / OUTPUT / CLOCK alarms.
+    Raises ValueError for a bad kind, pattern or rate."""
 
     output: str
     kind: str
@@ -68,8 +77,8 @@ class AnnunciatorSpec:
     off_value: Any = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("beacon", "horn"):
-            raise ValueError(f"annunciator {self.output}: kind must be beacon or horn, not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"annunciator {self.output}: kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.pattern not in ("steady", "flash"):
             raise ValueError(f"annunciator {self.output}: pattern must be steady or flash, not {self.pattern!r}")
         if not (self.alarm_hz > 0 and self.fault_hz > 0):
@@ -105,7 +114,9 @@ class AnnunciatorLogic:
         """Followed alarms that are in alarm and unacknowledged (what a horn sounds for, before silence)."""
         return [a for a in alarms if self.follows(a) and a.state == "unacked"]
 
-    def target_mode(self, alarms: list[AlarmStatus]) -> str:
+    def target_mode(self, alarms: list[AlarmStatus], disabled: Sequence[AlarmStatus] = ()) -> str:
+        if self.spec.kind == "disabled_indicator":
+            return "disabled" if any(self.follows(a) for a in disabled) else "off"
         if self.spec.kind == "horn":
             live = [a for a in self.sounding(alarms) if _key(a) not in self.silenced]
         else:
@@ -122,11 +133,12 @@ class AnnunciatorLogic:
         self.silenced |= keys
         return len(keys)
 
-    def update(self, alarms: list[AlarmStatus], now_mono: float) -> Any:
-        """Advance to ``now_mono`` and return the output value."""
+    def update(self, alarms: list[AlarmStatus], now_mono: float, disabled: Sequence[AlarmStatus] = ()) -> Any:
+        """Advance to ``now_mono`` and return the output value. disabled: the disabled gas points
+        (AlarmEngine.disabled_points), what a disabled_indicator shows."""
         if self.spec.kind == "horn":  # forget muted activations that are over
             self.silenced &= {_key(a) for a in self.sounding(alarms)}
-        mode = self.target_mode(alarms)
+        mode = self.target_mode(alarms, disabled)
         if mode != self.mode:
             self.mode, self.mode_since = mode, now_mono
         return self.value(now_mono)
@@ -146,17 +158,20 @@ class Annunciators:
     """The running annunciators of one gateway.
 
     specs: AnnunciatorSpecs. write: coroutine (tag, value) -> read-back Reading (raises on failure).
-    alarms: callable returning the active alarm list (AlarmEngine.active). on_fault(tag, fault, reason):
+    alarms: callable returning the active alarm list (AlarmEngine.active). disabled: callable returning the
+    disabled gas points (AlarmEngine.disabled_points; None: none). on_fault(tag, fault, reason):
     raise / clear the output's OUTPUT alarm. on_event(dict): record path (mode changes, silences).
     """
 
     def __init__(self, specs: list[AnnunciatorSpec], write: Callable[[str, Any], Awaitable[Reading]],
                  alarms: Callable[[], list[AlarmStatus]], on_fault: Callable[[str, bool, str | None], None] | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None, *, tick_s: float = TICK_S,
-                 write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
+                 write_timeout_s: float = WRITE_TIMEOUT_S,
+                 disabled: Callable[[], list[AlarmStatus]] | None = None) -> None:
         self.logic = [AnnunciatorLogic(s) for s in specs]
         self._write = write
         self._alarms = alarms
+        self._disabled = disabled or (lambda: [])
         self._on_fault = on_fault
         self._on_event = on_event
         self.tick_s = tick_s
@@ -187,9 +202,10 @@ class Annunciators:
         """One tick: compute every output and start a write where the output must change (or retry)."""
         now = time.monotonic() if now_mono is None else now_mono
         alarms = self._alarms()
+        disabled = self._disabled() if any(lg.spec.kind == "disabled_indicator" for lg in self.logic) else []
         for lg in self.logic:
             before = lg.mode
-            v = lg.update(alarms, now)
+            v = lg.update(alarms, now, disabled)
             tag = lg.spec.output
             if lg.mode != before:
                 self._event({"type": "annunciator", "event": "mode", "output": tag, "kind": lg.spec.kind,

@@ -18,6 +18,15 @@ read, no privilege needed) returns TIME_ERROR (5) while the clock is unsynchroni
 (STA_UNSYNC set, as timedatectl's "System clock synchronized: no"); any other state is
 synchronised. It is None where adjtimex is unavailable (not Linux). The kernel answer is
 cached for ``sync_check_s`` seconds.
+
+Alarm on loss of synchronisation (docs/domain.md, GB 16808: alarm times are recorded, and the
+clock error of an alarm record is bounded; the figure is unconfirmed there, so the gateway at
+least says when its clock is not disciplined): :meth:`ClockMonitor.sync_alarm` returns the
+one-line reason of the CLOCK system alarm ("系统时钟未同步 ...") once the kernel has reported the
+clock unsynchronised, without a break, for ``grace_s`` seconds (a boot before NTP has synchronised
+is normal for a minute or two), and None otherwise, including when the state is unknown (None):
+an unknown state raises nothing. The gateway raises and clears the alarm ``system.CLOCK`` from
+it (gateway.gateway.Gateway, alarm_policy.clock_unsync_grace_s).
 """
 
 from __future__ import annotations
@@ -36,6 +45,12 @@ log = logging.getLogger(__name__)
 TIME_ERROR = 5
 #: steps smaller than this (seconds) are ignored: scheduling jitter between the two clock reads
 DEFAULT_THRESHOLD_S = 1.0
+#: seconds the clock may be seen unsynchronised before the CLOCK alarm (alarm_policy.clock_unsync_grace_s)
+DEFAULT_UNSYNC_GRACE_S = 60.0
+#: what the CLOCK alarm says (operators read Chinese): "the system clock is not synchronised"
+UNSYNC_TEXT = "系统时钟未同步"
+#: what the CLOCK alarm's clearing event says: "the system clock is synchronised again"
+RESYNC_TEXT = "系统时钟已恢复同步 / system clock synchronised again"
 
 
 def kernel_synchronised() -> bool | None:
@@ -71,6 +86,7 @@ class ClockMonitor:
         self._sync_check_s = float(sync_check_s)
         self._sync: bool | None = None
         self._sync_at: float | None = None
+        self._unsync_since: float | None = None   # monotonic time the clock was first seen unsynchronised
         self._last: tuple[float, float] | None = None
         #: signed size of the last step seen (seconds; + = the wall clock jumped forward), None: none yet
         self.last_step_s: float | None = None
@@ -98,7 +114,29 @@ class ClockMonitor:
         now = self._mono()
         if self._sync_at is None or now - self._sync_at >= self._sync_check_s:
             self._sync, self._sync_at = self._sync_fn(), now
+            if self._sync is False:
+                if self._unsync_since is None:
+                    self._unsync_since = now
+            else:
+                self._unsync_since = None
         return self._sync
+
+    def unsynchronised_s(self) -> float | None:
+        """Seconds (monotonic) since the clock was first seen unsynchronised, without a synchronised or unknown
+        answer in between; None while it is synchronised or its state is unknown."""
+        if self.synchronised() is not False or self._unsync_since is None:
+            return None
+        return self._mono() - self._unsync_since
+
+    def sync_alarm(self, grace_s: float = DEFAULT_UNSYNC_GRACE_S) -> str | None:
+        """The reason of the CLOCK system alarm (one line, stable while the condition lasts) when the clock has
+        been seen unsynchronised for at least ``grace_s`` seconds; None otherwise (synchronised, unknown, or
+        still within the grace)."""
+        u = self.unsynchronised_s()
+        if u is None or u < grace_s:
+            return None
+        return (f"{UNSYNC_TEXT} / system clock not synchronised: the kernel reports it (adjtimex TIME_ERROR) "
+                f"for more than {grace_s:g} s; alarm and sample times may be off")
 
     def state(self) -> dict[str, Any]:
         """``{"synchronised": bool | None, "last_step_s": float | None}`` (the Batcher's clock_fn)."""

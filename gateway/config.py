@@ -11,7 +11,9 @@ Shape (see config/example-site.yaml for a commented template)::
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
     hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, docs/domain.md)
     control:    {socket, mode, group, max_shelve_minutes}   (operator socket)
-    annunciators: [{output, kind: beacon|horn, pattern: steady|flash, alarm_hz, fault_hz, groups, priorities}]
+    annunciators: [{output, kind: beacon|horn|disabled_indicator, pattern: steady|flash, alarm_hz, fault_hz, groups,
+                    priorities}]
+    alarm_policy: {gas_on_delay_cap_s, clock_unsync_grace_s, oxygen: {over, under}}   (docs/alarm-presets.md)
     (a Modbus device may carry heartbeat: {address, interval_ms, mode: count|toggle})
     include:    [profile files or directories]   (device profiles, gateway.device_profiles)
     metrics:    {listen: 127.0.0.1:9108, allow_remote}   (Prometheus, gateway.metrics)
@@ -40,7 +42,10 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from drivers.codec import normalise_order, register_count
-from gateway.alarms import GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, gas_preset, setpoint_warnings
+from gateway.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
+                            setpoint_warnings)
+from gateway.clock import DEFAULT_UNSYNC_GRACE_S
+from gateway.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from drivers.modbus import parse_reference
 from drivers.opcua import parse_node_id
 
@@ -165,9 +170,31 @@ LimitValue = Union[float, LimitCfg]
 
 
 class AlarmsCfg(Strict):
-    gas: Literal["combustible", "toxic", "oxygen"] | None = Field(
-        None, description="GB/T 50493-2019 5.5.2 preset: combustible 25/50 %LEL, toxic 100/200 %OEL, oxygen 19.5/23.5 %VOL")
-    oel: float | None = Field(None, gt=0, description="occupational exposure limit for gas: toxic (same unit as the tag)")
+    """A tag's alarms: a GB/T 50493-2019 5.5.2 gas preset (gateway.gas; docs/alarm-presets.md) and/or explicit
+    limits over it. The preset must fit the tag's unit (check refuses it otherwise, at the ``gas`` value)."""
+
+    gas: Literal["combustible", "combustible_open_path", "toxic", "oxygen"] | None = Field(
+        None, description="GB/T 50493-2019 5.5.2 preset: combustible (point detector, tag in %LEL) 25/50 %LEL; "
+                          "combustible_open_path (open-path detector, tag in LEL·m) 1/2 LEL·m; toxic 100/200 %OEL "
+                          "(or 5/10 %IDLH) converted to the tag's unit (%OEL, %IDLH, mg/m3, ppm); oxygen (tag in "
+                          "%VOL) 23.5 over / 19.5 under (levels from alarm_policy.oxygen)")
+    oel_mg_m3: float | None = Field(None, gt=0, description=(
+        "gas: toxic: the occupational exposure limit in mg/m³ (GBZ 2.1: the MAC, else the PC-TWA); level 1 at "
+        "100 %OEL, level 2 at 200 %OEL, converted to the tag's unit"))
+    oel: float | None = Field(None, gt=0, description=(
+        "old name of oel_mg_m3, read in the tag's unit: accepted only on a mg/m3 tag (or 100 on a %OEL tag); "
+        "anywhere else use oel_mg_m3"))
+    idlh_mg_m3: float | None = Field(None, gt=0, description=(
+        "gas: toxic: the IDLH in mg/m³, for the GB/T 50493-2019 5.5.2 fallback where the measuring range cannot "
+        "reach 200 %OEL: level 1 at 5 %IDLH, level 2 at 10 %IDLH"))
+    toxic_basis: Literal["oel", "idlh"] | None = Field(None, description=(
+        "gas: toxic: set points from the OEL (100/200 %OEL) or the IDLH (5/10 %IDLH); default: the OEL, unless the "
+        "tag's measuring range (valid_range, else eng_range, upper end) is below 200 %OEL: then the IDLH"))
+    gas_name: str | None = Field(None, description=(
+        "gas: toxic on a ppm tag: the gas, for its molar mass (H2S, NH3, Cl2, CO, SO2, HCN, NO2, HCl, HF, COCl2, "
+        "PH3, C2H4O, CH3Br, C6H6 or their names); ppm = mg/m³ x 24.04 / M at 20 degC, 101.325 kPa"))
+    molar_mass_g_mol: float | None = Field(None, gt=0, description=(
+        "gas: toxic on a ppm tag: the gas's molar mass in g/mol (instead of gas_name)"))
     HH: LimitValue | None = None
     H: LimitValue | None = None
     L: LimitValue | None = None
@@ -177,14 +204,8 @@ class AlarmsCfg(Strict):
         "input on it counts as unknown (a fault vote). Any reading, good or bad, resets the timer (a bad "
         "reading raises its own QUALITY alarm at once), so this catches a hung poll loop, not a silent "
         "device. Default: derived from the device, 3 poll intervals plus 3 timeouts per device sharing its "
-        "link; gas tags at most 30 s (detection budget)"))
+        "link; gas tags at most 30 s (the detection budget)"))
     group: str | None = Field(None, description="first-out group (default: every gas detector is in the group 'gas')")
-
-    @model_validator(mode="after")
-    def _toxic_needs_oel(self) -> "AlarmsCfg":
-        if self.gas == "toxic" and self.oel is None and self.H is None and self.HH is None:
-            raise ValueError("gas: toxic needs oel (or explicit H/HH set points)")
-        return self
 
 
 class ModbusAddress(Strict):
@@ -484,16 +505,56 @@ class ControlSection(Strict):
 
 class AnnunciatorCfg(Strict):
     """A beacon or horn driven from the alarm list (GB 16808-2008 4.2: alarm flashes >= 1 Hz, fault >= 0.2 Hz;
-    GB 16808 test methods: silence allowed, a new alarm sounds again)."""
+    GB 16808 test methods: silence allowed, a new alarm sounds again), or a disabled_indicator: a lamp on
+    while any gas point is shelved, suppressed or out of service (GB 16808 屏蔽 indication)."""
 
     output: str = Field(description="a writable tag (coil or register): 1 = on, 0 = off")
-    kind: Literal["beacon", "horn"]
+    kind: Literal["beacon", "horn", "disabled_indicator"] = Field(description=(
+        "beacon: on while an alarm (or fault) stands; horn: sounds for unacknowledged alarms until silenced; "
+        "disabled_indicator: on while any gas point is shelved, suppressed or out of service (屏蔽)"))
     pattern: Literal["steady", "flash"] = "steady"
     alarm_hz: float = Field(1.0, gt=0, le=10, description="flash rate for a process alarm")
     fault_hz: float = Field(0.2, gt=0, le=10, description="flash rate for a fault (quality or output fault)")
     groups: list[str] | None = Field(None, description="follow only alarms of these first-out groups (default: all)")
     priorities: list[Annotated[int, Field(ge=1, le=4)]] | None = Field(None, description="follow only these priorities")
     faults: bool = Field(True, description="also annunciate faults (comm / bad / stale / output fault)")
+
+
+class OxygenOverCfg(Strict):
+    """How the over-oxygen set point (23.5 %VOL, GB/T 50493-2019 5.5.2 item 4) is raised: the standard names
+    no level, so the level is the project's choice (docs/alarm-presets.md, Oxygen)."""
+
+    kind: Literal["H", "HH"] = Field("H", description="the limit that carries 23.5 %VOL")
+    level: Literal[1, 2] | None = Field(1, description="gas alarm level (2 raises the risk colour and orders first)")
+    priority: int = Field(2, ge=1, le=4, description="1 (highest) .. 4")
+
+
+class OxygenUnderCfg(Strict):
+    """How the under-oxygen set point (19.5 %VOL, GB/T 50493-2019 5.5.2 item 4) is raised (the project's
+    choice, docs/alarm-presets.md, Oxygen)."""
+
+    kind: Literal["L", "LL"] = Field("L", description="the limit that carries 19.5 %VOL")
+    level: Literal[1, 2] | None = Field(2, description="gas alarm level (2 raises the risk colour and orders first)")
+    priority: int = Field(1, ge=1, le=4, description="1 (highest) .. 4")
+
+
+class OxygenPolicyCfg(Strict):
+    over: OxygenOverCfg = OxygenOverCfg()
+    under: OxygenUnderCfg = OxygenUnderCfg()
+
+
+class AlarmPolicySection(Strict):
+    """Site-wide alarm settings (gateway.alarms, gateway.clock; docs/alarm-presets.md)."""
+
+    gas_on_delay_cap_s: float = Field(GAS_ON_DELAY_CAP_S, ge=0, le=GAS_DETECTION_BUDGET_S, description=(
+        "the longest on-delay a gas alarm gets, seconds: the gateway's delay adds to the detector's own response "
+        "(<= 30 s) and the poll time (docs/domain.md, Response times); check warns above the default 5 s"))
+    clock_unsync_grace_s: float = Field(DEFAULT_UNSYNC_GRACE_S, ge=0, description=(
+        "the CLOCK alarm (system.CLOCK, 系统时钟未同步) is raised when the kernel reports the clock "
+        "unsynchronised for this long (checked about once a minute); never where the state is unknown"))
+    oxygen: OxygenPolicyCfg = Field(OxygenPolicyCfg(), description=(
+        "which limit kind, level and priority the over-oxygen (23.5 %VOL) and under-oxygen (19.5 %VOL) set points "
+        "get (default: over H level 1 priority 2, under L level 2 priority 1)"))
 
 
 class HazardSection(Strict):
@@ -547,6 +608,7 @@ class Config(Strict):
     hazard: HazardSection | None = None
     control: ControlSection = ControlSection()
     annunciators: list[AnnunciatorCfg] = Field(default_factory=list)
+    alarm_policy: AlarmPolicySection = AlarmPolicySection()
     metrics: MetricsSection | None = Field(None, description="optional Prometheus metrics on 127.0.0.1")
 
 
@@ -785,11 +847,13 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
     problems: list[Problem] = []
     warnings: list[Problem] = []
 
-    def at(loc: tuple, msg: str, warning: bool = False) -> None:
+    def at(loc: tuple, msg: str, warning: bool = False, at_value: bool = False) -> None:
         if hasattr(root, "problem"):  # a SourceMap: the key may sit in a profile file
-            (warnings if warning else problems).append(root.problem(loc, msg, warning=warning))
+            (warnings if warning else problems).append(root.problem(loc, msg, at_value=at_value, warning=warning))
             return
         line, col, kpath = _locate(root, loc)
+        if at_value:
+            line, col = _value_pos(root, loc) or (line, col)
         (warnings if warning else problems).append(Problem(shown, line, col, kpath, msg, warning))
 
     seen_dev: dict[str, int] = {}
@@ -817,22 +881,36 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 if table in ("coil", "discrete_input") and t.type not in ("bool",):
                     at(("devices", di, "tags", ti, "type"), f"{_article(table)} {table.replace('_', ' ')} holds bits: type must be bool")
             if t.alarms is not None:
-                for w in _preset_warnings(t.name, t.alarms):
-                    at(("devices", di, "tags", ti, "alarms"), w, warning=True)
+                loc = ("devices", di, "tags", ti, "alarms")
+                try:
+                    preset = tag_gas_preset(t, m.alarm_policy)
+                except GasPresetError as e:  # the preset does not fit the tag: refused where the key is
+                    key = e.key if getattr(t.alarms, e.key, None) is not None else ("gas" if t.alarms.gas else None)
+                    at((*loc, key) if key else loc, str(e), at_value=key is not None)
+                else:
+                    for note in preset.notes if preset is not None else ():
+                        at(loc, note, warning=True)
+                    for w in _preset_warnings(t, m.alarm_policy):
+                        at(loc, w, warning=True)
                 if t.alarms.gas is not None and d.enabled:
                     for w in _gas_freshness_warnings(d, t.alarms):
-                        at(("devices", di, "tags", ti, "alarms"), w, warning=True)
+                        at(loc, w, warning=True)
     retention = _retention_warning(m)
     if retention:
         at(("store", "max_bytes"), retention, warning=True)
+    if m.alarm_policy.gas_on_delay_cap_s > GAS_ON_DELAY_CAP_S:
+        at(("alarm_policy", "gas_on_delay_cap_s"), f"gas on-delays up to {m.alarm_policy.gas_on_delay_cap_s:g} s: "
+           f"longer than the default {GAS_ON_DELAY_CAP_S:g} s cap; the delay adds to the detector's own response "
+           "(<= 30 s) and the poll time (docs/domain.md, Response times)", warning=True)
     tags = cfg.all_tags()
     for ii, il in enumerate(m.interlocks):
         for ni, inp in enumerate(il.inputs):
             if inp.tag not in tags:
                 at(("interlocks", ii, "inputs", ni, "tag"), f"unknown tag '{inp.tag}'")
                 continue
-            alarms = tags[inp.tag][1].alarms
-            if alarms is None or inp.condition not in _limit_kinds(alarms):
+            t_in = tags[inp.tag][1]
+            kinds = _limit_kinds(t_in, m.alarm_policy) if t_in.alarms is not None else set()
+            if kinds is not None and inp.condition not in kinds:
                 at(("interlocks", ii, "inputs", ni, "condition"),
                    f"tag '{inp.tag}' has no {inp.condition} limit (set it under the tag's alarms:)")
         for ai, act in enumerate(il.actions):
@@ -888,31 +966,111 @@ def limit_spec(kind: str, v: LimitValue, base: LimitSpec | None) -> LimitSpec:
     return LimitSpec(kind, priority={"HH": 1, "LL": 1, "H": 3, "L": 3}.get(kind, 3), **fields)
 
 
-def tag_alarm_config(tag: str, a: AlarmsCfg, stale_after_s: float | None = None) -> TagAlarmConfig:
-    """The gateway.alarms.TagAlarmConfig of one tag's ``alarms:``: the GB/T 50493-2019 5.5.2 preset
-    (gateway.alarms.gas_preset; toxic only with an oel), then the explicit limits over it (limit_spec).
+def tag_range_hi(t: Any) -> float | None:
+    """The upper end of a tag's measuring range in its unit: ``valid_range`` (what the gateway accepts as a
+    measurement), else ``eng_range`` (a 4-20 mA map); None when neither is configured."""
+    if t.valid_range is not None:
+        return float(t.valid_range[1])
+    eng = getattr(t, "eng_range", None)
+    return float(max(eng)) if eng is not None else None
+
+
+_TOXIC_KEYS = ("oel", "oel_mg_m3", "idlh_mg_m3", "toxic_basis", "gas_name", "molar_mass_g_mol")
+
+
+def _legacy_oel(a: AlarmsCfg, unit: str | None, raw_unit: str) -> float | None:
+    """The OEL in mg/m³ from the old ``oel:`` (read in the tag's unit), where that reading and the new one
+    agree: a mg/m3 tag (the OEL as it is), or 100 on a %OEL tag (the OEL itself, not used). Anywhere else
+    it is refused (GasPresetError at ``oel``): on a ppm tag ``oel: 10`` for H2S's 10 mg/m³ put level 1 at
+    about 142 %OEL (docs/domain.md, Units)."""
+    if a.oel is None:
+        return a.oel_mg_m3
+    if a.oel_mg_m3 is not None:
+        raise GasPresetError("oel", "give the OEL once, as oel_mg_m3 (oel is its old name)")
+    if unit == MG_M3:
+        return a.oel
+    if unit == OEL_PCT:
+        if a.oel == 100:
+            return None
+        raise GasPresetError("oel", f"oel {a.oel:g} on a %OEL tag would put level 1 at {a.oel:g} %OEL; the "
+                                    "preset is 100 / 200 %OEL: remove oel, or give the OEL in mg/m³ as oel_mg_m3")
+    where = f"a tag in '{raw_unit}'" if raw_unit.strip() else "a tag without a unit"
+    extra = " with gas_name: or molar_mass_g_mol: for the ppm conversion" if canonical_unit(raw_unit) == "ppm" else ""
+    raise GasPresetError("oel", f"oel is read in the tag's unit, which is ambiguous on {where}: give the OEL in "
+                                f"mg/m³ (GBZ 2.1) as oel_mg_m3{extra}")
+
+
+def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPreset | None:
+    """The GB/T 50493-2019 5.5.2 preset of a tag (gateway.gas.gas_setpoints, in the tag's unit), or None: no
+    ``gas:``, or a toxic gas with neither an OEL / IDLH nor a %OEL / %IDLH unit but explicit H/HH (those
+    limits alone then apply). policy: the config's alarm_policy (the oxygen mapping).
+
+    Raises GasPresetError (one line; ``key`` the alarms key it is about) when the preset does not fit: the
+    unit (docs/domain.md, Units), a toxic gas without an OEL, a ppm tag without the molar mass, the old
+    ``oel:`` where its meaning is ambiguous, or substance keys on a tag that is not toxic."""
+    a: AlarmsCfg | None = t.alarms
+    if a is None:
+        return None
+    if a.gas != "toxic":
+        stray = next((k for k in _TOXIC_KEYS if getattr(a, k) is not None), None)
+        if stray is not None:
+            raise GasPresetError(stray, f"{stray} is only for gas: toxic")
+        if a.gas is None:
+            return None
+    policy = policy or AlarmPolicySection()
+    raw = t.unit or ""
+    unit = canonical_unit(raw)
+    kw: dict[str, Any] = {}
+    if a.gas == "toxic":
+        oel = _legacy_oel(a, unit, raw)
+        if oel is None and a.idlh_mg_m3 is None and unit not in (OEL_PCT, "%IDLH"):
+            if a.H is not None or a.HH is not None:
+                return None
+            raise GasPresetError("gas", "gas: toxic needs oel_mg_m3 (the OEL in mg/m³: MAC, else PC-TWA), or a "
+                                        "tag in %OEL, or explicit H/HH set points")
+        kw = dict(oel_mg_m3=oel, idlh_mg_m3=a.idlh_mg_m3, toxic_basis=a.toxic_basis, gas_name=a.gas_name,
+                  molar_mass_g_mol=a.molar_mass_g_mol, range_hi=tag_range_hi(t))
+    o = policy.oxygen
+    return gas_setpoints(a.gas, raw, oxygen_over=OxygenLimit(o.over.kind, o.over.level, o.over.priority),
+                         oxygen_under=OxygenLimit(o.under.kind, o.under.level, o.under.priority), **kw)
+
+
+def tag_alarm_config(t: Any, stale_after_s: float | None = None,
+                     policy: AlarmPolicySection | None = None) -> TagAlarmConfig:
+    """The gateway.alarms.TagAlarmConfig of one tag's ``alarms:``: its GB/T 50493-2019 5.5.2 preset in the tag's
+    unit (tag_gas_preset), then the explicit limits over it (limit_spec); ``ceilings`` are the preset's set
+    points, which the configured limits must not be looser than. t: the tag's config (TagBase).
     The one translation used by the running gateway (gateway.gateway.alarm_configs) and by `check`
-    (_limit_kinds, _preset_warnings), so what check accepts is what runs."""
-    preset = {s.kind: s for s in gas_preset(a.gas, a.oel)} if a.gas and (a.gas != "toxic" or a.oel) else {}
-    limits = dict(preset)
+    (_limit_kinds, _preset_warnings), so what check accepts is what runs. Raises GasPresetError where
+    check refuses the tag."""
+    a: AlarmsCfg = t.alarms
+    preset = tag_gas_preset(t, policy)
+    base = {s.kind: s for s in preset_limits(preset)} if preset is not None else {}
+    limits = dict(base)
     for kind in LIMIT_KINDS:
         v = getattr(a, kind)
         if v is not None:
-            limits[kind] = limit_spec(kind, v, preset.get(kind))
-    return TagAlarmConfig(tag=tag, limits=list(limits.values()), gas=a.gas, stale_after_s=stale_after_s,
-                          group=a.group or ("gas" if a.gas else None), oel=a.oel)
+            limits[kind] = limit_spec(kind, v, base.get(kind))
+    return TagAlarmConfig(tag=t.name, limits=list(limits.values()), gas=a.gas, stale_after_s=stale_after_s,
+                          group=a.group or ("gas" if a.gas else None),
+                          ceilings={x.kind: x.setpoint for x in preset.limits} if preset is not None else None)
 
 
-def _limit_kinds(a: AlarmsCfg) -> set[str]:
-    """The limit kinds the running alarm engine will have for ``a`` (preset and explicit)."""
-    return {lim.kind for lim in tag_alarm_config("", a).limits}
+def _limit_kinds(t: Any, policy: AlarmPolicySection | None = None) -> set[str] | None:
+    """The limit kinds the running alarm engine will have for tag ``t`` (preset and explicit); None when check
+    refuses the tag's preset (that problem is reported at the tag, and is the one to fix first)."""
+    try:
+        return {lim.kind for lim in tag_alarm_config(t, policy=policy).limits}
+    except GasPresetError:
+        return None
 
 
-def _preset_warnings(tag: str, a: AlarmsCfg) -> list[str]:
-    """gateway.alarms.setpoint_warnings of the tag's alarms as configured (GB/T 50493-2019 5.5.2 ceilings,
-    the GAS_ON_DELAY_CAP_S detection budget, latching and level ordering of gas alarms), without the tag
-    prefix (the warning is placed at the tag's ``alarms`` key)."""
-    return [w.removeprefix(f"{tag}: ") for w in setpoint_warnings(tag_alarm_config(tag, a))]
+def _preset_warnings(t: Any, policy: AlarmPolicySection) -> list[str]:
+    """gateway.alarms.setpoint_warnings of the tag's alarms as configured (GB/T 50493-2019 5.5.2 ceilings in the
+    tag's unit, the alarm_policy.gas_on_delay_cap_s cap, latching and level ordering of gas alarms), without
+    the tag prefix (the warning is placed at the tag's ``alarms`` key)."""
+    cfg = tag_alarm_config(t, policy=policy)
+    return [w.removeprefix(f"{t.name}: ") for w in setpoint_warnings(cfg, policy.gas_on_delay_cap_s)]
 
 
 def _shared_output_checks(m: Config, at: Any) -> None:
@@ -937,16 +1095,17 @@ def _shared_output_checks(m: Config, at: Any) -> None:
 
 
 def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
-    """A gas tag must be detected within GAS_ON_DELAY_CAP_S (30 s, the detector response budget): warn
-    when its device's poll interval + timeout alone exceed it, or when stale_after_s is set above it
-    (gateway.gateway.alarm_configs caps the derived stale time of gas tags at it)."""
+    """A gas tag must be detected within GAS_DETECTION_BUDGET_S (30 s, the detector response budget of the
+    commissioning rules; docs/domain.md, Response times): warn when its device's poll interval + timeout
+    alone exceed it, or when stale_after_s is set above it (gateway.gateway.alarm_configs caps the derived
+    stale time of gas tags at it)."""
     out = []
     cycle = (d.poll_interval_ms + d.timeout_ms) / 1000
-    if cycle > GAS_ON_DELAY_CAP_S:
+    if cycle > GAS_DETECTION_BUDGET_S:
         out.append(f"gas detector polled every {d.poll_interval_ms / 1000:g} s with a {d.timeout_ms / 1000:g} s "
-                   f"timeout: a reading can be older than the {GAS_ON_DELAY_CAP_S:g} s detection budget")
-    if a.stale_after_s is not None and a.stale_after_s > GAS_ON_DELAY_CAP_S:
-        out.append(f"stale_after_s {a.stale_after_s:g} s is longer than the {GAS_ON_DELAY_CAP_S:g} s detection "
+                   f"timeout: a reading can be older than the {GAS_DETECTION_BUDGET_S:g} s detection budget")
+    if a.stale_after_s is not None and a.stale_after_s > GAS_DETECTION_BUDGET_S:
+        out.append(f"stale_after_s {a.stale_after_s:g} s is longer than the {GAS_DETECTION_BUDGET_S:g} s detection "
                    "budget of a gas detector")
     return out
 
@@ -971,7 +1130,7 @@ def _safety_io_checks(cfg: LoadedConfig, at: Any) -> None:
         elif an.output in seen:
             at(loc, f"tag '{an.output}' is also driven by annunciators[{seen[an.output]}]")
         seen.setdefault(an.output, ai)
-        if an.pattern == "flash" and an.alarm_hz < 1.0:
+        if an.pattern == "flash" and an.alarm_hz < 1.0 and an.kind != "disabled_indicator":
             at(("annunciators", ai, "alarm_hz"), f"alarm flashing at {an.alarm_hz:g} Hz is slower than the "
                "GB 16808-2008 4.2 minimum of 1 Hz", warning=True)
         if an.pattern == "flash" and an.faults and an.fault_hz < 0.2:

@@ -364,7 +364,9 @@ def _fmt_value(v: Any) -> str:
 
 def render_status(s: dict[str, Any]) -> str:
     """The status snapshot as text for a terminal (one section per part; alarms in priority order,
-    level 2 before level 1, toxic before combustible, then time; '*' marks first-out)."""
+    level 2 before level 1, toxic before combustible, then time; '*' marks first-out). Below the list:
+    the disabled gas points (屏蔽, GB 16808) and, per first-out group, the first alarm and the later alarms
+    in time order (GB 16808-2008 5.3)."""
     out: list[str] = []
     w = out.append
     w(f"gateway {s.get('gateway_id')}  up {s.get('uptime_s')} s  config {str(s.get('config_hash'))[:12]}  "
@@ -395,6 +397,15 @@ def render_status(s: dict[str, Any]) -> str:
         w(f"  hidden: " + ", ".join(f"{a['id']} ({a['state']}"
                                      + (f" until {a['shelved_until']}" if a.get("shelved_until") else "") + ")"
                                      for a in hidden))
+    pd = s.get("points_disabled") or {}
+    if pd.get("active"):  # GB 16808 屏蔽: disabled gas points are shown and counted
+        w(f"  POINTS DISABLED (屏蔽): {pd.get('count')} gas point(s): {', '.join(pd.get('points') or [])}")
+    for g in s.get("alarm_sequence") or []:  # GB 16808: the first alarm, then later alarms in time order
+        w(f"  group {g['group']}: first alarm, then later alarms in time order ({g.get('count')} activation(s))")
+        for i, a in enumerate(g.get("alarms") or [], 1):
+            lvl = f" L{a['level']}" if a.get("level") else ""
+            w(f"    {i:>3}. {'*' if a.get('first_out') else ' '} {a['id']:<22} at {a['since']}  {a['state']:<11}"
+              f" P{a['priority']}{lvl}")
     w("")
     w("INTERLOCKS")
     for il in s.get("interlocks") or []:

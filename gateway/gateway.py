@@ -35,7 +35,7 @@ from drivers.base import Device
 from drivers.codec import Scaling
 from drivers.modbus import ModbusDevice, ModbusLinks, ModbusPoint
 from drivers.opcua import OpcUaDevice, OpcUaPoint
-from gateway.alarms import GAS_ON_DELAY_CAP_S, AlarmEngine, TagAlarmConfig
+from gateway.alarms import CLOCK, GAS_DETECTION_BUDGET_S, SYSTEM_TAG, AlarmEngine, TagAlarmConfig
 from gateway.annunciator import Annunciators, specs_from_config
 from gateway.config import (AlarmsCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg,
                             tag_alarm_config)
@@ -46,7 +46,7 @@ from gateway.heartbeat import build_heartbeats
 from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Quality, Reading, WriteError, rfc3339
 from gateway.outputs import OutputManager
-from gateway.clock import ClockMonitor
+from gateway.clock import RESYNC_TEXT, ClockMonitor
 from gateway.report import ReportFilter, rules_from_config as report_rules
 from gateway.safety_state import FILE_NAME as SAFETY_STATE_FILE, SafetyStateError, SafetyStatePersister
 from gateway.safety_state import load as load_safety_state
@@ -60,6 +60,7 @@ HAZARD_TICK_S = 1.0  # re-check stale hazard inputs and the unit alarm state thi
 DRAIN_ON_STOP_S = 5.0  # bound of the final upload at SIGTERM
 OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (docs/design.md, Fail safe)
 SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for this long
+CLOCK_ALARM_PRIORITY = 3  # system.CLOCK: a fault of the record (alarm and sample times), not of the process
 
 
 # --- building runtime objects from the config ----------------------------------
@@ -159,22 +160,22 @@ def fresh_windows(cfg: LoadedConfig) -> dict[str, float]:
 
 def derived_stale_after_s(window_s: float, poll_interval_s: float, timeout_s: float, gas: bool) -> float:
     """stale_after_s of a tag whose alarms do not set it: the device's fresh window (fresh_windows). A gas
-    tag is capped at GAS_ON_DELAY_CAP_S (30 s: detection within 30 s, the detector response budget of
-    the commissioning rules; GB/T 50493-2019), but never below one poll period + three timeouts (when
-    the next reading may arrive at the latest; a detector polled that slowly cannot meet the 30 s rule,
-    and `check` warns when its poll interval + timeout exceed 30 s)."""
+    tag is capped at GAS_DETECTION_BUDGET_S (30 s: detection within 30 s, the detector response budget of
+    the commissioning rules; GB/T 50493-2019; docs/domain.md, Response times), but never below one poll
+    period + three timeouts (when the next reading may arrive at the latest; a detector polled that slowly
+    cannot meet the 30 s rule, and `check` warns when its poll interval + timeout exceed 30 s)."""
     if not gas:
         return window_s
-    return max(min(window_s, GAS_ON_DELAY_CAP_S), poll_interval_s + STALE_TIMEOUTS_PER_DEVICE * timeout_s)
+    return max(min(window_s, GAS_DETECTION_BUDGET_S), poll_interval_s + STALE_TIMEOUTS_PER_DEVICE * timeout_s)
 
 
 def alarm_configs(cfg: LoadedConfig) -> list[TagAlarmConfig]:
     """TagAlarmConfig per tag that has alarms (gateway.config.tag_alarm_config: GB/T 50493-2019 5.5.2
-    presets, then explicit limits); every other input tag still gets its QUALITY alarm.
+    presets in the tag's unit, then explicit limits); every other input tag still gets its QUALITY alarm.
 
     stale_after_s: the tag's configured value, else derived from its device (no fresh reading,
     good or bad, within STALE_POLL_PERIODS poll periods plus the link's timeouts, see fresh_windows;
-    gas tags at most GAS_ON_DELAY_CAP_S; docs/design.md, Fail safe), so a hung poll loop makes its tags stale (QUALITY alarm
+    gas tags at most GAS_DETECTION_BUDGET_S; docs/design.md, Fail safe), so a hung poll loop makes its tags stale (QUALITY alarm
     "stale", an unknown interlock input that votes to trip) instead of leaving the last value "known"
     forever."""
     out = []
@@ -194,8 +195,19 @@ def alarm_configs(cfg: LoadedConfig) -> list[TagAlarmConfig]:
                 if not t.writable:
                     out.append(TagAlarmConfig(tag=t.name, stale_after_s=stale(False)))
                 continue
-            out.append(tag_alarm_config(t.name, a, stale_after_s=stale(a.gas is not None)))
+            out.append(tag_alarm_config(t, stale_after_s=stale(a.gas is not None), policy=cfg.model.alarm_policy))
     return out
+
+
+def points_disabled(alarms: AlarmEngine) -> dict[str, Any]:
+    """The 屏蔽 indication (GB 16808: disabled points are shown and counted; docs/domain.md, Alarm management):
+    ``{"active": bool, "count": gas points (tags) with a disabled alarm, "points": their tag names, "alarms":
+    the disabled alarms as AlarmStatus records}`` from AlarmEngine.disabled_points. Active while any gas
+    point is shelved, suppressed or out of service; clear when none is."""
+    disabled = alarms.disabled_points()
+    tags = sorted({a.tag for a in disabled})
+    return {"active": bool(disabled), "count": len(tags), "points": tags,
+            "alarms": [a.to_record() for a in disabled]}
 
 
 def interlock_specs(cfg: LoadedConfig) -> list[InterlockSpec]:
@@ -255,7 +267,10 @@ class Gateway:
         self.devices = build_devices(cfg, self.links)
         self.device_of: dict[str, Device] = {tag: dev for dev in self.devices for tag in dev.tags}
         self.protocol_of: dict[str, str] = {tag: dev.protocol for dev in self.devices for tag in dev.tags}
-        self.alarms = AlarmEngine(alarm_configs(cfg))
+        policy = cfg.model.alarm_policy
+        self.alarms = AlarmEngine(alarm_configs(cfg), gas_on_delay_cap_s=policy.gas_on_delay_cap_s)
+        # system.CLOCK (gateway.clock.ClockMonitor.sync_alarm), raised by the alarm ticker after the grace
+        self.alarms.add_system_alarm(SYSTEM_TAG, CLOCK, CLOCK_ALARM_PRIORITY)
         self.interlocks = InterlockEngine(interlock_specs(cfg))
         self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
                                      retry_after_fault_s=OUTPUT_RETRY_S)
@@ -295,7 +310,8 @@ class Gateway:
         self._interlock_feeds = {name: windows[name] for name in sorted(feeds)}
         self.heartbeats = build_heartbeats(cfg, self.devices, alive=self._safety_alive, why=self._safety_problem)
         self.annunciators = Annunciators(specs_from_config(cfg), self._write_output, lambda: self.alarms.active(),
-                                         on_fault=self._set_output_fault, on_event=self._log_event)
+                                         on_fault=self._set_output_fault, on_event=self._log_event,
+                                         disabled=lambda: self.alarms.disabled_points())
         self.control: ControlServer | None = None
         # trips, bypasses and latched alarms survive a restart (gateway.safety_state); written off the loop
         self.safety_state = SafetyStatePersister(
@@ -377,6 +393,8 @@ class Gateway:
         self._log_event(ev)
 
     def _log_event(self, rec: dict[str, Any]) -> None:
+        if rec.get("type") in ("interlock", "alarm"):  # a trip, reset, bypass or latch: persist it now
+            self.safety_state.poke()
         rec.setdefault("gateway_id", self.cfg.model.gateway.id)
         if self.points:  # the regulator point code of every tag an event names
             if rec.get("tag") in self.points:
@@ -486,12 +504,23 @@ class Gateway:
             step = self.clock.tick()
             if step is not None:
                 self._log_event(self.clock.step_event(step))
+            self._clock_alarm_step(now)
             self.health.beat("safety")
             if self.hazard is not None and now - self._hazard_tick_mono >= HAZARD_TICK_S:
                 self._hazard_tick_mono = now
                 for ev in self.hazard.tick(now):  # staleness of levels / temperatures
                     self._log_hazard_event(ev)
                 self._sync_hazard_alarm_state()
+
+    def _clock_alarm_step(self, now: float) -> None:
+        """Raise the CLOCK system alarm (system.CLOCK, "系统时钟未同步") when the kernel has reported the clock
+        unsynchronised for alarm_policy.clock_unsync_grace_s, clear it when it is synchronised again; an
+        unknown state (not Linux) raises nothing (gateway.clock.ClockMonitor.sync_alarm). Memory only: the
+        kernel is asked at most once per ClockMonitor.sync_check_s."""
+        reason = self.clock.sync_alarm(self.cfg.model.alarm_policy.clock_unsync_grace_s)
+        for e in self.alarms.set_system_alarm(SYSTEM_TAG, CLOCK, reason is not None, reason, now_mono=now,
+                                              clear_reason=RESYNC_TEXT, priority=CLOCK_ALARM_PRIORITY):
+            self._log_event(e.to_record())
 
     # ---- polling ----
 
@@ -573,6 +602,10 @@ class Gateway:
                          "age_s": round(now - r.ts, 3), "protocol": self.protocol_of.get(t)}
                      for t, r in self.values.items()},
             "alarms": [a.to_record() for a in self.alarms.active()],
+            # GB 16808: the first alarm, then the later alarms in time order, per first-out group
+            "alarm_sequence": self.alarms.first_out_sequence(),
+            # GB 16808 屏蔽: shelved / suppressed / out-of-service gas points, shown and counted
+            "points_disabled": points_disabled(self.alarms),
             "interlocks": self.interlocks.status(),
             "outputs": self.outputs.states(),
             "trips": [t.to_record() for t in self.outputs.trip_records()],

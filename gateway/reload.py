@@ -64,7 +64,8 @@ log = logging.getLogger("hazard_gateway.reload")
 #: Gateway attributes built from the config: those of a Gateway built from the new config are used.
 RELOADED = frozenset({"cfg", "signer", "links", "devices", "device_of", "protocol_of", "alarms", "interlocks",
                       "hazard", "points", "_hazard_unit_tags", "_interlock_inputs", "polls", "_status_path",
-                      "report", "heartbeats", "annunciators", "_valid_range", "_interlock_feeds"})
+                      "report", "heartbeats", "annunciators", "_valid_range", "_interlock_feeds",
+                      "_clock_grace_s"})
 #: Gateway attributes that live on across a reload (runtime state, the store, the outputs, the operator socket).
 KEPT = frozenset({"store", "outputs", "values", "_last_stored", "readings_queued", "forwarder", "started_at",
                   "_stopping", "health", "_poll_tasks", "_fw_task", "_aux_tasks", "_reload_lock",
@@ -137,6 +138,9 @@ def carry_alarm_state(old: Any, new: Any) -> list[str]:
     for group, aid in old._first_out.items():
         if aid in new._alarms:
             new._first_out[group] = aid
+            # the group's first alarm and later alarms in time order (AlarmEngine.first_out_sequence)
+            new._sequence[group] = [x for x in old._sequence.get(group, []) if x[0] in new._alarms]
+            new._sequence_count[group] = old._sequence_count.get(group, 0)
     new._start_mono = old._start_mono
     return carried
 

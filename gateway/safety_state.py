@@ -10,13 +10,17 @@ must survive is copied out here:
 * latched alarms awaiting reset (gateway.alarms.AlarmEngine.export_state).
 
 Writing never touches the safety path (docs/design.md "two paths"): :class:`SafetyStatePersister` runs as
-a small background task that takes the in-memory snapshot every :data:`WRITE_EVERY_S` seconds (a pure
-dict build on the event loop), compares it with the last one written (the comparison is the change
-counter: no mutation path, a SIGHUP reload's carry-over included, can be missed), and only when it
-changed writes it in a worker thread, atomically: a temporary file in the same directory, fsync,
+a small background task. It is woken AT ONCE when a trip, reset, bypass or latch happens (the gateway
+calls :meth:`SafetyStatePersister.poke` for every interlock or alarm event it records: setting an
+asyncio.Event, nothing more, on the safety path), and otherwise checks every :data:`WRITE_EVERY_S`
+seconds (catching any change no event announced, a SIGHUP reload's carry-over included). It takes the
+in-memory snapshot (a pure dict build on the event loop), compares it with the last one written, and
+only when it changed writes it in a worker thread, atomically: a temporary file in the same directory, fsync,
 rename over the old file, fsync of the directory (POSIX rename(2) is atomic; the fsyncs make the new
 content durable before and after the rename, so a power loss leaves the old or the new file, never
-a torn one). A state change is thus on disk within about WRITE_EVERY_S plus one write.
+a torn one). A trip is thus on disk within one write (a few ms on a healthy disk) of its event; a change
+no event announced, within WRITE_EVERY_S plus one write. A write already under way when the next event
+comes is followed by another as soon as it ends.
 
 At start (gateway.gateway.Gateway.run), before devices are polled, :func:`load` reads the file and
 the engines restore it (``restore_state``), each restored trip or latch is a "restored" event, and
@@ -120,6 +124,12 @@ class SafetyStatePersister:
         self.last_error: str | None = None
         self._written: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Ask for a write as soon as possible (a trip, reset, bypass or latch just happened). Cheap and
+        non-blocking: safe to call on the safety path; must be called on the persister's event loop."""
+        self._wake.set()
 
     async def write_if_changed(self) -> bool:
         """Snapshot now; write it (in a thread) when it differs from the last one written. True when written.
@@ -143,7 +153,11 @@ class SafetyStatePersister:
             return True
 
     async def run(self, stopping: Callable[[], bool]) -> None:
-        """Until ``stopping()``: every every_s seconds, write the state if it changed."""
+        """Until ``stopping()``: write the state if it changed, at once after :meth:`poke`, else every every_s."""
         while not stopping():
+            self._wake.clear()
             await self.write_if_changed()
-            await asyncio.sleep(self.every_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.every_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass

@@ -213,13 +213,24 @@ def test_on_delay_restarts_on_chatter():
     assert [x.to_state for x in e.tick(8.0)] == ["unacked"]
 
 
-def test_gas_on_delay_capped_at_30_s():
+def test_gas_on_delay_capped_at_5_s_by_default():
+    """The gateway's on-delay adds to the detector's own response (docs/domain.md, Response times): 5 s cap."""
     cfg = TagAlarmConfig("GD1.gas", gas_preset("combustible", on_delay_s=120), gas="combustible")
     e = engine(cfg)
     e.update(good("GD1.gas", 60), 0)
-    assert e.tick(29.9) == []
-    assert {x.id for x in e.tick(30.0)} == {"GD1.gas.H", "GD1.gas.HH"}
-    assert any("capped" in w for w in setpoint_warnings(cfg))
+    assert e.tick(4.9) == []
+    assert {x.id for x in e.tick(5.0)} == {"GD1.gas.H", "GD1.gas.HH"}
+    ws = setpoint_warnings(cfg)
+    assert any("on-delay 120 s exceeds the 5 s gas on-delay cap" in w and "capped at 5 s" in w for w in ws), ws
+    # a configured cap (alarm_policy.gas_on_delay_cap_s) is what the engine and the warning use
+    e = AlarmEngine([cfg], clock=lambda: WALL, gas_on_delay_cap_s=8.0)
+    e.update(good("GD1.gas", 60), 0)
+    assert e.tick(7.9) == [] and len(e.tick(8.0)) == 2
+    assert any("exceeds the 8 s gas on-delay cap" in w for w in setpoint_warnings(cfg, 8.0))
+    # a non-gas tag's on-delay is not capped
+    e = one(on_delay_s=60)
+    e.update(good("T", 120), 0)
+    assert e.tick(59.9) == [] and len(e.tick(60.0)) == 1
 
 
 def test_bad_reading_cancels_pending_return():
@@ -456,3 +467,123 @@ def test_duplicate_limits_and_tags_rejected():
         engine(TagAlarmConfig("T"), TagAlarmConfig("T"))
     with pytest.raises(KeyError, match="no HH limit"):
         one().condition("T", "HH")
+
+
+# ---------------------------------------------------------------- first alarm, later alarms in time order (GB 16808)
+
+def test_first_out_sequence_lists_later_alarms_in_activation_order_with_their_times():
+    t = {"wall": WALL}
+    e = AlarmEngine([TagAlarmConfig(g, gas_preset("combustible"), gas="combustible", group="gas")
+                     for g in ("GD1", "GD2", "GD3")] + [TagAlarmConfig("H2S", gas_preset("toxic", 10.0), gas="toxic",
+                                                                       group="gas")],
+                    clock=lambda: t["wall"])
+
+    def feed(tag, v, mono):
+        t["wall"] = WALL + mono
+        e.update(good(tag, v), mono)
+
+    assert e.first_out_sequence() == []
+    feed("GD2", 30, 1)        # GD2 level 1: the first alarm
+    feed("H2S", 25, 2)        # toxic level 1 and 2 at once
+    feed("GD1", 60, 3)        # GD1 level 1 and 2
+    feed("GD2", 0, 4)         # GD2 returns (latched: still in alarm)
+    [g] = e.first_out_sequence()
+    assert g["group"] == "gas" and g["first_out"] == "GD2.H" and g["count"] == 5
+    assert [(a["id"], a["since"], a["first_out"]) for a in g["alarms"]] == [
+        ("GD2.H", "2023-11-14T22:13:21.000Z", True),
+        ("H2S.H", "2023-11-14T22:13:22.000Z", False), ("H2S.HH", "2023-11-14T22:13:22.000Z", False),
+        ("GD1.H", "2023-11-14T22:13:23.000Z", False), ("GD1.HH", "2023-11-14T22:13:23.000Z", False)]
+    # beside it, the priority-ordered list puts level 2 and toxic first: a different order on purpose
+    assert [a.id for a in e.active()][:3] == ["H2S.HH", "GD1.HH", "H2S.H"]
+    # the episode ends when every alarm of the group is back to normal; the next one starts a new sequence
+    for tag in ("GD1", "H2S"):
+        feed(tag, 0, 5)
+    for a in ("GD2.H", "H2S.H", "H2S.HH", "GD1.H", "GD1.HH"):
+        e.reset(a, "op", "gas cleared", now_mono=6)
+    assert e.first_out_sequence() == []
+    feed("GD3", 30, 7)
+    [g] = e.first_out_sequence()
+    assert [a["id"] for a in g["alarms"]] == ["GD3.H"] and g["first_out"] == "GD3.H"
+
+
+def test_first_out_sequence_keeps_each_activation_and_survives_a_restart():
+    e = engine(TagAlarmConfig("A", [LimitSpec("H", 1)], group="g"), TagAlarmConfig("B", [LimitSpec("H", 1)], group="g"))
+    e.update(good("A", 2), 1)
+    e.update(good("B", 2), 2)
+    e.update(good("B", 0), 3)     # B returns (rtn_unacked) ...
+    e.update(good("B", 2), 4)     # ... and comes again: a second activation, listed again
+    [g] = e.first_out_sequence()
+    assert [(a["id"], a["state"]) for a in g["alarms"]] == [("A.H", "unacked"), ("B.H", "unacked"), ("B.H", "unacked")]
+    # a chattering alarm: the first alarm and the latest SEQUENCE_MAX - 1 stay listed, all are counted
+    from gateway.alarms import SEQUENCE_MAX
+    for i in range(SEQUENCE_MAX + 10):
+        e.update(good("B", 0), 5 + 2 * i)
+        e.update(good("B", 2), 6 + 2 * i)
+    [g] = e.first_out_sequence()
+    assert len(g["alarms"]) == SEQUENCE_MAX and g["alarms"][0]["id"] == "A.H" and g["count"] == 3 + SEQUENCE_MAX + 10
+    # latched alarms restored after a restart come back in their order, the first-out first
+    e2 = engine(TagAlarmConfig("A", [LimitSpec("H", 1, latching=True)], group="g"),
+                TagAlarmConfig("B", [LimitSpec("H", 1, latching=True)], group="g"))
+    saved = {"B.H": {"active": True, "acked": False, "since_ts": WALL + 5, "first_out": False},
+             "A.H": {"active": True, "acked": True, "since_ts": WALL + 1, "first_out": True}}
+    e2.restore_state(saved, now_mono=10)
+    [g] = e2.first_out_sequence()
+    assert [a["id"] for a in g["alarms"]] == ["A.H", "B.H"] and g["alarms"][0]["first_out"]
+
+
+def test_reload_carries_the_sequence():
+    from gateway.reload import carry_alarm_state
+
+    def make():
+        return engine(TagAlarmConfig("A", [LimitSpec("H", 1)], group="g"),
+                      TagAlarmConfig("B", [LimitSpec("H", 1)], group="g"),
+                      TagAlarmConfig("C", [LimitSpec("H", 1)], group="g"))
+    old, new = make(), make()
+    old.update(good("A", 2), 1)
+    old.update(good("B", 2), 2)
+    carry_alarm_state(old, new)     # the reload carries the alarms and the first-out; the sequence is rebuilt
+    assert [a["id"] for a in new.first_out_sequence()[0]["alarms"]] == ["A.H", "B.H"]
+    new.update(good("C", 2), 3)     # a later alarm after the reload comes after them
+    seq = new.first_out_sequence()[0]
+    assert [a["id"] for a in seq["alarms"]] == ["A.H", "B.H", "C.H"] and seq["count"] == 3
+    assert [a["first_out"] for a in seq["alarms"]] == [True, False, False]
+
+
+# ---------------------------------------------------------------- points disabled (屏蔽) and system alarms
+
+def test_disabled_points_are_the_hidden_alarms_of_gas_points():
+    e = engine(TagAlarmConfig("GD1", gas_preset("combustible"), gas="combustible", group="gas"),
+               TagAlarmConfig("AT1", gas_preset("toxic", 10.0), gas="toxic", group="toxic_area"),
+               TagAlarmConfig("X", [LimitSpec("H", 1)], group="gas"),     # in the gas group: a gas point too
+               TagAlarmConfig("LT", [LimitSpec("H", 10)]))                # a level: not a gas point
+    assert e.disabled_points() == []
+    e.shelve("LT.H", "op", "radar cleaning", 600, 3600, now_mono=1)
+    assert e.disabled_points() == []
+    e.shelve("GD1.H", "op", "calibration", 600, 3600, now_mono=1)
+    e.suppress("AT1.QUALITY", "op", "analyser off for maintenance", now_mono=1)
+    e.set_out_of_service("X.H", "op", "replaced", now_mono=1)
+    assert {(p.id, p.state) for p in e.disabled_points()} == {
+        ("GD1.H", "shelved"), ("AT1.QUALITY", "suppressed"), ("X.H", "out_of_service")}
+    e.unshelve("GD1.H", "op", now_mono=2)
+    e.suppress("AT1.QUALITY", "op", "back", on=False, now_mono=2)
+    e.set_out_of_service("X.H", "op", "back", on=False, now_mono=2)
+    assert e.disabled_points() == []
+    e.shelve("GD1.HH", "op", "calibration", 10, 3600, now_mono=3)
+    assert [p.id for p in e.disabled_points()] == ["GD1.HH"]
+    e.tick(13)                                    # the shelve expires: the indication clears by itself
+    assert e.disabled_points() == []
+
+
+def test_system_alarm_raise_clear_and_stable_reason():
+    e = engine(TagAlarmConfig("T", [LimitSpec("H", 1)]))
+    aid = e.add_system_alarm("system", "CLOCK", priority=3)
+    assert aid == "system.CLOCK" and e.state(aid) == "normal"
+    [ev] = e.set_system_alarm("system", "CLOCK", True, "系统时钟未同步: test", now_mono=1)
+    assert (ev.id, ev.kind, ev.to_state, ev.priority, ev.reason) == (aid, "CLOCK", "unacked", 3, "系统时钟未同步: test")
+    assert e.set_system_alarm("system", "CLOCK", True, "系统时钟未同步: test", now_mono=2) == []   # no repeat
+    [ev] = e.set_system_alarm("system", "CLOCK", False, clear_reason="resynchronised", now_mono=3)
+    assert (ev.to_state, ev.reason) == ("rtn_unacked", "resynchronised")
+    e.ack(aid, "op", now_mono=4)
+    assert e.state(aid) == "normal"
+    with pytest.raises(ValueError, match="already an alarm"):
+        e.add_system_alarm("T", "H")

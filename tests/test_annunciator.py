@@ -122,6 +122,28 @@ def test_output_fault_alarm_in_the_active_list():
     assert horn.update(eng.active(), 0.0) == 1 and horn.mode == "fault"
 
 
+def test_disabled_indicator_follows_disabled_gas_points_only():
+    """GB 16808 屏蔽: a shelved / suppressed / out-of-service gas point lights the indicator; alarms do not."""
+    eng = engine()
+    lamp = AnnunciatorLogic(AnnunciatorSpec("Y", "disabled_indicator"))
+    feed(eng, "G1", 60.0, 1.0)                          # a gas alarm: not this lamp's business
+    assert lamp.update(eng.active(), 1.0, eng.disabled_points()) == 0 and lamp.mode == "off"
+    eng.shelve("L1.H", "op", "radar cleaning", 600, 3600, now_mono=2.0)   # not a gas point
+    assert lamp.update(eng.active(), 2.0, eng.disabled_points()) == 0
+    eng.shelve("G1.HH", "op", "calibration", 600, 3600, now_mono=3.0)
+    assert lamp.update(eng.active(), 3.0, eng.disabled_points()) == 1 and lamp.mode == "disabled"
+    assert lamp.update(eng.active(), 3.7, eng.disabled_points()) == 1   # steady
+    assert lamp.silence(eng.active()) == 0                                # silence is for horns
+    eng.unshelve("G1.HH", "op", now_mono=4.0)
+    assert lamp.update(eng.active(), 4.0, eng.disabled_points()) == 0 and lamp.mode == "off"
+    eng.set_out_of_service("G1.QUALITY", "op", "detector removed", now_mono=5.0)
+    other_group = AnnunciatorLogic(AnnunciatorSpec("Y2", "disabled_indicator", groups=["tank"]))
+    assert lamp.update(eng.active(), 5.0, eng.disabled_points()) == 1
+    assert other_group.update(eng.active(), 5.0, eng.disabled_points()) == 0   # follows its groups only
+    with pytest.raises(ValueError, match="kind must be one of beacon, horn, disabled_indicator"):
+        AnnunciatorSpec("Z", "lamp")
+
+
 async def test_uncertain_read_back_does_not_confirm_an_annunciator_write():
     """S7: only a GOOD read-back confirms an output write, for annunciators as for interlock outputs."""
     from gateway.annunciator import Annunciators
@@ -257,6 +279,60 @@ async def test_unconfirmed_writes_are_output_fault_alarms_and_are_retried(tmp_pa
         assert gw.outputs.state("NOWHERE").attempts > n
         rc, out, err = await cli("status", "--socket", str(tmp_path / "state" / "control.sock"))
         assert "NOWHERE.OUTPUT" in out and "FAULT" in out, out
+
+
+async def test_disabled_indicator_lamp_on_the_plc_while_a_gas_point_is_shelved(tmp_path):
+    """End to end: shelving a gas point over the operator socket lights the disabled_indicator coil (read back
+    from the PLC) and `status` shows POINTS DISABLED; unshelving clears both."""
+    plc = TankPlc()
+    await plc.start()
+    (tmp_path / "gw.yaml").write_text(f"""gateway: {{id: ann-disabled, state_dir: state}}
+keys: {{private_key: keys/private.pem}}
+store: {{commit_interval_ms: 50}}
+devices:
+  - name: tank_plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: {plc.port}
+    poll_interval_ms: 100
+    tags:
+      - {{name: T101.level, address: 30001, type: float32, unit: m, alarms: {{H: 10.5, group: gas}}}}
+      - {{name: T102.level, address: 30007, type: float32, unit: m, alarms: {{H: 10.5}}}}
+      - {{name: YLAMP, address: {{table: coil, address: 2}}, type: bool, writable: true}}
+annunciators:
+  - {{output: YLAMP, kind: disabled_indicator}}
+""")
+    plc.set_coil("XV100", False)  # coil 2 starts off
+    gw = Gateway(load_config(tmp_path / "gw.yaml"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    sock = str(tmp_path / "state" / "control.sock")
+    try:
+        await wait_for(lambda: "T101.level" in gw.values and gw.control is not None, 5, "first reading")
+        await asyncio.sleep(0.3)
+        assert not plc.coil("XV100")
+        rc, out, err = await cli("shelve", "T102.level.H", "--minutes", "5", "--reason", "radar cleaning",
+                                 "--socket", sock)
+        assert rc == 0, err
+        await asyncio.sleep(0.3)
+        assert not plc.coil("XV100")                          # T102 is not a gas point
+        rc, out, err = await cli("shelve", "T101.level.H", "--minutes", "5", "--reason", "bump test",
+                                 "--socket", sock)
+        assert rc == 0, err
+        await wait_for(lambda: plc.coil("XV100"), 3, "disabled indicator on (coil 2)")
+        rc, out, err = await cli("status", "--socket", sock)
+        assert rc == 0 and "POINTS DISABLED (屏蔽): 1 gas point(s): T101.level" in out, out
+        lamp = next(a for a in gw.annunciators.status() if a["output"] == "YLAMP")
+        assert lamp["mode"] == "disabled" and lamp["confirmed"] and lamp["value"] in (1, True)
+        rc, out, err = await cli("unshelve", "T101.level.H", "--socket", sock)
+        assert rc == 0, err
+        await wait_for(lambda: not plc.coil("XV100"), 3, "disabled indicator off")
+        rc, out, err = await cli("status", "--socket", sock)
+        assert "POINTS DISABLED" not in out
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await plc.stop()
 
 
 def test_annunciator_config_errors(tmp_path):

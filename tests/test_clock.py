@@ -115,3 +115,89 @@ async def test_C18_cadence_stays_on_the_monotonic_clock_through_wall_steps(tmp_p
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 3
     assert payload(tokens[-1])["clock"]["last_step_s"] == pytest.approx(30 * DAY, abs=1)
     assert "synchronised" in payload(tokens[-1])["clock"]
+
+
+# ------------------------------------------------------------------- the CLOCK alarm (系统时钟未同步)
+
+def test_clock_alarm_grace_defaults_to_60_s() -> None:
+    from gateway.clock import DEFAULT_UNSYNC_GRACE_S
+    from gateway.config import AlarmPolicySection
+    assert DEFAULT_UNSYNC_GRACE_S == 60.0 and AlarmPolicySection().clock_unsync_grace_s == 60.0
+    t = {"mono": 0.0}
+    m = ClockMonitor(mono=lambda: t["mono"], sync_fn=lambda: False, sync_check_s=1.0)
+    m.sync_alarm()
+    t["mono"] = 59.0
+    assert m.sync_alarm() is None
+    t["mono"] = 61.0
+    assert m.sync_alarm() is not None
+
+
+def test_sync_alarm_after_the_grace_only_and_never_when_unknown() -> None:
+    t = {"mono": 100.0}
+    state = {"sync": False}
+    m = ClockMonitor(mono=lambda: t["mono"], sync_fn=lambda: state["sync"], sync_check_s=1.0)
+    assert m.sync_alarm(30.0) is None and m.unsynchronised_s() == 0.0
+    t["mono"] += 29.5
+    assert m.sync_alarm(30.0) is None
+    t["mono"] += 1.0
+    reason = m.sync_alarm(30.0)
+    assert reason is not None and reason.startswith("系统时钟未同步 / system clock not synchronised")
+    assert "30 s" in reason and "\n" not in reason
+    t["mono"] += 5.0
+    assert m.sync_alarm(30.0) == reason          # stable while it lasts: one alarm, no event per tick
+    state["sync"] = True
+    t["mono"] += 1.0
+    assert m.sync_alarm(30.0) is None and m.unsynchronised_s() is None
+    state["sync"] = False                        # a new loss starts a new grace
+    t["mono"] += 1.0
+    assert m.sync_alarm(30.0) is None
+    state["sync"] = None                         # unknown (not Linux, adjtimex failed): nothing is raised
+    t["mono"] += 100.0
+    assert m.sync_alarm(30.0) is None and m.sync_alarm(0.0) is None
+
+
+async def test_gateway_raises_and_clears_system_clock_alarm(tmp_path: Path) -> None:
+    """A running Gateway with an injected kernel answer: system.CLOCK goes unacked after the configured grace,
+    shows in the status, and returns to normal (rtn_unacked) when the clock is synchronised again; both
+    transitions are stored as alarm events."""
+    plc = TankPlc()
+    await plc.start()
+    state = {"sync": False}
+    try:
+        cfg = tmp_path / "gw.yaml"
+        cfg.write_text(f"""gateway: {{id: clock-alarm, state_dir: state}}
+keys: {{private_key: keys/private.pem}}
+store: {{commit_interval_ms: 50}}
+alarm_policy: {{clock_unsync_grace_s: 0.5}}
+devices:
+  - {{name: tank_plc, protocol: modbus_tcp, host: 127.0.0.1, port: {plc.port}, poll_interval_ms: 200,
+     tags: [{{name: T101.level, address: 30001, type: float32, unit: m}}]}}
+""")
+        gw = Gateway(load_config(cfg))
+        gw.clock = ClockMonitor(sync_fn=lambda: state["sync"], sync_check_s=0.05)
+        stop = asyncio.Event()
+        run = asyncio.create_task(gw.run(stop))
+        try:
+            await asyncio.sleep(0.3)
+            assert gw.alarms.state("system.CLOCK") == "normal"          # within the grace
+            deadline = time.monotonic() + 5
+            while gw.alarms.state("system.CLOCK") != "unacked" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            st = gw.status()
+            [a] = [a for a in st["alarms"] if a["id"] == "system.CLOCK"]
+            assert a["kind"] == "CLOCK" and a["state"] == "unacked" and a["reason"].startswith("系统时钟未同步")
+            state["sync"] = True
+            deadline = time.monotonic() + 5
+            while gw.alarms.state("system.CLOCK") != "rtn_unacked" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert gw.alarms.state("system.CLOCK") == "rtn_unacked"
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 30)
+    finally:
+        await plc.stop()
+    db = sqlite3.connect(tmp_path / "state" / "store.sqlite")
+    events = [json.loads(d) for d, in db.execute("SELECT data FROM events ORDER BY id")]
+    db.close()
+    clock = [(e["from_state"], e["to_state"]) for e in events if e.get("id") == "system.CLOCK"]
+    assert clock == [("normal", "unacked"), ("unacked", "rtn_unacked")], clock

@@ -195,8 +195,8 @@ def test_check_uses_the_alarm_engines_presets_and_warnings(tmp_path: Path):
     got = {(w.line, w.path, w.message) for w in ws}
     assert (8, "devices[0].tags[0].alarms", "L set point 18 is looser than the GB/T 50493-2019 5.5.2 limit 19.5") \
         in got, got
-    assert (9, "devices[0].tags[1].alarms",
-            "HH on-delay 45 s exceeds the 30 s detection budget; capped at 30 s") in got, got
+    assert (9, "devices[0].tags[1].alarms", "HH on-delay 45 s exceeds the 5 s gas on-delay cap (it adds to the "
+            "detector's response); capped at 5 s") in got, got
     # toxic without oel has no preset: only the explicit H exists, so an interlock on HH is refused
     f.write_text(head +
                  "      - {name: H2S, address: 30001, unit: ppm, alarms: {gas: toxic, H: 10}}\n"

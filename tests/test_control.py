@@ -12,6 +12,7 @@ import getpass
 import grp
 import json
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -299,3 +300,35 @@ def test_render_status_orders_gas_alarms_and_marks_first_out():
     assert ids == ["AT301.H2S.HH", "GD2.gas.HH", "AT301.H2S.H", "GD1.gas.H", "GD2.gas.H"]
     first = [line for line in render_status(snap).splitlines() if line.startswith("  *")]
     assert len(first) == 1 and "GD1.gas.H " in first[0]
+
+
+def test_render_status_shows_later_alarms_in_time_order_and_points_disabled():
+    """GB 16808: the first alarm, then later alarms in time order (not priority order), and the disabled
+    gas points (屏蔽) shown and counted."""
+    from gateway.gateway import points_disabled
+
+    eng = AlarmEngine([
+        TagAlarmConfig("GD1.gas", gas_preset("combustible"), gas="combustible", group="gas"),
+        TagAlarmConfig("GD2.gas", gas_preset("combustible"), gas="combustible", group="gas"),
+        TagAlarmConfig("GD3.gas", gas_preset("combustible"), gas="combustible", group="gas"),
+        TagAlarmConfig("AT301.H2S", gas_preset("toxic", 10.0), gas="toxic", group="gas"),
+    ])
+    t = 100.0
+    for tag, v in (("GD1.gas", 30.0), ("AT301.H2S", 25.0), ("GD2.gas", 60.0)):
+        t += 1.0
+        eng.update(Reading(tag, v, "", Quality.GOOD, time.time()), t)
+    eng.shelve("GD3.gas.H", "op", "calibration gas on GD3", 600, 3600, now_mono=t)
+    snap = {"gateway_id": "g", "alarms": [a.to_record() for a in eng.active()],
+            "alarm_sequence": eng.first_out_sequence(), "points_disabled": points_disabled(eng)}
+    assert snap["points_disabled"]["active"] and snap["points_disabled"]["count"] == 1
+    text = render_status(snap).splitlines()
+    i = next(n for n, line in enumerate(text) if line.startswith("  group gas: first alarm"))
+    rows = [re.match(r"^ +(\d+)\. ([* ]) (\S+) +at (\S+) ", line) for line in text[i + 1:i + 6]]
+    assert all(rows), text
+    assert [r[3] for r in rows] == ["GD1.gas.H", "AT301.H2S.H", "AT301.H2S.HH", "GD2.gas.H", "GD2.gas.HH"], text
+    assert [r[2] for r in rows] == ["*", " ", " ", " ", " "]          # the first-out, first
+    assert [r[4] for r in rows] == sorted(r[4] for r in rows)          # in time order
+    assert any(line.startswith("  POINTS DISABLED (屏蔽): 1 gas point(s): GD3.gas") for line in text), text
+    eng.unshelve("GD3.gas.H", "op", now_mono=t + 1)
+    snap["points_disabled"] = points_disabled(eng)
+    assert not snap["points_disabled"]["active"] and not any("POINTS DISABLED" in x for x in render_status(snap).splitlines())

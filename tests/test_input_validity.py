@@ -184,14 +184,14 @@ devices:
     unit_id: 1
     poll_interval_ms: 20000
     timeout_ms: 1000
-    tags: [{name: G1, address: 40001, alarms: {gas: combustible}}]
+    tags: [{name: G1, address: 40001, unit: "%LEL", alarms: {gas: combustible}}]
   - name: fast_gas
     protocol: modbus_rtu
     port: /dev/ttyS2
     unit_id: 1
     poll_interval_ms: 1000
     timeout_ms: 300
-    tags: [{name: G2, address: 40001, alarms: {gas: combustible}}]
+    tags: [{name: G2, address: 40001, unit: "%LEL", alarms: {gas: combustible}}]
 """
 
 

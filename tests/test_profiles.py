@@ -154,13 +154,14 @@ def test_pneumercator_tank_start_formula_and_signed_level(tmp_path: Path):
 def test_select_prefix_overrides_and_defaults(tmp_path: Path):
     f = cfg_with(tmp_path, "  - name: gd7\n    protocol: modbus_rtu\n    port: /dev/ttyUSB0\n"
                            "    profile: msa_ultima_x\n    tag_prefix: AT7.\n    select: [gas1, fault_status]\n"
-                           "    overrides:\n      gas1: {unit: ppm, address: 40207, alarms: {gas: toxic, oel: 5}}\n")
+                           "    overrides:\n      gas1: {unit: ppm, address: 40207, alarms: {gas: toxic, oel_mg_m3: 5, "
+                           "gas_name: SO2}}\n")
     cfg = load_config(f)
     d = cfg.model.devices[0]
     assert (d.baudrate, d.parity, d.unit_id) == (19200, "E", 247)   # the profile's device_defaults
     assert [t.name for t in d.tags] == ["AT7.fault_status", "AT7.gas1"]   # the profile's order
     gas = d.tags[1]
-    assert gas.unit == "ppm" and gas.alarms.oel == 5 and gas.type == "float32"
+    assert gas.unit == "ppm" and gas.alarms.oel_mg_m3 == 5 and gas.type == "float32"
     # the overridden address is no longer "assumed"; the other tag is
     msgs = [w.message for w in cfg.warnings]
     assert not any("AT7.gas1" in m for m in msgs)
