@@ -271,6 +271,7 @@ class Gateway:
         self.alarms = AlarmEngine(alarm_configs(cfg), gas_on_delay_cap_s=policy.gas_on_delay_cap_s)
         # system.CLOCK (gateway.clock.ClockMonitor.sync_alarm), raised by the alarm ticker after the grace
         self.alarms.add_system_alarm(SYSTEM_TAG, CLOCK, CLOCK_ALARM_PRIORITY)
+        self._clock_grace_s = policy.clock_unsync_grace_s
         self.interlocks = InterlockEngine(interlock_specs(cfg))
         self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
                                      retry_after_fault_s=OUTPUT_RETRY_S)
@@ -517,7 +518,7 @@ class Gateway:
         unsynchronised for alarm_policy.clock_unsync_grace_s, clear it when it is synchronised again; an
         unknown state (not Linux) raises nothing (gateway.clock.ClockMonitor.sync_alarm). Memory only: the
         kernel is asked at most once per ClockMonitor.sync_check_s."""
-        reason = self.clock.sync_alarm(self.cfg.model.alarm_policy.clock_unsync_grace_s)
+        reason = self.clock.sync_alarm(self._clock_grace_s)
         for e in self.alarms.set_system_alarm(SYSTEM_TAG, CLOCK, reason is not None, reason, now_mono=now,
                                               clear_reason=RESYNC_TEXT, priority=CLOCK_ALARM_PRIORITY):
             self._log_event(e.to_record())
