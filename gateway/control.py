@@ -297,6 +297,12 @@ class ControlServer:
             if reason is None:
                 raise ValueError(f"{target}: shelve needs a reason")
             minutes = self._minutes(req)
+            feeds = interlocks_fed_by(gw, target)
+            if feeds:
+                raise ValueError(
+                    f"{target} is an input of interlock {', '.join(feeds)}: shelving it would quiet the annunciator "
+                    f"while the interlock can still trip; bypass the interlock first (hazard-gateway bypass "
+                    f"{feeds[0]} --reason ...), with its own reason")
             self._events(gw.alarms.shelve(target, user, reason, minutes * 60.0, self.max_shelve_s, now_mono=now))
             return f"{target} shelved for {minutes:g} min"
         if action == "unshelve":
@@ -314,6 +320,21 @@ class ControlServer:
             self._events([gw.interlocks.bypass(target, user, reason, minutes * 60.0, now_mono=now)])
             return f"interlock {target} bypassed for {minutes:g} min"
         raise ValueError(f"unknown action {action!r}")
+
+
+def interlocks_fed_by(gw: Any, alarm_id: str) -> list[str]:
+    """The interlocks, not bypassed, that alarm ``alarm_id`` (f"{tag}.{condition}") is a voting input of.
+
+    Shelving such an alarm (ISA-18.2 shelving) would silence the operator's annunciation of a condition
+    that still trips the plant: the operator would see a trip without its cause. It is refused unless the
+    interlock is bypassed first, which is its own audited action with its own reason (docs/design.md,
+    Fail safe, Bypass)."""
+    bypassed = {s["name"] for s in gw.interlocks.status() if s.get("state") == "bypassed"}
+    out = []
+    for il in gw.cfg.model.interlocks:
+        if il.name not in bypassed and any(f"{i.tag}.{i.condition}" == alarm_id for i in il.inputs):
+            out.append(il.name)
+    return out
 
 
 # --------------------------------------------------------------------------- status snapshot

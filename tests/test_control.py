@@ -184,6 +184,28 @@ async def test_ack_shelve_unshelve_and_refusals_through_the_cli(tmp_path):
                        ("shelve", "refused"), ("shelve", "ok"), ("unshelve", "ok")]
 
 
+async def test_an_alarm_that_feeds_an_interlock_cannot_be_shelved_unless_the_interlock_is_bypassed(tmp_path):
+    """The interlock would still trip while the annunciator went quiet: refused; a bypass first (its own
+    reason, audited) makes the shelve possible."""
+    async with running(tmp_path) as (plc, gw, cfg):
+        sock = str(cfg.state_dir / "control.sock")
+        plc.set_level("T101", 11.3)
+        await wait_for(lambda: gw.alarms.condition("T101.level", "HH"), 5, "HH")
+        rc, out, err = await cli("shelve", "T101.level.HH", "--minutes", "5", "--reason", "nuisance", "--socket", sock)
+        assert rc == 1 and "is an input of interlock T101_overfill" in err and "bypass" in err, (rc, err)
+        assert len(err.strip().splitlines()) == 1
+        assert gw.alarms.state("T101.level.HH") != "shelved"
+        plc.set_level("T101", 8.0)
+        await wait_for(lambda: gw.alarms.condition("T101.level", "HH") is False, 5, "HH returned")
+        gw.interlocks.reset("T101_overfill", "op", alarms=gw.alarms)
+        rc, out, err = await cli("bypass", "T101_overfill", "--minutes", "10", "--reason", "LT101 calibration",
+                                 "--socket", sock)
+        assert rc == 0, err
+        rc, out, err = await cli("shelve", "T101.level.HH", "--minutes", "5", "--reason", "LT101 calibration",
+                                 "--socket", sock)
+        assert rc == 0, err
+
+
 async def test_alarm_reset_refused_while_active_accepted_after_return(tmp_path):
     async with running(tmp_path) as (plc, gw, cfg):
         sock = str(cfg.state_dir / "control.sock")
