@@ -9,9 +9,14 @@ record path neither loses nor duplicates data and never stalls on one bad batch 
 408, 425, 429, 5xx, transport errors   ``RetryableError`` (Retry-After honoured, capped;
 (connect, TLS, timeout, reset),        RFC 9110 s.10.2.3, RFC 6585 s.4)
 2xx whose body is not a matching ack
-400, 401, 403, 413, 422                ``PermanentError``: the batch is set aside and a
-                                       signed tombstone takes its seq (alarm event + gap
-                                       rows), so later batches flow (C14c)
+400, 413, 422                          ``PermanentError``: the receiver refused the batch's
+                                       content: it is set aside and a signed tombstone takes
+                                       its seq (alarm event + gap rows), so later batches
+                                       flow (C14c)
+401, 403                               ``AuthError``: the receiver refuses the GATEWAY (its key
+                                       not installed yet, a certificate not trusted), not the
+                                       batch: alarm event, hold and retry with backoff; good
+                                       data is never set aside for it
 409 (conflict / gap / chain broken)    ``ChainError``: alarm event, hold and retry slowly
 any other status (3xx, 404, 405 ...)   ``RetryableError``: a wrong URL is a config fault;
                                        data is kept, not thrown away
@@ -48,7 +53,9 @@ from gateway.tlsutil import client_context
 
 log = logging.getLogger(__name__)
 
-PERMANENT_STATUSES = frozenset({400, 401, 403, 413, 422})
+PERMANENT_STATUSES = frozenset({400, 413, 422})
+#: the receiver does not (yet) accept this gateway: hold, never dead-letter (RFC 9110 s.15.5.2, s.15.5.4)
+AUTH_STATUSES = frozenset({401, 403})
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 BATCH_PATH = "/v1/batches"
 
@@ -70,7 +77,12 @@ class RetryableError(UplinkError):
 
 
 class PermanentError(UplinkError):
-    """The receiver refused this batch for good (400/401/403/413/422): dead-letter it."""
+    """The receiver refused this batch's content for good (400/413/422): dead-letter it."""
+
+
+class AuthError(RetryableError):
+    """401/403: the receiver does not accept this gateway (its key or certificate), which is not the
+    batch's fault: hold the data, raise an alarm event, retry with backoff."""
 
 
 class ChainError(RetryableError):
@@ -163,7 +175,7 @@ class HttpsUplink:
         """POST one compact JWS; return the receiver's Ack.
 
         Raises RetryableError (408/425/429/5xx/other, transport error, timeout, 2xx
-        without a valid ack body), ChainError (409) or PermanentError (400/401/403/413/422).
+        without a valid ack body), ChainError (409), AuthError (401/403) or PermanentError (400/413/422).
         """
         from gateway.signing import decode_unverified
         try:   # the receiver judges a malformed body (400); the profile sees {} then
@@ -198,6 +210,9 @@ class HttpsUplink:
             except (ValueError, TypeError):
                 pass
             raise ChainError(f"{self.url}: 409 {reason}", expected)
+        if status in AUTH_STATUSES:
+            raise AuthError(f"{self.url}: {status} {reason}", status,
+                            parse_retry_after(resp.headers.get("retry-after"), self.max_backoff_s))
         if status in PERMANENT_STATUSES:
             raise PermanentError(f"{self.url}: {status} {reason}", status)
         retry_after = parse_retry_after(resp.headers.get("retry-after"), self.max_backoff_s)
@@ -243,6 +258,8 @@ class Forwarder:
         self._stop = asyncio.Event()
         self.sent = 0
         self.dead_lettered = 0
+        #: the receiver refuses this gateway (401/403) since the last ack
+        self.refused = False
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_ack_mono: float | None = None
@@ -368,6 +385,15 @@ class Forwarder:
                       batch.seq, exc, self.max_backoff_s)
             await self._sleep(self.max_backoff_s)
             return
+        except AuthError as exc:
+            if not self.refused:   # one alarm per episode; the next ack ends it
+                self.refused = True
+                self.store.put_event({"kind": "uplink_refused_gateway", "severity": "alarm", "seq": batch.seq,
+                                      "status": exc.status, "reason": str(exc)[:300]})
+                log.error("uplink: the receiver refuses this gateway (%s); holding batch %d and the rest, "
+                          "retrying with backoff: is the gateway's key installed at the receiver?", exc, batch.seq)
+            await self._retry_later(batch, str(exc), exc.retry_after_s)
+            return
         except RetryableError as exc:
             await self._retry_later(batch, str(exc), exc.retry_after_s)
             return
@@ -383,6 +409,9 @@ class Forwarder:
         self.consecutive_failures = 0
         self.last_error = None
         self.last_ack_mono = time.monotonic()
+        if self.refused:
+            self.refused = False
+            log.warning("uplink: the receiver accepts this gateway again (batch %d acknowledged)", batch.seq)
 
     def _check_ack(self, batch: Batch, ack: Ack) -> str | None:
         if ack.seq != batch.seq or ack.gateway_id != self.batcher.gateway_id:

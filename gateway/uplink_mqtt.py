@@ -24,9 +24,10 @@ behind it must run persistent sessions or a durable bridge for that to be end to
 as any QoS 1 ingest does. Failure reasons are classified like HTTP statuses:
 
 ==========================================  =====================================================
-0x87 not authorized, 0x90 topic invalid,    ``PermanentError``: the batch is set aside and a signed
-0x95 packet too large, 0x99 payload         tombstone takes its seq (the Forwarder, C14c)
-format invalid
+0x90 topic invalid, 0x95 packet too        ``PermanentError``: the batch is set aside and a signed
+large, 0x99 payload format invalid          tombstone takes its seq (the Forwarder, C14c)
+0x87 not authorized                         ``AuthError``: the broker refuses the gateway, not the
+                                            batch: hold, one alarm event, retry with backoff
 any other failure reason (0x80, 0x83,       ``RetryableError``: kept and resent byte-identical
 0x91, 0x97 quota exceeded ...), CONNACK
 refusal, TCP/TLS error, timeout, lost
@@ -59,12 +60,14 @@ from paho.mqtt.properties import Properties
 
 from gateway.signing import decode_unverified
 from gateway.tlsutil import client_context
-from gateway.uplink import Ack, PermanentError, RetryableError
+from gateway.uplink import Ack, AuthError, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
 
 #: PUBACK reason codes that reject this message for good (MQTT 5 s.3.4.2.1)
-PERMANENT_REASONS = frozenset({0x87, 0x90, 0x95, 0x99})
+PERMANENT_REASONS = frozenset({0x90, 0x95, 0x99})
+#: PUBACK 0x87 (MQTT 5.0 s.3.4.2.1): the broker refuses this client, not the message: hold and retry
+NOT_AUTHORIZED = 0x87
 #: PUBACK 0x10: accepted, but no subscription (and so no session) matched: the broker drops it
 NO_MATCHING_SUBSCRIBERS = 0x10
 DEFAULT_TOPIC = "hazard/{gateway_id}/batches"
@@ -262,6 +265,8 @@ class MqttUplink:
         code = int(getattr(reason, "value", reason) or 0)
         if code >= 0x80:
             msg = f"{self.url}: PUBACK for seq {seq}: {reason} (0x{code:02X})"
+            if code == NOT_AUTHORIZED:
+                raise AuthError(msg, code)
             if code in PERMANENT_REASONS:
                 raise PermanentError(msg, code)
             raise RetryableError(msg, code)

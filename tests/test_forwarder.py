@@ -309,6 +309,48 @@ async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: 
     assert [r["value"] for r in after["readings"]] == list(range(30, 40))
 
 
+async def test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_is_installed(tmp_path: Path,
+                                                                                            keys) -> None:
+    """A receiver that has not installed the gateway's key yet answers 401 (or 403): that refuses the
+    gateway, not the batch. Nothing is dead-lettered; one alarm event; once accepted, all arrives."""
+    signer, trust_dir = keys
+    refusing = {"on": True, "n": 0}
+
+    async def not_yet(request):
+        if refusing["on"]:
+            refusing["n"] += 1
+            return JSONResponse({"error": "unknown key"}, 401 if refusing["n"] % 2 else 403)
+        return None
+
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=not_yet) as rx, \
+            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+        fill(st, 30)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, max_backoff_s=0.2)
+        task = asyncio.create_task(fwd.run())
+        deadline = time.monotonic() + 10
+        while refusing["n"] < 4:
+            assert time.monotonic() < deadline, "the uploader stopped retrying"
+            await asyncio.sleep(0.05)
+        assert st.stats()["batches_dead_letter"] == 0 and fwd.dead_lettered == 0
+        refusing["on"] = False                      # the key is installed at the receiver
+        while st.stats()["readings_unsent"]:
+            assert time.monotonic() < deadline + 10, st.stats()
+            await asyncio.sleep(0.05)
+        fwd.stop()
+        await asyncio.wait_for(task, 10)
+        await up.aclose()
+        assert st.flush(5)
+        conn = sqlite3.connect(tmp_path / "gw.sqlite")
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM events")]
+        conn.close()
+        seqs, values = delivered(rx)
+    assert seqs == [1, 2, 3] and values == Counter(range(30))
+    assert kinds.count("uplink_refused_gateway") == 1      # one alarm for the episode, not one per retry
+    assert "batch_dead_lettered" not in kinds
+
+
 async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Path, keys) -> None:
     """A reset buffer (e.g. after C17b) restarts at seq 1: the receiver answers 409
     conflict; the uploader must hold with an alarm event, not tombstone good data."""

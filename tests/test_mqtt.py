@@ -32,7 +32,7 @@ from gateway.receiver import Receiver
 from gateway.signing import Signer, decode_unverified, keygen
 from gateway.store import Store
 from gateway.tlsutil import make_self_signed
-from gateway.uplink import Forwarder, PermanentError, RetryableError
+from gateway.uplink import AuthError, Forwarder, PermanentError, RetryableError
 from gateway.uplink_mqtt import MqttUplink, parse_broker_url
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -315,17 +315,18 @@ async def test_mqtt_broker_down_backoff_then_restart_resumes_nothing_lost(tmp_pa
     rx.close()
 
 
-async def test_mqtt_not_authorized_is_permanent(tmp_path: Path, keys) -> None:
-    """A broker ACL that forbids the topic answers PUBACK 0x87: PermanentError (the Forwarder dead-letters)."""
+async def test_mqtt_not_authorized_holds_and_is_not_dead_lettered(tmp_path: Path, keys) -> None:
+    """A broker ACL that forbids the topic answers PUBACK 0x87: the broker refuses this gateway, not the batch:
+    AuthError (the Forwarder holds with one alarm and retries; nothing is set aside)."""
     signer, _ = keys
     b = Broker(tmp_path / "acl-broker", acl="topic read hazard/#\n").start()
     try:
         up = MqttUplink(f"mqtt://127.0.0.1:{b.port}", GW, timeout_s=3)
         jws = signer.sign({"gateway_id": GW, "seq": 1, "prev": None, "created_at": "2025-01-01T00:00:00.000Z",
                            "config_hash": "c", "clock": {}, "readings": [], "events": [], "gaps": []})
-        with pytest.raises(PermanentError) as ei:
+        with pytest.raises(AuthError) as ei:
             await up.send(jws)
-        assert ei.value.status == 0x87
+        assert ei.value.status == 0x87 and not isinstance(ei.value, PermanentError)
         await up.aclose()
     finally:
         b.close()
