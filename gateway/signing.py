@@ -14,7 +14,16 @@ Batch format (the regulator needs nothing but the public key to check it):
   ``created_at`` (RFC 3339 UTC), ``config_hash`` (str), ``readings`` (list of
   ``{tag, value|null, unit, quality, ts, ...}``, see ``gateway.model.Reading.to_record``)
   and ``events`` (list of objects). Optional ``announce_key``: a public Ed25519 JWK
-  the gateway rotates to; a receiver trusts it once the batch carrying it verifies.
+  the gateway rotates to, always together with ``announce_key_proof``: proof of possession
+  of the new key, a compact JWS signed BY THE NEW KEY (header ``{"alg":"EdDSA","kid":<new
+  kid>,"typ":"hazard-gateway-key-proof+jws"}``) over exactly ``{"announce_key": <new kid>,
+  "gateway_id": <gateway_id>, "seq": <seq>}`` of the batch that carries it
+  (:meth:`Signer.announcement` builds both). The batch itself is signed with the old key,
+  so the old key vouches for the new one and the new key proves it is held by the announcer
+  (a published public key of someone else cannot be announced). A receiver trusts the new
+  key once the batch carrying it verifies.
+* Bounds: a protected header is at most 1024 bytes; header and payload JSON nest at most
+  ``MAX_JSON_DEPTH`` (32) containers deep; anything else is "malformed".
 * Hash chain: ``prev`` of batch n == base64url(SHA-256(ASCII bytes of the compact JWS
   of batch n-1)), without padding.
 
@@ -42,7 +51,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.model import rfc3339
 
 JWS_TYP = "hazard-gateway-batch+jws"
+KEY_PROOF_TYP = "hazard-gateway-key-proof+jws"
 JWS_ALG = "EdDSA"
+MAX_JSON_DEPTH = 32
+MAX_HEADER_BYTES = 1024
 PRIVATE_KEY_FILE = "private.pem"
 GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -61,9 +73,11 @@ class BatchError(ValueError):
     """A batch that fails a check; str() is one line saying which check failed.
 
     ``check`` names the failed check, one of: "malformed" (not a compact JWS, bad
-    base64url, bad JSON, header not acceptable), "alg" (alg is not EdDSA), "kid"
-    (key id not in the trust set), "signature" (Ed25519 signature does not verify),
-    "payload" (signed payload lacks or mistypes a required field).
+    base64url, bad JSON, JSON nested too deep, header too large or not acceptable), "alg"
+    (alg is not EdDSA), "kid" (key id not in the trust set), "signature" (Ed25519 signature
+    does not verify), "payload" (signed payload lacks or mistypes a required field, e.g.
+    announce_key without announce_key_proof), "key_proof" (announce_key_proof is not a valid
+    signature by the announced key over this gateway_id, new kid and seq).
     """
 
     def __init__(self, check: str, message: str) -> None:
@@ -97,6 +111,44 @@ def canonical_json(obj: Any) -> bytes:
     """Compact, key-sorted UTF-8 JSON; NaN/Infinity refused (ValueError)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+_JSON_STRING_RE = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKETS_TO_PARENS = bytes.maketrans(b"[]{}", b"()()")
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON text ``raw`` nests more than ``limit`` arrays/objects (or its brackets
+    do not balance), judged without parsing it (so the parser never recurses that deep).
+
+    Escape pairs (``\\\\`` first, then ``\\"``) and then strings are removed (brackets inside
+    strings do not count); then every pass removes the innermost ``()`` pairs, one nesting
+    level per pass; anything left after ``limit`` passes is deeper than ``limit``. Linear in
+    size per pass, all in C (no backtracking regular expression)."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = _JSON_STRING_RE.sub(b"", unescaped).translate(_BRACKETS_TO_PARENS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        shorter = brackets.replace(b"()", b"")
+        if len(shorter) == len(brackets):
+            break
+        brackets = shorter
+    return bool(brackets)
+
+
+def _load_json(raw: bytes, what: str) -> Any:
+    """Parse bounded JSON (UTF-8, at most MAX_JSON_DEPTH deep); BatchError("malformed") otherwise."""
+    if json_too_deep(raw):
+        raise BatchError("malformed", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels "
+                                      f"(or its brackets do not balance)")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BatchError("malformed", f"{what} is not UTF-8 JSON") from None
+    except ValueError as exc:   # e.g. an integer of more than sys.get_int_max_str_digits() digits
+        raise BatchError("malformed", f"{what} is not acceptable JSON: {exc}") from None
 
 
 def chain_hash(compact_jws: str) -> str:
@@ -182,8 +234,27 @@ def keygen(out_dir: str | os.PathLike[str]) -> str:
     return jwk["kid"]
 
 
+def read_jwk(path: Path) -> dict[str, Any]:
+    """The JSON object of one ``.jwk`` file. Raises KeyFileError (one line, FILE[:LINE]) when it cannot be
+    read, is not JSON (nesting too deep included) or is not an object."""
+    try:
+        jwk = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise KeyFileError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+    except RecursionError:
+        raise KeyFileError(f"{path}: not JSON: nested too deep") from None
+    if not isinstance(jwk, dict):
+        raise KeyFileError(f"{path}: JWK is not a JSON object")
+    return jwk
+
+
 def load_trust_dir(directory: str | os.PathLike[str]) -> dict[str, Ed25519PublicKey]:
-    """{kid: public key} from every ``*.jwk`` in ``directory``.
+    """{kid: public key} from every ``*.jwk`` in ``directory`` (top level only; members other
+    than the key's, such as "gateway_id", are ignored). The regulator side reads the whole trust
+    layout, ``<gateway_id>/`` sub-directories and "gateway_id" bindings included, with
+    ``gateway.verify.load_trust``.
 
     Each file must hold one public Ed25519 JWK whose "kid" (when present) equals its
     RFC 7638 thumbprint. Raises KeyFileError (one line, naming the file) for a missing
@@ -194,12 +265,7 @@ def load_trust_dir(directory: str | os.PathLike[str]) -> dict[str, Ed25519Public
         raise KeyFileError(f"{d}: trust directory does not exist")
     trust: dict[str, Ed25519PublicKey] = {}
     for path in sorted(d.glob("*.jwk")):
-        try:
-            jwk = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyFileError(f"{path}: cannot read: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise KeyFileError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+        jwk = read_jwk(path)
         try:
             kid, key = public_key_from_jwk(jwk)
         except ValueError as exc:
@@ -270,12 +336,38 @@ def validate_payload(payload: Any) -> dict[str, Any]:
     events = payload["events"]
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise BatchError("payload", "events is not a list of objects")
-    if "announce_key" in payload:
-        try:
-            public_key_from_jwk(payload["announce_key"])
-        except ValueError as exc:
-            raise BatchError("payload", f"announce_key: {exc}") from None
+    if "announce_key" in payload or "announce_key_proof" in payload:
+        _check_announcement(payload)
     return payload
+
+
+def key_proof_claims(gateway_id: str, kid: str, seq: int) -> dict[str, Any]:
+    """What ``announce_key_proof`` signs (with the NEW key): the gateway, the new kid and the
+    seq of the batch that announces it, so a proof fits exactly one announcement."""
+    return {"announce_key": kid, "gateway_id": gateway_id, "seq": seq}
+
+
+def _check_announcement(payload: dict[str, Any]) -> None:
+    """announce_key is a public Ed25519 JWK and announce_key_proof proves its private half is held
+    by the announcer (module docstring); BatchError("payload") / ("key_proof") otherwise."""
+    if "announce_key" not in payload:
+        raise BatchError("payload", "announce_key_proof without announce_key")
+    try:
+        new_kid, new_key = public_key_from_jwk(payload["announce_key"])
+    except ValueError as exc:
+        raise BatchError("payload", f"announce_key: {exc}") from None
+    proof = payload.get("announce_key_proof")
+    if not isinstance(proof, str):
+        raise BatchError("payload", f"announce_key {new_kid} without announce_key_proof (a signature by the new "
+                                    f"key over gateway_id, its kid and seq: proof that the announcer holds it)")
+    try:
+        _, claims = verify_jws(proof, {new_kid: new_key}, KEY_PROOF_TYP)
+    except BatchError as exc:
+        raise BatchError("key_proof", f"announce_key_proof for {new_kid}: {exc}") from None
+    want = key_proof_claims(payload["gateway_id"], new_kid, payload["seq"])
+    if claims != want:
+        raise BatchError("key_proof", f"announce_key_proof for {new_kid} is for {canonical_json(claims).decode()}, "
+                                      f"not {canonical_json(want).decode()}")
 
 
 def build_payload(gateway_id: str, seq: int, prev: str | None, config_hash: str,
@@ -284,7 +376,7 @@ def build_payload(gateway_id: str, seq: int, prev: str | None, config_hash: str,
     """A batch payload dict with the required fields (module docstring).
 
     created_at: UTC epoch seconds or an RFC 3339 string; default now. ``extra`` adds
-    fields (e.g. ``announce_key``). Raises BatchError("payload") on a bad shape.
+    fields (e.g. ``**new_signer.announcement(gateway_id, seq)``). Raises BatchError("payload") on a bad shape.
     """
     if created_at is None:
         created_at = time.time()
@@ -341,6 +433,23 @@ class Signer:
             raise KeyFileError(f"{p}: not an Ed25519 key ({type(key).__name__.removeprefix('_')})")
         return cls(key)
 
+    def sign_jws(self, claims: Mapping[str, Any], typ: str) -> str:
+        """Compact JWS ``{"alg":"EdDSA","kid":..,"typ":typ}`` over canonical JSON ``claims``: for
+        messages that are not batches (key proofs, signed requests; ``typ`` keeps them apart).
+        Batches go through :meth:`sign` (ValueError for typ == JWS_TYP)."""
+        if typ == JWS_TYP:
+            raise ValueError("batches are signed with Signer.sign, which validates the payload")
+        header_b64 = b64url_encode(canonical_json({"alg": JWS_ALG, "kid": self.kid, "typ": typ}))
+        signing_input = header_b64 + "." + b64url_encode(canonical_json(dict(claims)))
+        return signing_input + "." + b64url_encode(self._key.sign(signing_input.encode("ascii")))
+
+    def announcement(self, gateway_id: str, seq: int) -> dict[str, Any]:
+        """``{"announce_key", "announce_key_proof"}`` announcing THIS signer's key (the new one)
+        in batch ``seq`` of ``gateway_id``; merge it into the payload of that batch and sign the
+        batch with the OLD key: ``old.sign(build_payload(..., **new.announcement(gid, seq)))``."""
+        return {"announce_key": dict(self.public_jwk),
+                "announce_key_proof": self.sign_jws(key_proof_claims(gateway_id, self.kid, seq), KEY_PROOF_TYP)}
+
     def sign(self, payload: dict[str, Any]) -> str:
         """Validate ``payload`` (BatchError("payload") if bad), serialize it canonically
         and return the compact JWS ``header.payload.signature`` (RFC 7515 s.7.1)."""
@@ -362,20 +471,20 @@ def _split(compact: str) -> tuple[list[str], dict[str, Any], bytes]:
         b64url_decode(parts[2])
     except ValueError as exc:
         raise BatchError("malformed", f"not a compact JWS: {exc}") from None
-    try:
-        header = json.loads(header_raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BatchError("malformed", "JWS protected header is not UTF-8 JSON") from None
+    if len(header_raw) > MAX_HEADER_BYTES:
+        if json_too_deep(header_raw):
+            raise BatchError("malformed", f"JWS protected header is nested deeper than {MAX_JSON_DEPTH} levels "
+                                          f"(or its brackets do not balance)")
+        raise BatchError("malformed", f"JWS protected header is {len(header_raw)} bytes; at most "
+                                      f"{MAX_HEADER_BYTES} are accepted")
+    header = _load_json(header_raw, "JWS protected header")
     if not isinstance(header, dict):
         raise BatchError("malformed", "JWS protected header is not a JSON object")
     return parts, header, payload_raw
 
 
 def _parse_payload(payload_raw: bytes) -> Any:
-    try:
-        return json.loads(payload_raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BatchError("malformed", "JWS payload is not UTF-8 JSON") from None
+    return _load_json(payload_raw, "JWS payload")
 
 
 def decode_unverified(compact: str) -> tuple[dict[str, Any], Any]:
@@ -398,14 +507,22 @@ def verify_batch(compact: str, trust: Trust) -> dict[str, Any]:
 
     Raises BatchError (one line; ``.check`` names the failed check).
     """
+    _kid, payload_raw = _verified(compact, trust, JWS_TYP)
+    return validate_payload(_parse_payload(payload_raw))
+
+
+def _verified(compact: str, trust: Trust, typ: str) -> tuple[str, Any]:
+    """The checks every compact JWS of this project gets (RFC 7515 s.5.2): header alg EdDSA only, no
+    crit, typ ``typ``, a kid in ``trust``, the Ed25519 signature. Returns (kid, raw payload).
+    Raises BatchError (``.check`` malformed / alg / kid / signature)."""
     parts, header, payload_raw = _split(compact)
     alg = header.get("alg")
     if alg != JWS_ALG:
         raise BatchError("alg", f"alg {alg!r} is not accepted; only EdDSA (Ed25519)")
     if "crit" in header:
         raise BatchError("malformed", f"JWS header has crit {header['crit']!r}; no extensions are understood")
-    if header.get("typ") != JWS_TYP:
-        raise BatchError("malformed", f"JWS typ {header.get('typ')!r} is not {JWS_TYP!r}")
+    if header.get("typ") != typ:
+        raise BatchError("malformed", f"JWS typ {header.get('typ')!r} is not {typ!r}")
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise BatchError("kid", "JWS header has no kid")
@@ -416,7 +533,18 @@ def verify_batch(compact: str, trust: Trust) -> dict[str, Any]:
         key.verify(b64url_decode(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
     except InvalidSignature:
         raise BatchError("signature", f"Ed25519 signature does not verify with key {kid}") from None
-    return validate_payload(_parse_payload(payload_raw))
+    return kid, payload_raw
+
+
+def verify_jws(compact: str, trust: Trust, typ: str) -> tuple[str, dict[str, Any]]:
+    """Verify a non-batch compact JWS (key proof, signed request) of type ``typ``: the same
+    checks and bounds as :func:`verify_batch` but no payload shape; returns (kid, claims dict).
+    Raises BatchError (``.check`` malformed / alg / kid / signature)."""
+    kid, payload_raw = _verified(compact, trust, typ)
+    claims = _parse_payload(payload_raw)
+    if not isinstance(claims, dict):
+        raise BatchError("malformed", "JWS payload is not a JSON object")
+    return kid, claims
 
 
 def batch_kid(compact: str) -> str | None:
@@ -429,7 +557,8 @@ def batch_kid(compact: str) -> str | None:
 
 
 __all__ = [
-    "BatchError", "KeyFileError", "Signer", "Trust", "JWS_TYP", "JWS_ALG", "b64url_decode", "b64url_encode",
-    "batch_kid", "build_payload", "canonical_json", "chain_hash", "decode_unverified", "jwk_thumbprint",
-    "keygen", "load_trust_dir", "public_jwk", "public_key_from_jwk", "validate_payload", "verify_batch",
+    "BatchError", "KeyFileError", "Signer", "Trust", "JWS_TYP", "JWS_ALG", "KEY_PROOF_TYP", "MAX_JSON_DEPTH",
+    "b64url_decode", "b64url_encode", "batch_kid", "build_payload", "canonical_json", "chain_hash",
+    "decode_unverified", "json_too_deep", "jwk_thumbprint", "key_proof_claims", "keygen", "load_trust_dir",
+    "public_jwk", "public_key_from_jwk", "validate_payload", "verify_batch", "verify_jws",
 ]

@@ -8,8 +8,28 @@ argument stands for the ``*.jws`` files in it. Checks (see gateway.signing for t
 2. per gateway_id, files sorted by seq: sequence continuity from seq 1 (missing seqs are a
    fault; two different batches with one seq are a fault on both files; a byte-identical copy
    is a note), and the hash chain: ``prev`` of seq n == chain_hash(JWS of seq n-1);
-3. key rotation: a key announced (``announce_key``) in a verified batch is trusted for the
-   later batches of the same gateway only; a key that signs for two gateways is a fault.
+3. keys and gateways: a key bound to a gateway in the trust directory (layout below) signs for
+   that gateway only; a batch of another gateway signed with it is a fault ("binding"). An
+   unbound key (legacy flat layout) that signs for two gateways is a fault.
+4. key rotation: a key announced (``announce_key`` with its proof of possession
+   ``announce_key_proof``, see gateway.signing) in a verified batch is trusted for the later
+   batches of the same gateway only. Within one chain every batch is signed by a key that
+   signed an earlier batch of the chain or was announced in one: a change of signing key
+   mid-chain without such an announcement is a fault ("key change"), even to a key the trust
+   directory holds for the gateway. The first batch (seq 1, or the first of a partial chain)
+   may be signed by any key of the gateway.
+
+Trust directory layout (:func:`load_trust`; the receiver reads the same)::
+
+    trust/
+      <gateway_id>/<kid>.jwk    a key of that gateway only (the directory name is the gateway_id)
+      <kid>.jwk                 with a "gateway_id" member: a key of that gateway only;
+                                without one: an unbound key (legacy layout), see above
+
+Each file holds one public Ed25519 JWK (``hazard-gateway keygen`` writes ``<kid>.jwk``).
+A file in ``<gateway_id>/`` whose "gateway_id" member names another gateway, or one kid bound
+to two gateways, is a trust-directory error (exit 2); an unbound copy of a bound key is
+ignored, and so are sub-directories whose names are not gateway ids (e.g. starting with ".").
 
 ``created_at`` going backwards between consecutive batches is reported as a note (a clock
 step or reordering at the gateway), not a fault. With ``partial=True`` a chain may start
@@ -18,6 +38,7 @@ after seq 1 (e.g. verifying one day's export); its first prev is then unchecked.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,10 +47,56 @@ from typing import Any, Iterable, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.signing import (BatchError, KeyFileError, chain_hash, decode_unverified, load_trust_dir,
+from gateway.signing import (GATEWAY_ID_RE, BatchError, KeyFileError, chain_hash, decode_unverified, read_jwk,
                              public_key_from_jwk, verify_batch)
 
-__all__ = ["FileResult", "VerifyReport", "verify_files", "run_verify"]
+__all__ = ["FileResult", "TrustedKey", "VerifyReport", "load_trust", "verify_files", "run_verify"]
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """One public key of the trust directory: ``gateway_id`` is the gateway it signs for, or
+    None for an unbound key (legacy flat layout without a "gateway_id" member)."""
+
+    kid: str
+    key: Ed25519PublicKey
+    gateway_id: str | None
+    path: str
+
+
+def load_trust(directory: str | Path) -> dict[str, TrustedKey]:
+    """{kid: TrustedKey} from the trust directory (layout in the module docstring).
+
+    Raises KeyFileError (one line, naming the file) for a missing directory, a bad JWK, a
+    "gateway_id" member that is not a gateway id or contradicts its directory, or one kid bound
+    to two different gateways. An empty directory gives an empty dict."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise KeyFileError(f"{d}: trust directory does not exist")
+    found: list[tuple[Path, str | None]] = [(p, None) for p in sorted(d.glob("*.jwk"))]
+    for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+        if GATEWAY_ID_RE.match(sub.name):
+            found += [(p, sub.name) for p in sorted(sub.glob("*.jwk"))]
+    out: dict[str, TrustedKey] = {}
+    for path, dir_gid in found:
+        jwk = read_jwk(path)
+        try:
+            kid, key = public_key_from_jwk(jwk)
+        except ValueError as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+        member = jwk.get("gateway_id")
+        if member is not None and (not isinstance(member, str) or not GATEWAY_ID_RE.match(member)):
+            raise KeyFileError(f"{path}: gateway_id {member!r} is not 1-64 characters of [A-Za-z0-9._-]")
+        if dir_gid is not None and member is not None and member != dir_gid:
+            raise KeyFileError(f"{path}: gateway_id {member!r} contradicts its directory {dir_gid!r}")
+        gid = dir_gid or member
+        before = out.get(kid)
+        if before is not None and None not in (before.gateway_id, gid) and before.gateway_id != gid:
+            raise KeyFileError(f"{path}: key {kid} is bound to gateway {gid} here but to gateway "
+                               f"{before.gateway_id} in {before.path}")
+        if before is None or before.gateway_id is None:   # a binding beats an unbound copy of the key
+            out[kid] = TrustedKey(kid, key, gid, str(path))
+    return out
 
 
 @dataclass
@@ -118,12 +185,13 @@ def _load(path: Path) -> FileResult:
 
 
 def verify_files(trust_dir: str | Path, files: Iterable[str | Path], *, partial: bool = False) -> VerifyReport:
-    """Verify batch files against the public keys in ``trust_dir`` (``*.jwk``).
+    """Verify batch files against the public keys in ``trust_dir`` (layout: module docstring).
 
     Returns a VerifyReport (per file ok/faults, gateway-level faults). Raises KeyFileError
     (one line) when the trust directory is missing or holds a bad key file.
     """
-    trust = load_trust_dir(trust_dir)
+    bound = load_trust(trust_dir)
+    trust = {kid: t.key for kid, t in bound.items()}
     report = VerifyReport(files=[_load(p) for p in _expand(files)])
     groups: dict[str, list[FileResult]] = {}
     for res in report.files:
@@ -142,18 +210,37 @@ def verify_files(trust_dir: str | Path, files: Iterable[str | Path], *, partial:
     for gid, group in sorted(groups.items()):
         group.sort(key=lambda r: (r.seq, r.path))
         gtrust: dict[str, Ed25519PublicKey] = dict(trust)
+        established: set[str] = set()   # kids that signed or were announced earlier in this chain
         for res in group:
             try:
                 res.payload = verify_batch(res.jws or "", gtrust)
             except BatchError as exc:
                 res.faults.append(f"{exc.check}: {exc}")
                 continue
+            kid = res.kid or ""
+            owner = bound[kid].gateway_id if kid in bound else gid   # announced keys: this gateway's
+            if owner is not None and owner != gid:
+                res.faults.append(f"binding: key {kid} is bound to gateway {owner} in the trust directory, "
+                                  f"not {gid}")
+                continue
+            if established and kid not in established:
+                res.faults.append(f"key change: seq {res.seq} is signed by {kid}, which neither signed an earlier "
+                                  f"batch of {gid} nor was announced in one (announce_key with "
+                                  f"announce_key_proof, in a batch signed by the old key)")
+                continue
             res.signed_ok = True
             res.created_at = res.payload["created_at"]
-            key_users.setdefault(res.kid or "", set()).add(gid)
+            established.add(kid)
+            key_users.setdefault(kid, set()).add(gid)
             if "announce_key" in res.payload:
                 new_kid, key = public_key_from_jwk(res.payload["announce_key"])
+                new_owner = bound[new_kid].gateway_id if new_kid in bound else None
+                if new_owner is not None and new_owner != gid:
+                    res.faults.append(f"binding: announces key {new_kid}, which is bound to gateway {new_owner} "
+                                      f"in the trust directory")
+                    continue
                 gtrust[new_kid] = key
+                established.add(new_kid)
                 res.notes.append(f"announces key {new_kid} for the later batches of {gid}")
         _check_sequence(gid, group, report, partial)
 
@@ -232,7 +319,7 @@ def run_verify(trust_dir: str | Path, files: Iterable[str | Path], *, partial: b
         return 2
     err = sys.stderr if out is None else stream
     try:
-        if not load_trust_dir(trust_dir):
+        if not load_trust(trust_dir):
             print(f"error: {trust_dir}: no *.jwk public keys", file=err)
             return 2
         report = verify_files(trust_dir, paths, partial=partial)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.model import Quality, Reading
 from gateway.receiver import (BackgroundReceiver, ReceiverError, ReceiverStore, export_batches, make_self_signed,
-                              run_receiver)
+                              run_receiver, signed_request_headers)
 from gateway.signing import Signer, build_payload, chain_hash, keygen
 from gateway.verify import run_verify, verify_files
 
@@ -105,10 +105,11 @@ def test_in_order_accept_duplicate_and_each_rejection(rx, client, pki):
     # wrong key: a key the receiver does not know -> 401
     r = post(client, chain(s["C"], "gw-01", 4, 4, prev=chain_hash(b[2]))[0])
     assert r.status_code == 401 and "unknown key" in r.json()["error"]
-    # a trusted key of another gateway signing for gw-01 -> 403 once that key is bound to gw-02
+    # a trusted (unbound, flat layout) key of another gateway signing for gw-01 -> 401 once its
+    # first use bound it to gw-02
     assert post(client, chain(s["B"], "gw-02", 1, 1)[0]).status_code == 200
     r = post(client, chain(s["B"], "gw-01", 4, 4, prev=chain_hash(b[2]))[0])
-    assert r.status_code == 403 and "belongs to gateway gw-02" in r.json()["error"]
+    assert r.status_code == 401 and "is bound to gateway gw-02" in r.json()["error"]
     # seq 4 with a prev that is not the hash of the stored seq 3 -> 409 chain broken
     r = post(client, chain(s["A"], "gw-01", 4, 4, prev=chain_hash(other))[0])
     assert r.status_code == 409 and r.json()["error"].startswith("chain broken")
@@ -118,10 +119,9 @@ def test_in_order_accept_duplicate_and_each_rejection(rx, client, pki):
     # the right seq 4 still goes in
     assert post(client, b[3]).json()["status"] == "accepted"
 
-    st = client.get("/v1/gateways/gw-01/status").json()
+    st = client.get("/v1/gateways/gw-01/status", headers=signed_request_headers(s["A"], "gw-01")).json()
     assert st["last_seq"] == 4 and st["count"] == 4 and st["gaps"] == [] and st["readings"] == 12
     assert st["last_hash"] == chain_hash(b[3])
-    assert client.get("/v1/gateways/nobody/status").status_code == 404
 
     with ReceiverStore(rx.store_path) as store:
         stored = store.batches("gw-01")
@@ -140,7 +140,8 @@ def test_reordered_batch_is_refused_with_the_expected_seq(client, pki):
     r = post(client, chain(s["B"], "gw-09", 2, 2, prev="A" * 43)[0])  # a new gateway must start at 1
     assert r.status_code == 409 and r.json()["expected_seq"] == 1
     assert [post(client, x).status_code for x in b[1:]] == [200, 200]
-    assert client.get("/v1/gateways/gw-01/status").json()["last_seq"] == 3
+    assert client.get("/v1/gateways/gw-01/status",
+                      headers=signed_request_headers(s["A"], "gw-01")).json()["last_seq"] == 3
 
 
 def test_tls_is_real_and_pinned(rx):
@@ -157,7 +158,7 @@ def test_tls_is_real_and_pinned(rx):
 def test_key_rotation_by_announce_key_persists_across_restart(tmp_path, pki):
     trust, s = pki
     new = Signer(Ed25519PrivateKey.generate())
-    b = chain(s["A"], "gw-01", 1, 2, extra={2: {"announce_key": new.public_jwk}})
+    b = chain(s["A"], "gw-01", 1, 2, extra={2: new.announcement("gw-01", 2)})
     b += chain(new, "gw-01", 3, 3, prev=chain_hash(b[-1]))
     early = chain(new, "gw-07", 1, 1)[0]  # the new key before it was announced
     with BackgroundReceiver(tmp_path / "rx", trust) as r, \
@@ -165,7 +166,7 @@ def test_key_rotation_by_announce_key_persists_across_restart(tmp_path, pki):
         assert post(c, early).status_code == 401
         assert [post(c, x).status_code for x in b] == [200, 200, 200]
         # the announced key is bound to gw-01
-        assert post(c, chain(new, "gw-07", 1, 1)[0]).status_code == 403
+        assert post(c, chain(new, "gw-07", 1, 1)[0]).status_code == 401
     with BackgroundReceiver(tmp_path / "rx", trust) as r, \
             httpx.Client(base_url=r.url, verify=r.ssl_context(), timeout=10) as c:
         assert post(c, chain(new, "gw-01", 4, 4, prev=chain_hash(b[-1]))[0]).json()["status"] == "accepted"
@@ -244,8 +245,13 @@ def test_verify_rejects_flip_gap_broken_prev_wrong_key_and_equivocation(tmp_path
     code, text = _verify(trust, d)
     assert code == 1 and "gw-01-5.jws: kid: unknown key id" in text, text
 
-    d = case("otherkey")  # a trusted key, but gw-02's, signing for gw-01
+    d = case("otherkey")  # a trusted key, but gw-02's, signing for gw-01 (unbound keys: caught as a key change)
     (d / "gw-01-5.jws").write_text(chain(s["B"], "gw-01", 5, 5, prev=chain_hash(b[3]))[0])
+    code, text = _verify(trust, d)
+    assert code == 1 and "gw-01-5.jws: key change: seq 5 is signed by" in text, text
+    (d / "gw-02-2.jws").unlink(missing_ok=True)
+    (d / "gw-01-5.jws").unlink()   # the same key as the first of gw-01's chain: a key used by two gateways
+    (d / "gw-03-1.jws").write_text(chain(s["B"], "gw-03", 1, 1)[0])
     code, text = _verify(trust, d)
     assert code == 1 and "signs for several gateways" in text, text
 
