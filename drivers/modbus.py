@@ -12,14 +12,24 @@ Design choices
   owner per serial port. Every request on a link is serialised by an
   asyncio.Lock; a Modbus TCP-to-RTU gateway and an RS-485 bus both answer one
   request at a time.
-* TCP uses pymodbus's :class:`AsyncModbusTcpClient` with its own retries and
-  reconnect disabled (retries=0, reconnect_delay=0): this link reconnects with
+* TCP does its own MBAP framing over an asyncio transport (:class:`TcpLink`),
+  as RTU does its own RTU framing. pymodbus 3.16.1's client accepts a reply
+  with transaction id 0 for any request (TransactionManager.execute and
+  FramerBase.handleFrame skip the check when the id is 0, and the unit id
+  check when the request's unit id is 0), so a late reply could become the
+  value of the next request; it skips a reply from another unit id in
+  silence (seen only as a timeout); it accepts a reply with another function
+  code; and it ignores the byte count of a coil / discrete-input reply. Here
+  every reply is matched to its own transaction id (Modbus Messaging on
+  TCP/IP Implementation Guide V1.0b, section 3.1.3) and unit id, anything
+  else is discarded and counted (``late_replies``), and the PDU is checked
+  against its request (function code, exception, byte count, length; Modbus
+  Application Protocol V1.1b3, sections 6 and 7). The link reconnects with
   exponential backoff 1, 2, 4 .. 60 s with +-10 % jitter (reset on success),
   never blocks a poll while the peer is down (requests fail fast with
   "comm fault" until the next attempt is due), closes and reopens after 3
-  consecutive timeouts (a black-holed connection), and maps a raw
-  ConnectionResetError escaping pymodbus (docs/design.md, Known dependency faults) to a
-  link fault.
+  consecutive timeouts (a black-holed connection), and turns a connection
+  reset or closed by the peer into a link fault; the next request reconnects.
 * RTU does NOT use pymodbus's serial client: after a CRC mismatch it drops
   its whole receive buffer, and a foreign slave's frame arriving together
   with the real reply can hide that reply (docs/design.md, Known dependency faults; case
@@ -31,7 +41,15 @@ Design choices
   resynchronising scanner (:func:`scan_rtu_reply`) that keeps scanning the
   buffer for a CRC-valid frame from the polled slave, with the requested
   function and byte count, discarding anything else (foreign slaves, late
-  replies to an earlier poll, noise, our own echo).
+  replies to an earlier poll, noise, our own echo). A frame byte-identical
+  to the request just sent is our echo, never the reply, for every function
+  whose correct reply differs from the request (1-4, 15, 16); seen while
+  ``local_echo`` is off it is a link fault "echo seen, local_echo is off"
+  (Modbus over Serial Line V1.02, section 3.3: a two-wire adapter hears
+  itself), reported with every reading of the link until it clears.
+* A reply that is not ours is reported as what it is, not as a timeout
+  (:class:`ReplyMismatch`): "reply from unit 7, expected 3", "reply with
+  transaction id 12, expected 13".
 * Exceptions never become values (case C07): each read block failing with an
   exception turns its points BAD with "exception NN name"; 05/06 are retried
   briefly; 01/02/03 are configuration faults of those tags, logged once and
@@ -45,15 +63,17 @@ Design choices
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
 import re
+import socket
 import struct
 import termios
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Sequence
 
 from drivers.base import Device
 from drivers.codec import CodecError, Scaling, decode, decode_value, encode_value, normalise_order, register_count
@@ -72,6 +92,7 @@ __all__ = [
     "ModbusLinkError",
     "LinkTimeout",
     "LinkDown",
+    "ReplyMismatch",
     "ModbusExceptionReply",
     "MalformedReply",
     "EXCEPTION_NAMES",
@@ -94,6 +115,8 @@ EXCEPTION_NAMES = {
     0x0A: "gateway path unavailable",
     0x0B: "gateway target device failed to respond",
 }
+#: RtuLink.link_fault when the adapter echoes our requests but the port is configured without local_echo
+ECHO_OFF_FAULT = "echo seen, local_echo is off"
 CONFIG_FAULT_CODES = frozenset({0x01, 0x02, 0x03})
 BUSY_CODES = frozenset({0x05, 0x06})
 GATEWAY_CODES = frozenset({0x0A, 0x0B})
@@ -107,6 +130,15 @@ class ModbusLinkError(Exception):
 
 class LinkTimeout(ModbusLinkError):
     """No (matching) reply within the response timeout."""
+
+
+class ReplyMismatch(LinkTimeout):
+    """No reply of our own: what came back belongs to another request or unit; str() says which,
+    e.g. "reply from unit 7, expected 3" or "reply with transaction id 12, expected 13".
+
+    A :class:`LinkTimeout` (the polled unit did not answer its request, so it counts towards the unit
+    being offline and is retried like a timeout), told apart so that a technician can tell a
+    mis-addressed unit or a late peer from a dead one."""
 
 
 class LinkDown(ModbusLinkError):
@@ -286,6 +318,9 @@ class _Link:
     LinkTimeout, LinkDown, ModbusExceptionReply or MalformedReply."""
 
     name = "link"
+    #: a standing fault of the link's configuration (one line), reported with every reading of the
+    #: link until it clears; None when there is none (RtuLink: an echo heard with local_echo off)
+    link_fault: str | None = None
 
     async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
         raise NotImplementedError
@@ -314,11 +349,79 @@ class _Link:
 
 
 # --------------------------------------------------------------------------- TCP
+class _MbapProtocol(asyncio.Protocol):
+    """One TCP connection's receive side: splits the byte stream into MBAP ADUs.
+
+    Modbus Messaging on TCP/IP Implementation Guide V1.0b, section 3.1.3: the
+    MBAP header is transaction id (2 bytes), protocol id (2, always 0),
+    length (2: the bytes that follow, unit id included) and unit id (1). A
+    PDU is at most 253 bytes (Modbus Application Protocol V1.1b3, section
+    4.1), so a length outside 2..254 or a protocol id other than 0 means the
+    stream is out of step; it cannot be resynchronised, the connection is
+    closed (``framing_error``).
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.adus: collections.deque[tuple[int, int, bytes]] = collections.deque()  # (tid, unit, pdu)
+        self.event = asyncio.Event()
+        self.lost: str | None = None  # why the connection ended, once it has
+        self.framing_error: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.framing_error:
+            return
+        self.buf += data
+        while len(self.buf) >= 7:
+            tid, pid, length, unit = struct.unpack(">HHHB", self.buf[:7])
+            if pid != 0 or not 2 <= length <= 254:
+                self.framing_error = (f"MBAP header {bytes(self.buf[:7]).hex(' ')}: protocol id {pid}, "
+                                      f"length {length}")
+                self.buf.clear()
+                if self.transport is not None:
+                    self.transport.abort()
+                break
+            if len(self.buf) < 6 + length:
+                break
+            self.adus.append((tid, unit, bytes(self.buf[7:6 + length])))
+            del self.buf[:6 + length]
+        self.event.set()
+
+    def eof_received(self) -> bool:
+        return False  # the peer closed its side (idle close): close ours too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = type(exc).__name__ if exc is not None else "connection closed by peer"
+        self.transport = None
+        self.event.set()
+
+
 class TcpLink(_Link):
     """One Modbus TCP connection to (host, port), shared by every unit id on it.
 
+    Own MBAP framing over an asyncio transport (Modbus Messaging on TCP/IP
+    Implementation Guide V1.0b, sections 3.1.2 and 3.1.3): one request in
+    flight; each request gets the next transaction id (1..65535, never 0).
+    A reply is the ADU that carries that transaction id: an ADU with any
+    other id (a late reply to a request that already timed out, or a peer
+    that answers with id 0) is discarded and counted in ``late_replies``,
+    and the wait goes on. The reply's unit id must equal the request's
+    (section 3.1.3: the server copies it), else :class:`ReplyMismatch`
+    "reply from unit 7, expected 3". The reply PDU is then checked against
+    its request (:meth:`_reply_pdu` and the per-function methods; Modbus
+    Application Protocol V1.1b3 sections 6.1-6.6, 6.11, 6.12 and 7):
+    function code equal, or equal | 0x80 for an exception of 2 bytes; read
+    byte count ceil(qty / 8) or 2 x qty, and exactly that many data bytes;
+    write replies exactly 4 bytes after the function code (address and
+    value / quantity, compared with the request by :class:`ModbusDevice`).
+
     timeout_s: response timeout per request. Reconnects with :class:`Backoff`;
     after ``blackhole_after`` consecutive timeouts closes and reopens (C10/C11).
+    A connection reset or closed by the peer is reopened at the next request.
     """
 
     def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0, *, blackhole_after: int = 3,
@@ -327,25 +430,19 @@ class TcpLink(_Link):
         self.name = f"{host}:{port}"
         self.blackhole_after = blackhole_after
         self.backoff = backoff or Backoff()
-        self._client_obj: Any = None  # created on first use, inside the running loop
+        self._proto: _MbapProtocol | None = None
         self._lock = asyncio.Lock()
         self._timeouts = 0
+        self._tid = 0
         self._closed = False
         self.connects = 0  # successful connections (diagnostics, tests)
+        self.late_replies = 0  # ADUs whose transaction id matched no request in flight (discarded)
         self.last_error: str | None = None
 
     @property
-    def _client(self) -> Any:
-        if self._client_obj is None:
-            from pymodbus.client import AsyncModbusTcpClient
-
-            self._client_obj = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
-                                                    reconnect_delay=0, name=f"modbus-tcp {self.name}")
-        return self._client_obj
-
-    @property
     def connected(self) -> bool:
-        return self._client_obj is not None and bool(self._client_obj.connected)
+        t = self._proto.transport if self._proto is not None else None
+        return t is not None and not t.is_closing()
 
     async def open(self) -> None:
         async with self._lock:
@@ -357,23 +454,31 @@ class TcpLink(_Link):
     async def _ensure_connected(self) -> None:
         if self._closed:
             raise LinkDown(f"{self.name}: link closed")
-        if self._client.connected:
+        if self.connected:
             return
+        if self._proto is not None and self._proto.lost and not self.last_error:
+            self.last_error = self._proto.lost
+        self._proto = None
         now = time.monotonic()
         if not self.backoff.due(now):
             raise LinkDown(f"comm fault: {self.name} not connected ({self.last_error or 'down'}), "
                            f"next attempt in {self.backoff.next_attempt - now:.1f} s")
+        loop = asyncio.get_running_loop()
         try:
-            ok = await asyncio.wait_for(self._client.connect(), timeout=self.timeout_s + 1.0)
+            _t, proto = await asyncio.wait_for(loop.create_connection(_MbapProtocol, self.host, self.port),
+                                               timeout=self.timeout_s)
         except (OSError, asyncio.TimeoutError) as e:
-            ok = False
             self.last_error = type(e).__name__
-        if not ok:
-            self._client.close()
             delay = self.backoff.failed()
-            self.last_error = self.last_error or "connect failed"
-            log.warning("modbus tcp %s: connect failed, retry in %.1f s", self.name, delay)
-            raise LinkDown(f"comm fault: cannot connect to {self.name}, retry in {delay:.1f} s")
+            log.warning("modbus tcp %s: connect failed (%s), retry in %.1f s", self.name, self.last_error, delay)
+            raise LinkDown(f"comm fault: cannot connect to {self.name}, retry in {delay:.1f} s") from None
+        sock = proto.transport.get_extra_info("socket") if proto.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._proto = proto
         self.backoff.succeeded()
         self.connects += 1
         self._timeouts = 0
@@ -381,76 +486,141 @@ class TcpLink(_Link):
         log.info("modbus tcp %s: connected", self.name)
 
     def _drop(self, why: str) -> None:
-        """Close the socket after a link fault; the next request reconnects (with backoff)."""
+        """Close the socket after a link fault; the next request reconnects at once (a connect that
+        fails then backs off)."""
         self.last_error = why
-        self._client.close()
-        self.backoff.failed()
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.abort()
+        self._proto = None
+        self.backoff.next_attempt = 0.0
 
-    async def _execute(self, unit_id: int, call: Callable[[], Any]) -> Any:
-        from pymodbus.exceptions import ConnectionException, ModbusIOException
+    def _next_tid(self) -> int:
+        self._tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is never sent, so a reply with id 0 is never ours
+        return self._tid
+
+    def _discard(self, tid: int, unit: int, pdu: bytes, expected: int) -> str:
+        self.late_replies += 1
+        log.info("modbus tcp %s: discarded reply with transaction id %d (unit %d, %s), expected %d", self.name,
+                 tid, unit, pdu[:8].hex(" "), expected)
+        return f"reply with transaction id {tid}, expected {expected}"
+
+    async def _transact(self, unit_id: int, pdu: bytes) -> bytes:
+        """Send ``pdu`` to ``unit_id``; return the reply PDU (function code checked, exceptions raised)."""
         async with self._lock:
             await self._ensure_connected()
+            proto = self._proto
+            assert proto is not None and proto.transport is not None
+            tid = self._next_tid()
+            while proto.adus:  # arrived while no request was in flight: late, never ours
+                self._discard(*proto.adus.popleft(), expected=tid)
+            proto.event.clear()
             try:
-                rsp = await asyncio.wait_for(call(), timeout=self.timeout_s + 0.5)
-            except (ModbusIOException, asyncio.TimeoutError) as e:
-                msg = str(e)
-                if isinstance(e, ModbusIOException) and "No response" not in msg:
-                    # wrong transaction id / unit id in the reply: discarded, never used
-                    raise MalformedReply(f"reply discarded: {msg.strip().splitlines()[0][:120]}") from None
-                self._timeouts += 1
-                if self._timeouts >= self.blackhole_after:
-                    log.warning("modbus tcp %s: %d consecutive timeouts, reconnecting", self.name, self._timeouts)
-                    self._timeouts = 0
-                    self._client.close()
-                    self.backoff.next_attempt = 0.0  # reopen at once on the next request
-                raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)") from None
-            except (ConnectionException, ConnectionError, OSError) as e:
-                # includes the raw ConnectionResetError pymodbus lets escape (docs/design.md, Known dependency faults)
+                proto.transport.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit_id) + pdu)
+            except (OSError, RuntimeError) as e:
                 self._drop(type(e).__name__)
                 raise LinkDown(f"comm fault: {self.name} {type(e).__name__}") from None
-            self._timeouts = 0
-            if rsp is None:
-                raise LinkTimeout(f"timeout (unit {unit_id})")
-            if rsp.isError():
-                code = getattr(rsp, "exception_code", 0)
-                raise ModbusExceptionReply(code, getattr(rsp, "function_code", 0) & 0x7F)
-            return rsp
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout_s
+            mismatch: str | None = None
+            while True:
+                while proto.adus:
+                    r_tid, r_unit, r_pdu = proto.adus.popleft()
+                    if r_tid != tid:
+                        mismatch = self._discard(r_tid, r_unit, r_pdu, tid)
+                        continue
+                    self._timeouts = 0
+                    if r_unit != unit_id:
+                        log.warning("modbus tcp %s: reply from unit %d to a request for unit %d (transaction %d)",
+                                    self.name, r_unit, unit_id, tid)
+                        raise ReplyMismatch(f"reply from unit {r_unit}, expected {unit_id}")
+                    return self._reply_pdu(pdu[0], r_pdu)
+                if proto.framing_error:
+                    why = proto.framing_error
+                    self._drop("framing error")
+                    raise MalformedReply(why)
+                if proto.transport is None:
+                    # reset / closed while we waited (includes the raw ConnectionResetError case, C10a)
+                    self._drop(proto.lost or "connection lost")
+                    raise LinkDown(f"comm fault: {self.name} {proto.lost or 'connection lost'}")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                proto.event.clear()
+                try:
+                    await asyncio.wait_for(proto.event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+            if mismatch is not None:  # the peer is alive, it answered another transaction
+                self._timeouts = 0
+                raise ReplyMismatch(mismatch)
+            self._timeouts += 1
+            if self._timeouts >= self.blackhole_after:
+                log.warning("modbus tcp %s: %d consecutive timeouts, reconnecting", self.name, self._timeouts)
+                self._timeouts = 0
+                self._drop("black hole")
+            raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)")
+
+    @staticmethod
+    def _reply_pdu(function: int, rsp: bytes) -> bytes:
+        """Check the reply's function code (Modbus Application Protocol V1.1b3 section 7: an exception
+        response is the request's function code + 0x80 and one exception code byte)."""
+        fc = rsp[0]
+        if fc == function | 0x80:
+            if len(rsp) != 2:
+                raise MalformedReply(f"exception reply of {len(rsp)} bytes, expected 2")
+            raise ModbusExceptionReply(rsp[1], function)
+        if fc != function:
+            raise MalformedReply(f"function code 0x{fc:02X}, expected 0x{function:02X}")
+        return rsp
+
+    @staticmethod
+    def _echo4(function: int, rsp: bytes) -> tuple[int, int]:
+        """Address and value / quantity of a write reply (sections 6.5, 6.6, 6.11, 6.12: 4 bytes)."""
+        if len(rsp) != 5:
+            raise MalformedReply(f"{len(rsp) - 1} bytes after function code 0x{function:02X}, expected 4")
+        return struct.unpack(">HH", rsp[1:5])
 
     async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
-        c = self._client
-        fn = {"coil": c.read_coils, "discrete_input": c.read_discrete_inputs,
-              "holding_register": c.read_holding_registers, "input_register": c.read_input_registers}[table]
-        rsp = await self._execute(unit_id, lambda: fn(address, count=count, device_id=unit_id))
+        fc = READ_FUNCTION[table]
+        rsp = await self._transact(unit_id, struct.pack(">BHH", fc, address, count))
+        if len(rsp) < 2:
+            raise MalformedReply(f"no byte count after function code 0x{fc:02X}")
+        check_byte_count(table, count, rsp[1])
+        data = rsp[2:]
+        if len(data) != rsp[1]:
+            raise MalformedReply(f"{len(data)} data bytes after byte count {rsp[1]}")
         if table in BIT_TABLES:
-            bits = list(rsp.bits or [])
-            check_byte_count(table, count, (len(bits) + 7) // 8)
-            return [1 if b else 0 for b in bits[:count]]
-        regs = list(rsp.registers or [])
-        check_byte_count(table, count, 2 * len(regs))
-        return regs
+            return [(data[i // 8] >> (i % 8)) & 1 for i in range(count)]
+        return list(struct.unpack(f">{count}H", data))
 
     async def write_coil(self, unit_id: int, address: int, on: bool) -> tuple[int, int]:
-        rsp = await self._execute(unit_id, lambda: self._client.write_coil(address, bool(on), device_id=unit_id))
-        return rsp.address, 0xFF00 if (rsp.bits and rsp.bits[0]) else 0x0000
+        rsp = await self._transact(unit_id, struct.pack(">BHH", 5, address, 0xFF00 if on else 0x0000))
+        return self._echo4(5, rsp)
 
     async def write_coils(self, unit_id: int, address: int, bits: Sequence[int]) -> tuple[int, int]:
-        vals = [bool(b) for b in bits]
-        rsp = await self._execute(unit_id, lambda: self._client.write_coils(address, vals, device_id=unit_id))
-        return rsp.address, rsp.count
+        n = len(bits)
+        packed = bytearray((n + 7) // 8)
+        for i, b in enumerate(bits):
+            if b:
+                packed[i // 8] |= 1 << (i % 8)
+        rsp = await self._transact(unit_id, struct.pack(">BHHB", 15, address, n, len(packed)) + bytes(packed))
+        return self._echo4(15, rsp)
 
     async def write_register(self, unit_id: int, address: int, value: int) -> tuple[int, int]:
-        rsp = await self._execute(unit_id, lambda: self._client.write_register(address, value, device_id=unit_id))
-        return rsp.address, rsp.registers[0]
+        rsp = await self._transact(unit_id, struct.pack(">BHH", 6, address, value))
+        return self._echo4(6, rsp)
 
     async def write_registers(self, unit_id: int, address: int, values: Sequence[int]) -> tuple[int, int]:
         vals = list(values)
-        rsp = await self._execute(unit_id, lambda: self._client.write_registers(address, vals, device_id=unit_id))
-        return rsp.address, rsp.count
+        rsp = await self._transact(unit_id, struct.pack(f">BHHB{len(vals)}H", 16, address, len(vals),
+                                                        2 * len(vals), *vals))
+        return self._echo4(16, rsp)
 
     async def close(self) -> None:
         self._closed = True
-        if self._client_obj is not None:
-            self._client_obj.close()
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None
 
 
 # --------------------------------------------------------------------------- RTU framing (pure)
@@ -505,7 +675,7 @@ def _candidate_lengths(buf: bytes | bytearray, i: int) -> list[int]:
 
 
 def scan_rtu_reply(buf: bytes | bytearray, unit_id: int, function: int,
-                   reply_len: int) -> tuple[bytes | None, int, list[bytes]]:
+                   reply_len: int, request: bytes | None = None) -> tuple[bytes | None, int, list[bytes]]:
     """Find the reply to a request in a receive buffer, resynchronising (case C08).
 
     Scans every offset for a CRC-valid frame. A frame from ``unit_id`` with
@@ -516,12 +686,28 @@ def scan_rtu_reply(buf: bytes | bytearray, unit_id: int, function: int,
     our own echo) is discarded whole; bytes that start no valid frame are
     skipped. Returns (frame or None, bytes of buf that may be dropped,
     discarded frames). Incomplete data at the end is kept for the next call.
+
+    request: the request frame just sent (with its CRC). For functions 1-4,
+    15 and 16 a correct reply never equals the request (Modbus Application
+    Protocol V1.1b3, sections 6.1-6.4, 6.11, 6.12), so bytes identical to it
+    are our own echo (a two-wire adapter, Modbus over Serial Line V1.02,
+    section 3.3) and are discarded, even where they would pass for a reply
+    (FC1/FC2 at an address whose high byte equals the reply's byte count:
+    01 01 03 00 00 14 is also a valid 3-byte coil reply). For FC5 / FC6 the
+    correct reply is byte-identical to the request (sections 6.5, 6.6), so
+    there an identical frame is taken as the reply.
     """
     n = len(buf)
     i = 0
     pending: int | None = None  # earliest offset that may start a frame not yet complete
     foreign: list[bytes] = []
+    echo = request if request and function not in (5, 6) else None
     while i < n:
+        if echo is not None and buf[i:i + len(echo)] == echo:
+            foreign.append(bytes(echo))  # our own request, heard back
+            i += len(echo)
+            pending = None
+            continue
         if n - i < 3 and pending is None:
             pending = i  # too short to tell
         found = None
@@ -532,6 +718,8 @@ def scan_rtu_reply(buf: bytes | bytearray, unit_id: int, function: int,
                     break
             elif pending is None:
                 pending = i
+        if echo is not None and found is None and pending is None and echo.startswith(bytes(buf[i:])):
+            pending = i  # the start of our echo: wait for the rest
         if found is None:
             i += 1
             continue
@@ -569,12 +757,19 @@ class RtuLink(_Link):
     and compared; a difference is a line fault (bus collision, wiring, a
     broken transceiver) and the request fails with "comm fault: echo
     mismatch", as does a missing echo. Without it an echoing adapter's echo
-    is discarded by the scanner as a non-matching frame for reads, but the
-    echo of FC5/FC6 is byte-identical to a correct reply, so a write could
-    look acknowledged by a silent slave: set local_echo for such adapters.
-    Counters: ``discarded_frames`` (foreign / late frames dropped),
+    (bytes identical to the request just sent) is skipped by the scanner for
+    FC1-4, FC15 and FC16, and the scan goes on for the real reply; the link
+    then has the fault ``link_fault`` = "echo seen, local_echo is off" (also
+    in ``last_error``, logged once), reported with every reading until a
+    request of those functions completes without an echo. The echo of FC5 /
+    FC6 is byte-identical to a correct reply (Modbus Application Protocol
+    V1.1b3, sections 6.5, 6.6), so on its own a write could look
+    acknowledged by a silent slave: ModbusDevice's read-back catches that,
+    and local_echo must be set for such adapters.
+    Counters: ``discarded_frames`` (foreign / late frames and skipped echoes),
     ``flushed_bytes`` (stale input flushed before a request),
-    ``echo_faults`` (missing or mismatched local echoes).
+    ``echo_faults`` (missing or mismatched local echoes), ``echoes_seen``
+    (echoes heard while local_echo is off).
     """
 
     def __init__(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: float = 1, bytesize: int = 8,
@@ -602,6 +797,8 @@ class RtuLink(_Link):
         self.discarded_frames = 0
         self.flushed_bytes = 0
         self.echo_faults = 0
+        self.echoes_seen = 0
+        self.link_fault: str | None = None
         self.requests_sent = 0
         self.request_starts: list[float] = []  # monotonic start of the last requests (bounded; tests)
         self.gaps_before_request: list[float] = []  # measured silent gap before each request (bounded)
@@ -809,15 +1006,28 @@ class RtuLink(_Link):
             if self.local_echo:
                 await self._consume_echo(frame, deadline)
             function = pdu[0]
+            echo_heard = False
+            other_unit: int | None = None  # a reply of our shape from another unit (ReplyMismatch)
             while True:
-                reply, consumed, foreign = scan_rtu_reply(self._buf, unit_id, function, reply_len)
+                reply, consumed, foreign = scan_rtu_reply(self._buf, unit_id, function, reply_len,
+                                                          None if self.local_echo else frame)
                 if foreign:
                     self.discarded_frames += len(foreign)
                     for f in foreign:
+                        if f == frame and not self.local_echo:
+                            echo_heard = True
+                        elif f[0] != unit_id and other_unit is None and (
+                                (f[1] == function and len(f) == reply_len)
+                                or (f[1] == function | 0x80 and len(f) == 5)):
+                            other_unit = f[0]
                         log.debug("modbus rtu %s: discarded frame %s while polling unit %d", self.port, f.hex(" "),
                                   unit_id)
                 if reply is not None:
                     del self._buf[:consumed]
+                    if echo_heard:
+                        self._echo_heard(frame)
+                    elif function not in (5, 6):  # an echo would have been told apart: the adapter does not echo
+                        self._echo_absent()
                     if reply[1] & 0x80:
                         raise ModbusExceptionReply(reply[2], function)
                     return reply
@@ -827,12 +1037,32 @@ class RtuLink(_Link):
                     raise LinkDown(f"comm fault: serial port {self.port} failed ({self.last_error})")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if echo_heard:
+                        self._echo_heard(frame)
+                    if other_unit is not None:
+                        raise ReplyMismatch(f"reply from unit {other_unit}, expected {unit_id}")
                     raise LinkTimeout(f"timeout (unit {unit_id}, {self.timeout_s:g} s)")
                 self._event.clear()
                 try:
                     await asyncio.wait_for(self._event.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
+
+    def _echo_heard(self, frame: bytes) -> None:
+        """Our own request came back while local_echo is off: a configuration fault of the link."""
+        self.echoes_seen += 1
+        if self.link_fault is None:
+            log.warning("modbus rtu %s: heard our own request %s back, but local_echo is off: the adapter "
+                        "echoes (2-wire RS-485); set local_echo: true for this port", self.port, frame.hex(" "))
+        self.link_fault = ECHO_OFF_FAULT
+        self.last_error = ECHO_OFF_FAULT
+
+    def _echo_absent(self) -> None:
+        if self.link_fault is not None:
+            log.info("modbus rtu %s: no echo any more; link fault cleared", self.port)
+            self.link_fault = None
+        if self.last_error == ECHO_OFF_FAULT:
+            self.last_error = None
 
     async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
         fc = READ_FUNCTION[table]
@@ -1099,8 +1329,10 @@ class ModbusDevice(Device):
                 self._set_error(block, errors, reason)
                 continue
             except LinkTimeout as e:
-                failed_units[block.unit_id] = "timeout"
-                self._set_error(block, errors, str(e).split(" (")[0])
+                # "timeout", or what came back instead of our reply ("reply from unit 7, expected 3")
+                reason = str(e) if isinstance(e, ReplyMismatch) else "timeout"
+                failed_units[block.unit_id] = reason
+                self._set_error(block, errors, reason)
                 continue
             except LinkDown as e:
                 # the link itself is down and backing off (fails fast): not a silent unit, no slow schedule
@@ -1119,7 +1351,18 @@ class ModbusDevice(Device):
         for u in ok_units - set(failed_units):
             self._unit_ok(u)
         ts = time.time()
-        return [self._make_reading(p, data, errors, ts) for p in self.points.values()]
+        return [self._with_link_fault(self._make_reading(p, data, errors, ts)) for p in self.points.values()]
+
+    def _with_link_fault(self, r: Reading) -> Reading:
+        """A standing fault of the link's configuration (RtuLink: "echo seen, local_echo is off") goes
+        with every reading of the link: a GOOD reading becomes UNCERTAIN (the value is the real reply's,
+        the link is misconfigured), any other keeps its quality and gets the fault appended."""
+        fault = getattr(self.link, "link_fault", None)
+        if not fault:
+            return r
+        if r.quality is Quality.GOOD:
+            return replace(r, quality=Quality.UNCERTAIN, reason=f"link fault: {fault}")
+        return replace(r, reason=f"{r.reason or r.quality.value}; link fault: {fault}")
 
     @staticmethod
     def _set_error(block: Block, errors: dict[Any, str], reason: str) -> None:
@@ -1181,6 +1424,10 @@ class ModbusDevice(Device):
                     await asyncio.sleep(self.busy_backoff_s)
                     continue
                 raise self._werr(p, last) from None
+            except MalformedReply as e:
+                last = f"malformed reply: {e}"
+                log.warning("%s", self._werr(p, last))
+                continue
             except ModbusLinkError as e:
                 last = str(e)
                 continue
@@ -1193,6 +1440,9 @@ class ModbusDevice(Device):
             except ModbusExceptionReply as e:
                 last = f"read-back failed: {exception_reason(e.code)}"
                 continue
+            except MalformedReply as e:
+                last = f"read-back failed: malformed reply: {e}"
+                continue
             except ModbusLinkError as e:
                 last = f"read-back failed: {e}"
                 continue
@@ -1203,9 +1453,12 @@ class ModbusDevice(Device):
             try:
                 v = decode_value(back, p)
             except (CodecError, ValueError) as e:
-                return Reading.bad(p.tag, p.unit, str(e), raw=back)
-            return Reading(tag=p.tag, value=v, unit=p.unit, quality=Quality.GOOD, ts=time.time(), raw=back)
-        raise self._werr(p, f"{last} (after {self.write_attempts} attempts)")
+                return self._with_link_fault(Reading.bad(p.tag, p.unit, str(e), raw=back))
+            return self._with_link_fault(Reading(tag=p.tag, value=v, unit=p.unit, quality=Quality.GOOD,
+                                                 ts=time.time(), raw=back))
+        fault = getattr(self.link, "link_fault", None)
+        suffix = f"; link fault: {fault}" if fault else ""
+        raise self._werr(p, f"{last} (after {self.write_attempts} attempts){suffix}")
 
     async def _send_write(self, p: ModbusPoint, regs: list[int]) -> tuple[tuple, tuple]:
         """Send the write; return (echo, expected echo)."""

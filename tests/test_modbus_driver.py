@@ -582,10 +582,11 @@ async def test_C08_foreign_slave_frame_is_never_taken():
         script["out"] = [real[:-1] + b"\x00", real]
         (r,) = await d.read()
         assert r.value == 10.0
-        # only the foreign frame: the poll times out, 12.5 is never assigned to slave 1
+        # only the foreign frame: no reply of slave 1, 12.5 is never assigned to it; the reason says
+        # what came instead, so a mis-addressed slave is told apart from a dead one
         script["out"] = [foreign]
         (r,) = await d.read()
-        assert r.quality is Quality.BAD and r.value is None and r.reason == "timeout"
+        assert r.quality is Quality.BAD and r.value is None and r.reason == "reply from unit 2, expected 1"
     finally:
         await links.close_all()
         bus.close()
