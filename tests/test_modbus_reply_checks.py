@@ -19,11 +19,8 @@ Modbus over Serial Line V1.02, section 2.5.1.1 (RTU framing), section 3.3
 from __future__ import annotations
 
 import asyncio
-import os
-import select
 import struct
 import threading
-import tty
 
 import pytest
 import serial
@@ -31,6 +28,7 @@ import serial
 from drivers.modbus import LinkTimeout, ModbusDevice, ModbusLinks, ModbusPoint, crc_ok, with_crc
 from gateway.model import Quality, WriteError
 from hil.serial_line import SerialLine
+from raw_rtu import RawRtu
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -425,44 +423,9 @@ async def test_rtu_echo_fault_marks_a_silent_units_timeout(echo_line):
 
 
 # --------------------------------------------------------------------------- (c) RTU unit mismatch
-class PtyBus:
-    """The gateway opens ``path``; each 8-byte request frame is answered with handler(frame)."""
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-        self._stop = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        buf = b""
-        while not self._stop:
-            r, _, _ = select.select([self.master], [], [], 0.05)
-            if not r:
-                continue
-            try:
-                buf += os.read(self.master, 4096)
-            except OSError:
-                return
-            while len(buf) >= 8:
-                frame, buf = buf[:8], buf[8:]
-                out = self.handler(frame)
-                if out:
-                    os.write(self.master, out)
-
-    def close(self):
-        self._stop = True
-        self._t.join(1)
-        os.close(self.master)
-        os.close(self.slave)
-
-
 async def test_rtu_reply_from_another_unit_is_reported_as_such():
     """A slave set to address 7 that answers a poll of unit 3 (same function, same length)."""
-    bus = PtyBus(lambda f: with_crc(bytes([7, 3, 2, 0x12, 0x34])))
+    bus = RawRtu(lambda f: with_crc(bytes([7, 3, 2, 0x12, 0x34])))
     links = ModbusLinks()
     try:
         link = links.rtu(bus.path, timeout_s=0.15)
