@@ -63,6 +63,11 @@ DEVICE_DEFAULT_KEYS = {"baudrate", "parity", "stopbits", "bytesize", "unit_id", 
                        "max_registers_per_read", "max_bits_per_read"}
 SERIAL_KEYS = {"baudrate", "parity", "stopbits", "bytesize"}
 
+#: tags all devices of one config may take from profiles: each device copies its profile's tags, so a
+#: short config (10,000 one-line devices naming a 100-tag profile) would otherwise expand to millions of
+#: tags (minutes and gigabytes of validation); a gateway polls far fewer
+MAX_PROFILE_TAGS = 20_000
+
 
 # --- source map: where every key of the validation tree came from ----------------------------------
 
@@ -88,6 +93,27 @@ class SourceMap:
     def __init__(self, main_file: str) -> None:
         self.main_file = main_file
         self.pos: dict[tuple, Pos] = {}
+        # location -> the locations one level below it that lead to a recorded one: a subtree is then
+        # found in its own size, not by a scan of every position (profile expansion copies one per tag)
+        self._kids: dict[tuple, set[tuple]] = {}
+
+    def _set(self, loc: tuple, pos: Pos) -> None:
+        self.pos[loc] = pos
+        for i in range(len(loc) - 1, -1, -1):
+            kids = self._kids.setdefault(loc[:i], set())
+            if loc[:i + 1] in kids:
+                break
+            kids.add(loc[:i + 1])
+
+    def _under(self, loc: tuple) -> list[tuple]:
+        """Every recorded location equal to or below ``loc``."""
+        out, todo = [], [tuple(loc)]
+        while todo:
+            k = todo.pop()
+            if k in self.pos:
+                out.append(k)
+            todo.extend(self._kids.get(k, ()))
+        return out
 
     def index(self, node: Any, file: str, loc: tuple = (), path: str = "") -> None:
         """Record the position of every key and item under ``node`` (a ruamel CommentedMap/Seq)."""
@@ -102,33 +128,39 @@ class SourceMap:
                     kl, kc = node.lc.line, node.lc.col
                     vl, vc = (kl, kc) if scalar else (None, None)
                 p = f"{path}.{key}" if path else str(key)
-                self.pos[(*loc, str(key))] = Pos(file, kl + 1, kc + 1, None if vl is None else vl + 1,
-                                                 None if vc is None else vc + 1, p)
+                self._set((*loc, str(key)), Pos(file, kl + 1, kc + 1, None if vl is None else vl + 1,
+                                                None if vc is None else vc + 1, p))
                 self.index(child, file, (*loc, str(key)), p)
         elif isinstance(node, CommentedSeq):
             for i, child in enumerate(node):
                 ln, cl = node.lc.item(i)
                 scalar = not isinstance(child, (CommentedMap, CommentedSeq))
                 p = f"{path}[{i}]"
-                self.pos[(*loc, i)] = Pos(file, ln + 1, cl + 1, ln + 1 if scalar else None,
-                                          cl + 1 if scalar else None, p)
+                self._set((*loc, i), Pos(file, ln + 1, cl + 1, ln + 1 if scalar else None,
+                                         cl + 1 if scalar else None, p))
                 self.index(child, file, (*loc, i), p)
 
     def copy(self, src: "SourceMap", src_loc: tuple, dst_loc: tuple) -> None:
         """Map ``dst_loc`` and everything under it to the positions of ``src_loc`` in ``src``."""
         n = len(src_loc)
-        moved = {(*dst_loc, *k[n:]): v for k, v in src.pos.items() if k[:n] == src_loc}
+        moved = [((*dst_loc, *k[n:]), src.pos[k]) for k in src._under(tuple(src_loc))]
         self.drop(dst_loc)
-        self.pos.update(moved)
+        for k, v in moved:
+            self._set(k, v)
 
     def drop(self, loc: tuple) -> None:
-        n = len(loc)
-        for k in [k for k in self.pos if k[:n] == loc]:
+        loc = tuple(loc)
+        for k in self._under(loc):
             del self.pos[k]
+        todo = [loc]
+        while todo:  # forget the emptied branch, then its link from above
+            todo.extend(self._kids.pop(todo.pop(), ()))
+        if loc:
+            self._kids.get(loc[:-1], set()).discard(loc)
 
     def alias(self, dst_loc: tuple, pos: Pos | None) -> None:
         if pos is not None:
-            self.pos[dst_loc] = pos
+            self._set(tuple(dst_loc), pos)
 
     def get(self, loc: tuple) -> Pos | None:
         return self.pos.get(tuple(loc))
@@ -254,6 +286,8 @@ class ProfileLibrary:
         self.problems: list[Problem] = []
         self.files: list[tuple[Path, str]] = []
         self._stack: list[Path] = []
+        self.profile_tags = 0          # tags devices took from profiles so far (MAX_PROFILE_TAGS)
+        self.too_many_tags = False     # MAX_PROFILE_TAGS was passed (reported once)
 
     # ---- files ----
 
@@ -463,6 +497,16 @@ def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: Sour
     tags = dev.setdefault("tags", [])
     if not isinstance(tags, list) or not isinstance(prefix, str):
         return ok
+    if lib.too_many_tags or lib.profile_tags + len(selected) > MAX_PROFILE_TAGS:
+        if not lib.too_many_tags:  # once, at the first device past the limit (the others fail quietly)
+            lib.problems.append(smap.problem((*base, "profile"), f"devices take more than {MAX_PROFILE_TAGS} "
+                                             f"tags from profiles in all (this one adds {len(selected)} from "
+                                             f"'{prof.name}' to {lib.profile_tags}): more than one gateway polls; "
+                                             "split the site over several gateways, or select: fewer tags",
+                                             at_value=True))
+            lib.too_many_tags = True
+        return False
+    lib.profile_tags += len(selected)
     name_pos = smap.get((*base, "tag_prefix")) or smap.get((*base, "profile"))
     for t in selected:
         j = len(tags)

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gateway.filemode import create_record_file
 from gateway.model import rfc3339
 
 log = logging.getLogger("hazard_gateway.safety_state")
@@ -56,12 +57,13 @@ class SafetyStateError(ValueError):
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON to ``path`` atomically and durably: tmp file + fsync + rename + fsync(dir).
+    The file is mode 0640 whatever the umask (gateway.filemode).
 
     Blocking (disk I/O): call it in a worker thread, never on the event loop. Raises OSError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    fd = create_record_file(tmp)
     try:
         view = memoryview(body)
         while view:

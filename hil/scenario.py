@@ -58,8 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from gateway.yamlload import YamlError, parse_yaml, read_text
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
@@ -277,23 +276,21 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     """
     path = resolve_scenario_path(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}:0: cannot read scenario file: {exc.strerror or exc}") from None
+        text = read_text(path, str(path))
+    except YamlError as exc:
+        what = f"cannot read scenario file: {exc.message}" if exc.line == 0 else exc.message
+        raise ScenarioError(f"{path}:{exc.line}: {what}") from None
     return parse_scenario(text, str(path), default_name=path.stem)
 
 
 def parse_scenario(text: str, source: str = "<string>", default_name: str = "scenario") -> Scenario:
-    """Parse and validate scenario YAML ``text``; ``source`` names it in error messages."""
-    yaml = YAML(typ="rt")
+    """Parse and validate scenario YAML ``text``; ``source`` names it in error messages. The YAML goes
+    through the gateway's bounded loader (gateway.yamlload: node budget with aliases expanded, nesting
+    depth, self-referencing aliases, core tags only). Raises ScenarioError ("source:line: message")."""
     try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ScenarioError(f"{source}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
-    except YAMLError as exc:
-        raise ScenarioError(f"{source}:0: YAML error: {str(exc).splitlines()[0]}") from None
+        doc = parse_yaml(text, source)
+    except YamlError as exc:
+        raise ScenarioError(f"{source}:{exc.line}: {exc.message}") from None
 
     def fail(line: int, msg: str) -> ScenarioError:
         return ScenarioError(f"{source}:{line}: {msg}")

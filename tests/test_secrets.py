@@ -105,6 +105,23 @@ def test_run_refuses_before_starting(site: Path):
     assert not (site.parent / "state").exists()   # nothing started
 
 
+def test_check_refuses_a_symlinked_signing_key_as_run_does(site: Path):
+    """run opens the signing key with O_NOFOLLOW (gateway.signing.Signer.from_file): check must not pass a
+    key file that run then refuses; both say so as the same FILE:LINE:COL line before anything starts."""
+    keys = site.parent / "keys"
+    (keys / "private.pem").rename(keys / "real.pem")   # still 0600: only the link is wrong
+    (keys / "private.pem").symlink_to("real.pem")
+    want = (f"{site}:3:16: keys.private_key: secret file keys/private.pem is a symbolic link (to real.pem); "
+            "the signing key is opened without following links: put the key file itself there (chmod 600)")
+    r = check(site)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [want]
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(site)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [want]
+    assert not (site.parent / "state").exists()   # nothing started
+
+
 def test_inline_password_is_an_error_saying_to_use_a_file(site: Path):
     site.write_text(CONFIG.replace("password_file: keys/ua-password", "password: hunter2"))
     with pytest.raises(ConfigError) as ei:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.yamlload import read_text
 
 #: Level engineering units accepted from a Reading, with their factor to metres ("%" is special).
 LEVEL_UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
@@ -202,24 +205,33 @@ class StrappingTable:
     def from_csv(cls, path: str | Path) -> "StrappingTable":
         """Load ``level_m,volume_m3`` rows from a CSV file (a header line and '#' comments allowed).
 
-        Raises ValueError naming file:line for a malformed row.
+        Raises ValueError naming file:line for a malformed row, and (gateway.yamlload.YamlError, a
+        ValueError) for a file that is missing, not UTF-8 or larger than the input file limit (1 MiB).
         """
         path = Path(path)
         rows: list[tuple[float, float]] = []
         where: list[str] = []
-        with path.open(newline="", encoding="utf-8") as f:
-            for lineno, rec in enumerate(csv.reader(f), start=1):
-                if not rec or not "".join(rec).strip() or rec[0].lstrip().startswith("#"):
-                    continue
-                try:
-                    if len(rec) != 2:
-                        raise ValueError(f"expected 2 columns level_m,volume_m3, got {len(rec)}")
-                    rows.append((float(rec[0]), float(rec[1])))
-                    where.append(f"{path}:{lineno}")
-                except ValueError as e:
-                    if not rows and lineno == 1 and "could not convert" in str(e):
-                        continue  # header line
-                    raise ValueError(f"{path}:{lineno}: {e}") from None
+        text = read_text(path)  # bounded like every input file (gateway.yamlload)
+        reader = csv.reader(io.StringIO(text, newline=""))
+        while True:
+            try:
+                rec = next(reader, None)
+            except csv.Error as e:  # a field past csv's size limit, a NUL byte
+                raise ValueError(f"{path}:{reader.line_num}: {e}") from None
+            if rec is None:
+                break
+            lineno = reader.line_num
+            if not rec or not "".join(rec).strip() or rec[0].lstrip().startswith("#"):
+                continue
+            try:
+                if len(rec) != 2:
+                    raise ValueError(f"expected 2 columns level_m,volume_m3, got {len(rec)}")
+                rows.append((float(rec[0]), float(rec[1])))
+                where.append(f"{path}:{lineno}")
+            except ValueError as e:
+                if not rows and lineno == 1 and "could not convert" in str(e):
+                    continue  # header line
+                raise ValueError(f"{path}:{lineno}: {e}") from None
         if len(rows) < 2:
             raise ValueError(f"{path}: a strapping table needs at least 2 rows")
         _rows(str(path), rows, where)

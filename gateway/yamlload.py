@@ -1,0 +1,237 @@
+"""Bounded YAML loading: the one place where a YAML file the gateway reads is parsed.
+
+Every YAML input goes through :func:`load_yaml` (a file) or :func:`parse_yaml` (text): the
+config (gateway.config.read_yaml, so also ``check``, ``run``, ``probe``, ``demo`` and a SIGHUP
+reload), the device profiles it includes or names (gateway.device_profiles) and the HIL
+scenarios (hil.scenario); the strapping-table CSV files a hazard unit names are read through
+:func:`read_text` (size, UTF-8; gateway.hazard.volume). A hostile or broken file ends in one :class:`YamlError` whose str()
+is ``FILE:LINE:COL: message``, in bounded time and memory; never a traceback, never code
+execution (only the YAML core tags are accepted, so no ``!!python/...`` object is built).
+
+The limits hold per file and are checked while ruamel.yaml composes the node graph, before
+anything builds or walks the tree:
+
+=====================  ======================================================================
+MAX_FILE_BYTES         1 MiB, checked before parsing (the largest shipped file is 28 KB; ruamel
+                       parses a dense MiB in about 6 s on a CI core)
+MAX_NODES              200,000 nodes counted as a walk sees them, keys included, every alias
+                       expanded (an alias costs the size of the node it names): an alias bomb
+                       ("billion laughs") stops at the alias that crosses the budget
+MAX_DEPTH              64 levels of nesting, aliases expanded
+MAX_SCALAR_CHARS       64 KiB in one scalar (key or value)
+self-reference         an alias inside the node its anchor names (``&a [*a]``): that node would
+                       contain itself, which no walk can finish
+duplicate anchors      an anchor name defined twice (YAML lets the later one win, silently)
+tags                   only str, int, float, bool, null, map, seq, merge (``<<:``) and
+                       timestamp; any other explicit tag (``!!python/...``, ``!local``) is refused
+=====================  ======================================================================
+
+A ruamel round-trip load shares the node of an anchor between its aliases (no copy), so the
+danger is in the walks that come after it (profile expansion, conversion to plain dicts,
+pydantic); the budget counts exactly what those walks would visit. Anchors, aliases and merge
+keys (``x-`` anchors, ``<<: *defaults``) keep working inside the limits. A device profile is an
+alias across files (each device copies its tags): that expansion has its own bound,
+gateway.device_profiles.MAX_PROFILE_TAGS.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer
+from ruamel.yaml.error import MantissaNoDotYAML1_1Warning, MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
+
+# ruamel warns (a multi-line text on stderr) about "1e3" in a %YAML 1.1 document; the value loads as a
+# float either way, and a file's problems are one line each
+warnings.filterwarnings("ignore", category=MantissaNoDotYAML1_1Warning)
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+MAX_SCALAR_CHARS = 1 << 16
+
+_CORE = "tag:yaml.org,2002:"
+#: the explicit tags a gateway file may carry (YAML core schema, merge keys and timestamps)
+ALLOWED_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge",
+                                             "timestamp"))
+
+
+class YamlError(ValueError):
+    """One problem that stops an input file from loading: ``file`` as shown, ``line`` and ``col``
+    1-based (line 0: the file as a whole, e.g. missing or too big; col 0: no column), ``message``
+    one line. str() is ``FILE:LINE:COL: message`` (``FILE: message`` for the file as a whole)."""
+
+    def __init__(self, file: str, line: int, col: int, message: str):
+        self.file, self.line, self.col, self.message = file, line, col, message
+        where = f"{file}:{line}:{col}" if line and col else f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {message}")
+
+
+class _Limit(Exception):
+    """Raised inside the composer: (ruamel mark, message); load_yaml adds the file name."""
+
+    def __init__(self, mark: Any, message: str):
+        super().__init__(message)
+        self.mark, self.message = mark, message
+
+
+def _shown_tag(tag: Any) -> str:
+    s = str(tag)
+    return "!!" + s[len(_CORE):] if s.startswith(_CORE) else s
+
+
+class _BoundedComposer(Composer):
+    """ruamel's Composer, measuring each node as it is composed: (nodes under it with aliases
+    expanded, height with aliases expanded). An alias adds the measure of its anchor's node in
+    O(1), so an alias bomb is refused after a few hundred events, not after 10**9 copies."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self._measure: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded count, expanded height)
+        self._total = 0
+
+    def _spend(self, n: int, mark: Any, prefix: str = "") -> None:
+        self._total += n
+        if self._total > MAX_NODES:
+            raise _Limit(mark, f"{prefix}the file holds more than {MAX_NODES} nodes with aliases expanded "
+                               "(an alias bomb?); a gateway file needs far fewer")
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is ruamel's own (marked) error
+                measure = self._measure.get(id(target))
+                if measure is None:
+                    raise _Limit(event.start_mark, f"alias *{event.anchor} is inside the node its anchor "
+                                                   f"&{event.anchor} names: a self-referencing alias (the node "
+                                                   "would contain itself)")
+                count, height = measure
+                self._spend(count, event.start_mark, f"alias *{event.anchor}: ")
+                if self.depth + height > MAX_DEPTH:
+                    raise _Limit(event.start_mark, f"alias *{event.anchor}: nesting deeper than {MAX_DEPTH} "
+                                                   "levels with the alias expanded")
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and anchor in self.anchors:
+            first = self.anchors[anchor].start_mark
+            raise _Limit(event.start_mark, f"anchor &{anchor} is defined twice (first at line {first.line + 1}): "
+                                           "an alias would silently take the later one; give each anchor its "
+                                           "own name")
+        tag = getattr(event, "ctag", None)
+        if tag is not None and str(tag) != "!" and str(tag) not in ALLOWED_TAGS:
+            raise _Limit(event.start_mark, f"tag {_shown_tag(tag)} is not allowed: a gateway file holds plain "
+                                           "YAML only (mappings, lists, strings, numbers, true/false, null)")
+        if self.depth + 1 > MAX_DEPTH:
+            raise _Limit(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels")
+        before = self._total
+        self._spend(1, event.start_mark)
+        node = super().compose_node(parent, index)
+        if isinstance(node, ScalarNode):
+            height = 1
+            if isinstance(node.value, str) and len(node.value) > MAX_SCALAR_CHARS:
+                raise _Limit(node.start_mark, f"a scalar of {len(node.value)} characters: more than the "
+                                              f"{MAX_SCALAR_CHARS} allowed")
+        elif isinstance(node, SequenceNode):
+            height = 1 + max((self._measure[id(c)][1] for c in node.value), default=0)
+        elif isinstance(node, MappingNode):
+            height = 1 + max((self._measure[id(c)][1] for kv in node.value for c in kv), default=0)
+            for key, value in node.value:
+                if str(key.tag) == _CORE + "merge" and not (isinstance(value, MappingNode) or (
+                        isinstance(value, SequenceNode) and all(isinstance(v, MappingNode) for v in value.value))):
+                    got = "a scalar" if isinstance(value, ScalarNode) else "a list holding other values"
+                    raise _Limit(key.start_mark, "a merge key (<<:) takes a mapping or a list of mappings "
+                                                 f"(<<: *defaults), not {got}")
+        else:  # pragma: no cover - ruamel composes only these three
+            height = 1
+        self._measure[id(node)] = (self._total - before, height)
+        return node
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    """1-based (line, column) of character ``index`` of ``text``."""
+    index = max(0, min(index, len(text)))
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def read_text(path: str | os.PathLike[str], shown: str | None = None) -> str:
+    """The text of an input file (YAML, or a CSV table the config names): UTF-8 (a leading UTF-8
+    byte-order mark is kept; YAML skips it), at most MAX_FILE_BYTES, a regular file. Raises
+    YamlError (line 0 for the file as a whole, the line and column of the first bad byte for text
+    that is not UTF-8); never another exception."""
+    p = Path(path)
+    shown = str(path) if shown is None else shown
+    try:
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise YamlError(shown, 0, 0, "not a regular file")
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise YamlError(shown, 0, 0, "no such file") from None
+    except OSError as exc:
+        raise YamlError(shown, 0, 0, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise YamlError(shown, 0, 0, f"larger than the {MAX_FILE_BYTES >> 20} MiB limit of a gateway input file "
+                                     f"({max(st.st_size, len(data))} bytes)")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise YamlError(shown, 1, 1, "UTF-16 text (byte-order mark): save the file as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[:exc.start]
+        line = head.count(b"\n") + 1
+        col = len(head[head.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        raise YamlError(shown, line, col, f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded "
+                                          "(binary data? save the file as UTF-8)") from None
+
+
+def parse_yaml(text: str, shown: str) -> Any:
+    """Parse YAML ``text`` into ruamel round-trip nodes (CommentedMap / CommentedSeq / scalars,
+    with ``lc`` line marks) within the limits above. ``shown`` names the file in errors.
+
+    Raises YamlError (FILE:LINE:COL) for a syntax error (message "YAML syntax error: ..."), a
+    duplicate key, a character YAML does not allow, more than one document, and every limit;
+    never another exception."""
+    yaml = YAML(typ="rt")
+    yaml.Composer = _BoundedComposer
+    try:
+        return yaml.load(text)
+    except _Limit as exc:
+        line, col = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark is not None else (1, 1)
+        raise YamlError(shown, line, col, exc.message) from None
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = str(exc.problem or exc.context or "invalid")
+        if exc.context and exc.problem and exc.problem.startswith("but "):  # "expected ... but found ..."
+            what = f"{exc.context} {exc.problem}"
+        what = " ".join(what.split())
+        raise YamlError(shown, line, col, f"YAML syntax error: {what}") from None
+    except ReaderError as exc:
+        line, col = _line_col(text, exc.position) if isinstance(exc.position, int) else (1, 1)
+        ch = exc.character if isinstance(exc.character, int) else 0
+        raise YamlError(shown, line, col, f"character U+{ch:04X} is not allowed in YAML text "
+                                          "(binary data?)") from None
+    except (YAMLError, RecursionError, MemoryError) as exc:
+        raise YamlError(shown, 1, 1, f"YAML error: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    except Exception as exc:  # a ruamel internal error on odd input: still one line, not a traceback
+        first = (str(exc).splitlines() or [""])[0]
+        raise YamlError(shown, 1, 1, f"YAML error: {type(exc).__name__}: {first}".rstrip(": ")) from None
+
+
+def load_yaml(path: str | os.PathLike[str], shown: str | None = None) -> tuple[Any, str]:
+    """Read and parse one YAML file -> (root node, text): :func:`read_text` then :func:`parse_yaml`.
+    Raises YamlError; never another exception."""
+    shown = str(path) if shown is None else shown
+    text = read_text(path, shown)
+    return parse_yaml(text, shown), text
