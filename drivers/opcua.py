@@ -19,6 +19,14 @@ Variable node. The driver
   (Part 4 5.13.1.1); on any session or subscription failure drops the whole
   client and reconnects with exponential backoff, building a new session and a
   new subscription (C12). During the gap every tag reads BAD "comm fault".
+  The watchdog read is also the session keep-alive: it runs every
+  min(watchdog_s, RevisedSessionTimeout / 3), the timeout the server revised
+  in its CreateSession response (Part 4 5.6.2), so a server that caps the
+  session below the configured watchdog never times the session out;
+* with a security policy: sends the ApplicationUri of the client certificate's
+  subjectAltName in CreateSession (Part 4 5.6.2, Part 6 6.2.2), and refuses a
+  server whose certificate is not among the trusted ones (``server_cert``, a
+  file or a directory; Part 4 6.1.3) before any session exists.
 
 Sample config (gateway.yaml, keys as in gateway/config.py)::
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
 import struct
@@ -52,7 +61,10 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Client, ua
+from asyncua.crypto import security_policies
 from asyncua.ua import status_codes
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.base import Device
 from gateway.model import Quality, Reading, TimeSource, WriteError
@@ -332,10 +344,149 @@ _POLICIES = {"Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss", "Aes
              "Aes256_Sha256_RsaPss"}
 _MODES = {"Sign", "SignAndEncrypt"}
 _SECURITY_KEYS = {"policy", "mode", "cert", "key", "server_cert", "username", "password_file"}
+_CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+
+#: the keep-alive never runs more often than this, whatever the server revised (a server that
+#: answers a 1 ms session timeout would otherwise get a read storm)
+MIN_KEEPALIVE_S = 0.1
+
+
+class SecurityConfigError(ConnectionError):
+    """A connect refused by the driver's own security checks, before any session exists.
+
+    The message is one line starting with ``device NAME: ``. Retrying cannot help until the
+    configuration, a certificate or the server changes, so it is logged at ERROR.
+    """
+
+
+class ServerCertificateNotTrusted(SecurityConfigError):
+    """The server's certificate is not among the trusted ones (Part 4 6.1.3, trust list check).
+
+    The message is one line: ``device X: server certificate not trusted: subject ..., sha256
+    fingerprint AA:BB:...; ...``. ``fingerprint`` holds the colon-separated SHA-256 of the DER.
+    """
+
+    def __init__(self, message: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+def keepalive_interval(watchdog_s: float, revised_session_timeout_s: float | None) -> float:
+    """Seconds between session keep-alive reads: min(watchdog_s, revised / 3), at least MIN_KEEPALIVE_S.
+
+    The server closes a session that sees no request for its RevisedSessionTimeout (Part 4
+    5.6.2); one third leaves room for two lost or late keep-alives. revised_session_timeout_s:
+    the CreateSession RevisedSessionTimeout in seconds; None, zero, negative or non-finite
+    (a server that did not say) -> watchdog_s.
+    """
+    if (revised_session_timeout_s is None or not math.isfinite(revised_session_timeout_s)
+            or revised_session_timeout_s <= 0):
+        return float(watchdog_s)
+    return max(MIN_KEEPALIVE_S, min(float(watchdog_s), revised_session_timeout_s / 3.0))
+
+
+def sha256_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as colon-separated upper-case hex (``AB:CD:...``, 32 bytes)."""
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def _first_der(blob: bytes) -> bytes:
+    """The leading certificate of a DER blob that may hold a chain (a ServerCertificate may be
+    the application instance certificate followed by its issuers' certificates)."""
+    if len(blob) < 2 or blob[0] != 0x30:
+        return blob
+    n = blob[1]
+    if n < 0x80:
+        return blob[:2 + n]
+    width = n & 0x7F
+    length = int.from_bytes(blob[2:2 + width], "big")
+    return blob[:2 + width + length]
+
+
+def load_certificates(path: str | Path) -> list[x509.Certificate]:
+    """Every X.509 certificate in ``path``: one DER certificate, or PEM with one or more.
+
+    Raises ValueError (one line naming the file) when the file cannot be read or holds no
+    certificate.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"certificate file {path}: {exc.strerror or exc}") from None
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(_first_der(data))]
+    except ValueError as exc:
+        raise ValueError(f"certificate file {path}: not a DER or PEM X.509 certificate "
+                         f"({_one_line(exc)})") from None
+    return certs
+
+
+def certificate_application_uri(path: str | Path) -> str:
+    """The ApplicationUri of a client certificate: the first URI in its subjectAltName.
+
+    OPC UA Part 6 6.2.2 puts the application instance's ApplicationUri in the certificate's
+    subjectAltName as a uniformResourceIdentifier, and Part 4 5.6.2 makes a server reject a
+    CreateSession whose ClientDescription.ApplicationUri differs from it. path: the client
+    certificate file (DER or PEM; the first certificate of a PEM file). Raises ValueError (one
+    line naming the file) when the file is no certificate or it has no URI in its
+    subjectAltName.
+    """
+    cert = load_certificates(path)[0]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if not uris:
+        raise ValueError(f"client certificate {path} has no URI in its subjectAltName; the OPC UA "
+                         f"ApplicationUri must be there (Part 6 6.2.2)")
+    return uris[0]
+
+
+def trusted_server_certificates(path: str | Path) -> dict[str, bytes]:
+    """SHA-256 fingerprint -> DER of every trusted server certificate.
+
+    path: one certificate file (DER, or PEM with one or more certificates) or a directory whose
+    ``*.der``, ``*.pem``, ``*.crt`` and ``*.cer`` files are all trusted (other files, and PEM
+    files holding no certificate such as a key, are ignored). Raises ValueError (one line naming
+    the file) for a certificate file that does not parse, or a directory without any certificate.
+    """
+    p = Path(path)
+    files = [p]
+    if p.is_dir():
+        files = []
+        for f in sorted(p.iterdir()):
+            if not (f.is_file() and f.suffix.lower() in _CERT_SUFFIXES):
+                continue
+            head = f.read_bytes()
+            if b"-----BEGIN" in head and b"-----BEGIN CERTIFICATE-----" not in head:
+                continue  # a PEM key or CSR next to the certificates
+            files.append(f)
+    out: dict[str, bytes] = {}
+    for f in files:
+        for cert in load_certificates(f):
+            der = cert.public_bytes(Encoding.DER)
+            out[sha256_fingerprint(der)] = der
+    if not out:
+        raise ValueError(f"server_cert directory {path} holds no certificate "
+                         f"({', '.join('*' + s for s in _CERT_SUFFIXES)})")
+    return out
+
+
+def _policy_class(name: str) -> type:
+    return getattr(security_policies, f"SecurityPolicy{name.replace('_', '')}")
 
 
 def _check_security(device: str, security: dict | None) -> dict | None:
-    """Validate the ``security`` dict; raise ValueError with one line naming the device."""
+    """Validate the ``security`` dict; raise ValueError with one line naming the device.
+
+    With a policy: the client certificate must carry a URI in its subjectAltName (Part 6
+    6.2.2), and ``server_cert``, when given, must be a certificate file or a directory
+    holding certificates (the trusted server certificates).
+    """
     if security is None:
         return None
     if not isinstance(security, dict):
@@ -355,9 +506,19 @@ def _check_security(device: str, security: dict | None) -> dict | None:
         for key in ("cert", "key"):
             if not sec.get(key):
                 raise ValueError(f"device {device}: security {key} (file path) is required with a policy")
-        for key in ("cert", "key", "server_cert"):
-            if sec.get(key) and not Path(sec[key]).is_file():
+        for key in ("cert", "key"):
+            if not Path(sec[key]).is_file():
                 raise ValueError(f"device {device}: security {key} file {sec[key]} not found")
+        trust = Path(sec["server_cert"]) if sec.get("server_cert") else None
+        if trust is not None and not (trust.is_file() or trust.is_dir()):
+            raise ValueError(f"device {device}: security server_cert {sec['server_cert']} is neither a file "
+                             f"nor a directory")
+        try:
+            certificate_application_uri(sec["cert"])
+            if sec.get("server_cert"):
+                trusted_server_certificates(sec["server_cert"])
+        except ValueError as exc:
+            raise ValueError(f"device {device}: {exc}") from None
     if ("username" in sec) != ("password_file" in sec):
         raise ValueError(f"device {device}: security needs both username and password_file")
     if "password_file" in sec and not Path(sec["password_file"]).is_file():
@@ -398,14 +559,26 @@ class OpcUaDevice(Device):
     name: device name (in every log line and error). endpoint:
     ``opc.tcp://host:port/path``. points: the OpcUaPoint list (unique tags).
     timeout_s: per-request timeout. publishing_interval_ms: subscription
-    publishing interval. watchdog_s: period of the ServerStatus/CurrentTime
-    (ns=0;i=2258) watchdog read; a subscription that sent no publish response
-    (data or keep-alive) for about 2 x watchdog_s also counts as failed.
+    publishing interval. watchdog_s: the longest period of the
+    ServerStatus/CurrentTime (ns=0;i=2258) watchdog read, which is also the
+    session keep-alive; each session uses :attr:`keepalive_interval_s` =
+    min(watchdog_s, RevisedSessionTimeout / 3) (Part 4 5.6.2), logged once
+    when that is below watchdog_s. A subscription that sent no publish
+    response (data or keep-alive) for about 2 x keepalive_interval_s also
+    counts as failed.
     security: None (SecurityPolicy None, anonymous) or a dict with policy
-    (Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss), mode (Sign |
-    SignAndEncrypt), cert, key, server_cert (file paths) and/or username +
-    password_file. backoff_initial_s / backoff_max_s: reconnect backoff
-    (doubling). Raises ValueError (one line) on a bad configuration.
+    (Basic256Sha256 | Aes128Sha256RsaOaep | Aes256Sha256RsaPss, the
+    underscore spellings too), mode (Sign | SignAndEncrypt), cert, key (file
+    paths), server_cert (the trusted server certificate: a DER/PEM file or a
+    directory of them) and/or username + password_file. With a policy the
+    client's ApplicationUri is the URI in cert's subjectAltName (Part 6 6.2.2)
+    and the server must present a trusted certificate, else the connect
+    fails with :class:`ServerCertificateNotTrusted` (no session, every tag
+    BAD "comm fault", :attr:`last_error` says why; Part 4 6.1.3).
+    backoff_initial_s / backoff_max_s: reconnect backoff (doubling). Raises
+    ValueError (one line naming the device, and the file if one is at fault)
+    on a bad configuration, e.g. a client certificate without a URI in its
+    subjectAltName.
     """
 
     protocol = "opcua"
@@ -459,6 +632,15 @@ class OpcUaDevice(Device):
         self._last_logged = ""
         #: diagnostics: sessions established, notifications per tag, last fault (one line)
         self.sessions = 0
+        #: RevisedSessionTimeout of the current / last session in seconds (Part 4 5.6.2), None before one
+        self.revised_session_timeout_s: float | None = None
+        #: seconds between keep-alive (watchdog) reads this session: min(watchdog_s, revised / 3)
+        self.keepalive_interval_s = self.watchdog_s
+        #: the ApplicationUri sent in CreateSession (from the certificate's URI SAN when a policy is set)
+        self.application_uri: str | None = None
+        #: SHA-256 fingerprint of the server certificate of the current / last secure session
+        self.server_cert_sha256: str | None = None
+        self._keepalive_logged: float | None = None
         self.notifications: dict[str, int] = {t: 0 for t in self._order}
         self.last_error: str | None = None
 
@@ -642,8 +824,8 @@ class OpcUaDevice(Device):
         return mono - last <= self._stale_after_s()
 
     def _stale_after_s(self) -> float:
-        # the server sends a keep-alive at least every keepalive_count x interval (~watchdog_s / 2)
-        return max(2.0 * self.watchdog_s, 4.0 * self.publishing_interval_ms / 1000.0)
+        # the server sends a keep-alive at least every keepalive_count x interval (~keepalive_interval_s / 2)
+        return max(2.0 * self.keepalive_interval_s, 4.0 * self.publishing_interval_ms / 1000.0)
 
     def _on_datachange(self, generation: int, item: ua.MonitoredItemNotification) -> None:
         if generation != self._generation:
@@ -668,11 +850,13 @@ class OpcUaDevice(Device):
             self._wake_reason = reason
             self._wake.set()
 
-    def _log_fault(self, reason: str, suffix: str = "") -> None:
+    def _log_fault(self, reason: str, suffix: str = "", level: int = logging.WARNING) -> None:
         """Log a fault once per distinct reason (no journald flood while a server stays down)."""
         self.last_error = reason
         if reason != self._last_logged:
-            _log.warning("OPC UA device %s (%s): %s%s", self.name, self.endpoint, reason, suffix)
+            own = f"device {self.name}: "
+            text = reason[len(own):] if reason.startswith(own) else reason
+            _log.log(level, "OPC UA device %s (%s): %s%s", self.name, self.endpoint, text, suffix)
             self._last_logged = reason
 
     async def _supervise(self) -> None:
@@ -685,8 +869,12 @@ class OpcUaDevice(Device):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure means: back off and retry
-                self._log_fault(f"connect failed: {_one_line(exc)}",
-                                f"; retrying with backoff up to {self.backoff_max_s:g} s")
+                if isinstance(exc, SecurityConfigError):  # our own refusal: the message is the reason
+                    self._log_fault(str(exc), f"; retrying with backoff up to {self.backoff_max_s:g} s",
+                                    logging.ERROR)
+                else:
+                    self._log_fault(f"connect failed: {_one_line(exc)}",
+                                    f"; retrying with backoff up to {self.backoff_max_s:g} s")
                 await self._teardown()
                 self._attempted.set()
                 await asyncio.sleep(delay)
@@ -711,7 +899,7 @@ class OpcUaDevice(Device):
         generation = self._generation
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.watchdog_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.keepalive_interval_s)
                 return self._wake_reason or "session lost"
             except asyncio.TimeoutError:
                 pass
@@ -732,13 +920,10 @@ class OpcUaDevice(Device):
         await self._teardown()
         client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=self.watchdog_s)
         client.name = client.description = f"hazard-gateway {self.name}"
-        client.session_timeout = max(30_000, int(self.watchdog_s * 4000))
+        client.session_timeout = max(30_000, int(self.watchdog_s * 4000))  # requested; the server revises it
         sec = self._security or {}
         if sec.get("policy"):
-            parts = [sec["policy"], sec["mode"], sec["cert"], sec["key"]]
-            if sec.get("server_cert"):
-                parts.append(sec["server_cert"])
-            await client.set_security_string(",".join(parts))
+            await self._secure(client, sec)
         if sec.get("username"):
             client.set_user(sec["username"])
             client.set_password(Path(sec["password_file"]).read_text(encoding="utf-8").rstrip("\r\n"))
@@ -751,6 +936,7 @@ class OpcUaDevice(Device):
         client.connection_lost_callback = lost
         self._client = client
         await asyncio.wait_for(client.connect(), timeout=self.timeout_s * 3)
+        self._adopt_session_timeout(client)
         ns_array = await self._request(client.get_namespace_array())
         self._node.clear()
         self._point_error.clear()
@@ -767,9 +953,76 @@ class OpcUaDevice(Device):
         self.sessions += 1
         self._connected = True
 
+    async def _secure(self, client: Client, sec: dict) -> None:
+        """Set up the secure channel of ``client``: ApplicationUri from the certificate, trusted server.
+
+        1. client.application_uri = the URI in the client certificate's subjectAltName, so the
+           CreateSession ClientDescription.ApplicationUri matches it (Part 4 5.6.2, Part 6 6.2.2).
+        2. GetEndpoints over a SecurityPolicy None channel (Part 4 5.4.4; no session, nothing
+           read); the endpoint with the configured policy and mode must exist.
+        3. Its ServerCertificate (the first of a chain) must be one of the trusted certificates
+           (``server_cert``, by SHA-256 of the DER; Part 4 6.1.3), else
+           :class:`ServerCertificateNotTrusted`.
+        4. The channel is built with the trusted copy of that certificate, so a server that
+           does not hold its private key cannot open it, and asyncua refuses a CreateSession
+           response carrying another certificate ("Server certificate mismatch").
+
+        Raises SecurityConfigError (one line, device named) for a certificate file at fault,
+        ConnectionError / asyncua errors for transport or endpoint failures.
+        """
+        policy = _policy_class(sec["policy"])
+        mode = getattr(ua.MessageSecurityMode, sec["mode"])
+        try:
+            app_uri = certificate_application_uri(sec["cert"])
+            client_der = load_certificates(sec["cert"])[0].public_bytes(Encoding.DER)
+            trusted = trusted_server_certificates(sec["server_cert"]) if sec.get("server_cert") else {}
+        except ValueError as exc:  # a certificate replaced since start, or removed
+            raise SecurityConfigError(f"device {self.name}: {exc}") from None
+        client.application_uri = self.application_uri = app_uri
+        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout=self.timeout_s * 3)
+        offered = [ep for ep in endpoints if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode]
+        if not offered:
+            have = sorted({f"{(ep.SecurityPolicyUri or '').rpartition('#')[2]} "
+                           f"{ua.MessageSecurityMode(ep.SecurityMode).name}" for ep in endpoints})
+            raise ConnectionError(f"server offers no endpoint with {sec['policy']} {sec['mode']} "
+                                  f"(it offers: {', '.join(have) or 'none'})")
+        ders = [_first_der(ep.ServerCertificate or b"") for ep in offered]
+        server_der = next((d for d in ders if sha256_fingerprint(d) in trusted), ders[0])
+        if not server_der:
+            raise ConnectionError("the endpoint carries no server certificate")
+        fingerprint = sha256_fingerprint(server_der)
+        if fingerprint not in trusted:
+            try:
+                subject = x509.load_der_x509_certificate(server_der).subject.rfc4514_string() or "(empty)"
+            except ValueError:
+                subject = "(not a parsable X.509 certificate)"
+            where = f"not in server_cert {sec['server_cert']}" if trusted else "no server_cert configured"
+            raise ServerCertificateNotTrusted(
+                f"device {self.name}: server certificate not trusted: subject {subject}, "
+                f"sha256 fingerprint {fingerprint}; {where}", fingerprint)
+        self.server_cert_sha256 = fingerprint
+        await client.set_security(policy, client_der, sec["key"], None, trusted[fingerprint], mode)
+
+    def _adopt_session_timeout(self, client: Client) -> None:
+        """Keep-alive from the session timeout the server revised (Part 4 5.6.2).
+
+        asyncua stores the CreateSession RevisedSessionTimeout (ms) in client.session_timeout.
+        keepalive_interval_s = min(watchdog_s, revised / 3); one log line naming the device
+        when that is below watchdog_s (again only if a later session gets another timeout).
+        """
+        revised_ms = client.session_timeout
+        revised = float(revised_ms) / 1000.0 if isinstance(revised_ms, (int, float)) and revised_ms > 0 else None
+        self.revised_session_timeout_s = revised
+        self.keepalive_interval_s = keepalive_interval(self.watchdog_s, revised)
+        if self.keepalive_interval_s < self.watchdog_s and self._keepalive_logged != revised:
+            self._keepalive_logged = revised
+            _log.warning("OPC UA device %s (%s): the server revised the session timeout to %g s; keep-alive "
+                         "every %g s (a third of it) instead of watchdog_s %g s", self.name, self.endpoint,
+                         revised, self.keepalive_interval_s, self.watchdog_s)
+
     async def _subscribe(self, client: Client, generation: int, tags: list[str]) -> None:
         interval = self.publishing_interval_ms
-        keepalive = max(1, math.ceil(self.watchdog_s * 1000.0 / 2.0 / interval))
+        keepalive = max(1, math.ceil(self.keepalive_interval_s * 1000.0 / 2.0 / interval))
         params = ua.CreateSubscriptionParameters()
         params.RequestedPublishingInterval = interval
         params.RequestedMaxKeepAliveCount = keepalive

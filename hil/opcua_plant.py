@@ -65,13 +65,17 @@ class OpcUaPlant:
     host: interface to bind (127.0.0.1 for tests). port: TCP port, 0 = pick a
     free one at :meth:`start`. namespace_uri: the plant namespace (node ids are
     resolved against it, so tests can check ``nsu=`` node ids).
+    max_session_timeout_ms: cap of the RevisedSessionTimeout the server answers
+    to CreateSession (Part 4 5.6.2; None = asyncua's default, 600 000 ms); the
+    server closes a session that sends no request for that long.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 namespace_uri: str = NAMESPACE_URI) -> None:
+                 namespace_uri: str = NAMESPACE_URI, *, max_session_timeout_ms: float | None = None) -> None:
         self.host = host
         self.port = port
         self.namespace_uri = namespace_uri
+        self.max_session_timeout_ms = max_session_timeout_ms
         self.ns: int | None = None
         self._server: Server | None = None
         self._nodes: dict[str, object] = {}
@@ -102,6 +106,10 @@ class OpcUaPlant:
         server.set_endpoint(self.endpoint)
         server.set_server_name("hazard-gateway HIL plant")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.max_session_timeout_ms is not None:  # asyncua revises min(max(requested, min), max)
+            server.iserver.max_session_timeout_ms = float(self.max_session_timeout_ms)
+            server.iserver.min_session_timeout_ms = min(server.iserver.min_session_timeout_ms,
+                                                        float(self.max_session_timeout_ms))
         self.ns = await server.register_namespace(self.namespace_uri)
         ns = self.ns
         objects = server.nodes.objects

@@ -1,8 +1,9 @@
 """Make the secret and certificate files config/example-site.yaml refers to, as a technician would (not a test module).
 
-The private signing key is real (``hazard-gateway keygen``); the uplink and OPC UA keys and the
-certificates are placeholders: ``check`` verifies that secret files exist with mode 0600 and that
-certificates exist, not what they contain.
+The private signing key is real (``hazard-gateway keygen``), and so are the OPC UA client and server
+certificates (``check`` reads them: the client's ApplicationUri comes from its certificate's URI SAN, OPC UA
+Part 6 6.2.2); the uplink key and certificates and the OPC UA password are placeholders: ``check`` verifies
+that those secret files exist with mode 0600 and that the certificates exist, not what they contain.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-SECRETS = ("uplink-client.key", "opcua-client-key.pem", "opcua-password")
-CERTIFICATES = ("regulator-ca.pem", "uplink-client.pem", "opcua-client-cert.der", "opcua-server-cert.der")
+from opcua_certs import make_cert
+
+SECRETS = ("uplink-client.key", "opcua-password")
+CERTIFICATES = ("regulator-ca.pem", "uplink-client.pem")
 
 
 def make_site_secrets(keys: Path, keygen_cmd: list[str] | None = None) -> None:
@@ -29,3 +32,9 @@ def make_site_secrets(keys: Path, keygen_cmd: list[str] | None = None) -> None:
         (keys / name).chmod(0o600)
     for name in CERTIFICATES:
         (keys / name).write_text("certificate (public)\n")  # must exist; any mode
+    cert, key = make_cert(keys, "opcua-client", "urn:tankfarm:hazard-gateway", server=False)
+    cert.rename(keys / "opcua-client-cert.der")
+    key.rename(keys / "opcua-client-key.pem")
+    server, server_key = make_cert(keys, "opcua-server", "urn:tankfarm:plc", server=True)
+    server.rename(keys / "opcua-server-cert.der")
+    server_key.unlink()

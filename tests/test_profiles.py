@@ -26,11 +26,12 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = BUILTIN_DIR / "sources"
 HEAD = "gateway: {id: s}\nkeys: {private_key: k.pem}\ndevices:\n"
+STORE = "store: {max_bytes: 1099511627776}\n"   # at the end: no line moves; holds 30 days at these rates (C16)
 
 
 def cfg_with(tmp_path: Path, devices: str, extra: str = "", name: str = "gw.yaml") -> Path:
     f = tmp_path / name
-    f.write_text(HEAD + devices + extra)
+    f.write_text(HEAD + devices + extra + STORE)
     return f
 
 
