@@ -90,12 +90,13 @@ def make_keys(directory: Path) -> tuple[Path, Path]:
 def tank_plc_config(path: Path, *, gateway_id: str, plc_port: int, state_dir: Path, key_file: Path,
                     receiver_url: str | None = None, ca_file: Path | None = None, poll_ms: int = 100,
                     commit_interval_ms: int = 100, batch_max_readings: int = 200, interval_ms: int = 100,
-                    comment: str = "") -> Path:
-    """Write a gateway config polling the tank PLC at ``poll_ms``; uplink when receiver_url is given."""
+                    comment: str = "", max_bytes: int = 1 << 40) -> Path:
+    """Write a gateway config polling the tank PLC at ``poll_ms``; uplink when receiver_url is given.
+    ``max_bytes`` must hold 30 days at ``poll_ms`` (`check` refuses less, C16): 1 TiB does down to 10 ms."""
     lines = [f"# {comment}" if comment else "# record-path rig",
              f"gateway: {{id: {gateway_id}, state_dir: '{state_dir}'}}",
              f"keys: {{private_key: '{key_file}'}}",
-             f"store: {{commit_interval_ms: {commit_interval_ms}}}"]
+             f"store: {{commit_interval_ms: {commit_interval_ms}, max_bytes: {max_bytes}}}"]
     if receiver_url:
         lines.append(f"uplink: {{url: '{receiver_url}', ca_file: '{ca_file}', batch_max_readings: "
                      f"{batch_max_readings}, interval_ms: {interval_ms}, timeout_ms: 3000}}")

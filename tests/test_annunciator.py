@@ -164,7 +164,7 @@ async def test_uncertain_read_back_does_not_confirm_an_annunciator_write():
 def cfg_text(port: int) -> str:
     return f"""gateway: {{id: ann-test, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 50}}
+store: {{commit_interval_ms: 50, max_bytes: 1099511627776}}
 devices:
   - name: tank_plc
     protocol: modbus_tcp
@@ -288,7 +288,7 @@ async def test_disabled_indicator_lamp_on_the_plc_while_a_gas_point_is_shelved(t
     await plc.start()
     (tmp_path / "gw.yaml").write_text(f"""gateway: {{id: ann-disabled, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 50}}
+store: {{commit_interval_ms: 50, max_bytes: 1099511627776}}
 devices:
   - name: tank_plc
     protocol: modbus_tcp

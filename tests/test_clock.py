@@ -167,7 +167,7 @@ async def test_gateway_raises_and_clears_system_clock_alarm(tmp_path: Path) -> N
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(f"""gateway: {{id: clock-alarm, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 50}}
+store: {{commit_interval_ms: 50, max_bytes: 1099511627776}}
 alarm_policy: {{clock_unsync_grace_s: 0.5}}
 devices:
   - {{name: tank_plc, protocol: modbus_tcp, host: 127.0.0.1, port: {plc.port}, poll_interval_ms: 200,

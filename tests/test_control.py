@@ -46,7 +46,7 @@ def other_group() -> grp.struct_group:
 def cfg_text(port: int, control: str = "") -> str:
     return f"""gateway: {{id: ctl-test, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 50}}
+store: {{commit_interval_ms: 50, max_bytes: 1099511627776}}
 {control}
 devices:
   - name: tank_plc

@@ -84,7 +84,7 @@ def _write_config(tmp: Path, plc_port: int, rx_url: str, cafile: Path, gas: bool
     cfg = {
         "gateway": {"id": GW, "enterprise_code": ENTERPRISE, "major_hazard_code": MH, "state_dir": "state"},
         "keys": {"private_key": "keys/private.pem"},
-        "store": {"path": "store.sqlite", "commit_interval_ms": 100},
+        "store": {"path": "store.sqlite", "commit_interval_ms": 100, "max_bytes": 1099511627776},
         "uplink": {"url": f"{rx_url}/v1/batches", "ca_file": str(cafile), "interval_ms": 100},
         "devices": [{"name": "tank_plc", "protocol": "modbus_tcp", "host": "127.0.0.1", "port": plc_port,
                      "poll_interval_ms": 250, "timeout_ms": 500, "tags": tags}],

@@ -41,6 +41,7 @@ interlocks:
   - name: T101_overfill
     inputs: [{{tag: T101.level, condition: HH}}]
     actions: [{{output: XV101, value: 0}}]
+store: {{max_bytes: 1099511627776}}
 """
 
 

@@ -81,6 +81,7 @@ interlocks:
     inputs: [{{tag: GD8.gas, condition: HH}}]
     vote: 1oo1
     actions: [{{output: XV2, value: 0}}]
+store: {{max_bytes: 1099511627776}}
 """
 
 
@@ -192,6 +193,7 @@ devices:
     poll_interval_ms: 1000
     timeout_ms: 300
     tags: [{name: G2, address: 40001, unit: "%LEL", alarms: {gas: combustible}}]
+store: {max_bytes: 1099511627776}
 """
 
 
@@ -235,6 +237,7 @@ interlocks:
   - name: T101_overfill
     inputs: [{{tag: T101.level, condition: HH}}]
     actions: [{{output: XV101, value: 0}}]
+store: {{max_bytes: 1099511627776}}
 """
 
 

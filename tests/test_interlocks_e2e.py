@@ -55,7 +55,7 @@ def config_text(ep: dict, *, plc_poll_ms: int = 100, uplink_port: int | None = N
 """
     return f"""gateway: {{id: e2e-farm, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{path: store.sqlite, commit_interval_ms: 50}}
+store: {{path: store.sqlite, commit_interval_ms: 50, max_bytes: 1099511627776}}
 {uplink}devices:
   - name: tank_plc
     protocol: modbus_tcp

@@ -71,6 +71,7 @@ devices:
     timeout_ms: 100
     tags: [{{name: dead.x, address: 40001}}]
 metrics: {{listen: "127.0.0.1:{hport}"}}
+store: {{max_bytes: 1099511627776}}
 """)
     log = tmp_path / "daemon.log"
     with log.open("w") as err:

@@ -77,7 +77,8 @@ devices:
     timeout_ms: 1000
     tags:
       - {{name: AT301.H2S, node_id: "nsu=urn:hazard-gateway:hil:plant;s=GasDetector.AT301.H2S", unit: mg/m3}}
-{dead}"""
+{dead}store: {{max_bytes: 1099511627776}}
+"""
     path = tmp / "gw.yaml"
     path.write_text(text)
     return path

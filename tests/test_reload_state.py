@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 def config_text(plc_port: int, *, interlocks: str, uplink: str = "", extra_devices: str = "") -> str:
     return f"""gateway: {{id: reload-gw, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{path: store.sqlite, commit_interval_ms: 50}}
+store: {{path: store.sqlite, commit_interval_ms: 50, max_bytes: 1099511627776}}
 {uplink}devices:
   - name: tank_plc
     protocol: modbus_tcp

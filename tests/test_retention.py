@@ -139,17 +139,25 @@ def cfg_text(max_bytes: int, ntags: int = 10, on_full: str = "drop_oldest", extr
     return CFG % (max_bytes, on_full, tags + extra_tag)
 
 
-def test_C16_check_warns_when_max_bytes_cannot_hold_the_retention_floor(tmp_path: Path) -> None:
+def test_C16_check_refuses_a_max_bytes_that_cannot_hold_the_retention_floor(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
     from gateway.signing import keygen
     keygen(tmp_path / "k")
     f = tmp_path / "g.yaml"
     f.write_text(cfg_text(50 * 1024 * 1024))              # 10 tags at 1 Hz for 30 days: ~2.6 GB needed
+    with pytest.raises(ConfigError) as ei:                # the 30-day floor is hard (SAWS order No. 40)
+        load_config(f)
+    e = str(ei.value)
+    assert e.startswith(f"{f}:4:3: store.max_bytes:") and "retention_days 30" in e and "10 readings/s" in e
+    assert "store.retention_floor" in e                   # says how to waive it
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True)
+    assert p.returncode == 2 and f"{f}:4:3: store.max_bytes:" in p.stderr
+    # waived with a reason (tests/test_retention_floor.py has the rest): the old warning again
+    f.write_text(cfg_text(50 * 1024 * 1024, on_full='drop_oldest\n  retention_floor: {waive: true, reason: "lab"}'))
     cfg = load_config(f)
     assert len(cfg.warnings) == 1
     w = str(cfg.warnings[0])
     assert w.startswith(f"{f}:4:3: warning: store.max_bytes:") and "retention_days 30" in w and "10 readings/s" in w
-    p = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True)
-    assert p.returncode == 0 and "warning: store.max_bytes" in p.stderr
     f.write_text(cfg_text(4 * 1024 ** 3))                 # 4 GiB holds 30 days of 10 readings/s
     assert load_config(f).warnings == []
     f.write_text(cfg_text(50 * 1024 * 1024, on_full="stop_everything"))

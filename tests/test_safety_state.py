@@ -245,7 +245,7 @@ async def test_the_persister_writes_only_when_the_state_changed(tmp_path):
 def daemon_config(path: Path, plc_port: int) -> Path:
     path.write_text(f"""gateway: {{id: restart-gw, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{path: store.sqlite, commit_interval_ms: 50}}
+store: {{path: store.sqlite, commit_interval_ms: 50, max_bytes: 1099511627776}}
 devices:
   - name: tank_plc
     protocol: modbus_tcp

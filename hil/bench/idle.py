@@ -91,7 +91,8 @@ def _config(tags: int, poll_ms: int, port: int, wd: Path, receiver_url: str, ca:
     lines = [
         "gateway: {id: bench-idle, state_dir: state}",
         f"keys: {{private_key: {key}}}",
-        "store: {path: store.sqlite, commit_interval_ms: 500}",
+        "store: {path: store.sqlite, commit_interval_ms: 500,",
+        "        retention_floor: {waive: true, reason: 'benchmark rig (hil.bench), not a site''s records'}}",
         f"uplink: {{url: '{receiver_url}', ca_file: {ca}, batch_max_readings: 5000, interval_ms: 1000}}",
         "devices:",
         f"  - {{name: sim, protocol: modbus_tcp, host: 127.0.0.1, port: {port}, unit_id: 1,",

@@ -118,7 +118,8 @@ class LatencyPlc:
 def _config(port: int, tags: int, poll_ms: int, interlocks: int, state_dir: Path) -> str:
     lines = [f"gateway: {{id: bench-safety, state_dir: {state_dir}}}",
              "keys: {private_key: unused.pem}",
-             "store: {commit_interval_ms: 500}",
+             "store: {commit_interval_ms: 500,",
+             "        retention_floor: {waive: true, reason: 'benchmark rig (hil.bench), not a site''s records'}}",
              "devices:",
              "  - name: plc", "    protocol: modbus_tcp", "    host: 127.0.0.1", f"    port: {port}",
              f"    poll_interval_ms: {poll_ms}", "    timeout_ms: 1000", "    tags:"]

@@ -110,9 +110,7 @@ async def _drain(workdir: Path, n: int, batch: int, timeout_s: float) -> dict[st
     cfg = tank_plc_config(workdir / "gw.yaml", gateway_id="bench-gw", plc_port=plc.port, state_dir=state,
                           key_file=key, receiver_url=rx.url, ca_file=rx.cert, poll_ms=1000,
                           commit_interval_ms=500, batch_max_readings=batch, interval_ms=200,
-                          comment="store_bench drain")
-    text = cfg.read_text().replace("store: {", f"store: {{max_bytes: {max(1 << 30, n * 400)}, ")
-    cfg.write_text(text)
+                          comment="store_bench drain", max_bytes=max(1 << 32, n * 400))   # 4 GiB: 30 days at 1 s (C16)
     gw = GatewayProc(cfg, workdir / "gateway.log")
     peak_rss = peak_hwm = 0
     rss_samples: list[tuple[float, int]] = []
