@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.chain_position import prev_value
 from gateway.model import rfc3339
 from gateway.signing import BatchError, Signer, canonical_json, chain_hash, validate_payload
 from gateway.store import PendingRows, Store
@@ -117,7 +118,7 @@ class Batcher:
     def _payload(self, seq: int, prev_jws: str | None, created_at: str, readings: list, events: list,
                  gaps: list) -> dict[str, Any]:
         return {"gateway_id": self.gateway_id, "seq": seq,
-                "prev": None if prev_jws is None else chain_hash(prev_jws),
+                "prev": prev_value(prev_jws),   # a PrevHash (hash only, after a corrupt store) as it is
                 "created_at": created_at, "config_hash": str(self.config_hash_fn()),
                 "clock": self.clock_fn(), "readings": readings, "events": events, "gaps": gaps}
 

@@ -4,7 +4,8 @@ Shape (see config/example-site.yaml for a commented template)::
 
     gateway:    {id, enterprise_code, major_hazard_code, state_dir}
     keys:       {private_key}
-    store:      {path, commit_interval_ms, max_bytes, retention_days, on_full: drop_oldest|stop_polling}
+    store:      {path, commit_interval_ms, max_bytes, retention_days, on_full: drop_oldest|stop_polling,
+                 retention_floor: {waive, reason}}   (the 30-day floor is hard unless waived)
     uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, timeout_ms,
                  batch_max_readings, interval_ms}
     devices:    [{name, protocol: modbus_tcp|modbus_rtu|opcua, ..., tags: [...]}]
@@ -37,15 +38,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
 from drivers.codec import normalise_order, register_count
 from gateway.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
                             setpoint_warnings)
 from gateway.clock import DEFAULT_UNSYNC_GRACE_S
 from gateway.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
+from gateway.yamlload import YamlError, load_yaml
 from drivers.modbus import parse_reference
 from drivers.opcua import parse_node_id
 
@@ -110,15 +110,53 @@ class KeysSection(Strict):
                                                 "`hazard-gateway keygen`; a secret: never inline")
 
 
+#: SAWS order No. 40 art. 13 (docs/domain.md): electronic records are kept at least this many days
+RETENTION_FLOOR_DAYS = 30
+
+
+class RetentionFloorWaiver(Strict):
+    """``store.retention_floor``: the 30-day floor is hard unless waived here, with a reason.
+
+    A waiver lets ``check`` accept a max_bytes that cannot hold 30 days (a warning instead of an
+    error) and a retention_days below 30, and lets drop_oldest delete records younger than the floor
+    at the cap. Every gateway start with a waiver records a ``retention_floor_waived`` event."""
+
+    waive: bool = Field(False, description="true: the 30-day retention floor (SAWS order No. 40) is waived "
+                                           "for this gateway; reason is then required")
+    reason: str | None = Field(None, description="why the floor is waived (recorded in the signed chain at "
+                                                 "every start)")
+
+    @model_validator(mode="after")
+    def _reason(self) -> "RetentionFloorWaiver":
+        if self.waive and not (self.reason or "").strip():
+            raise ValueError("waive: true needs a reason: why this gateway need not keep 30 days of records")
+        return self
+
+
 class StoreSection(Strict):
     path: str = Field("store.sqlite", description="SQLite buffer, relative to state_dir")
     commit_interval_ms: int = Field(500, ge=10, le=60_000,
                                     description="the writer commits at least this often; bounds a power-loss loss")
-    max_bytes: int = Field(1 << 30, ge=1 << 20, description="size cap of the buffer database")
-    retention_days: float = Field(30, ge=0, description="time floor of local records (SAWS order No. 40: 30 days)")
+    busy_timeout_ms: int = Field(2000, ge=100, le=600_000, description=(
+        "how long one SQLite statement waits for a lock another process holds (a backup, a reader); the readings "
+        "wait in memory meanwhile, and a stall of the writer raises system.STORE, never a restart"))
+    max_bytes: int = Field(1 << 30, ge=1 << 20, description="size cap of the buffer database; must hold "
+                           "retention_days at the configured poll rates unless retention_floor is waived")
+    retention_days: float = Field(30, ge=0, description="time floor of local records (SAWS order No. 40: at least "
+                                                        "30 days; less only with retention_floor waived)")
     on_full: Literal["drop_oldest", "stop_polling"] = Field(
-        "drop_oldest", description="at max_bytes: drop the oldest unsent telemetry (gap rows), or stop recording "
-        "new telemetry (gap rows) and keep what is stored; the safety path polls on either way")
+        "drop_oldest", description="at max_bytes: drop the oldest unsent telemetry older than the retention floor "
+        "(gap rows), or delete only acknowledged records past the floor; either way, when that is not enough, "
+        "new telemetry is no longer recorded (gap rows, system.STORE alarm) and the safety path polls on")
+    retention_floor: RetentionFloorWaiver = Field(
+        RetentionFloorWaiver(), description="{waive: true, reason: ...} waives the hard 30-day floor")
+
+    def waiver_event(self) -> dict[str, Any] | None:
+        """The event a gateway records at every start (and reload) with the floor waived (C16), else None."""
+        if not self.retention_floor.waive:
+            return None
+        return {"type": "store", "event": "retention_floor_waived", "reason": self.retention_floor.reason,
+                "retention_days": self.retention_days, "max_bytes": self.max_bytes, "on_full": self.on_full}
 
 
 class UplinkSection(Strict):
@@ -780,10 +818,10 @@ def load_config(path: str | Path) -> LoadedConfig:
         # top-level keys starting with "x-" hold YAML anchors for reuse (<<: *anchor), like compose files
         model = Config.model_validate({k: v for k, v in ex.tree.items() if not str(k).startswith("x-")})
     except ValidationError as exc:
+        failed = {f"devices[{i}]" for i in ex.failed_devices}
         for q in validation_problems(exc, ex.smap):
             # a device whose profile failed has no profile tags: do not also say it has none
-            if not (q.message == "a device needs tags: or a profile:" and any(
-                    q.path == f"devices[{i}]" for i in ex.failed_devices)):
+            if not (q.message == "a device needs tags: or a profile:" and q.path in failed):
                 problems.append(q)
         raise ConfigError(_sorted_problems(problems, shown)) from None
     if problems:
@@ -807,26 +845,16 @@ def _sorted_problems(problems: list[Problem], shown: str) -> list[Problem]:
 
 
 def read_yaml(p: Path, shown: str) -> tuple[Any, str]:
-    """Read and parse one YAML file with ruamel round-trip marks -> (root node, text).
+    """Read and parse one YAML file with ruamel round-trip marks -> (root node, text), through the
+    bounded loader (gateway.yamlload: size, node budget with aliases expanded, nesting depth,
+    self-referencing aliases, core tags only).
 
-    Raises ConfigError (FILE:LINE:COL, one problem) for a missing or unreadable file or a
-    syntax error; never another exception."""
+    Raises ConfigError (FILE:LINE:COL, one problem) for a missing or unreadable file, text that is
+    not UTF-8, a syntax error or a file past a limit; never another exception."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(shown, 1, 1, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(shown, 1, 1, "", f"cannot read: {exc}")]) from None
-    yaml = YAML(typ="rt")
-    try:
-        root = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([Problem(shown, line, col, "", f"YAML syntax: {exc.problem or exc.context}")]) from None
-    except Exception as exc:  # ruamel raises a few unmarked errors (duplicate keys, bad tags)
-        raise ConfigError([Problem(shown, 1, 1, "", f"YAML: {str(exc).splitlines()[0]}")]) from None
-    return root, text
+        return load_yaml(p, shown)
+    except YamlError as exc:
+        raise ConfigError([Problem(exc.file, max(exc.line, 1), max(exc.col, 1), "", exc.message)]) from None
 
 
 def validation_problems(exc: ValidationError, smap: Any) -> list[Problem]:
@@ -895,9 +923,14 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 if t.alarms.gas is not None and d.enabled:
                     for w in _gas_freshness_warnings(d, t.alarms):
                         at(loc, w, warning=True)
+    waived = m.store.retention_floor.waive   # C16: the 30-day floor is hard unless waived with a reason
     retention = _retention_warning(m)
     if retention:
-        at(("store", "max_bytes"), retention, warning=True)
+        at(("store", "max_bytes"), retention if waived else f"{retention}; {_WAIVE_HINT}", warning=waived)
+    if m.store.retention_days < RETENTION_FLOOR_DAYS and not waived:
+        at(("store", "retention_days"), f"retention_days {m.store.retention_days:g} is below the "
+           f"{RETENTION_FLOOR_DAYS}-day floor of SAWS order No. 40 (docs/domain.md): set at least "
+           f"{RETENTION_FLOOR_DAYS}, {_WAIVE_HINT}", at_value=True)
     if m.alarm_policy.gas_on_delay_cap_s > GAS_ON_DELAY_CAP_S:
         at(("alarm_policy", "gas_on_delay_cap_s"), f"gas on-delays up to {m.alarm_policy.gas_on_delay_cap_s:g} s: "
            f"longer than the default {GAS_ON_DELAY_CAP_S:g} s cap; the delay adds to the detector's own response "
@@ -927,6 +960,10 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
 #: estimated bytes one stored reading takes in the buffer (row + indexes; measured ~87 B for a
 #: float with a 10-character tag name in gateway.store, rounded up)
 BYTES_PER_READING = 100
+
+
+#: how a refused retention setting can be accepted anyway (C16)
+_WAIVE_HINT = 'or waive the floor where it does not apply: store.retention_floor: {waive: true, reason: "..."}'
 
 
 def _retention_warning(m: Config) -> str | None:
@@ -1267,7 +1304,8 @@ def secret_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[t
 
 def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
     """Secret files must exist, be regular files and be readable by their owner only (no group or
-    other permission bits: chmod 600). One Problem per bad file, at the value's FILE:LINE:COL."""
+    other permission bits: chmod 600); the signing key (keys.private_key) must not be a symbolic
+    link, as the daemon refuses one. One Problem per bad file, at the value's FILE:LINE:COL."""
     import stat
 
     smap = cfg.srcmap
@@ -1289,15 +1327,27 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
         except OSError as exc:
             bad(loc, f"secret file {value}: cannot stat: {exc.strerror}")
             continue
-        if not stat.S_ISREG(st.st_mode):
+        if loc == ("keys", "private_key") and path.is_symlink():  # type: ignore[union-attr]
+            # the daemon opens the signing key with O_NOFOLLOW (gateway.signing.Signer.from_file)
+            bad(loc, f"secret file {value} is a symbolic link (to {path.readlink()}); the signing key is "  # type: ignore[union-attr]
+                     "opened without following links: put the key file itself there (chmod 600)")
+        elif not stat.S_ISREG(st.st_mode):
             bad(loc, f"secret file {value} is not a regular file")
         elif st.st_mode & 0o077:
             bad(loc, f"secret file {value} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
                      f"run: chmod 600 {path}")
     for loc, value in public_file_locations(cfg, used_only):  # certificates: must exist, any mode
         path = cfg.resolve(value)
-        if not path.is_file():  # type: ignore[union-attr]
+        if loc[-1] == "server_cert" and path.is_dir():  # type: ignore[union-attr]
+            pass  # OPC UA: a directory of trusted server certificates (drivers/opcua.py)
+        elif not path.is_file():  # type: ignore[union-attr]
             bad(loc, f"file {value} does not exist or is not a regular file ({path})")
+        elif loc[0] == "devices" and loc[-1] == "cert":  # OPC UA: ApplicationUri = the cert's URI SAN
+            from drivers.opcua import certificate_application_uri
+            try:
+                certificate_application_uri(path)  # type: ignore[arg-type]
+            except ValueError as exc:  # Part 6 6.2.2
+                bad(loc, str(exc))
     return problems
 
 

@@ -461,7 +461,12 @@ def render_status(s: dict[str, Any]) -> str:
         w(f"STORE  queue {st.get('queue_depth')}  readings {st.get('readings_total')}  unsent "
           f"{st.get('readings_unsent')}  oldest unsent {st.get('oldest_unsent_ts') or '-'}  dropped {st.get('dropped')}"
           + (f"  WRITER ERROR {st['writer_error']}" if st.get("writer_error") else ""))
+    rec = s.get("record_path") or {}
+    if rec.get("store"):
+        w(f"STORE  FAULT {rec['store']}")
     up = s.get("uplink")
+    if rec.get("uplink"):
+        w(f"UPLINK FAULT {rec['uplink']}")
     if up is None:
         w("UPLINK none configured")
     else:

@@ -9,8 +9,9 @@ gateway keeps running on the old one). Logs go to stderr one line per event
 systemd (Type=notify, sd_notify(3) datagram protocol on $NOTIFY_SOCKET): READY=1
 once devices are configured and the store is open; STATUS=<one-line summary>
 when it changes (gateway.health.status_line); with WATCHDOG_USEC set
-(WatchdogSec=) WATCHDOG=1 at half that interval, only while every poll loop,
-the safety path, the store writer and the uploader make progress (gateway.health); STOPPING=1
+(WatchdogSec=) WATCHDOG=1 at half that interval, only while every poll loop and
+the safety path make progress (gateway.health; the store writer and the uploader are supervised
+in process by gateway.record_supervisor and never restart the service); STOPPING=1
 on SIGTERM; RELOADING=1 + MONOTONIC_USEC then READY=1 around a SIGHUP reload.
 """
 

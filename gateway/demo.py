@@ -38,6 +38,7 @@ from ruamel.yaml import YAML
 
 from gateway.config import load_config
 from gateway.shipped import shipped
+from gateway.yamlload import load_yaml
 from hil.rig import stop_process
 from gateway.model import rfc3339
 
@@ -61,8 +62,8 @@ def _say(msg: str) -> None:
 def _render_config(src: Path, dst: Path, *, plc_port: int, serial: str, opcua: str, receiver_url: str,
                    ca_file: Path, key_file: Path, state_dir: Path) -> None:
     """Copy the demo config with the simulators' endpoints filled in (comments kept)."""
+    doc, _ = load_yaml(src)  # the bounded loader (gateway.yamlload); run_demo has validated src already
     yaml = YAML(typ="rt")
-    doc = yaml.load(src.read_text(encoding="utf-8"))
     doc["gateway"]["state_dir"] = str(state_dir)
     doc["keys"]["private_key"] = str(key_file)
     doc["uplink"]["url"] = receiver_url

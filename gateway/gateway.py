@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,14 @@ from gateway.annunciator import Annunciators, specs_from_config
 from gateway.config import (AlarmsCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg,
                             tag_alarm_config)
 from gateway.control import ControlServer, ControlStartError, socket_path
+from gateway.filemode import create_record_file
 from gateway.hazard import HazardEngine, point_code, unit_from_dict
 from gateway.health import Health, link_key, watch_gateway
 from gateway.heartbeat import build_heartbeats
 from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Quality, Reading, WriteError, rfc3339
 from gateway.outputs import OutputManager
+from gateway.record_supervisor import RECORD_ALARM_PRIORITY, STORE, UPLINK, RecordSupervisor, opened_event
 from gateway.clock import RESYNC_TEXT, ClockMonitor
 from gateway.report import ReportFilter, rules_from_config as report_rules
 from gateway.safety_state import FILE_NAME as SAFETY_STATE_FILE, SafetyStateError, SafetyStatePersister
@@ -271,14 +274,18 @@ class Gateway:
         self.alarms = AlarmEngine(alarm_configs(cfg), gas_on_delay_cap_s=policy.gas_on_delay_cap_s)
         # system.CLOCK (gateway.clock.ClockMonitor.sync_alarm), raised by the alarm ticker after the grace
         self.alarms.add_system_alarm(SYSTEM_TAG, CLOCK, CLOCK_ALARM_PRIORITY)
+        for kind in (STORE, UPLINK):  # record-path faults (gateway.record_supervisor)
+            self.alarms.add_system_alarm(SYSTEM_TAG, kind, RECORD_ALARM_PRIORITY)
         self._clock_grace_s = policy.clock_unsync_grace_s
         self.interlocks = InterlockEngine(interlock_specs(cfg))
         self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
                                      retry_after_fault_s=OUTPUT_RETRY_S)
         self.store = Store(cfg.store_path, commit_interval_s=cfg.model.store.commit_interval_ms / 1000,
                            max_bytes=cfg.model.store.max_bytes,
+                           busy_timeout_ms=cfg.model.store.busy_timeout_ms,
                            retention_floor_s=cfg.model.store.retention_days * 86400,
-                           on_full=cfg.model.store.on_full)
+                           on_full=cfg.model.store.on_full,
+                           floor_waived=cfg.model.store.retention_floor.waive)
         self.values: dict[str, Reading] = {}
         self._valid_range = valid_ranges(cfg)  # tag -> (lo, hi), engineering units (check_valid_range)
         self._last_stored: dict[str, tuple] = {}
@@ -298,7 +305,8 @@ class Gateway:
         self.started_at = time.time()
         self._stopping = False
         self._status_path = cfg.state_dir / "status.json"
-        self.health = Health()  # progress of poll loops, safety path, store writer (systemd watchdog)
+        self.health = Health()  # progress of the poll loops and the safety path (systemd watchdog)
+        self.record = RecordSupervisor(self)  # the store writer and the uploader, supervised in process
         self._poll_tasks: list[asyncio.Task] = []
         self._fw_task: asyncio.Task | None = None
         self._aux_tasks: list[asyncio.Task] = []
@@ -571,12 +579,46 @@ class Gateway:
                           max_readings=up.batch_max_readings, clock_fn=self.clock.state)
         return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000)
 
+    def _start_forwarder(self) -> None:
+        """Start the uploader task (self._fw_task) when there is a forwarder, none runs and the store is open.
+        Called at start, after a reload, when a store that could not be opened at start opens, and by the
+        record supervisor to restart an uploader that ended or hung (gateway.record_supervisor)."""
+        if self.forwarder is None or not self.store.is_open or self._stopping:
+            return
+        if self._fw_task is not None and not self._fw_task.done():
+            return
+        self._fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder")
+
+    async def _store_ready(self) -> None:
+        """The store has just opened: seed the sample keys from it (Store.last_samples) and record a file
+        it set aside (corrupt at open). Samples seen while it was not open are kept (a newer key wins)."""
+        stored = await asyncio.to_thread(self.store.last_samples, list(self.device_of))
+        self._last_stored = {**stored, **self._last_stored}
+        if self.store.moved_aside:
+            self._log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
+                             "ts": rfc3339(time.time())})
+
+    async def on_store_opened(self, waited_s: float | None) -> None:
+        """The record supervisor opened a store that could not be opened at start: seed, record how long it
+        took (event store_opened), start the uploader. What was queued meanwhile is committed by the writer."""
+        await self._store_ready()
+        self._log_event(opened_event(waited_s))
+        log.warning("store %s open after %.0f s; recording resumes with what waited in memory",
+                    self.store.path, waited_s or 0.0)
+        self._start_forwarder()
+
     async def _drain(self, bound_s: float) -> None:
         """At shutdown, keep uploading for at most bound_s while anything is unsent (nothing is lost
         either way: what is left goes out after the next start)."""
         deadline = time.monotonic() + bound_s
         while time.monotonic() < deadline:
-            st = await asyncio.to_thread(self.store.stats)
+            if not self.store.is_open:
+                return
+            try:
+                st = await asyncio.to_thread(self.store.stats)
+            except (OSError, sqlite3.Error) as exc:   # StoreError (corrupt, closed meanwhile): nothing to drain
+                log.warning("shutdown: no upload drain, the store cannot be read: %s", exc)
+                return
             if not st.get("readings_unsent") and not st.get("events_unsent") and not st.get("batches_unacked"):
                 return
             if self.forwarder.consecutive_failures >= 2:
@@ -612,6 +654,8 @@ class Gateway:
             "trips": [t.to_record() for t in self.outputs.trip_records()],
             "hazard": self.hazard.status() if self.hazard is not None else [],
             "store": store_stats,
+            # the record path's supervision (gateway.record_supervisor): one line per faulty part, or None
+            "record_path": self.record.problems(),
             "uplink": None if fw is None else {"sent": fw.sent, "dead_lettered": fw.dead_lettered,
                                                "consecutive_failures": fw.consecutive_failures,
                                                "last_error": fw.last_error},
@@ -619,12 +663,16 @@ class Gateway:
 
     def _write_json(self, snapshot: dict[str, Any]) -> None:
         tmp = self._status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(snapshot, default=str, indent=1))
+        with os.fdopen(create_record_file(tmp), "w", encoding="utf-8") as f:  # 0640 whatever the umask
+            f.write(json.dumps(snapshot, default=str, indent=1))
         os.replace(tmp, self._status_path)
 
     async def write_status(self) -> None:
         """Write state_dir/status.json atomically (SQLite and file I/O off the event loop)."""
-        stats = await asyncio.to_thread(self.store.stats)
+        try:
+            stats = await asyncio.to_thread(self.store.stats)
+        except Exception as exc:  # not open, locked, corrupt: the status is written without its counters
+            stats = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
         await asyncio.to_thread(self._write_json, self.status(stats))
 
     async def _status_loop(self) -> None:
@@ -651,29 +699,36 @@ class Gateway:
     async def run(self, stop: asyncio.Event, ready: Any = None) -> None:
         """Poll until ``stop`` is set, then shut down cleanly. ``ready()`` is called once devices are
         configured and the store is open (sd_notify READY=1)."""
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.store.open)
-        self._last_stored = await asyncio.to_thread(self.store.last_samples, list(self.device_of))
-        if self.store.moved_aside:
-            self._log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
-                             "ts": rfc3339(time.time())})
+        try:
+            self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self.store.open)
+        except OSError as exc:  # locked by another process, a full or read-only disk: the safety path runs anyway
+            log.error("%s; polling, alarms and interlocks start without it, the store is retried "
+                      "(system.STORE alarm)", exc)
+            self.record.note_open_failed(exc)
+        else:
+            await self._store_ready()
         self._log_event({"type": "gateway", "event": "start", "config_hash": self.cfg.config_hash,
                          "ts": rfc3339(time.time())})
+        waiver = self.cfg.model.store.waiver_event()   # C16: a waived retention floor, on the record at each start
+        if waiver is not None:
+            self._log_event({**waiver, "ts": rfc3339(time.time())})
         restore_cmds = await self._restore_safety_state()  # before the first evaluate (no poll loop yet)
         for dev in self.devices:
             await dev.start()
         if restore_cmds:  # a restored trip: its outputs to the safe state again, confirmed by read-back
             self.outputs.apply(restore_cmds)
-        self.forwarder = self._build_forwarder()
+        self.forwarder = self._build_forwarder()  # started once the store is open (_start_forwarder)
         intervals = {d.name: d.poll_interval_ms / 1000 for d in self.cfg.model.devices}
         self._poll_tasks = [asyncio.create_task(self._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
                             for dev in self.devices]
         tasks = [asyncio.create_task(self._alarm_ticker(), name="alarm-tick")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
         tasks.append(asyncio.create_task(self.safety_state.run(lambda: self._stopping), name="safety-state"))
+        tasks.append(asyncio.create_task(self.record.run(lambda: self._stopping), name="record-supervisor"))
         self._aux_tasks = self._start_aux()
         await self._start_control()
-        self._fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder") if self.forwarder else None
+        self._start_forwarder()
         watch_gateway(self)  # heartbeats for the systemd watchdog (gateway.health)
         if ready:
             ready()
@@ -698,10 +753,12 @@ class Gateway:
         self._log_event({"type": "gateway", "event": "stop", "ts": rfc3339(time.time())})
         await asyncio.to_thread(self.store.flush)
         if self.forwarder is not None:
-            await self._drain(DRAIN_ON_STOP_S)
+            if self._fw_task is not None:
+                await self._drain(DRAIN_ON_STOP_S)
             self.forwarder.stop()
             try:
-                await asyncio.wait_for(self._fw_task, 5.0)
+                if self._fw_task is not None:
+                    await asyncio.wait_for(self._fw_task, 5.0)
             except (TimeoutError, asyncio.TimeoutError):
                 self._fw_task.cancel()
             aclose = getattr(self.forwarder.uplink, "aclose", None)

@@ -7,16 +7,19 @@ that, or the manager kills it with SIGABRT and ``Restart=on-failure`` starts it 
 sd_watchdog_enabled(3) recommends pinging at half the interval.
 
 A ping from a ticker alone would only prove the event loop runs. Here the ticker pings
-only while every watched part of the gateway is making progress (:class:`Health`):
+only while every part of the **safety path** is making progress (:class:`Health`):
 
-* ``poll:<device>``  one heartbeat per completed read of that device's poll loop; a loop
-  stuck inside a read (a driver that blocks forever) or a loop task that died goes stale;
-* ``safety``         the alarm/interlock ticker of the safety path (every 100 ms);
-* ``store``          the store's writer thread: alive, and committing while records are
-  queued (see :func:`store_writer_check`);
-* ``uplink``         the uploader (gateway.uplink.Forwarder.run): its task alive and one beat per
-  loop iteration (see :func:`uploader_check`). A receiver that is down is not a hang (the loop
-  backs off and beats on); a task that died on an exception or a loop stuck for good is.
+* ``poll:<device>``  one heartbeat per completed read of that device's poll loop (the loops feed
+  the alarms and the interlocks); a loop stuck inside a read (a driver that blocks forever) or a
+  loop task that died goes stale;
+* ``safety``         the alarm/interlock ticker of the safety path (every 100 ms).
+
+The record path is deliberately not watched by systemd (docs/design.md, "Two paths, never
+coupled"): a restart would cure neither a hung fsync nor a full disk, and it would interrupt the
+interlocks; after StartLimitBurst restarts the plant would have no layer at all. The store writer
+(:func:`store_writer_check`) and the uploader (:func:`uploader_check`; a receiver that is down is not
+a hang, a task that died or a loop stuck for good is) are supervised inside the process instead:
+gateway.record_supervisor restarts them and raises the system.STORE / system.UPLINK alarms.
 
 Each heartbeat has its own limit in seconds; the limits of the poll loops come from
 :func:`poll_limits` so that a device that merely stops answering (every request ends in
@@ -219,7 +222,8 @@ def uploader_check(gw: Any, floor_s: float) -> Callable[[float], str | None]:
 
 
 def status_line(gw: Any, store_stats: dict[str, Any] | None) -> str:
-    """The one-line STATUS= summary: devices ok, active alarms, unsent readings, last acked seq.
+    """The one-line STATUS= summary: devices ok, active alarms, unsent readings, last acked seq, and a
+    record-path fault the supervisor reports (gateway.record_supervisor: "store fault: ...").
 
     A device is ok when every tag it delivered in its last read was usable (good or uncertain).
     Example: ``devices 5/5 ok, 2 alarms active, 120 readings unsent, last acked seq 45``.
@@ -235,8 +239,12 @@ def status_line(gw: Any, store_stats: dict[str, Any] | None) -> str:
         parts.append(f"{store_stats.get('readings_unsent', 0)} readings unsent")
         seq = store_stats.get("last_acked_seq")
         parts.append(f"last acked seq {seq if seq is not None else '-'}")
-        if store_stats.get("writer_error"):
-            parts.append(f"store error: {store_stats['writer_error']}")
+    rec = getattr(getattr(gw, "record", None), "problems", lambda: {})()
+    for part in ("store", "uplink"):
+        if rec.get(part):
+            parts.append(f"{part} fault: {rec[part]}")
+    if store_stats and store_stats.get("writer_error") and not rec.get("store"):
+        parts.append(f"store error: {store_stats['writer_error']}")
     return ", ".join(parts)
 
 
@@ -290,9 +298,9 @@ DEFAULT_FLOOR_S = 30.0
 
 
 def watch_gateway(gw: Any, floor_s: float | None = None) -> None:
-    """(Re)register the heartbeats of a running gateway.Gateway in ``gw.health``: one per poll loop
-    (limits from :func:`poll_limits`), the safety path ticker, the store writer check and the
-    uploader check (:func:`uploader_check`).
+    """(Re)register the heartbeats of the safety path of a running gateway.Gateway in ``gw.health``: one
+    per poll loop (limits from :func:`poll_limits`) and the safety path ticker. (The store writer and the
+    uploader are supervised by gateway.record_supervisor, never by the systemd watchdog.)
     floor_s: the smallest limit; default the systemd watchdog interval (WatchdogSec), else 30 s.
     Called by Gateway.run() and again after a SIGHUP reload (the device set may have changed)."""
     floor = floor_s or watchdog_interval_s() or DEFAULT_FLOOR_S
@@ -301,6 +309,3 @@ def watch_gateway(gw: Any, floor_s: float | None = None) -> None:
     for dev in gw.devices:
         gw.health.watch(f"poll:{dev.name}", limits.get(dev.name, floor))
     gw.health.watch("safety", floor)
-    stall = max(STORE_STALL_FLOOR_S, floor, 4 * gw.store.commit_interval_s)
-    gw.health.add_check("store", store_writer_check(gw.store, stall))
-    gw.health.add_check("uplink", uploader_check(gw, floor))

@@ -26,7 +26,8 @@ What carries over:
 
 * the Store object, its queues and its chain (the Batcher reads the last batch from the
   store, so ``seq`` continues without a gap and ``prev`` links to the last batch);
-  ``store.commit_interval_ms``, ``max_bytes`` and ``retention_days`` take effect at once;
+  ``store.commit_interval_ms``, ``max_bytes``, ``retention_days`` and ``retention_floor`` take
+  effect at once (a waiver is recorded again, ``retention_floor_waived``);
 * the OutputManager: the state of every output and the trip records (an output the
   new config no longer names keeps its last state: outputs hold);
 * alarm state of every alarm id (``TAG.KIND``) that exists in both configs: active,
@@ -69,7 +70,7 @@ RELOADED = frozenset({"cfg", "signer", "links", "devices", "device_of", "protoco
 #: Gateway attributes that live on across a reload (runtime state, the store, the outputs, the operator socket).
 KEPT = frozenset({"store", "outputs", "values", "_last_stored", "readings_queued", "forwarder", "started_at",
                   "_stopping", "health", "_poll_tasks", "_fw_task", "_aux_tasks", "_reload_lock",
-                  "_hazard_tick_mono", "clock", "control", "last_safety_mono", "safety_state"})
+                  "_hazard_tick_mono", "clock", "control", "last_safety_mono", "safety_state", "record"})
 
 #: bounds of the swap, seconds (the poll/safety gap is bounded by the first three plus the new devices' start)
 OLD_LOOPS_S = 1.0       # an old poll loop's read in flight; then it is cancelled (its device is being closed)
@@ -275,8 +276,11 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         gw.store.commit_interval_s = s.commit_interval_ms / 1000
         gw.store.max_bytes = s.max_bytes
         gw.store.retention_floor_s = s.retention_days * 86400
+        gw.store.floor_waived = s.retention_floor.waive
         gw._log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
                        "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
+        if (waiver := s.waiver_event()) is not None:   # C16: a waived retention floor, on the record again
+            gw._log_event({**waiver, "ts": rfc3339(time.time())})
         if fresh.hazard is not None:  # a grade changes only with its design basis: record each change
             for ev in basis_events(old_hazard, fresh.hazard, time.time()):
                 gw._log_hazard_event(ev)
@@ -318,7 +322,8 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
             if aclose:
                 await _bounded(aclose(), FORWARDER_STOP_S, "closing the old uplink")
         gw.forwarder = gw._build_forwarder()
-        gw._fw_task = asyncio.create_task(gw.forwarder.run(), name="forwarder") if gw.forwarder else None
+        gw._fw_task = None
+        gw._start_forwarder()
         log.info("SIGHUP: config %s applied (was %s) in %.1f s, polling paused %.2f s: %d devices, %d tags",
                  new_cfg.config_hash[:12], old_hash[:12], time.monotonic() - t0, paused, len(gw.devices),
                  len(gw.device_of))

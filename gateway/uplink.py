@@ -23,7 +23,8 @@ any other status (3xx, 404, 405 ...)   ``RetryableError``: a wrong URL is a conf
 =====================================  ===========================================
 
 409 means the receiver's chain disagrees with ours (a different body for a stored seq,
-a gap, a broken prev), e.g. after the local buffer was reset (C17b). An identical resend
+a gap, a broken prev), e.g. after the local buffer was reset without its chain position (a
+corrupt store, C17b, carries the chain on: gateway.chain_position). An identical resend
 is answered 200 "duplicate", so a 409 never means "already have it". Dead-lettering would
 not help (every later batch would get the same 409), so the uploader holds, raises one
 ``uplink_chain_conflict`` alarm event, and retries every ``max_backoff_s``.
@@ -304,8 +305,9 @@ class Forwarder:
             return False
 
     async def run(self) -> None:
-        """Upload until stop(). Never raises for a receiver or network fault. One-shot:
-        build a new Forwarder to start again."""
+        """Upload until stop(). Never raises for a receiver or network fault. After stop() it is done
+        (build a new Forwarder); after it ended on an unexpected exception or was cancelled, run() may be
+        called again (gateway.record_supervisor restarts it so)."""
         try:
             await self._run()
         finally:

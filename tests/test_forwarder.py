@@ -352,7 +352,8 @@ async def test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_i
 
 
 async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Path, keys) -> None:
-    """A reset buffer (e.g. after C17b) restarts at seq 1: the receiver answers 409
+    """A reset buffer (a fresh store without its chain position file, e.g. copied in by hand; after C17b
+    the chain carries on instead) restarts at seq 1: the receiver answers 409
     conflict; the uploader must hold with an alarm event, not tombstone good data."""
     signer, trust_dir = keys
     with BackgroundReceiver(tmp_path / "rx", trust_dir) as rx:
@@ -407,7 +408,8 @@ async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path
     signer, trust_dir = keys
     n = 0
     kept: list[int] = []
-    st = Store(tmp_path / "gw.sqlite", commit_interval_s=0.05, max_bytes=200_000)
+    # the batches are minutes old: only with the 30-day floor waived may the cap delete acknowledged ones
+    st = Store(tmp_path / "gw.sqlite", commit_interval_s=0.05, max_bytes=200_000, floor_waived=True)
 
     async def flood_then_reject_third(request):
         nonlocal n

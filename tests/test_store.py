@@ -317,12 +317,27 @@ def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_p
     keygen(tmp_path / "k")
     f = tmp_path / "g.yaml"
     f.write_text(E1_CFG % ("state", "/proc/hazard-gateway-test/store.sqlite"))
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(f)], capture_output=True,
-                         text=True, cwd=root, timeout=60)
-    assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr
-    line = [ln for ln in run.stderr.splitlines() if "/proc/hazard-gateway-test" in ln]
-    assert line and line[-1].startswith("hazard-gateway: /proc/hazard-gateway-test/store.sqlite: cannot create")
+    # run: the safety path starts without the store (docs/design.md, "Record path"); the fault is one line, the store is
+    # retried under the system.STORE alarm, and a SIGTERM still ends the run cleanly
+    run = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(f)], stderr=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, text=True, cwd=root)
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("system.STORE" in ln for ln in seen):
+            assert time.monotonic() < deadline and run.poll() is None, seen
+            seen.append(run.stderr.readline())
+        run.terminate()
+        _, rest = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, rest
+    err = "".join(seen) + rest
+    assert "Traceback" not in err
+    line = [ln for ln in err.splitlines() if "/proc/hazard-gateway-test" in ln]
+    assert line and "/proc/hazard-gateway-test/store.sqlite: cannot create directory" in line[0], line
+    assert "polling, alarms and interlocks start without it" in line[0], line[0]
     chk = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True,
                          cwd=root, timeout=60)
     assert chk.returncode == 2 and "Traceback" not in chk.stderr

@@ -21,10 +21,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from gateway.health import Health, poll_limits, status_line, store_writer_check,
 from gateway.signing import keygen
 from gateway.store import Store
 from hil.tank_plc import TankPlc
+from notify_socket import NotifySocket
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "hazard-gateway.service"
@@ -357,58 +356,10 @@ class Relay:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
-class NotifySocket:
-    """The manager's side of sd_notify(3): a bound AF_UNIX datagram socket; messages with arrival times."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="hgn")  # short: sun_path holds 108 bytes
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.setblocking(False)
-        self.messages: list[tuple[float, str]] = []
-        self._task: asyncio.Task | None = None
-
-    async def _recv(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await loop.sock_recv(self.sock, 65536)
-            t = time.monotonic()
-            for line in data.decode().split("\n"):
-                if line:
-                    self.messages.append((t, line))
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._recv())
-
-    def times(self, msg: str) -> list[float]:
-        return [t for t, m in self.messages if m == msg]
-
-    def lines(self, prefix: str) -> list[str]:
-        return [m for _, m in self.messages if m.startswith(prefix)]
-
-    async def wait_for(self, pred, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; got {self.messages[-10:]}")
-            await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 CONFIG = """\
 gateway: {{id: notify-test, state_dir: state}}
 keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 100}}
+store: {{commit_interval_ms: 100, max_bytes: 1099511627776}}
 devices:
   - name: plc
     protocol: modbus_tcp
