@@ -204,3 +204,17 @@ async def test_farm_link_down_and_power_loss_hook(tmp_path):
         assert farm.clock_offset_s == 3600.0
     finally:
         await farm.stop()
+
+
+def test_record_stall_tiny():
+    """The fault run: trips in both phases, a real write-lock stall held, and the record caught up after it."""
+    from hil.bench import record_stall
+
+    res = record_stall.run(tags=6, poll_ms=100, baseline_s=1.0, stall_s=2.0, interlocks=2)
+    assert not res["errors"], res["errors"]
+    assert res["baseline"]["change_to_confirmed_ms"]["n"] >= 2
+    assert res["during_stall"]["change_to_confirmed_ms"]["n"] >= 2
+    assert res["stall_held_s"] >= 2.0
+    assert res["readings_offered"] > 0 and res["readings_committed"] == res["readings_offered"]
+    assert res["readings_lost"] == 0 and res["gaps"] == 0
+    assert isinstance(res["p99_delta_ms"], float)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from gateway.signing import keygen
+from hil.bench.record_stall import LOCK_HOLDER
 from hil.tank_plc import TankPlc
 from notify_socket import NotifySocket
 
@@ -54,17 +55,6 @@ interlocks:
     vote: 1oo1
     actions: [{{output: XV101, value: 0}}]
 """
-
-#: holds the write lock of a SQLite database until stdin closes (prints "locked" once it has it)
-LOCKER = """
-import sqlite3, sys
-c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-c.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()
-c.execute("ROLLBACK")
-"""
-
 
 def _status(state: Path) -> dict:
     try:
@@ -128,7 +118,7 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
                      proc, log)
 
         # -- the stall: another process holds the write lock; the writer waits in SQLite's busy handler
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(state / "store.sqlite")],
+        locker = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(state / "store.sqlite")],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         # off the loop: this loop also serves the simulated PLC, which must not stall with the test
         assert (await asyncio.to_thread(locker.stdout.readline)).strip() == "locked"

@@ -46,8 +46,8 @@ from typing import Any, Callable
 
 from hil.bench import REPO, machine_info, versions
 
-ORDER = ("safety_latency", "tcp_poll", "rtu_util", "store_bench", "idle", "peer_thingsboard")
-SUMMARY_KEYS = ("safety_latency_ms", "tcp_ratio_to_ceiling", "rtu_bus_utilisation", "store_ingest_per_s",
+ORDER = ("safety_latency", "record_stall", "tcp_poll", "rtu_util", "store_bench", "idle", "peer_thingsboard")
+SUMMARY_KEYS = ("safety_latency_ms", "stall_p99_delta_ms", "stall_readings_lost", "tcp_ratio_to_ceiling", "rtu_bus_utilisation", "store_ingest_per_s",
                 "drain_per_s", "drain_peak_rss_mb", "idle_cpu_s_per_h", "peer_ratio")
 
 
@@ -117,6 +117,9 @@ def summarise(results: dict[str, dict], safety_polls: list[int]) -> dict[str, An
         s["safety_latency_ms_by_poll"] = {p: _latency(r) for p, r in by_poll.items()}
     elif saf:
         s["safety_latency_ms"] = _latency(saf)
+    stall = results.get("record_stall") or {}
+    s["stall_p99_delta_ms"] = stall.get("p99_delta_ms")
+    s["stall_readings_lost"] = stall.get("readings_lost")
     tcp = results.get("tcp_poll") or {}
     s["tcp_ratio_to_ceiling"] = tcp.get("tcp_ratio_to_ceiling")
     s["rtu_bus_utilisation"] = (results.get("rtu_util") or {}).get("rtu_bus_utilisation")
@@ -173,6 +176,20 @@ def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: lis
         rows.append(_row(f"safety_latency_ms.p99 @ {poll} ms", p99, f"<= {limit:g} ms", ok,
                          _miss_note(p99, limit, False, " ms") if ok is False
                          else (r.get("error") or r.get("reason") or "")))
+    stall = results.get("record_stall") or {}
+    d = summary.get("stall_p99_delta_ms")
+    ok = None if d is None else d <= 20
+    p99s = (f"p99 {((stall.get('baseline') or {}).get('change_to_confirmed_ms') or {}).get('p99')} ms without, "
+            f"{((stall.get('during_stall') or {}).get('change_to_confirmed_ms') or {}).get('p99')} ms during a "
+            f"{stall.get('stall_held_s')} s stall") if d is not None else ""
+    rows.append(_row("record stall: trip p99 during - without (ms)", d, "<= 20 ms", ok,
+                     (_miss_note(d, 20, False, " ms") + "; " if ok is False else "")
+                     + (p99s or _reason(results, "record_stall"))))
+    lost = summary.get("stall_readings_lost")
+    ok = None if lost is None else lost == 0 and not stall.get("gaps")
+    rows.append(_row("record stall: readings lost", lost, "0 (and no gap row)", ok,
+                     f"gaps {stall.get('gaps')}, system.STORE raised {stall.get('store_alarm_raised')}"
+                     if lost is not None else _reason(results, "record_stall")))
     r = summary.get("tcp_ratio_to_ceiling")
     ok = None if r is None else r >= 0.9
     rows.append(_row("tcp_ratio_to_ceiling", r, ">= 0.9", ok,
@@ -240,6 +257,8 @@ def plan(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     q = args.quick
     return {
         "safety_latency": {"tags": 50 if q else 500, "duration_s": 3.0 if q else args.safety_seconds},
+        "record_stall": {"tags": 20 if q else 50, "poll_ms": 100, "baseline_s": 2.0 if q else args.stall_seconds,
+                         "stall_s": 3.0 if q else args.stall_seconds},
         "tcp_poll": {"tag_counts": args.tcp_tags or ([10, 50] if q else [100, 500, 2000]),
                      "duration_s": 0.5 if q else args.tcp_seconds},
         "rtu_util": {"bauds": [9600, 115200], "tags": 5 if q else 30, "duration_s": 0.6 if q else args.rtu_seconds},
@@ -312,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tcp-seconds", type=float, default=8.0, help="polling seconds per side per tag count")
     ap.add_argument("--rtu-seconds", type=float, default=6.0, help="polling seconds per baud rate")
     ap.add_argument("--safety-seconds", type=float, default=60.0, help="safety latency run length per interval")
+    ap.add_argument("--stall-seconds", type=float, default=60.0,
+                    help="record_stall: length of the record-path stall, and of the baseline phase before it")
     ap.add_argument("--store-backlog", type=int, default=1_000_000,
                     help="readings in the drain backlog (default 1 million so the run fits in 15 min; "
                          "the target figure is for 10 million: --store-backlog 10000000, tens of minutes)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -115,10 +116,10 @@ class LatencyPlc:
             self._server = None
 
 
-def _config(port: int, tags: int, poll_ms: int, interlocks: int, state_dir: Path) -> str:
+def rig_config(port: int, tags: int, poll_ms: int, interlocks: int, state_dir: Path, busy_timeout_ms: int = 2000) -> str:
     lines = [f"gateway: {{id: bench-safety, state_dir: {state_dir}}}",
              "keys: {private_key: unused.pem}",
-             "store: {commit_interval_ms: 500,",
+             f"store: {{commit_interval_ms: 500, busy_timeout_ms: {busy_timeout_ms},",
              "        retention_floor: {waive: true, reason: 'benchmark rig (hil.bench), not a site''s records'}}",
              "devices:",
              "  - name: plc", "    protocol: modbus_tcp", "    host: 127.0.0.1", f"    port: {port}",
@@ -135,7 +136,91 @@ def _config(port: int, tags: int, poll_ms: int, interlocks: int, state_dir: Path
     return "\n".join(lines) + "\n"
 
 
-def _stats(xs: list[float]) -> dict[str, Any]:
+@dataclasses.dataclass
+class TripSample:
+    """One trip cycle: ms from the change in the PLC to the confirmed write, from the crossing reading's
+    arrival to the write issued (None when not measured), and an error line or None."""
+    confirm_ms: float | None
+    issue_ms: float | None
+    error: str | None
+
+
+async def trip_cycle(gw: Any, plc: LatencyPlc, idx: int, step: int, poll_ms: int, rng: random.Random,
+                     arrivals: dict[str, float]) -> TripSample:
+    """Trip interlock ``idx`` once through the PLC simulator and bring it back (the module docstring's
+    sample): random phase, tag to HIGH, wait for the confirmed trip, tag back to NORMAL, operator reset
+    through the engine, valve re-opened at the simulator. ``arrivals`` is filled by the caller's
+    on_readings hook ({tag: Reading.mono of the first crossing reading})."""
+    il, out, tag_i = f"IL{idx:02d}", f"XV{idx:02d}", idx * step
+    tag = f"T{tag_i:04d}"
+    await asyncio.sleep(rng.random() * poll_ms / 1000)  # random phase against the poll
+    arrivals.pop(tag, None)
+    n_before = len(gw.outputs.trip_records())
+    t_change = plc.set_value(tag_i, HIGH)
+    rec = None
+    limit = time.monotonic() + 5 + 3 * poll_ms / 1000
+    while time.monotonic() < limit:
+        recs = [r for r in gw.outputs.trip_records()[n_before:] if r.interlock == il and r.tag == out]
+        if recs and recs[0].confirmed_mono is not None:
+            rec = recs[0]
+            break
+        await asyncio.sleep(0.002)
+    sample = TripSample(None, None, None)
+    if rec is None:
+        sample.error = f"{il}: trip not confirmed"
+    else:
+        sample.confirm_ms = (rec.confirmed_mono - t_change) * 1000
+        if tag in arrivals and rec.issued_mono is not None:
+            sample.issue_ms = (rec.issued_mono - arrivals[tag]) * 1000
+    # back to normal: value down, wait for the return, operator reset, re-open the valve
+    plc.set_value(tag_i, NORMAL)
+    limit = time.monotonic() + 5 + 3 * poll_ms / 1000
+    while time.monotonic() < limit and gw.alarms.condition(tag, "HH") is not False:
+        await asyncio.sleep(0.01)
+    try:
+        gw.interlocks.reset(il, "bench", "benchmark cycle", alarms=gw.alarms)
+    except Exception as exc:  # noqa: BLE001 - a finding, not a crash
+        sample.error = f"{il}: reset: {exc}"
+    plc.coils[idx] = True
+    return sample
+
+
+async def trip_cycles(gw: Any, plc: LatencyPlc, seconds: float, min_trips: int, interlocks: int, step: int,
+                      poll_ms: int, rng: random.Random, arrivals: dict[str, float], k0: int,
+                      errors: list[str]) -> tuple[list[TripSample], int]:
+    """trip_cycle() over the interlocks in turn (from cycle ``k0``) for ``seconds`` and until ``min_trips``
+    trips were confirmed (giving up 30 s past ``seconds``: an error line); returns (samples, next cycle
+    index). Error lines go to ``errors``."""
+    out: list[TripSample] = []
+    k = k0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline or sum(x.confirm_ms is not None for x in out) < min_trips:
+        if time.monotonic() > deadline + 30:
+            errors.append(f"fewer than {min_trips} trips confirmed within 30 s past the phase")
+            break
+        sample = await trip_cycle(gw, plc, k % interlocks, step, poll_ms, rng, arrivals)
+        k += 1
+        if sample.error:
+            errors.append(sample.error)
+        out.append(sample)
+    return out, k
+
+
+def arrival_hook(gw: Any, tags: int, interlocks: int, arrivals: dict[str, float]) -> None:
+    """Wrap ``gw.on_readings`` to note when the crossing reading of an interlock input arrived."""
+    step = tags // interlocks
+    inputs = {f"T{k * step:04d}" for k in range(interlocks)}
+    orig = gw.on_readings
+
+    def on_readings(readings):
+        for r in readings:
+            if r.tag in inputs and r.tag not in arrivals and r.usable and r.value is not None and r.value >= HH:
+                arrivals[r.tag] = r.mono
+        orig(readings)
+    gw.on_readings = on_readings
+
+
+def latency_stats(xs: list[float]) -> dict[str, Any]:
     return {"n": len(xs), "p50": _r(percentile(xs, 50)), "p99": _r(percentile(xs, 99)), "max": _r(max(xs) if xs else None),
             "min": _r(min(xs) if xs else None)}
 
@@ -156,24 +241,15 @@ async def _run(tags: int, poll_ms: int, duration_s: float, interlocks: int, seed
     arrivals: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-safety-") as td:
         cfgp = Path(td) / "gw.yaml"
-        cfgp.write_text(_config(plc.port, tags, poll_ms, interlocks, Path(td) / "state"))
+        cfgp.write_text(rig_config(plc.port, tags, poll_ms, interlocks, Path(td) / "state"))
         gw = Gateway(load_config(cfgp))
         step = tags // interlocks
-        inputs = {f"T{k * step:04d}": k for k in range(interlocks)}
-        orig = gw.on_readings
-
-        def on_readings(readings):  # note when the crossing reading arrived from the driver
-            for r in readings:
-                if r.tag in inputs and r.tag not in arrivals and r.usable and r.value is not None and r.value >= HH:
-                    arrivals[r.tag] = r.mono
-            orig(readings)
-        gw.on_readings = on_readings
+        arrival_hook(gw, tags, interlocks, arrivals)
         stop = asyncio.Event()
         ready = asyncio.Event()
         task = asyncio.create_task(gw.run(stop, ready=ready.set))
         issue_ms: list[float] = []
         confirm_ms: list[float] = []
-        tick_ms: list[float] = []
         errors: list[str] = []
         try:
             await asyncio.wait_for(ready.wait(), 30)
@@ -181,45 +257,9 @@ async def _run(tags: int, poll_ms: int, duration_s: float, interlocks: int, seed
             while len(gw.values) < tags and time.monotonic() < t_end:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(2 * poll_ms / 1000)  # let the first polls settle
-            deadline = time.monotonic() + duration_s
-            k = 0
-            while time.monotonic() < deadline or not confirm_ms:
-                if time.monotonic() > deadline + 30:
-                    errors.append("no trip confirmed within 30 s past the duration")
-                    break
-                idx = k % interlocks
-                k += 1
-                il, out, tag_i = f"IL{idx:02d}", f"XV{idx:02d}", idx * step
-                tag = f"T{tag_i:04d}"
-                await asyncio.sleep(rng.random() * poll_ms / 1000)  # random phase against the poll
-                arrivals.pop(tag, None)
-                n_before = len(gw.outputs.trip_records())
-                t_change = plc.set_value(tag_i, HIGH)
-                rec = None
-                limit = time.monotonic() + 5 + 3 * poll_ms / 1000
-                while time.monotonic() < limit:
-                    recs = [r for r in gw.outputs.trip_records()[n_before:] if r.interlock == il and r.tag == out]
-                    if recs and recs[0].confirmed_mono is not None:
-                        rec = recs[0]
-                        break
-                    await asyncio.sleep(0.002)
-                if rec is None:
-                    errors.append(f"{il}: trip not confirmed")
-                else:
-                    confirm_ms.append((rec.confirmed_mono - t_change) * 1000)
-                    if tag in arrivals and rec.issued_mono is not None:
-                        issue_ms.append((rec.issued_mono - arrivals[tag]) * 1000)
-                    tick_ms.append((rec.detected_mono - arrivals.get(tag, rec.detected_mono)) * 1000)
-                # back to normal: value down, wait for the return, operator reset, re-open the valve
-                plc.set_value(tag_i, NORMAL)
-                limit = time.monotonic() + 5 + 3 * poll_ms / 1000
-                while time.monotonic() < limit and gw.alarms.condition(tag, "HH") is not False:
-                    await asyncio.sleep(0.01)
-                try:
-                    gw.interlocks.reset(il, "bench", "benchmark cycle", alarms=gw.alarms)
-                except Exception as exc:  # noqa: BLE001 - a finding, not a crash
-                    errors.append(f"{il}: reset: {exc}")
-                plc.coils[idx] = True
+            samples, _ = await trip_cycles(gw, plc, duration_s, 1, interlocks, step, poll_ms, rng, arrivals, 0, errors)
+            confirm_ms = [x.confirm_ms for x in samples if x.confirm_ms is not None]
+            issue_ms = [x.issue_ms for x in samples if x.issue_ms is not None]
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -227,9 +267,9 @@ async def _run(tags: int, poll_ms: int, duration_s: float, interlocks: int, seed
     return {
         "tags": tags, "poll_ms": poll_ms, "interlocks": interlocks, "duration_s": duration_s,
         "samples": len(confirm_ms),
-        "arrival_to_write_issued_ms": _stats(issue_ms),
-        "change_to_confirmed_ms": _stats(confirm_ms),
-        "safety_latency_ms": _stats(confirm_ms),
+        "arrival_to_write_issued_ms": latency_stats(issue_ms),
+        "change_to_confirmed_ms": latency_stats(confirm_ms),
+        "safety_latency_ms": latency_stats(confirm_ms),
         "errors": errors,
         "note": "change_to_confirmed includes the wait for the next poll (0..poll_ms, random phase)",
     }
