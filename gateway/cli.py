@@ -75,7 +75,8 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     if not (args.listen and args.store and args.trust):
         _err("receiver needs --listen HOST:PORT --store PATH --trust DIR")
         return 2
-    return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key) or 0
+    return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key,
+                                 signing_key=args.signing_key) or 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -325,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", help="directory of trusted public keys (*.jwk)")
     s.add_argument("--cert", help="TLS certificate (PEM); without it, plain HTTP on loopback only")
     s.add_argument("--key", help="TLS private key (PEM)")
+    s.add_argument("--signing-key", metavar="PEM",
+                   help="receiver Ed25519 private key (keygen's private.pem) that signs content refusals (400), "
+                        "the only answers that let a gateway set a batch aside; its <kid>.jwk is the gateway's "
+                        "uplink.receiver_key")
     s.add_argument("--out", help="with export: output directory")
     s.set_defaults(func=cmd_receiver)
 

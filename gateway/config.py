@@ -6,8 +6,8 @@ Shape (see config/example-site.yaml for a commented template)::
     keys:       {private_key}
     store:      {path, commit_interval_ms, max_bytes, retention_days, on_full: drop_oldest|stop_polling,
                  retention_floor: {waive, reason}}   (the 30-day floor is hard unless waived)
-    uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, timeout_ms,
-                 batch_max_readings, interval_ms}
+    uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, receiver_key,
+                 timeout_ms, batch_max_readings, interval_ms}
     devices:    [{name, protocol: modbus_tcp|modbus_rtu|opcua, ..., tags: [...]}]
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
     hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, docs/domain.md)
@@ -170,6 +170,11 @@ class UplinkSection(Strict):
     client_cert: str | None = Field(None, description="client certificate PEM for mutual TLS (holds the key too "
                                                       "when client_key is not given)")
     client_key: SecretPath | None = Field(None, description="client private key file (mode 0600) for mutual TLS")
+    receiver_key: str | None = Field(
+        None, description="the receiver's public key: the <kid>.jwk (public Ed25519 JWK) that `hazard-gateway keygen` "
+                          "writes next to the receiver's private.pem (`receiver --signing-key`). A batch refused with "
+                          "400/413/422 is set aside only with a rejection signed by this key for exactly that batch; "
+                          "without it (or without such a rejection) the batch is held and retried, never dropped")
     timeout_ms: int = Field(5000, ge=100, description="one upload attempt's time limit")
     batch_max_readings: int = Field(500, ge=1, le=100_000, description="readings per signed batch at most")
     interval_ms: int = Field(1000, ge=10, description="pause between batches when nothing is pending")
@@ -1305,7 +1310,9 @@ def secret_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[t
 def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
     """Secret files must exist, be regular files and be readable by their owner only (no group or
     other permission bits: chmod 600); the signing key (keys.private_key) must not be a symbolic
-    link, as the daemon refuses one. One Problem per bad file, at the value's FILE:LINE:COL."""
+    link, as the daemon refuses one. Certificates and uplink.receiver_key must exist (any mode); the receiver
+    key must be one public Ed25519 JWK (gateway.rejection.load_receiver_key). One Problem per bad file, at the
+    value's FILE:LINE:COL."""
     import stat
 
     smap = cfg.srcmap
@@ -1342,6 +1349,12 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
             pass  # OPC UA: a directory of trusted server certificates (drivers/opcua.py)
         elif not path.is_file():  # type: ignore[union-attr]
             bad(loc, f"file {value} does not exist or is not a regular file ({path})")
+        elif loc == ("uplink", "receiver_key"):  # one public Ed25519 JWK (gateway.rejection)
+            from gateway.rejection import load_receiver_key
+            try:
+                load_receiver_key(path)  # type: ignore[arg-type]
+            except ValueError as exc:  # KeyFileError: one line naming the file
+                bad(loc, f"receiver key {value}: {exc}")
         elif loc[0] == "devices" and loc[-1] == "cert":  # OPC UA: ApplicationUri = the cert's URI SAN
             from drivers.opcua import certificate_application_uri
             try:
@@ -1352,8 +1365,9 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
 
 
 def public_file_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[tuple, str]]:
-    """(location, configured path) of the certificate files the daemon opens: uplink.ca_file,
-    uplink.client_cert (when a separate client_key holds the key), OPC UA cert and server_cert."""
+    """(location, configured path) of the certificate and public key files the daemon opens: uplink.ca_file,
+    uplink.client_cert (when a separate client_key holds the key), uplink.receiver_key (a public JWK),
+    OPC UA cert and server_cert."""
     m = cfg.model
     out: list[tuple[tuple, str]] = []
     if m.uplink is not None:
@@ -1361,6 +1375,8 @@ def public_file_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tu
             out.append((("uplink", "ca_file"), m.uplink.ca_file))
         if m.uplink.client_cert and m.uplink.client_key:
             out.append((("uplink", "client_cert"), m.uplink.client_cert))
+        if m.uplink.receiver_key:
+            out.append((("uplink", "receiver_key"), m.uplink.receiver_key))
     for di, d in enumerate(m.devices):
         sec = getattr(d, "security", None)
         if sec is None or (used_only and not d.enabled):

@@ -60,7 +60,7 @@ def _say(msg: str) -> None:
 
 
 def _render_config(src: Path, dst: Path, *, plc_port: int, serial: str, opcua: str, receiver_url: str,
-                   ca_file: Path, key_file: Path, state_dir: Path) -> None:
+                   ca_file: Path, key_file: Path, state_dir: Path, receiver_key: Path | None = None) -> None:
     """Copy the demo config with the simulators' endpoints filled in (comments kept)."""
     doc, _ = load_yaml(src)  # the bounded loader (gateway.yamlload); run_demo has validated src already
     yaml = YAML(typ="rt")
@@ -68,6 +68,8 @@ def _render_config(src: Path, dst: Path, *, plc_port: int, serial: str, opcua: s
     doc["keys"]["private_key"] = str(key_file)
     doc["uplink"]["url"] = receiver_url
     doc["uplink"]["ca_file"] = str(ca_file)
+    if receiver_key is not None:   # the receiver signs its content refusals with this key (gateway.rejection)
+        doc["uplink"]["receiver_key"] = str(receiver_key)
     for dev in doc["devices"]:
         if dev["protocol"] == "modbus_tcp":
             dev["host"], dev["port"] = "127.0.0.1", plc_port
@@ -115,12 +117,17 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
     trust.mkdir(exist_ok=True)
     for jwk in keys.glob("*.jwk"):
         (trust / jwk.name).write_bytes(jwk.read_bytes())
+    rx_keys = wd / "receiver-keys"
+    if not (rx_keys / "private.pem").exists():
+        keygen(rx_keys)
+    receiver_key = next(rx_keys.glob("*.jwk"))
     cert, key = make_self_signed(tls)
     rport = _free_port()
     logs = {n: open(wd / f"{n}.log", "ab") for n in ("receiver", "gateway")}
     receiver = subprocess.Popen(_cli("receiver", "--listen", f"127.0.0.1:{rport}", "--store",
                                      str(wd / "receiver.sqlite"), "--trust", str(trust), "--cert", str(cert),
-                                     "--key", str(key)), stdout=logs["receiver"], stderr=logs["receiver"])
+                                     "--key", str(key), "--signing-key", str(rx_keys / "private.pem")),
+                                stdout=logs["receiver"], stderr=logs["receiver"])
     farm = TankFarm()
     gw: subprocess.Popen | None = None
     t0 = time.monotonic()
@@ -131,7 +138,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
         gw_cfg = wd / "gateway.yaml"
         _render_config(config, gw_cfg, plc_port=eps["modbus_tcp"][1], serial=eps["serial_link"], opcua=eps["opcua"],
                        receiver_url=f"https://127.0.0.1:{rport}/v1/batches", ca_file=cert,
-                       key_file=keys / "private.pem", state_dir=wd / "state")
+                       key_file=keys / "private.pem", state_dir=wd / "state", receiver_key=receiver_key)
         cfg = load_config(gw_cfg)
         await _wait_port(rport, receiver, "receiver")
         _say(f"receiver: https://127.0.0.1:{rport}/v1/batches (store {wd / 'receiver.sqlite'})")

@@ -560,6 +560,7 @@ class Gateway:
         if up is None or self.signer is None:
             return None
         from gateway.batches import Batcher
+        from gateway.rejection import load_receiver_key
         from gateway.uplink import Forwarder, HttpsUplink
 
         ca = self.cfg.resolve(up.ca_file)
@@ -577,7 +578,9 @@ class Gateway:
                                  timeout_s=up.timeout_ms / 1000, profile=get_profile(up.profile))
         batcher = Batcher(self.store, self.signer, self.cfg.model.gateway.id, lambda: self.cfg.config_hash,
                           max_readings=up.batch_max_readings, clock_fn=self.clock.state)
-        return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000)
+        # only a rejection signed by this key may set a batch aside (gateway.rejection); run checked the file
+        rk = load_receiver_key(self.cfg.resolve(up.receiver_key)) if up.receiver_key else None
+        return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000, receiver_key=rk)
 
     def _start_forwarder(self) -> None:
         """Start the uploader task (self._fw_task) when there is a forwarder, none runs and the store is open.

@@ -10,7 +10,8 @@ HTTP interface (JSON answers; errors are ``{"error": "<one line>"}``):
   (dedup by (gateway_id, seq), so at-least-once upload becomes exactly-once, case C14).
 * 400 malformed (not a compact JWS, bad JSON, JSON nested deeper than 32 levels, a protected
   header over 1024 bytes, bad payload shape, bad typ/crit, announce_key without its
-  announce_key_proof, announce_key of a key that belongs to another gateway).
+  announce_key_proof, announce_key of a key that belongs to another gateway). With a receiver
+  signing key (see "Signed rejections") the answer also carries ``"rejection"``.
 * 401 unknown kid, alg other than EdDSA, signature does not verify, the key is bound to
   another gateway ("key K is bound to gateway B, not V": a key signs for one gateway only),
   a change of signing key mid-chain to a key that was never announced ("key change"), or an
@@ -63,6 +64,23 @@ the trust directory holds for the gateway). New ``*.jwk`` files dropped into the
 directory (e.g. a new gateway's key) are picked up on the next request with an unknown kid (no
 restart needed).
 
+Signed rejections (``--signing-key PATH``: an Ed25519 ``private.pem`` as ``hazard-gateway keygen``
+writes it; the gateway trusts the ``<kid>.jwk`` written next to it as ``uplink.receiver_key``). A
+gateway sets a refused batch aside only on the receiver's signed word (gateway.rejection; a
+proxy's 413 or a bare 400 makes it hold and retry). The content refusals are the 400s above
+(RFC 9110 s.15.5.1: the batch itself is malformed or its payload unacceptable; this receiver
+answers no 422, RFC 9110 s.15.5.21, but would sign one the same way); with a key each
+one's JSON answer carries ``"rejection": <compact JWS>`` (RFC 7515 s.7.1, header typ
+``hazard-gateway-rejection+jws``, signed with the receiver key) over ``{"typ":
+"hazard-gateway/batch-rejection", "gateway_id", "seq", "batch_sha256" (hex SHA-256 of the exact
+request body bytes), "status", "reason", "iat"}``, gateway_id and seq read from the unverified
+body. None is sent when the body does not name a batch (not ASCII, not a compact JWS, a payload
+that does not parse within the bounds, no valid gateway_id/seq): the gateway then holds. A 413
+(RFC 9110 s.15.5.14) is never signed: a body over ``max_body`` is not held whole (the bounds
+stay), so it can be neither hashed nor read; the gateway holds it until the cap is raised. 401,
+403 and 409 refuse the gateway or the chain, not the content, and carry none. Without a key no
+answer carries a rejection (every refused batch is held by the gateway).
+
 Limits (:class:`ReceiverLimits`; the uvicorn settings limit_concurrency, timeout_keep_alive and
 h11_max_incomplete_event_size, a TLS handshake timeout on the listening server, a request-header
 deadline per connection and a body deadline, cap and shared budget in the app): a connection
@@ -102,6 +120,7 @@ from typing import Any, Awaitable, Callable, Iterator
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.model import rfc3339
+from gateway.rejection import CONTENT_REFUSAL_STATUSES, sign_rejection
 from gateway.signing import (BatchError, KeyFileError, Signer, batch_kid, canonical_json, chain_hash,
                              decode_unverified, public_key_from_jwk, verify_batch, verify_jws)
 from gateway.tlsutil import make_self_signed
@@ -388,11 +407,14 @@ class Receiver:
     concerns. Raises ReceiverError at construction when the trust directory is missing or holds
     a bad ``*.jwk`` (or, with ``require_binding``, a key not bound to a gateway).
     ``stats()`` counts every decision (``accepted``, ``duplicate``, ``rejected_<reason>``...).
+    ``rejection_signer``: the receiver key (gateway.signing.Signer) that signs content refusals
+    (module docstring, "Signed rejections"; counted as ``rejection_signed``), or None.
     """
 
     def __init__(self, store: str | os.PathLike[str] | ReceiverStore, trust_dir: str | os.PathLike[str],
                  *, busy_timeout_s: float = 5.0, require_binding: bool = False,
-                 status_max_age_s: float = STATUS_MAX_AGE_S) -> None:
+                 status_max_age_s: float = STATUS_MAX_AGE_S, rejection_signer: Signer | None = None) -> None:
+        self.rejection_signer = rejection_signer
         self.trust_dir = Path(trust_dir)
         self.require_binding = require_binding
         self.status_max_age_s = status_max_age_s
@@ -501,7 +523,20 @@ class Receiver:
     # ------------------------------------------------------------ batches
 
     def submit(self, body: bytes | bytearray) -> tuple[int, dict[str, Any]]:
-        """Decide on one uploaded batch; see the module docstring for every answer."""
+        """Decide on one uploaded batch; see the module docstring for every answer. A content refusal
+        (400) carries a signed ``rejection`` when the receiver has a key and the body names a batch."""
+        status, doc = self._decide(body)
+        if status in CONTENT_REFUSAL_STATUSES and self.rejection_signer is not None:
+            rejection = sign_rejection(self.rejection_signer, body, status, str(doc.get("error", "")))
+            if rejection is None:
+                self.count("rejection_unsigned")
+                log.warning("rejected %d without a signed rejection: the body names no batch", status)
+            else:
+                self.count("rejection_signed")
+                doc = {**doc, "rejection": rejection}
+        return status, doc
+
+    def _decide(self, body: bytes | bytearray) -> tuple[int, dict[str, Any]]:
         try:
             compact = body.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -911,17 +946,19 @@ def _raise_fd_limit(limits: ReceiverLimits) -> None:
 def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.PathLike[str],
                  certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
                  *, log_level: str = "info", limits: ReceiverLimits | None = None,
-                 require_binding: bool = False) -> int:
+                 require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None) -> int:
     """Serve the receiver on ``listen`` ("HOST:PORT") until SIGTERM/SIGINT; return 0.
 
     HTTPS when certfile and keyfile (PEM) are given; plain HTTP only on a loopback host
     (127.0.0.0/8, ::1, localhost). ``limits``: see :class:`ReceiverLimits` (the soft open-file
     limit is raised to fit max_connections). ``require_binding``: refuse to start with a key
-    that is not bound to a gateway. On SIGTERM in-flight requests finish (at most 5 s), the
-    store is closed, the stats are logged as one line and 0 is returned. Prints "receiver
+    that is not bound to a gateway. ``signing_key``: the receiver's Ed25519 private key (PKCS#8 PEM,
+    mode 0600, as ``keygen`` writes it) that signs content refusals (module docstring, "Signed
+    rejections"). On SIGTERM in-flight requests finish (at most 5 s), the store is closed, the
+    stats are logged as one line and 0 is returned. Prints "receiver
     listening on URL" to stderr once bound. Raises ReceiverError (one line) for a bad listen
-    address, missing cert/key, plain HTTP on a non-loopback host, a busy port, or a bad trust
-    directory / store.
+    address, missing cert/key, plain HTTP on a non-loopback host, a busy port, a bad trust
+    directory / store, or an unusable signing key.
     """
     try:
         host, port = parse_listen(listen)
@@ -935,7 +972,9 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
         if f is not None and not Path(f).is_file():
             raise ReceiverError(f"{f}: no such file")
     lim = limits or ReceiverLimits()
-    receiver = Receiver(store, trust, require_binding=require_binding, status_max_age_s=lim.status_max_age_s)
+    signer = _rejection_signer(signing_key)
+    receiver = Receiver(store, trust, require_binding=require_binding, status_max_age_s=lim.status_max_age_s,
+                        rejection_signer=signer)
     _raise_fd_limit(lim)
     sock = _bind(host, port)
     try:
@@ -957,6 +996,23 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
     return 0
 
 
+def _rejection_signer(signing_key: str | os.PathLike[str] | None) -> Signer | None:
+    """The receiver key for signed rejections, or None; ReceiverError (one line naming the file)."""
+    if signing_key is None:
+        return None
+    with contextlib.suppress(OSError):
+        with open(signing_key, "rb") as fh:
+            if fh.read(64).lstrip().startswith(b"{"):
+                raise ReceiverError(f"--signing-key: {signing_key}: a JWK (a public key); give the receiver's "
+                                    f"private.pem that `hazard-gateway keygen` wrote next to it")
+    try:
+        signer = Signer.from_file(signing_key)
+    except KeyFileError as exc:
+        raise ReceiverError(f"--signing-key: {exc}") from None
+    log.info("content refusals are signed with receiver key %s", signer.kid)
+    return signer
+
+
 class BackgroundReceiver:
     """A receiver on 127.0.0.1 with a free port, in a background thread (for tests and demos).
 
@@ -964,15 +1020,18 @@ class BackgroundReceiver:
     ``rx.cafile`` (the self-signed cert, made in ``workdir`` with :func:`make_self_signed`),
     ``rx.ssl_context()`` for clients, ``rx.store_path``, ``rx.receiver``. ``tls=False`` serves
     plain HTTP on loopback. Hooks are passed to :func:`create_app`; busy_timeout_s is the SQLite
-    busy timeout (after it a locked store answers 503); ``limits`` and ``require_binding`` as for
-    :func:`run_receiver`. Stops by itself on exit.
+    busy timeout (after it a locked store answers 503); ``limits``, ``require_binding`` and
+    ``signing_key`` as for :func:`run_receiver`. Stops by itself on exit. ``stop()`` then ``start()``
+    restarts it on the same port, store and certificate (``limits`` may be changed in between); ``port``
+    picks the first port (0: a free one).
     """
 
     def __init__(self, workdir: str | os.PathLike[str], trust_dir: str | os.PathLike[str], *, tls: bool = True,
                  store: str | os.PathLike[str] | None = None, before_submit: BeforeHook | None = None,
                  after_submit: AfterHook | None = None, start_timeout_s: float = 10.0,
                  busy_timeout_s: float = 5.0, limits: ReceiverLimits | None = None,
-                 require_binding: bool = False) -> None:
+                 require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None,
+                 port: int = 0) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.store_path = Path(store) if store else self.workdir / "receiver.sqlite"
@@ -985,6 +1044,8 @@ class BackgroundReceiver:
         self._busy_timeout_s = busy_timeout_s
         self.limits = limits or ReceiverLimits()
         self._require_binding = require_binding
+        self.signing_key = signing_key
+        self._port = port
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._error: BaseException | None = None
@@ -1002,8 +1063,10 @@ class BackgroundReceiver:
             self.cafile, self.keyfile = make_self_signed(self.workdir / "tls", ["127.0.0.1", "localhost"])
         self.receiver = Receiver(self.store_path, self.trust_dir, busy_timeout_s=self._busy_timeout_s,
                                  require_binding=self._require_binding,
-                                 status_max_age_s=self.limits.status_max_age_s)
-        sock = _bind("127.0.0.1", 0)
+                                 status_max_age_s=self.limits.status_max_age_s,
+                                 rejection_signer=_rejection_signer(self.signing_key))
+        sock = _bind("127.0.0.1", self._port)
+        self._port = sock.getsockname()[1]   # a restart listens on the same port
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
         self._server = _uvicorn_server(create_app(self.receiver, limits=self.limits, **self._hooks),
                                        str(self.cafile) if self.tls else None,
@@ -1048,7 +1111,8 @@ class BackgroundReceiver:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m gateway.receiver --listen HOST:PORT --store FILE --trust DIR [--cert F --key F]
-    [--require-bound-keys] [--max-body BYTES] [--max-connections N]`` or ``... --export DIR --store FILE``;
+    [--signing-key PEM] [--require-bound-keys] [--max-body BYTES] [--max-connections N]`` or
+    ``... --export DIR --store FILE``;
     prints one line on a person-caused error, exit 2."""
     d = ReceiverLimits()
     ap = argparse.ArgumentParser(prog="python -m gateway.receiver", description="reference regulator receiver")
@@ -1056,8 +1120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--trust", help="trust directory: DIR/<gateway_id>/<kid>.jwk binds a key to its gateway; "
                                     "DIR/<kid>.jwk binds by its \"gateway_id\" member, else on first use")
-    ap.add_argument("--cert")
-    ap.add_argument("--key")
+    ap.add_argument("--cert", help="TLS certificate (PEM)")
+    ap.add_argument("--key", help="TLS private key (PEM)")
+    ap.add_argument("--signing-key", metavar="PEM",
+                    help="receiver Ed25519 private key (keygen's private.pem): signs content refusals, the only "
+                         "answers that let a gateway set a batch aside (its <kid>.jwk is uplink.receiver_key)")
     ap.add_argument("--require-bound-keys", action="store_true",
                     help="refuse to start with a key that is not bound to a gateway")
     ap.add_argument("--max-body", type=int, default=d.max_body, metavar="BYTES",
@@ -1078,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReceiverError("--max-body and --max-connections must be >= 1")
         limits = dataclasses.replace(d, max_body=args.max_body, max_connections=args.max_connections)
         return run_receiver(args.listen, args.store, args.trust, args.cert, args.key, limits=limits,
-                            require_binding=args.require_bound_keys)
+                            require_binding=args.require_bound_keys, signing_key=args.signing_key)
     except ReceiverError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,9 @@ in a thread):
 * **store full** at its cap with records younger than the retention floor (``Store.full_reason``).
 * **uploader**: its task ended (an exception escaped) - started again after a backoff; no loop
   iteration for its limit (gateway.health.uploader_check) - cancelled and started again after
-  :data:`UPLINK_HUNG_RESTARTS_AFTER` limits; the receiver refuses the gateway (401/403).
+  :data:`UPLINK_HUNG_RESTARTS_AFTER` limits; the receiver refuses the gateway (401/403); the receiver
+  refuses a batch's content without a rejection signed by ``uplink.receiver_key`` (the batch is held and
+  retried, never set aside: ``Forwarder.held``).
 
 Each condition raises the system alarm ``system.STORE`` (记录存储故障) or ``system.UPLINK`` (数据上传故障)
 with a reason that stays the same while the condition lasts (a changed reason is a new transition, ISA-18.2),
@@ -183,6 +185,8 @@ class RecordSupervisor:
         self._uplink_restart_mono = None
         if getattr(fw, "refused", False):
             return "receiver refuses this gateway / 平台拒绝本网关", fw.last_error
+        if getattr(fw, "held", None):
+            return "receiver refuses a batch, held without a signed rejection / 平台拒收数据, 已保留重试", fw.held
         return None, None
 
     # ---- the loop

@@ -2,17 +2,25 @@
 
 Transport (``HttpsUplink``): ``POST <url>/v1/batches`` with the compact JWS as the body,
 ``Content-Type: application/jose`` (RFC 7515 s.9.2.1). Answers are classified so the
-record path neither loses nor duplicates data and never stalls on one bad batch (C14):
+record path neither loses nor duplicates data, never sets data aside on an unauthenticated
+answer, and moves past a batch the receiver itself rejected (C14):
 
 =====================================  ===========================================
 2xx with ack JSON                      ``Ack`` (status "accepted" or "duplicate")
 408, 425, 429, 5xx, transport errors   ``RetryableError`` (Retry-After honoured, capped;
 (connect, TLS, timeout, reset),        RFC 9110 s.10.2.3, RFC 6585 s.4)
 2xx whose body is not a matching ack
-400, 413, 422                          ``PermanentError``: the receiver refused the batch's
-                                       content: it is set aside and a signed tombstone takes
-                                       its seq (alarm event + gap rows), so later batches
-                                       flow (C14c)
+400, 413, 422                          ``PermanentError``: the batch's content is refused
+(RFC 9110 s.15.5.1, s.15.5.14,         (carrying the answer's ``rejection`` and the SHA-256 of
+s.15.5.21)                             the bytes sent). The Forwarder sets the batch aside (a
+                                       signed tombstone takes its seq: alarm event + gap rows,
+                                       C14c) ONLY when that rejection is signed by
+                                       ``uplink.receiver_key`` and names this gateway_id, seq,
+                                       SHA-256 and status (gateway.rejection). Otherwise (no
+                                       key configured, no rejection, bad or foreign signature,
+                                       another batch; a proxy's 413 or a misconfigured
+                                       receiver) it HOLDS: keeps the batch, retries with
+                                       backoff, one ``uplink_batch_held`` alarm event, ``held``
 401, 403                               ``AuthError``: the receiver refuses the GATEWAY (its key
                                        not installed yet, a certificate not trusted), not the
                                        batch: alarm event, hold and retry with backoff; good
@@ -29,6 +37,14 @@ is answered 200 "duplicate", so a 409 never means "already have it". Dead-letter
 not help (every later batch would get the same 409), so the uploader holds, raises one
 ``uplink_chain_conflict`` alarm event, and retries every ``max_backoff_s``.
 
+A held batch (400/413/422 without a valid signed rejection) blocks the batches after it, as a
+409 does: the chain has no gaps, so nothing later can be accepted before it. That is the price of
+never dropping good data on the word of a proxy; the alarm event and ``held`` tell a person,
+who fixes the cause (a proxy's or receiver's size cap, a receiver without its ``--signing-key``,
+a wrong ``uplink.receiver_key``), after which the same bytes go through. MQTT (gateway.uplink_mqtt)
+raises PermanentError for PUBACK 0x90/0x95/0x99, which cannot carry a signed body: such a
+batch is always held, never set aside.
+
 ``Forwarder`` is the loop: next_batch -> send -> mark_acked on ack (rows count as sent
 only after a 2xx ack) -> repeat; exponential backoff with full jitter on retryable errors
 (AWS Architecture Blog "Exponential Backoff And Jitter"), at least the server's
@@ -39,22 +55,26 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
 from gateway.batches import Batch, Batcher
+from gateway.rejection import CONTENT_REFUSAL_STATUSES, MAX_REJECTION_CHARS, RejectionError, verify_rejection
 from gateway.store import Store
 from gateway.tlsutil import client_context
 
 log = logging.getLogger(__name__)
 
-PERMANENT_STATUSES = frozenset({400, 413, 422})
+#: the receiver (or something in between) refuses the batch's content: set aside only with a
+#: signed rejection, else hold (RFC 9110 s.15.5.1, s.15.5.14, s.15.5.21; gateway.rejection)
+PERMANENT_STATUSES = CONTENT_REFUSAL_STATUSES
 #: the receiver does not (yet) accept this gateway: hold, never dead-letter (RFC 9110 s.15.5.2, s.15.5.4)
 AUTH_STATUSES = frozenset({401, 403})
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -78,7 +98,24 @@ class RetryableError(UplinkError):
 
 
 class PermanentError(UplinkError):
-    """The receiver refused this batch's content for good (400/413/422): dead-letter it."""
+    """The batch's content was refused: HTTP 400/413/422 (RFC 9110 s.15.5.1, s.15.5.14, s.15.5.21) or
+    an MQTT PUBACK 0x90/0x95/0x99 (MQTT 5.0 s.3.4.2.1).
+
+    answer: short text of the refusal for people ("HTTP 422: payload: ..."). rejection: the answer
+    body's "rejection" member (a compact JWS, RFC 7515 s.7.1; None when absent or for MQTT).
+    sent_sha256: hex SHA-256 of the exact bytes sent (None when unknown). retry_after_s: the
+    answer's Retry-After (RFC 9110 s.10.2.3), capped, or None. The Forwarder sets the batch aside
+    only when ``rejection`` verifies (gateway.rejection.verify_rejection); otherwise it holds it.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, answer: str | None = None,
+                 rejection: str | None = None, sent_sha256: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, status)
+        self.answer = answer or message
+        self.rejection = rejection
+        self.sent_sha256 = sent_sha256
+        self.retry_after_s = retry_after_s
 
 
 class AuthError(RetryableError):
@@ -128,15 +165,26 @@ def parse_retry_after(value: str | None, cap_s: float, now: float | None = None)
     return max(0.0, min(secs, cap_s))
 
 
+def _json_body(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
 def _reason(resp: httpx.Response) -> str:
     text = resp.text.strip().replace("\n", " ")
-    try:
-        body = resp.json()
-        if isinstance(body, dict):
-            text = str(body.get("error") or body.get("reason") or body.get("detail") or text)
-    except ValueError:
-        pass
-    return text[:200]
+    body = _json_body(resp)
+    if isinstance(body, dict):
+        text = str(body.get("error") or body.get("reason") or body.get("detail") or text)
+    return " ".join(text.split())[:200]
+
+
+def _rejection(resp: httpx.Response) -> str | None:
+    """The answer's "rejection" member (gateway.rejection), or None (absent, not a string, too long)."""
+    body = _json_body(resp)
+    rej = body.get("rejection") if isinstance(body, dict) else None
+    return rej if isinstance(rej, str) and len(rej) <= MAX_REJECTION_CHARS else None
 
 
 class HttpsUplink:
@@ -176,7 +224,8 @@ class HttpsUplink:
         """POST one compact JWS; return the receiver's Ack.
 
         Raises RetryableError (408/425/429/5xx/other, transport error, timeout, 2xx
-        without a valid ack body), ChainError (409), AuthError (401/403) or PermanentError (400/413/422).
+        without a valid ack body), ChainError (409), AuthError (401/403) or PermanentError (400/413/422,
+        with the answer's ``rejection`` and ``sent_sha256`` of the body bytes sent).
         """
         from gateway.signing import decode_unverified
         try:   # the receiver judges a malformed body (400); the profile sees {} then
@@ -205,9 +254,9 @@ class HttpsUplink:
         reason = _reason(resp)
         if status == 409:
             expected = None
+            doc = _json_body(resp)
             try:
-                body = resp.json()
-                expected = int(body["expected_seq"]) if isinstance(body, dict) and "expected_seq" in body else None
+                expected = int(doc["expected_seq"]) if isinstance(doc, dict) and "expected_seq" in doc else None
             except (ValueError, TypeError):
                 pass
             raise ChainError(f"{self.url}: 409 {reason}", expected)
@@ -215,7 +264,10 @@ class HttpsUplink:
             raise AuthError(f"{self.url}: {status} {reason}", status,
                             parse_retry_after(resp.headers.get("retry-after"), self.max_backoff_s))
         if status in PERMANENT_STATUSES:
-            raise PermanentError(f"{self.url}: {status} {reason}", status)
+            raise PermanentError(f"{self.url}: {status} {reason}", status, answer=f"HTTP {status}: {reason}",
+                                 rejection=_rejection(resp), sent_sha256=hashlib.sha256(body).hexdigest(),
+                                 retry_after_s=parse_retry_after(resp.headers.get("retry-after"),
+                                                                 self.max_backoff_s))
         retry_after = parse_retry_after(resp.headers.get("retry-after"), self.max_backoff_s)
         if not (status in RETRYABLE_STATUSES or status >= 500):
             log.warning("%s: unexpected status %d (%s); check the uplink url; will retry", self.url, status, reason)
@@ -235,10 +287,16 @@ class Forwarder:
     object with ``async send(jws) -> Ack`` raising RetryableError/PermanentError.
     rate_limit_per_s: at most this many sends per second (None: unlimited).
     min_backoff_s / max_backoff_s: exponential backoff bounds (seconds, full jitter).
-    idle_s: how long to wait when there is nothing to send.
+    idle_s: how long to wait when there is nothing to send. receiver_key: {kid: Ed25519 public
+    key} of the receiver (gateway.rejection.load_receiver_key of ``uplink.receiver_key``), the only
+    key whose signed rejection lets a refused batch be set aside; None: every refused batch is held.
 
     Status for health checks: ``sent`` (acks), ``consecutive_failures``, ``last_error``,
-    ``last_ack_mono`` (time.monotonic() of the last ack), ``dead_lettered``, and
+    ``last_ack_mono`` (time.monotonic() of the last ack), ``dead_lettered``, ``refused`` (the
+    receiver refuses this gateway, 401/403, since the last ack), ``held`` (None, or one line
+    "receiver rejects batch N without a valid signed rejection (HTTP 422: reason); holding it: why"
+    while the current batch is held after a 400/413/422 or PUBACK refusal that did not come with a
+    valid signed rejection; None again at the next ack or when the batch is set aside), and
     ``last_beat_mono``: time.monotonic() at the start of every loop iteration of run() (None
     before run() and after it returned), so gateway.health can tell a live uploader from a dead
     or hung one (:func:`gateway.health.uploader_check`; one iteration takes at most
@@ -247,7 +305,8 @@ class Forwarder:
 
     def __init__(self, store: Store, batcher: Batcher, uplink: Any, rate_limit_per_s: float | None = None, *,
                  min_backoff_s: float = 0.5, max_backoff_s: float = 60.0, idle_s: float = 1.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 receiver_key: Mapping[str, Any] | None = None) -> None:
         self.store = store
         self.batcher = batcher
         self.uplink = uplink
@@ -255,12 +314,15 @@ class Forwarder:
         self.min_backoff_s = float(min_backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.idle_s = float(idle_s)
+        self.receiver_key = dict(receiver_key) if receiver_key else None
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
         self.sent = 0
         self.dead_lettered = 0
         #: the receiver refuses this gateway (401/403) since the last ack
         self.refused = False
+        #: why the current batch is held after a content refusal without a valid signed rejection (else None)
+        self.held: str | None = None
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_ack_mono: float | None = None
@@ -356,26 +418,7 @@ class Forwarder:
         try:
             ack = send.result()
         except PermanentError as exc:
-            self.last_error = str(exc)
-            try:
-                replaced = await asyncio.to_thread(self.batcher.dead_letter, batch.seq, str(exc)[:300], exc.status)
-            except Exception as dl_exc:   # cannot build the tombstone (store fault): keep the batch, retry
-                log.error("uplink: batch %d rejected (%s) but cannot be set aside: %s; keeping it, will retry",
-                          batch.seq, exc, dl_exc)
-                await self._retry_later(batch, f"dead-letter failed: {dl_exc}", None)
-                return
-            if replaced:
-                self.consecutive_failures = 0
-                self.dead_lettered += 1
-                log.error("uplink: batch %d rejected for good (%s); set aside, a tombstone takes its seq",
-                          batch.seq, exc)
-            else:
-                # the tombstone itself was refused: the receiver refuses this gateway (key,
-                # id, limits). Hold the data and retry slowly; a person must act.
-                self.consecutive_failures += 1
-                log.error("uplink: tombstone batch %d refused too (%s); holding uploads, retry in %.0f s",
-                          batch.seq, exc, self.max_backoff_s)
-                await self._sleep(self.max_backoff_s)
+            await self._refused_content(batch, exc)
             return
         except ChainError as exc:
             if self.consecutive_failures == 0 or self.last_error is None or "409" not in self.last_error:
@@ -414,6 +457,59 @@ class Forwarder:
         if self.refused:
             self.refused = False
             log.warning("uplink: the receiver accepts this gateway again (batch %d acknowledged)", batch.seq)
+        if self.held is not None:
+            self.held = None
+            log.warning("uplink: batch %d acknowledged; the held batch went through", batch.seq)
+
+    async def _refused_content(self, batch: Batch, exc: PermanentError) -> None:
+        """400/413/422 (or a PUBACK refusal): set the batch aside only on a valid signed rejection
+        (gateway.rejection.verify_rejection), else hold it (module docstring)."""
+        try:
+            claims = verify_rejection(exc.rejection, self.receiver_key, gateway_id=self.batcher.gateway_id,
+                                      seq=batch.seq, sent_sha256=exc.sent_sha256, status=exc.status)
+        except RejectionError as why:
+            self._note_held(batch, exc, str(why))
+            await self._retry_later(batch, f"held: {exc}", exc.retry_after_s)
+            return
+        self.last_error = str(exc)
+        reason = f"rejected_by_receiver: {exc.answer}"[:300]
+        try:
+            replaced = await asyncio.to_thread(self.batcher.dead_letter, batch.seq, reason, exc.status)
+        except Exception as dl_exc:   # cannot build the tombstone (store fault): keep the batch, retry
+            log.error("uplink: batch %d rejected (%s) but cannot be set aside: %s; keeping it, will retry",
+                      batch.seq, exc, dl_exc)
+            await self._retry_later(batch, f"dead-letter failed: {dl_exc}", None)
+            return
+        if replaced:
+            self.consecutive_failures = 0
+            self.dead_lettered += 1
+            self.held = None
+            # the receiver's signed word, kept as evidence next to the tombstone's batch_dead_lettered alarm
+            self.store.put_event({"kind": "batch_rejected_by_receiver", "severity": "info", "seq": batch.seq,
+                                  "status": exc.status, "reason": str(claims.get("reason"))[:300],
+                                  "receiver_kid": next(iter(self.receiver_key or {}), None),
+                                  "rejection": exc.rejection})
+            log.error("uplink: batch %d rejected by the receiver's signed rejection (%s); set aside, a tombstone "
+                      "takes its seq", batch.seq, exc.answer)
+        else:
+            # the tombstone itself was refused: the receiver refuses this gateway as such (key,
+            # id, limits). Hold the data and retry slowly; a person must act.
+            self.consecutive_failures += 1
+            self._note_held(batch, exc, "the receiver rejects its tombstone too (signed); a person must act",
+                            signed=True)
+            log.error("uplink: tombstone batch %d refused too (%s); holding uploads, retry in %.0f s",
+                      batch.seq, exc, self.max_backoff_s)
+            await self._sleep(self.max_backoff_s)
+
+    def _note_held(self, batch: Batch, exc: PermanentError, why: str, signed: bool = False) -> None:
+        """Set ``held``; the first time in an episode also one ``uplink_batch_held`` alarm event and an error line."""
+        first = self.held is None
+        self.held = (f"receiver rejects batch {batch.seq} " + ("" if signed else "without a valid signed rejection ")
+                     + f"({exc.answer}); holding it: {why}")[:400]
+        if first:
+            self.store.put_event({"kind": "uplink_batch_held", "severity": "alarm", "seq": batch.seq,
+                                  "status": exc.status, "reason": exc.answer[:300], "why": why[:300]})
+            log.error("uplink: %s; retrying with backoff, nothing is set aside", self.held)
 
     def _check_ack(self, batch: Batch, ack: Ack) -> str | None:
         if ack.seq != batch.seq or ack.gateway_id != self.batcher.gateway_id:

@@ -24,8 +24,10 @@ behind it must run persistent sessions or a durable bridge for that to be end to
 as any QoS 1 ingest does. Failure reasons are classified like HTTP statuses:
 
 ==========================================  =====================================================
-0x90 topic invalid, 0x95 packet too        ``PermanentError``: the batch is set aside and a signed
-large, 0x99 payload format invalid          tombstone takes its seq (the Forwarder, C14c)
+0x90 topic invalid, 0x95 packet too        ``PermanentError`` without a rejection: a PUBACK cannot
+large, 0x99 payload format invalid          carry the receiver's signed rejection, so the Forwarder
+                                            HOLDS the batch (one ``uplink_batch_held`` alarm event,
+                                            retry with backoff) and never sets it aside
 0x87 not authorized                         ``AuthError``: the broker refuses the gateway, not the
                                             batch: hold, one alarm event, retry with backoff
 any other failure reason (0x80, 0x83,       ``RetryableError``: kept and resent byte-identical
@@ -220,8 +222,9 @@ class MqttUplink:
         """Publish one batch (QoS 1) and return an Ack at PUBACK.
 
         Raises RetryableError (connect/TLS failure, CONNACK refusal, no PUBACK within
-        timeout_s, connection lost, a retryable PUBACK reason) or PermanentError (PUBACK
-        0x87/0x90/0x95/0x99). After any error the client is torn down; the next send reconnects.
+        timeout_s, connection lost, a retryable PUBACK reason), AuthError (PUBACK 0x87) or
+        PermanentError (PUBACK 0x90/0x95/0x99, no ``rejection``: the Forwarder holds the batch).
+        After any error the client is torn down; the next send reconnects.
         """
         try:
             header, payload = decode_unverified(jws)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import sqlite3
@@ -11,11 +12,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from gateway.batches import Batcher
 from gateway.model import Quality, Reading, rfc3339
-from gateway.receiver import BackgroundReceiver
+from gateway.receiver import BackgroundReceiver, ReceiverLimits
+from gateway.rejection import (REJECTION_JWS_TYP, body_sha256, load_receiver_key, rejection_claims,
+                               verify_rejection)
 from gateway.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
 from gateway.store import Store, StoreError
 from gateway.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
@@ -33,6 +36,54 @@ def keys(tmp_path: Path) -> tuple[Signer, Path]:
     trust.mkdir()
     shutil.copy(kdir / f"{kid}.jwk", trust / f"{kid}.jwk")
     return Signer.from_file(kdir / "private.pem"), trust
+
+
+def make_receiver_key(tmp_path: Path, name: str) -> tuple[Path, Signer, dict]:
+    """A receiver key as `hazard-gateway keygen` makes it: (private.pem for `--signing-key`, its Signer,
+    load_receiver_key of the <kid>.jwk the gateway's uplink.receiver_key names)."""
+    kdir = tmp_path / name
+    kid = keygen(kdir)
+    return kdir / "private.pem", Signer.from_file(kdir / "private.pem"), load_receiver_key(kdir / f"{kid}.jwk")
+
+
+@pytest.fixture()
+def rx_key(tmp_path: Path) -> tuple[Path, Signer, dict]:
+    return make_receiver_key(tmp_path, "rxkey")
+
+
+@pytest.fixture()
+def other_gw(tmp_path: Path, keys) -> Signer:
+    """A key the receiver's trust directory binds to another gateway (trust/other-gw/<kid>.jwk)."""
+    _, trust = keys
+    kdir = tmp_path / "other-gw-key"
+    kid = keygen(kdir)
+    (trust / "other-gw").mkdir()
+    shutil.copy(kdir / f"{kid}.jwk", trust / "other-gw" / f"{kid}.jwk")
+    return Signer.from_file(kdir / "private.pem")
+
+
+class PoisonBatcher(Batcher):
+    """Batch ``poison`` (when it carries readings) announces a key that the receiver binds to another
+    gateway: a real content refusal (400 announce_binding, gateway.receiver) of a batch the receiver can
+    name, so with a signing key it answers a signed rejection. The tombstone (no readings) is clean."""
+
+    def __init__(self, *args, poison: int, other: Signer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.poison, self.other = poison, other
+
+    def _payload(self, seq, prev_jws, created_at, readings, events, gaps):
+        p = super()._payload(seq, prev_jws, created_at, readings, events, gaps)
+        if seq == self.poison and readings:
+            p.update(self.other.announcement(self.gateway_id, seq))
+        return p
+
+
+def event_rows(db: Path) -> list[dict]:
+    """Every event in the gateway store (call Store.flush first), oldest first."""
+    conn = sqlite3.connect(db)
+    rows = [json.loads(d) for (d,) in conn.execute("SELECT data FROM events ORDER BY id")]
+    conn.close()
+    return rows
 
 
 def rec(i: int, tag: str = "GT-101") -> dict:
@@ -271,33 +322,38 @@ async def test_C14c_503_with_retry_after_twice_then_200(tmp_path: Path, keys) ->
     assert seqs == [1] and values == Counter(range(5))
 
 
-async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: Path, keys) -> None:
+async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: Path, keys, rx_key,
+                                                                            other_gw) -> None:
+    """(b) A receiver with --signing-key refuses batch 2's content (400: it announces a key of another
+    gateway) with a signed rejection; the gateway trusts that key (uplink.receiver_key): batch 2 is set
+    aside, a signed tombstone takes its seq (gap row, batch_dead_lettered alarm), later batches flow."""
     signer, trust_dir = keys
-    n = 0
-
-    async def reject_second(request):
-        nonlocal n
-        n += 1
-        if n == 2:
-            return JSONResponse({"error": "payload: unprocessable"}, 422)
-        return None
-
-    with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=reject_second) as rx, \
-            Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
+    rx_pem, _, receiver_key = rx_key
+    db = tmp_path / "gw.sqlite"
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, signing_key=rx_pem) as rx, \
+            Store(db, commit_interval_s=0.05) as st:
         fill(st, 40)
-        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        b = PoisonBatcher(st, signer, GW, lambda: "cfg", max_readings=10, poison=2, other=other_gw)
         up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
-        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, receiver_key=receiver_key)
         await run_forwarder(fwd, lambda: st.stats()["batches_unacked"] == 0 and st.stats()["last_acked_seq"] == 4,
                             20)
         await up.aclose()
+        assert st.flush(5)
         seqs, values = delivered(rx)
         dead = st.dead_letters()
         s = st.stats()
         tomb = payload(rx.receiver.store.get(GW, 2).jws)
         after = payload(rx.receiver.store.get(GW, 4).jws)
-    assert fwd.dead_lettered == 1 and s["batches_dead_letter"] == 1
-    assert [d["seq"] for d in dead] == [2] and dead[0]["status"] == 422
+        rx_stats = rx.receiver.stats()
+        conn = sqlite3.connect(db)
+        gaps = conn.execute("SELECT reason, tags, first_ts, last_ts, count, batch_seq FROM gaps").fetchall()
+        conn.close()
+    events = event_rows(db)
+    assert fwd.dead_lettered == 1 and s["batches_dead_letter"] == 1 and fwd.held is None
+    assert rx_stats["rejected_announce_binding"] == 1 and rx_stats["rejection_signed"] == 1
+    assert [d["seq"] for d in dead] == [2] and dead[0]["status"] == 400
+    assert dead[0]["reason"].startswith("rejected_by_receiver: HTTP 400: announce_key ")
     assert [r["value"] for r in payload(dead[0]["jws"])["readings"]] == list(range(10, 20))
     # the chain at the receiver has no gap: seq 2 is the signed tombstone
     assert seqs == [1, 2, 3, 4]
@@ -305,8 +361,167 @@ async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: 
     assert tomb["events"][0]["original_hash"] == chain_hash(dead[0]["jws"])
     assert tomb["gaps"][0]["reason"] == "dead_letter" and tomb["gaps"][0]["count"] == 10
     assert tomb["gaps"][0]["tags"] == ["GT-101"]
+    # the gap row in the gateway's store: tags, time span, count of what was set aside
+    assert gaps == [("dead_letter", '["GT-101"]', rfc3339(T0 + 10), rfc3339(T0 + 19), 10, 2)]
+    # one alarm event (batch_dead_lettered, in the tombstone) and the receiver's signed word as evidence
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("batch_dead_lettered") == 1 and "uplink_batch_held" not in kinds
+    (alarm,) = [e for e in events if e["kind"] == "batch_dead_lettered"]
+    assert alarm["severity"] == "alarm" and alarm["seq"] == 2 and alarm["status"] == 400
+    (evidence,) = [e for e in events if e["kind"] == "batch_rejected_by_receiver"]
+    claims = verify_rejection(evidence["rejection"], receiver_key, gateway_id=GW, seq=2,
+                              sent_sha256=body_sha256(dead[0]["jws"].encode()), status=400)
+    assert "already belongs to gateway other-gw" in claims["reason"] and evidence["receiver_kid"] in receiver_key
     assert values == Counter(set(range(40)) - set(range(10, 20)))       # later batches flowed
     assert [r["value"] for r in after["readings"]] == list(range(30, 40))
+
+
+async def test_content_refusal_without_signed_rejection_holds_then_the_same_bytes_go_through(
+        tmp_path: Path, keys, rx_key) -> None:
+    """(a) A receiver without a signing key whose cap is below the batch answers 413 (a proxy's 413 looks
+    the same): the gateway holds. Nothing is set aside, no tombstone, one uplink_batch_held alarm, and
+    ``held`` says why; once the receiver restarts with a larger cap the same stored bytes are delivered."""
+    signer, trust_dir = keys
+    _, _, receiver_key = rx_key
+    db = tmp_path / "gw.sqlite"
+    with Store(db, commit_interval_s=0.05) as st:
+        fill(st, 30)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=30)
+        first = b.next_batch()                   # built, signed and stored before it is sent
+        rx = BackgroundReceiver(tmp_path / "rx", trust_dir, limits=ReceiverLimits(max_body=len(first.jws) // 2))
+        with rx:
+            up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+            fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, max_backoff_s=0.2,
+                            receiver_key=receiver_key)
+            task = asyncio.create_task(fwd.run())
+            try:
+                await wait_for(lambda: rx.receiver.stats().get("rejected_body_too_large", 0) >= 3, 15)
+                held, s, dead = fwd.held, st.stats(), st.dead_letters()
+                assert st.flush(5)
+                events_held = event_rows(db)
+                await asyncio.to_thread(rx.stop)  # the cause is removed: restarted with the default cap
+                rx.limits = ReceiverLimits()
+                await asyncio.to_thread(rx.start)
+                await wait_for(lambda: st.stats()["readings_unsent"] == 0, 20)
+            finally:
+                fwd.stop()
+                await asyncio.wait_for(task, 10)
+                await up.aclose()
+            stored = rx.receiver.store.get(GW, 1)
+            seqs, values = delivered(rx)
+    assert s["batches_dead_letter"] == 0 and dead == [] and fwd.dead_lettered == 0 and s["batches_unacked"] == 1
+    assert held.startswith("receiver rejects batch 1 without a valid signed rejection (HTTP 413: body larger than")
+    assert "the answer carries no signed rejection" in held
+    kinds = [e["kind"] for e in events_held]
+    assert kinds.count("uplink_batch_held") == 1 and "batch_dead_lettered" not in kinds   # one alarm per episode
+    (alarm,) = [e for e in events_held if e["kind"] == "uplink_batch_held"]
+    assert alarm["severity"] == "alarm" and alarm["seq"] == 1 and alarm["status"] == 413
+    assert stored.jws == first.jws               # delivered byte-identical, not a tombstone
+    assert seqs[0] == 1 and values == Counter(range(30)) and fwd.held is None
+
+
+@pytest.mark.parametrize("case", ["foreign_key", "no_receiver_key"])
+async def test_real_signed_rejection_the_gateway_cannot_trust_holds(tmp_path: Path, keys, rx_key, other_gw,
+                                                                    case) -> None:
+    """(c) The receiver signs its refusal of batch 1, but with a key other than uplink.receiver_key, or the
+    gateway has no receiver_key: the batch is held (kept, retried, one alarm), never set aside."""
+    signer, trust_dir = keys
+    rx_pem, _, receiver_key = rx_key
+    if case == "foreign_key":
+        rx_pem = make_receiver_key(tmp_path, "foreign-rxkey")[0]
+    db = tmp_path / "gw.sqlite"
+    with BackgroundReceiver(tmp_path / "rx", trust_dir, signing_key=rx_pem) as rx, \
+            Store(db, commit_interval_s=0.05) as st:
+        fill(st, 10)
+        b = PoisonBatcher(st, signer, GW, lambda: "cfg", max_readings=10, poison=1, other=other_gw)
+        up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, max_backoff_s=0.2,
+                        receiver_key=receiver_key if case == "foreign_key" else None)
+        await run_forwarder(fwd, lambda: rx.receiver.stats().get("rejection_signed", 0) >= 3, 15)
+        await up.aclose()
+        assert st.flush(5)
+        s, dead = st.stats(), st.dead_letters()
+        assert rx.receiver.store.last_seq(GW) == 0
+    kinds = [e["kind"] for e in event_rows(db)]
+    assert s["batches_dead_letter"] == 0 and dead == [] and fwd.dead_lettered == 0 and s["batches_unacked"] == 1
+    assert kinds.count("uplink_batch_held") == 1 and "batch_dead_lettered" not in kinds
+    assert fwd.held.startswith("receiver rejects batch 1 without a valid signed rejection (HTTP 400: announce_key ")
+    assert ("not signed by uplink.receiver_key" if case == "foreign_key" else "no uplink.receiver_key") in fwd.held
+
+
+FORGED = {   # case -> what the held line must say
+    "other_seq": "rejection names seq 2, not 1",
+    "other_gateway": "rejection names gateway 'tankfarm-02', not 'tankfarm-01'",
+    "other_bytes": "rejection is for other bytes",
+    "other_status": "rejection is for status 400, not 422",
+    "other_key": "not signed by uplink.receiver_key",
+    "not_a_jws": "rejection does not verify",
+    "no_rejection": "the answer carries no signed rejection",
+    "proxy_413_html": "the answer carries no signed rejection",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+async def test_mismatched_or_missing_rejection_holds_then_the_batch_goes_through(tmp_path: Path, keys, rx_key,
+                                                                                 case) -> None:
+    """(c) 422 answers over real HTTPS whose rejection is signed by the receiver key but names another
+    seq, gateway, body or status, is signed by another key, is no JWS, or is missing (a proxy's HTML 413):
+    each holds the batch (never set aside, one alarm); when the receiver accepts it, it arrives unchanged."""
+    signer, trust_dir = keys
+    _, rx_signer, receiver_key = rx_key
+    foreign = make_receiver_key(tmp_path, "foreign-rxkey")[1]
+    refusing = {"on": True, "n": 0}
+    db = tmp_path / "gw.sqlite"
+
+    def answer(jws: str) -> Response:
+        gid, seq, sha, status = GW, payload(jws)["seq"], body_sha256(jws.encode()), 422
+        if case == "proxy_413_html":
+            return Response("<html><body><h1>413 Request Entity Too Large</h1></body></html>", 413,
+                            media_type="text/html")
+        if case == "no_rejection":
+            return JSONResponse({"error": "payload: unprocessable"}, 422)
+        seq += case == "other_seq"
+        gid = "tankfarm-02" if case == "other_gateway" else gid
+        sha = body_sha256(b"other bytes") if case == "other_bytes" else sha
+        claims = rejection_claims(gid, seq, sha, 400 if case == "other_status" else status, "payload: unprocessable")
+        rej = (foreign if case == "other_key" else rx_signer).sign_jws(claims, REJECTION_JWS_TYP)
+        if case == "not_a_jws":
+            rej = rej.rsplit(".", 1)[0] + ".AAAA"
+        return JSONResponse({"error": "payload: unprocessable", "rejection": rej}, status)
+
+    with Store(db, commit_interval_s=0.05) as st:
+        fill(st, 10)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        first = b.next_batch()
+
+        async def refuse(request):
+            if refusing["on"]:
+                refusing["n"] += 1
+                return answer(first.jws)
+            return None
+
+        with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=refuse) as rx:
+            up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
+            fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, max_backoff_s=0.2,
+                            receiver_key=receiver_key)
+            task = asyncio.create_task(fwd.run())
+            try:
+                await wait_for(lambda: refusing["n"] >= 3, 15)
+                held, s, dead = fwd.held, st.stats(), st.dead_letters()
+                refusing["on"] = False
+                await wait_for(lambda: st.stats()["readings_unsent"] == 0, 15)
+            finally:
+                fwd.stop()
+                await asyncio.wait_for(task, 10)
+                await up.aclose()
+            assert st.flush(5)
+            stored = rx.receiver.store.get(GW, 1)
+    kinds = [e["kind"] for e in event_rows(db)]
+    assert s["batches_dead_letter"] == 0 and dead == [] and fwd.dead_lettered == 0
+    assert held.startswith("receiver rejects batch 1 without a valid signed rejection (HTTP ")
+    assert FORGED[case] in held, held
+    assert kinds.count("uplink_batch_held") == 1 and "batch_dead_lettered" not in kinds
+    assert stored.jws == first.jws and fwd.held is None
 
 
 async def test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_is_installed(tmp_path: Path,
@@ -401,11 +616,13 @@ async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
     assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.05
 
 
-async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path: Path, keys) -> None:
+async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path: Path, keys, rx_key) -> None:
     """R1: batches 1-2 acked, batch 3 unacked; the size cap then deletes acknowledged batches.
-    Batch 2 (the prev of 3 and of its tombstone) must survive, so the 422 on 3 still yields a
-    signed tombstone the receiver accepts, and later batches flow."""
+    Batch 2 (the prev of 3 and of its tombstone) must survive, so the 422 on 3 (with the receiver's
+    signed rejection of exactly those bytes) still yields a signed tombstone the receiver accepts, and
+    later batches flow."""
     signer, trust_dir = keys
+    _, rx_signer, receiver_key = rx_key
     n = 0
     kept: list[int] = []
     # the batches are minutes old: only with the 30-day floor waived may the cap delete acknowledged ones
@@ -420,16 +637,19 @@ async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path
             assert st.flush(20)                  # over the cap: retention deletes acknowledged batches
             conn = sqlite3.connect(tmp_path / "gw.sqlite")
             kept.extend(s for (s,) in conn.execute("SELECT seq FROM batches ORDER BY seq"))
+            (third,) = conn.execute("SELECT jws FROM batches WHERE seq=3").fetchone()
             conn.close()
             b.max_readings = 1000
-            return JSONResponse({"error": "payload: unprocessable"}, 422)
+            rej = rx_signer.sign_jws(rejection_claims(GW, 3, body_sha256(third.encode()), 422,
+                                                      "payload: unprocessable"), REJECTION_JWS_TYP)
+            return JSONResponse({"error": "payload: unprocessable", "rejection": rej}, 422)
         return None
 
     with BackgroundReceiver(tmp_path / "rx", trust_dir, before_submit=flood_then_reject_third) as rx, st:
         fill(st, 30)
         b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
         up = HttpsUplink(rx.url, ca_file=str(rx.cafile))
-        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05)
+        fwd = Forwarder(st, b, up, idle_s=0.05, min_backoff_s=0.05, receiver_key=receiver_key)
         await run_forwarder(fwd, lambda: fwd.dead_lettered == 1 and st.stats()["readings_unsent"] == 0
                             and st.stats()["batches_unacked"] == 0, 30)
         await up.aclose()
@@ -441,11 +661,12 @@ async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path
     assert tomb["readings"] == [] and tomb["events"][0]["kind"] == "batch_dead_lettered"
 
 
-async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_path: Path, keys) -> None:
+async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_path: Path, keys, rx_key) -> None:
     """R1: a fault while building the tombstone is logged and retried; run() never dies of it."""
     from gateway.uplink import Ack
 
     signer, _ = keys
+    _, rx_signer, receiver_key = rx_key
     sends: list[int] = []
 
     class Uplink:
@@ -454,8 +675,10 @@ async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_pa
         async def send(self, jws: str) -> Ack:
             p = payload(jws)
             sends.append(p["seq"])
-            if not p["events"]:                  # the original batch: refused for good
-                raise PermanentError("422 payload", 422)
+            if not p["events"]:                  # the original batch: refused for good, with a signed rejection
+                sha = body_sha256(jws.encode())
+                raise PermanentError("422 payload", 422, sent_sha256=sha, rejection=rx_signer.sign_jws(
+                    rejection_claims(GW, p["seq"], sha, 422, "payload"), REJECTION_JWS_TYP))
             return Ack(GW, p["seq"], "accepted", chain_hash(jws))
 
     with Store(tmp_path / "gw.sqlite", commit_interval_s=0.05) as st:
@@ -470,9 +693,50 @@ async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_pa
             return real(*a, **kw)
 
         b.dead_letter = flaky
-        fwd = Forwarder(st, b, Uplink(), idle_s=0.05, min_backoff_s=0.05)
+        fwd = Forwarder(st, b, Uplink(), idle_s=0.05, min_backoff_s=0.05, receiver_key=receiver_key)
         await run_forwarder(fwd, lambda: st.stats()["batches_unacked"] == 0 and fwd.dead_lettered == 1, 10)
     assert len(calls) == 2 and sends == [1, 1, 1]   # kept, resent, set aside, tombstone sent
+
+
+async def test_mqtt_puback_refusal_holds_never_dead_letters(tmp_path: Path, keys, rx_key) -> None:
+    """A PUBACK 0x90/0x95/0x99 (gateway.uplink_mqtt raises PermanentError without a rejection: a PUBACK cannot
+    carry a signed body) holds the batch with one alarm even with a receiver_key, until the broker takes it.
+    (mosquitto cannot be made to answer these codes: over its size limit it disconnects, which is retryable.)"""
+    from gateway.uplink import Ack
+
+    signer, _ = keys
+    _, _, receiver_key = rx_key
+    sends: list[int] = []
+
+    class MqttLike:
+        timeout_s = 1.0
+
+        async def send(self, jws: str) -> Ack:
+            sends.append(payload(jws)["seq"])
+            if len(sends) <= 3:
+                raise PermanentError("mqtt://127.0.0.1:1883: PUBACK for seq 1: Packet too large (0x95)", 0x95)
+            return Ack(GW, payload(jws)["seq"], "accepted", None)
+
+    db = tmp_path / "gw.sqlite"
+    with Store(db, commit_interval_s=0.05) as st:
+        fill(st, 5)
+        b = Batcher(st, signer, GW, lambda: "cfg", max_readings=10)
+        fwd = Forwarder(st, b, MqttLike(), idle_s=0.05, min_backoff_s=0.05, max_backoff_s=0.1,
+                        receiver_key=receiver_key)
+        held: list[str | None] = []
+
+        def done() -> bool:
+            held.append(fwd.held)
+            return st.stats()["readings_unsent"] == 0
+
+        await run_forwarder(fwd, done, 10)
+        assert st.flush(5)
+        s = st.stats()
+    kinds = [e["kind"] for e in event_rows(db)]
+    assert sends[:4] == [1, 1, 1, 1] and s["batches_dead_letter"] == 0 and fwd.dead_lettered == 0
+    assert any(h and "PUBACK for seq 1: Packet too large (0x95)" in h and "carries no signed rejection" in h
+               for h in held)
+    assert kinds.count("uplink_batch_held") == 1 and "batch_dead_lettered" not in kinds and fwd.held is None
 
 
 async def test_health_sees_a_dead_or_hung_uploader() -> None:

@@ -326,3 +326,67 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
             proc.kill()
             proc.wait(10)
         await plc.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_batch_refused_without_a_signed_rejection_is_held_under_the_uplink_alarm(tmp_path):
+    """A receiver that refuses a batch's content (here: a body cap below the batch, as a proxy's 413 would)
+    without a rejection signed by uplink.receiver_key: the daemon holds the batch (nothing set aside, no
+    tombstone), raises system.UPLINK 数据上传故障 with the reason, and once the receiver accepts the same
+    batch the alarm clears and the stored bytes are delivered."""
+    from gateway.receiver import BackgroundReceiver, ReceiverLimits
+
+    plc = await quiet_plc()
+    kid = keygen(tmp_path / "keys")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / f"{kid}.jwk").write_bytes((tmp_path / "keys" / f"{kid}.jwk").read_bytes())
+    rx_kid = keygen(tmp_path / "rxkeys")        # the receiver's own key: the gateway trusts its rejections only
+    rx = BackgroundReceiver(tmp_path / "rx", trust, limits=ReceiverLimits(max_body=600))
+    rx.start()
+    state = tmp_path / "state"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(CONFIG.format(port=plc.port, busy=2000) + f"""\
+uplink:
+  url: {rx.url}/v1/batches
+  ca_file: {rx.cafile}
+  receiver_key: {tmp_path / 'rxkeys' / f'{rx_kid}.jwk'}
+  batch_max_readings: 50
+  interval_ms: 100
+""")
+    from gateway.config import load_config
+    from gateway.gateway import Gateway
+    from gateway.signing import Signer
+    gw = Gateway(load_config(cfg), Signer.from_file(tmp_path / "keys" / "private.pem"))
+    assert set(gw._build_forwarder().receiver_key) == {rx_kid}   # the one key whose rejections count
+    log = tmp_path / "gateway.log"
+    proc = None
+    try:
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=logf, stderr=logf, cwd=REPO)
+        uplink_alarm = lambda: next((a for a in _status(state).get("alarms", [])  # noqa: E731
+                                     if a.get("id") == "system.UPLINK"), None)
+        alarm = await _until(lambda: (a := uplink_alarm()) and a.get("active") and a, 30, "system.UPLINK raised",
+                             proc, log)
+        assert "数据上传故障" in alarm["reason"] and "平台拒收数据" in alarm["reason"], alarm
+        assert "held" in (_status(state).get("record_path") or {}).get("uplink", ""), _status(state)
+        assert rx.receiver.stats().get("rejected_body_too_large", 0) >= 1
+        assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]
+        # the cause is removed: the receiver takes bodies of any size again; the held batch goes through
+        await asyncio.to_thread(rx.stop)
+        rx.limits = ReceiverLimits()
+        await asyncio.to_thread(rx.start)
+        await _until(lambda: (a := uplink_alarm()) and not a.get("active"), 30, "system.UPLINK cleared", proc, log)
+        await _until(lambda: rx.receiver.store.get("stall-gw", 1) is not None, 20, "batch 1 delivered", proc, log)
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc = None
+        assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]
+        assert "Traceback" not in log.read_text(errors="replace")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        rx.stop()
+        await plc.stop()
