@@ -37,6 +37,12 @@ Sources of the rules:
   "within limits": it raises a QUALITY alarm of its own kind, it never clears a process alarm, and
   :meth:`AlarmEngine.condition` answers None (unknown) for it.
 
+Reload and restart: the state that carries over to the next engine is :meth:`AlarmEngine.snapshot` (the
+allow-lists :class:`AlarmState`, :class:`TagState`, :class:`GroupState`), taken over by
+:meth:`AlarmEngine.adopt`: in memory at a SIGHUP reload (gateway.reload), through its restart form
+(latched alarms, wall-clock times; :meth:`AlarmEngine.export_state` / :meth:`AlarmEngine.restore_state`)
+across a restart (gateway.safety_state).
+
 ISA-18.2 states used in events and status: ``normal``, ``unacked`` (active, unacknowledged), ``acked``
 (active, acknowledged), ``rtn_unacked`` (returned to normal, unacknowledged), ``shelved``,
 ``suppressed`` (by design), ``out_of_service``.
@@ -45,8 +51,9 @@ ISA-18.2 states used in events and status: ``normal``, ``unacked`` (active, unac
 from __future__ import annotations
 
 import math
+import operator
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, KeysView
 
 from gateway.gas import (COMBUSTIBLE_L1_LEL, COMBUSTIBLE_L2_LEL, GAS_KINDS, OPEN_PATH_L1_LELM, OPEN_PATH_L2_LELM,
@@ -403,6 +410,100 @@ class _Alarm:
         return self.hide or self.base_state()
 
 
+# ---------------------------------------------------------------------- state that carries over
+#
+# ALLOW-LISTS: the runtime state of an alarm, of a tag and of a first-out group that a SIGHUP reload
+# (gateway.reload) and a restart (gateway.safety_state) carry from one AlarmEngine to the next. Each class
+# names exactly the fields that carry; every other field of _Alarm / _TagState (identity and configuration)
+# comes from the config the new engine was built from. A field added to _Alarm or _TagState must be put here
+# or be config-derived: tests/test_engine_state.py fails until it is classified.
+
+
+@dataclass(slots=True)
+class AlarmState:
+    """The carried state of one alarm (defaults: a fresh alarm); a copy, read-only by convention (not
+    frozen: the safety-state persister builds these on the event loop, and a frozen init costs 5x).
+    Times ending in ``_mono`` are time.monotonic() of this process; ``_ts`` are UTC epoch seconds.
+
+    raw: deadband-filtered condition (last known); known: raw reflects a known value; active: condition
+    after the on/off delay; pending_since: when a pending on/off-delay started (mono); latched: awaiting a
+    manual reset; acked / acked_mono: acknowledged, and when; value: last value shown with the alarm;
+    since_mono / since_ts: activation time; hide: "shelved" / "suppressed" / "out_of_service" / None, with
+    hide_until_mono / hide_until_ts (shelve expiry); first_out: first alarm of its group; reason: quality
+    or system-alarm reason. (The engine keeps no user or reason for a shelve: those are in its event.)"""
+
+    raw: bool = False
+    known: bool = False
+    active: bool = False
+    pending_since: float | None = None
+    latched: bool = False
+    acked: bool = True
+    acked_mono: float | None = None
+    value: Any = None
+    since_mono: float | None = None
+    since_ts: float | None = None
+    hide: str | None = None
+    hide_until_mono: float | None = None
+    hide_until_ts: float | None = None
+    first_out: bool = False
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class TagState:
+    """The carried input state of one tag (defaults: no reading yet): last usable value and when it came
+    (mono), the value before it (ROC), the last reading of any quality (mono), the reason of the last bad
+    reading, stale."""
+
+    value: float | None = None
+    value_mono: float | None = None
+    prev_value: float | None = None
+    prev_mono: float | None = None
+    last_mono: float | None = None
+    bad_reason: str | None = None
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class GroupState:
+    """One first-out group's episode: its first alarm (id), the activations in order ((alarm id, since_ts,
+    since_mono), see AlarmEngine.first_out_sequence; None: rebuilt from the alarms' activation times) and
+    how many activations the episode had."""
+
+    first_out: str
+    sequence: tuple[tuple[str, float, float], ...] | None = None
+    count: int = 0
+
+
+_ALARM_STATE = tuple(f.name for f in fields(AlarmState))
+_TAG_STATE = tuple(f.name for f in fields(TagState))
+_alarm_state = operator.attrgetter(*_ALARM_STATE)   # _Alarm -> the AlarmState field values, in order
+_tag_state = operator.attrgetter(*_TAG_STATE)
+
+
+@dataclass(frozen=True)
+class AlarmSnapshot:
+    """What an AlarmEngine hands to the next one (:meth:`AlarmEngine.snapshot`, :meth:`AlarmEngine.adopt`).
+
+    alarms: alarm id -> AlarmState; tags: tag -> TagState; groups: first-out group -> GroupState;
+    start_mono: when the engine saw its first reading or tick (mono; the start of stale detection).
+    Frozen; its mappings and records are copies, read-only by convention."""
+
+    alarms: dict[str, AlarmState]
+    tags: dict[str, TagState] = field(default_factory=dict)
+    groups: dict[str, GroupState] = field(default_factory=dict)
+    start_mono: float | None = None
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """The restart form (gateway.safety_state, ``alarms`` of safety-state.json), JSON-able, keyed by
+        alarm id: only latched alarms (awaiting a manual reset, GB 16808; OPC UA Part 9 LatchedState),
+        ``{"active": bool, "acked": bool, "since_ts": UTC epoch s | None, "first_out": bool}``. Wall-clock
+        only (the monotonic clock restarts with the process); values are left out on purpose (the form
+        changes only at state transitions). Pure."""
+        return {aid: {"active": s.active, "acked": s.acked, "since_ts": s.since_ts, "first_out": s.first_out}
+                for aid, s in self.alarms.items() if s.latched}
+
+
 def _numeric(v: Any) -> float | None:
     if isinstance(v, bool):
         return 1.0 if v else 0.0
@@ -680,10 +781,15 @@ class AlarmEngine:
         after = a.base_state() if hidden_before and action is None else a.state()
         if before == after and not force:
             return None
+        return self._event(a, now, before, after, was_first, user=user, reason=reason, action=action,
+                           hidden=hidden_before if action is None else None)
+
+    def _event(self, a: _Alarm, now: float, before: str, after: str, was_first: bool, *, user: str | None = None,
+               reason: str | None = None, action: str | None = None, hidden: str | None = None) -> AlarmEvent:
         return AlarmEvent(id=a.id, tag=a.tag, kind=a.kind, from_state=before, to_state=after, value=a.value,
                           limit=a.limit, priority=a.priority, level=a.level, ts=self._clock(), mono=now,
                           user=user, reason=reason, first_out=a.first_out and not was_first, action=action,
-                          hidden=hidden_before if action is None else None)
+                          hidden=hidden)
 
     def _group_sequence(self, grp: str) -> list[tuple[str, float, float]]:
         """The group's activations of this episode; rebuilt from the alarms' activation times when the group has
@@ -947,31 +1053,89 @@ class AlarmEngine:
         self._refresh_groups()
         return [ev]
 
-    # ------------------------------------------------------------------ restart persistence
+    # ------------------------------------------------------------------ state that carries over
 
-    def export_state(self) -> dict[str, dict[str, Any]]:
-        """The alarm state that must survive a restart (gateway.safety_state), JSON-able, keyed by alarm id.
+    def snapshot(self, *, restart_only: bool = False) -> AlarmSnapshot:
+        """The runtime state that carries over to another engine (AlarmSnapshot: every alarm's AlarmState,
+        every tag's TagState, the first-out groups, the start time). Pure, in memory, O(alarms + tags);
+        a copy: later changes of this engine do not show in it.
 
-        Only latched alarms (awaiting a manual reset, GB 16808; OPC UA Part 9 LatchedState) are listed:
-        ``{"active": bool, "acked": bool, "since_ts": UTC epoch s | None, "first_out": bool}``. Values are
-        left out on purpose (the snapshot changes only at state transitions). Pure and in memory.
-        """
-        return {aid: {"active": a.active, "acked": a.acked, "since_ts": a.since_ts, "first_out": a.first_out}
-                for aid, a in self._alarms.items() if a.latched}
+        restart_only: only the part a restart keeps (the latched alarms; no tags, no groups), which is all
+        :meth:`AlarmSnapshot.saved` reads: cheap enough for the safety-state persister's every call."""
+        if restart_only:
+            return AlarmSnapshot(alarms={aid: AlarmState(*_alarm_state(a)) for aid, a in self._alarms.items()
+                                         if a.latched}, start_mono=self._start_mono)
+        return AlarmSnapshot(
+            alarms={aid: AlarmState(*_alarm_state(a)) for aid, a in self._alarms.items()},
+            tags={tag: TagState(*_tag_state(ts)) for tag, ts in self._tags.items()},
+            groups={grp: GroupState(aid, tuple(self._sequence.get(grp, ())), self._sequence_count.get(grp, 0))
+                    for grp, aid in self._first_out.items()},
+            start_mono=self._start_mono)
 
-    def restore_state(self, saved: dict[str, dict[str, Any]],
-                      now_mono: float | None = None) -> tuple[list[AlarmEvent], list[str]]:
-        """Restore the latched alarms :meth:`export_state` saved before a restart; call before the first reading.
+    def adopt(self, snapshot: AlarmSnapshot) -> list[str]:
+        """Take over the state in ``snapshot`` (from :meth:`snapshot` of the engine this one replaces, or a
+        restart's :meth:`snapshot_from_saved`). Call it on an engine that has not been fed yet.
 
-        A restart is not a reset: each saved alarm that still exists is latched again with its activation
-        time, acknowledgement and first-out mark. Its condition is restored as last known (``active``) but
-        the value is unknown until the tag's next reading: :meth:`reset` is refused until a fresh reading
-        shows the condition has returned, and a still-active condition is no new activation (no second
-        event, the activation time stays). Event per alarm: action "restored" (from_state "normal").
-        Returns (events, ids in ``saved`` that are not configured any more).
-        """
+        Per alarm id and per tag that this engine has: every AlarmState / TagState field is set (identity
+        and configuration stay this engine's, so a changed set point applies from the next reading while
+        latch, acknowledgement, shelve and activation time are kept; a reload never resets a latch).
+        A first-out group is taken when its first alarm exists here, with its activations of alarms that
+        exist here. An alarm marked first_out whose group the snapshot does not carry (a restored latch)
+        takes its configured group when that has no first-out yet, else loses the mark; groups without a
+        recorded sequence get it rebuilt from the activation times. start_mono is taken as it is.
+
+        Returns one line per alarm or tag of ``snapshot`` that is not configured here (its state is
+        dropped); [] when everything was adopted. Raises nothing."""
+        notes: list[str] = []
+        for tag, t in snapshot.tags.items():
+            ts = self._tags.get(tag)
+            if ts is None:
+                notes.append(f"tag {tag}: not configured; its last value was not adopted")
+                continue
+            for n in _TAG_STATE:
+                setattr(ts, n, getattr(t, n))
+        for aid, st in snapshot.alarms.items():
+            a = self._alarms.get(aid)
+            if a is None:
+                notes.append(f"alarm {aid}: not configured; its state was not adopted")
+                continue
+            for n in _ALARM_STATE:
+                setattr(a, n, getattr(st, n))
+        for grp, g in snapshot.groups.items():
+            if g.first_out not in self._alarms:
+                continue
+            self._first_out[grp] = g.first_out
+            if g.sequence is not None:
+                # the group's first alarm and later alarms in time order (first_out_sequence)
+                self._sequence[grp] = [x for x in g.sequence if x[0] in self._alarms]
+            self._sequence_count[grp] = g.count
+        heads = {g.first_out for g in snapshot.groups.values()}
+        for aid, st in snapshot.alarms.items():
+            a = self._alarms.get(aid)
+            if a is None or not st.first_out or aid in heads:
+                continue
+            grp = a.cfg.group
+            if grp is not None and grp not in self._first_out:
+                self._first_out[grp] = aid
+            elif grp is None or self._first_out.get(grp) != aid:
+                a.first_out = False
+        self._start_mono = snapshot.start_mono
+        for grp in list(self._first_out):  # a group taken without its sequence: the first-out, then by time
+            self._group_sequence(grp)
+        return notes
+
+    def snapshot_from_saved(self, saved: dict[str, dict[str, Any]],
+                            now_mono: float | None = None) -> tuple[AlarmSnapshot, list[str]]:
+        """The snapshot a restart adopts from the restart form (:meth:`AlarmSnapshot.saved`, read back from
+        safety-state.json): per saved alarm id that is a limit alarm here, this engine's state with the alarm
+        latched again, its condition as last known (``active``; the value unknown: ``known`` False until the
+        tag's next reading), its acknowledgement (acked_mono now), its activation time (``since_ts``; the
+        wall clock now when missing; since_mono now) and its first-out mark. Monotonic times are taken
+        afresh (``now_mono``, default time.monotonic()) because the monotonic clock restarted. No tag values
+        and no group sequences (rebuilt). Returns (snapshot, ids in ``saved`` that are not configured as a
+        limit alarm any more). Pure."""
         now = time.monotonic() if now_mono is None else now_mono
-        events: list[AlarmEvent] = []
+        alarms: dict[str, AlarmState] = {}
         unknown: list[str] = []
         for aid, d in saved.items():
             a = self._alarms.get(aid)
@@ -979,23 +1143,43 @@ class AlarmEngine:
                 unknown.append(aid)
                 continue
             since = d.get("since_ts")
+            active, acked = bool(d.get("active")), bool(d.get("acked"))
+            alarms[aid] = replace(AlarmState(*_alarm_state(a)),
+                                  latched=True, active=active, raw=active, known=False, pending_since=None,
+                                  acked=acked, acked_mono=now if acked else None,
+                                  since_ts=float(since) if isinstance(since, (int, float)) else self._clock(),
+                                  since_mono=now, first_out=a.first_out or bool(d.get("first_out")))
+        return AlarmSnapshot(alarms=alarms, start_mono=self._start_mono), unknown
 
-            def change(a: _Alarm = a, d: dict = d, since: Any = since) -> None:
-                a.latched = True
-                a.active = a.raw = bool(d.get("active"))
-                a.known = False
-                a.pending_since = None
-                a.acked = bool(d.get("acked"))
-                a.acked_mono = now if a.acked else None
-                a.since_ts = float(since) if isinstance(since, (int, float)) else self._clock()
-                a.since_mono = now
-                grp = a.cfg.group
-                if d.get("first_out") and grp is not None and grp not in self._first_out:
-                    self._first_out[grp] = a.id
-                    a.first_out = True
-            ev = self._transition(a, now, change, action="restored", force=True)
+    # ------------------------------------------------------------------ restart persistence
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The alarm state that must survive a restart (gateway.safety_state), JSON-able, keyed by alarm id:
+        ``self.snapshot(restart_only=True).saved()`` (see :meth:`AlarmSnapshot.saved`: latched alarms only, ``{"active",
+        "acked", "since_ts", "first_out"}``). Pure and in memory.
+        """
+        return self.snapshot(restart_only=True).saved()
+
+    def restore_state(self, saved: dict[str, dict[str, Any]],
+                      now_mono: float | None = None) -> tuple[list[AlarmEvent], list[str]]:
+        """Restore the latched alarms :meth:`export_state` saved before a restart; call before the first reading.
+
+        A restart is not a reset: each saved alarm that still exists is latched again with its activation
+        time, acknowledgement and first-out mark (:meth:`snapshot_from_saved`, then :meth:`adopt`). Its
+        condition is restored as last known (``active``) but the value is unknown until the tag's next
+        reading: :meth:`reset` is refused until a fresh reading shows the condition has returned, and a
+        still-active condition is no new activation (no second event, the activation time stays). Event per
+        alarm: action "restored" (from_state "normal"). Returns (events, ids in ``saved`` that are not
+        configured any more).
+        """
+        now = time.monotonic() if now_mono is None else now_mono
+        snap, unknown = self.snapshot_from_saved(saved, now)
+        before = {aid: (self._alarms[aid].state(), self._alarms[aid].first_out) for aid in snap.alarms}
+        self.adopt(snap)
+        events: list[AlarmEvent] = []
+        for aid, (from_state, was_first) in before.items():
+            a = self._alarms[aid]
+            ev = self._event(a, now, from_state, a.state(), was_first, action="restored")
             ev.reason = f"latched since {rfc3339(a.since_ts)}; restored after a restart, awaiting reset"
             events.append(ev)
-        for grp in list(self._first_out):  # the restored first-out, then the group's other latches by time
-            self._group_sequence(grp)
         return events, unknown

@@ -283,7 +283,7 @@ def _payload(jws: str) -> dict[str, Any]:
 def _trips(cfg: Any, status: dict[str, Any], farm: Any) -> list[dict[str, Any]]:
     """One entry per interlock output confirmed: latency from the simulator's limit crossing (the M-th
     input to cross, for MooN voting) to the read-back confirmation."""
-    from gateway.gateway import alarm_configs
+    from gateway.build import alarm_configs
 
     setpoints = {(c.tag, s.kind): s.setpoint for c in alarm_configs(cfg) for s in c.limits}
     votes = {i.name: (int(i.vote.split("oo")[0]), i.inputs) for i in cfg.model.interlocks}

@@ -29,30 +29,25 @@ import logging
 import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from drivers.base import Device
-from drivers.codec import Scaling
-from drivers.modbus import ModbusDevice, ModbusLinks, ModbusPoint
-from drivers.opcua import OpcUaDevice, OpcUaPoint
-from gateway.alarms import CLOCK, GAS_DETECTION_BUDGET_S, SYSTEM_TAG, AlarmEngine, TagAlarmConfig
-from gateway.annunciator import Annunciators, specs_from_config
-from gateway.config import (AlarmsCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg,
-                            tag_alarm_config)
+from gateway.alarms import CLOCK, SYSTEM_TAG, AlarmEngine
+from gateway.build import CLOCK_ALARM_PRIORITY, Plant, build_plant
+# the config-to-runtime builders live in gateway.build; these names stay importable from here
+from gateway.build import (STALE_POLL_PERIODS, STALE_TIMEOUTS_PER_DEVICE, alarm_configs,  # noqa: F401
+                           build_devices, build_hazard, derived_stale_after_s, fresh_windows, interlock_specs,
+                           point_codes, valid_ranges)
+from gateway.config import LoadedConfig
 from gateway.control import ControlServer, ControlStartError, socket_path
 from gateway.filemode import create_record_file
-from gateway.hazard import HazardEngine, point_code, unit_from_dict
-from gateway.health import Health, link_key, watch_gateway
-from gateway.heartbeat import build_heartbeats
-from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
+from gateway.health import Health, watch_gateway
 from gateway.model import Quality, Reading, WriteError, rfc3339
 from gateway.outputs import OutputManager
-from gateway.record_supervisor import RECORD_ALARM_PRIORITY, STORE, UPLINK, RecordSupervisor, opened_event
+from gateway.record_supervisor import RecordSupervisor, opened_event
 from gateway.clock import RESYNC_TEXT, ClockMonitor
-from gateway.report import ReportFilter, rules_from_config as report_rules
 from gateway.safety_state import FILE_NAME as SAFETY_STATE_FILE, SafetyStateError, SafetyStatePersister
-from gateway.safety_state import load as load_safety_state
+from gateway.safety_state import export as export_safety_state, load as load_safety_state
 from gateway.store import Store
 
 log = logging.getLogger("hazard_gateway")
@@ -63,57 +58,9 @@ HAZARD_TICK_S = 1.0  # re-check stale hazard inputs and the unit alarm state thi
 DRAIN_ON_STOP_S = 5.0  # bound of the final upload at SIGTERM
 OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (docs/design.md, Fail safe)
 SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for this long
-CLOCK_ALARM_PRIORITY = 3  # system.CLOCK: a fault of the record (alarm and sample times), not of the process
 
 
-# --- building runtime objects from the config ----------------------------------
-
-def build_devices(cfg: LoadedConfig, links: ModbusLinks) -> list[Device]:
-    """One driver object per enabled device; Modbus links shared per (host, port) / serial port."""
-    devices: list[Device] = []
-    for d in cfg.model.devices:
-        if not d.enabled:
-            continue
-        if isinstance(d, (ModbusTcpDevice, ModbusRtuDevice)):
-            points = []
-            for t in d.tags:
-                table, address = t.table_address()
-                scaling = Scaling(scale=t.scale, offset=t.offset,
-                                  raw_range=tuple(t.raw_range) if t.raw_range else None,
-                                  eng_range=tuple(t.eng_range) if t.eng_range else None)
-                points.append(ModbusPoint(tag=t.name, unit_id=d.unit_id, table=table, address=address,
-                                          dtype=t.type, order=t.order, length=t.length, bit=t.bit,
-                                          str_len=t.str_len, scaling=scaling, sentinels=t.sentinel_values(),
-                                          unit=t.unit, writable=t.writable,
-                                          write_single_as_fc16=t.write_single_as_fc16))
-            timeout_s = d.timeout_ms / 1000
-            if isinstance(d, ModbusTcpDevice):
-                link = links.tcp(d.host, d.port, timeout_s)
-            else:
-                port = str(cfg.resolve(d.port)) if not d.port.startswith("/") else d.port
-                link = links.rtu(port, d.baudrate, d.parity, d.stopbits, d.bytesize, timeout_s,
-                                 local_echo=d.local_echo)
-            devices.append(ModbusDevice(d.name, link, d.unit_id, points, d.protocol,
-                                        max_registers_per_read=d.max_registers_per_read,
-                                        max_bits_per_read=d.max_bits_per_read))
-        elif isinstance(d, OpcUaDeviceCfg):
-            points = [OpcUaPoint(tag=t.name, node_id=t.node_id, unit=t.unit, writable=t.writable,
-                                 subscribe=t.subscribe, deadband=t.deadband) for t in d.tags]
-            security = None
-            if d.security is not None:
-                security = {k: (str(cfg.resolve(v)) if k in ("cert", "key", "server_cert", "password_file") else v)
-                            for k, v in d.security.model_dump(exclude_none=True).items()}
-            devices.append(OpcUaDevice(d.name, d.endpoint, points, timeout_s=d.timeout_ms / 1000,
-                                       publishing_interval_ms=d.publishing_interval_ms, watchdog_s=d.watchdog_s,
-                                       security=security))
-    return devices
-
-
-def valid_ranges(cfg: LoadedConfig) -> dict[str, tuple[float, float]]:
-    """Tag -> (lo, hi) of every enabled tag with a ``valid_range`` (engineering units)."""
-    return {t.name: (float(t.valid_range[0]), float(t.valid_range[1]))
-            for d in cfg.model.devices if d.enabled for t in d.tags if t.valid_range is not None}
-
+# --- applied on the safety path, and status helpers ----------------------------------
 
 def check_valid_range(readings: list[Reading], ranges: dict[str, tuple[float, float]]) -> list[Reading]:
     """``readings`` with every usable reading whose value (or any element of a list value) lies outside
@@ -138,69 +85,6 @@ def check_valid_range(readings: list[Reading], ranges: dict[str, tuple[float, fl
     return out
 
 
-#: a device's readings count as fresh for this many poll periods (plus its link's timeouts); docs/design.md, Fail safe
-STALE_POLL_PERIODS = 3
-#: timeouts one poll cycle may spend per device sharing a link: a connect, a request and its retry
-#: (drivers.modbus retries=1; a unit that timed out is skipped for the rest of the cycle)
-STALE_TIMEOUTS_PER_DEVICE = 3
-
-
-def fresh_windows(cfg: LoadedConfig) -> dict[str, float]:
-    """Device name -> seconds within which its poll loop delivers a fresh reading (good or bad) when it is
-    running at all: STALE_POLL_PERIODS poll intervals plus, for every enabled device sharing its link
-    (gateway.health.link_key: one RS-485 bus, one TCP host:port), STALE_TIMEOUTS_PER_DEVICE timeouts,
-    since a silent device on a shared bus legitimately holds the link that long per cycle. A device that
-    does not answer still delivers (BAD "timeout" readings) within this window; only a hung poll loop
-    (a driver that never returns, a dead task) does not ("no fresh reading within N poll
-    periods" is a fault; docs/design.md, Fail safe)."""
-    enabled = [d for d in cfg.model.devices if d.enabled]
-    link_wait: dict[tuple, float] = {}
-    for d in enabled:
-        k = link_key(d)
-        link_wait[k] = link_wait.get(k, 0.0) + STALE_TIMEOUTS_PER_DEVICE * d.timeout_ms / 1000
-    return {d.name: STALE_POLL_PERIODS * d.poll_interval_ms / 1000 + link_wait[link_key(d)] for d in enabled}
-
-
-def derived_stale_after_s(window_s: float, poll_interval_s: float, timeout_s: float, gas: bool) -> float:
-    """stale_after_s of a tag whose alarms do not set it: the device's fresh window (fresh_windows). A gas
-    tag is capped at GAS_DETECTION_BUDGET_S (30 s: detection within 30 s, the detector response budget of
-    the commissioning rules; GB/T 50493-2019; docs/domain.md, Response times), but never below one poll
-    period + three timeouts (when the next reading may arrive at the latest; a detector polled that slowly
-    cannot meet the 30 s rule, and `check` warns when its poll interval + timeout exceed 30 s)."""
-    if not gas:
-        return window_s
-    return max(min(window_s, GAS_DETECTION_BUDGET_S), poll_interval_s + STALE_TIMEOUTS_PER_DEVICE * timeout_s)
-
-
-def alarm_configs(cfg: LoadedConfig) -> list[TagAlarmConfig]:
-    """TagAlarmConfig per tag that has alarms (gateway.config.tag_alarm_config: GB/T 50493-2019 5.5.2
-    presets in the tag's unit, then explicit limits); every other input tag still gets its QUALITY alarm.
-
-    stale_after_s: the tag's configured value, else derived from its device (no fresh reading,
-    good or bad, within STALE_POLL_PERIODS poll periods plus the link's timeouts, see fresh_windows;
-    gas tags at most GAS_DETECTION_BUDGET_S; docs/design.md, Fail safe), so a hung poll loop makes its tags stale (QUALITY alarm
-    "stale", an unknown interlock input that votes to trip) instead of leaving the last value "known"
-    forever."""
-    out = []
-    windows = fresh_windows(cfg)
-    for d in cfg.model.devices:
-        if not d.enabled:
-            continue
-        for t in d.tags:
-            a: AlarmsCfg | None = t.alarms
-
-            def stale(gas: bool, a: AlarmsCfg | None = a) -> float:
-                if a is not None and a.stale_after_s is not None:
-                    return a.stale_after_s
-                return derived_stale_after_s(windows[d.name], d.poll_interval_ms / 1000, d.timeout_ms / 1000, gas)
-
-            if a is None:
-                if not t.writable:
-                    out.append(TagAlarmConfig(tag=t.name, stale_after_s=stale(False)))
-                continue
-            out.append(tag_alarm_config(t, stale_after_s=stale(a.gas is not None), policy=cfg.model.alarm_policy))
-    return out
-
 
 def points_disabled(alarms: AlarmEngine) -> dict[str, Any]:
     """The 屏蔽 indication (GB 16808: disabled points are shown and counted; docs/domain.md, Alarm management):
@@ -213,47 +97,21 @@ def points_disabled(alarms: AlarmEngine) -> dict[str, Any]:
             "alarms": [a.to_record() for a in disabled]}
 
 
-def interlock_specs(cfg: LoadedConfig) -> list[InterlockSpec]:
-    return [InterlockSpec(name=i.name, inputs=[InterlockInput(x.tag, x.condition) for x in i.inputs], vote=i.vote,
-                          on_fault=i.on_fault, latch=i.latch,
-                          actions=[OutputAction(a.output, a.value, a.reset_value) for a in i.actions])
-            for i in cfg.model.interlocks]
-
-
-def build_hazard(cfg: LoadedConfig) -> HazardEngine | None:
-    """The GB 18218-2018 engine of the config's hazard: units (None without units). The config loader
-    has already checked every unit, so a ValueError here is a bug, not a user error."""
-    h = cfg.model.hazard
-    if h is None or not h.units:
-        return None
-    specs = [unit_from_dict(d, f"hazard.units[{i}]", cfg.base_dir) for i, d in enumerate(h.units)]
-    return HazardEngine(specs, stale_after_s=h.stale_after_s)
-
-
-def point_codes(cfg: LoadedConfig, hazard: HazardEngine | None) -> dict[str, str]:
-    """Regulator point code per tag (gateway.hazard.point_code: enterprise code + major-hazard code + tag,
-    joined by gateway.point_separator). The major-hazard code of a tag is that of the first hazard unit
-    the tag belongs to (HazardEngine.unit_tags) when the unit has one, else gateway.major_hazard_code.
-    Without an enterprise code, or a tag without any major-hazard code, the tag has no point code."""
-    g = cfg.model.gateway
-    if not g.enterprise_code:
-        return {}
-    mh_of: dict[str, str] = {}
-    if hazard is not None:
-        for unit in hazard.units:
-            code = hazard.major_hazard_code(unit)
-            if code:
-                for tag in hazard.unit_tags(unit):
-                    mh_of.setdefault(tag, str(code))
-    out = {}
-    for tag in cfg.all_tags():
-        mh = mh_of.get(tag, g.major_hazard_code)
-        if mh:
-            out[tag] = point_code(g.enterprise_code, mh, tag, sep=g.point_separator)
-    return out
-
-
 # --- the running gateway ----------------------------------------------------------
+
+#: the attributes a Gateway holds besides its ``plant``: the live parts that a SIGHUP reload keeps (the
+#: Gateway object is never replaced; a reload swaps ``plant`` only, gateway.reload). Whatever is derived
+#: from the config belongs in the Plant (gateway.build), not here; tests/test_signals.py checks that every
+#: attribute of a Gateway is ``plant`` or one of these.
+LIVE = frozenset({"store", "outputs", "values", "_last_stored", "readings_queued", "forwarder", "started_at",
+                  "_stopping", "health", "_poll_tasks", "_ticker_task", "_fw_task", "_aux_tasks", "_reload_lock",
+                  "_hazard_tick_mono", "clock", "control", "last_safety_mono", "safety_state", "record"})
+
+
+def _from_plant(name: str) -> property:
+    return property(lambda self: getattr(self.plant, name),
+                    doc=f"``self.plant.{name}`` (gateway.build.Plant; read-only: a reload swaps the whole plant)")
+
 
 class Gateway:
     """Owns devices, the safety path (alarms, interlocks, outputs) and the record path (store, forwarder).
@@ -261,23 +119,29 @@ class Gateway:
     cfg: a validated config. signer: gateway.signing.Signer for batches (None: no uplink).
     Build, then ``await run(stop_event)``; run() returns after a clean shutdown (current
     tick finished, store flushed, devices closed; outputs are left as they are: hold).
+
+    ``plant`` (gateway.build.Plant) holds everything derived from the config; a SIGHUP reload
+    (gateway.reload) replaces it in one assignment. The other attributes (LIVE) are the live parts
+    kept across a reload. ``cfg``, ``devices``, ``alarms``, ``interlocks`` ... read the current plant.
     """
 
+    cfg = _from_plant("cfg")
+    signer = _from_plant("signer")
+    links = _from_plant("links")
+    devices = _from_plant("devices")
+    device_of = _from_plant("device_of")
+    protocol_of = _from_plant("protocol_of")
+    alarms = _from_plant("alarms")
+    interlocks = _from_plant("interlocks")
+    hazard = _from_plant("hazard")
+    points = _from_plant("points")
+    polls = _from_plant("polls")
+    report = _from_plant("report")
+    heartbeats = _from_plant("heartbeats")
+    annunciators = _from_plant("annunciators")
+
     def __init__(self, cfg: LoadedConfig, signer: Any = None) -> None:
-        self.cfg = cfg
-        self.signer = signer
-        self.links = ModbusLinks()
-        self.devices = build_devices(cfg, self.links)
-        self.device_of: dict[str, Device] = {tag: dev for dev in self.devices for tag in dev.tags}
-        self.protocol_of: dict[str, str] = {tag: dev.protocol for dev in self.devices for tag in dev.tags}
-        policy = cfg.model.alarm_policy
-        self.alarms = AlarmEngine(alarm_configs(cfg), gas_on_delay_cap_s=policy.gas_on_delay_cap_s)
-        # system.CLOCK (gateway.clock.ClockMonitor.sync_alarm), raised by the alarm ticker after the grace
-        self.alarms.add_system_alarm(SYSTEM_TAG, CLOCK, CLOCK_ALARM_PRIORITY)
-        for kind in (STORE, UPLINK):  # record-path faults (gateway.record_supervisor)
-            self.alarms.add_system_alarm(SYSTEM_TAG, kind, RECORD_ALARM_PRIORITY)
-        self._clock_grace_s = policy.clock_unsync_grace_s
-        self.interlocks = InterlockEngine(interlock_specs(cfg))
+        self.plant: Plant = self.plant_for(cfg, signer)
         self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
                                      retry_after_fault_s=OUTPUT_RETRY_S)
         self.store = Store(cfg.store_path, commit_interval_s=cfg.model.store.commit_interval_ms / 1000,
@@ -287,60 +151,53 @@ class Gateway:
                            on_full=cfg.model.store.on_full,
                            floor_waived=cfg.model.store.retention_floor.waive)
         self.values: dict[str, Reading] = {}
-        self._valid_range = valid_ranges(cfg)  # tag -> (lo, hi), engineering units (check_valid_range)
         self._last_stored: dict[str, tuple] = {}
-        self.report = ReportFilter(report_rules(cfg))   # report by exception: record path only
         self.clock = ClockMonitor()                      # wall-clock steps (C18), clock state per batch
-        self.hazard = build_hazard(cfg)
-        self.points = point_codes(cfg, self.hazard)
-        self._hazard_unit_tags = {u: self.hazard.unit_tags(u) for u in self.hazard.units} if self.hazard else {}
-        self._interlock_inputs = {i.name: {x.tag for x in i.inputs} for i in cfg.model.interlocks}
         self._hazard_tick_mono = 0.0
-        self.polls: dict[str, dict[str, Any]] = {d.name: {"protocol": d.protocol, "polls": 0, "bad": 0,
-                                                          "last_poll": None} for d in self.devices}
         # readings handed to the store's queue (put_reading accepted them); a reading counts as taken only
         # once committed (docs/design.md "Two paths"): that figure is Store.stats()["readings_committed"]
         self.readings_queued = 0
         self.forwarder: Any = None
         self.started_at = time.time()
         self._stopping = False
-        self._status_path = cfg.state_dir / "status.json"
         self.health = Health()  # progress of the poll loops and the safety path (systemd watchdog)
         self.record = RecordSupervisor(self)  # the store writer and the uploader, supervised in process
+        # tasks of the plant (each ends when self.plant is no longer the plant it runs for) and the uploader
         self._poll_tasks: list[asyncio.Task] = []
-        self._fw_task: asyncio.Task | None = None
+        self._ticker_task: asyncio.Task | None = None
         self._aux_tasks: list[asyncio.Task] = []
+        self._fw_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()  # SIGHUP reload (gateway.reload) vs shutdown
-        # docs/design.md, Fail safe: PLC watchdog registers, beacons / horns, the operator socket (gateway.control)
         self.last_safety_mono: float | None = None
-        # devices whose poll loops feed an interlock input, with the window they must deliver within (S6)
-        windows = fresh_windows(cfg)
-        feeds = {self.device_of[i.tag].name for il in cfg.model.interlocks for i in il.inputs if i.tag in self.device_of}
-        self._interlock_feeds = {name: windows[name] for name in sorted(feeds)}
-        self.heartbeats = build_heartbeats(cfg, self.devices, alive=self._safety_alive, why=self._safety_problem)
-        self.annunciators = Annunciators(specs_from_config(cfg), self._write_output, lambda: self.alarms.active(),
-                                         on_fault=self._set_output_fault, on_event=self._log_event,
-                                         disabled=lambda: self.alarms.disabled_points())
-        self.control: ControlServer | None = None
+        self.control: ControlServer | None = None  # the operator socket (gateway.control)
         # trips, bypasses and latched alarms survive a restart (gateway.safety_state); written off the loop
         self.safety_state = SafetyStatePersister(
             cfg.state_dir / SAFETY_STATE_FILE, gateway_id=cfg.model.gateway.id,
-            export=lambda: {"interlocks": self.interlocks.export_state(), "alarms": self.alarms.export_state()})
+            export=lambda: export_safety_state(self.plant.alarms, self.plant.interlocks))
+
+    def plant_for(self, cfg: LoadedConfig, signer: Any = None) -> Plant:
+        """gateway.build.build_plant for ``cfg``, its writers reporting to this gateway (annunciator writes,
+        output faults and events; the heartbeats' "is the safety path alive"). Constructors only; raises
+        what build_plant raises (ValueError, KeyError, OSError)."""
+        return build_plant(cfg, signer, write_output=self._write_output, set_output_fault=self._set_output_fault,
+                           log_event=self._log_event, safety_alive=self._safety_alive,
+                           safety_problem=self._safety_problem)
 
     # ---- safety path ----
 
     def on_readings(self, readings: list[Reading]) -> None:
         """The poll tick: valid ranges, alarms, interlock voting, output commands; record path only enqueues."""
+        plant = self.plant
         now = time.monotonic()
-        readings = check_valid_range(readings, self._valid_range)  # out of range: BAD before the safety step
+        readings = check_valid_range(readings, plant.valid_range)  # out of range: BAD before the safety step
         events: list[Any] = []
         for r in readings:
             self.values[r.tag] = r
-            if r.tag in self.alarms.tags:
-                events += self.alarms.update(r, now)
+            if r.tag in plant.alarms.tags:
+                events += plant.alarms.update(r, now)
         self._safety_step(events, now)
-        if self.hazard is not None:  # pure and in memory (GB 18218-2018 quantities), after the safety step
-            for ev in self.hazard.update_many(readings):
+        if plant.hazard is not None:  # pure and in memory (GB 18218-2018 quantities), after the safety step
+            for ev in plant.hazard.update_many(readings):
                 self._log_hazard_event(ev)
         for r in readings:
             # A subscription-fed tag (OPC UA) is re-delivered unchanged between notifications, after a
@@ -354,21 +211,22 @@ class Gateway:
                     continue
                 self._last_stored[r.tag] = key
             # report by exception (per-tag config); a reading that moved an alarm is always kept
-            if not self.report.keep(r, now, force=any(getattr(e, "tag", None) == r.tag for e in events)):
+            if not plant.report.keep(r, now, force=any(getattr(e, "tag", None) == r.tag for e in events)):
                 continue
             if self.store.put_reading(rec):   # False: dropped, counted by the store and recorded as a gap
                 self.readings_queued += 1
 
     def _safety_step(self, alarm_events: list[Any], now: float) -> None:
+        plant = self.plant
         self.last_safety_mono = now
-        commands, il_events = self.interlocks.evaluate(self.alarms, now)
+        commands, il_events = plant.interlocks.evaluate(plant.alarms, now)
         if commands:
             self.outputs.apply(commands)
         for e in alarm_events:
             self._log_event(e.to_record())
         for e in il_events:
             self._log_event(e.to_record())
-        if self.hazard is not None and (alarm_events or il_events):
+        if plant.hazard is not None and (alarm_events or il_events):
             self._sync_hazard_alarm_state()
 
     def _sync_hazard_alarm_state(self) -> None:
@@ -382,47 +240,51 @@ class Gateway:
 
         Tags of a unit: HazardEngine.unit_tags (its level / temperature / pressure tags and alarm_tags).
         """
-        level2 = {a.tag for a in self.alarms.active(include_hidden=True) if a.level == 2 and (a.active or a.latched)}
+        plant = self.plant
+        level2 = {a.tag for a in plant.alarms.active(include_hidden=True) if a.level == 2 and (a.active or a.latched)}
         tripped: set[str] = set()
-        for name, inputs in self._interlock_inputs.items():
-            if self.interlocks.is_tripped(name):
+        for name, inputs in plant.interlock_inputs.items():
+            if plant.interlocks.is_tripped(name):
                 tripped |= inputs
-        for unit, tags in self._hazard_unit_tags.items():
-            for ev in self.hazard.update_alarm_state(unit, level2_active=bool(tags & level2),
+        for unit, tags in plant.hazard_unit_tags.items():
+            for ev in plant.hazard.update_alarm_state(unit, level2_active=bool(tags & level2),
                                                      tripped=bool(tags & tripped)):
                 self._log_hazard_event(ev)
 
     def _log_hazard_event(self, ev: dict[str, Any]) -> None:
         """A hazard event (a colour change, or a design-basis change at a reload): to the store (chain, upload)
         with the enterprise and major-hazard codes."""
-        g = self.cfg.model.gateway
+        plant = self.plant
+        g = plant.cfg.model.gateway
         ev = dict(ev)
         ev["enterprise_code"] = g.enterprise_code
-        ev["major_hazard_code"] = self.hazard.major_hazard_code(ev["unit"]) or g.major_hazard_code
+        ev["major_hazard_code"] = plant.hazard.major_hazard_code(ev["unit"]) or g.major_hazard_code
         self._log_event(ev)
 
     def _log_event(self, rec: dict[str, Any]) -> None:
         if rec.get("type") in ("interlock", "alarm"):  # a trip, reset, bypass or latch: persist it now
             self.safety_state.poke()
-        rec.setdefault("gateway_id", self.cfg.model.gateway.id)
-        if self.points:  # the regulator point code of every tag an event names
-            if rec.get("tag") in self.points:
-                rec.setdefault("point", self.points[rec["tag"]])
+        plant = self.plant
+        rec.setdefault("gateway_id", plant.cfg.model.gateway.id)
+        points = plant.points
+        if points:  # the regulator point code of every tag an event names
+            if rec.get("tag") in points:
+                rec.setdefault("point", points[rec["tag"]])
             if isinstance(rec.get("inputs"), list):
-                rec["inputs"] = [dict(i, point=self.points[i["tag"]]) if isinstance(i, dict) and i.get("tag")
-                                 in self.points else i for i in rec["inputs"]]
+                rec["inputs"] = [dict(i, point=points[i["tag"]]) if isinstance(i, dict) and i.get("tag")
+                                 in points else i for i in rec["inputs"]]
         self.store.put_event(rec)
         log.info("event %s", json.dumps(rec, sort_keys=True, default=str))
 
     def _reading_record(self, r: Reading) -> dict[str, Any]:
         rec = r.to_record()
-        point = self.points.get(r.tag)
+        point = self.plant.points.get(r.tag)
         if point:
             rec["point"] = point
         return rec
 
     async def _write_output(self, tag: str, value: Any) -> Reading:
-        dev = self.device_of.get(tag)
+        dev = self.plant.device_of.get(tag)
         if dev is None:
             raise WriteError(f"output {tag}: no such tag on any device")
         return await dev.write(tag, value)
@@ -435,7 +297,7 @@ class Gateway:
             self._set_output_fault(ev["tag"], ev["type"] == "output_fault", ev.get("error"))
 
     def _set_output_fault(self, tag: str, fault: bool, reason: str | None) -> None:
-        for e in self.alarms.set_output_fault(tag, fault, reason):
+        for e in self.plant.alarms.set_output_fault(tag, fault, reason):
             self._log_event(e.to_record())
 
     def _safety_problem(self) -> str | None:
@@ -447,7 +309,7 @@ class Gateway:
         now = time.monotonic()
         if self.last_safety_mono is None or now - self.last_safety_mono >= SAFETY_ALIVE_S:
             return "the safety path is not running"
-        for name, window in self._interlock_feeds.items():
+        for name, window in self.plant.interlock_feeds.items():
             age = self.health.age(f"poll:{name}", now)
             if age is not None and age > window:
                 return (f"poll loop of {name} (feeds an interlock) has delivered nothing for {age:.1f} s "
@@ -491,8 +353,9 @@ class Gateway:
         if saved is None:
             return []
         now = time.monotonic()
-        cmds, il_events, il_unknown = self.interlocks.restore_state(saved["interlocks"], now)
-        al_events, al_unknown = self.alarms.restore_state(saved["alarms"], now)
+        plant = self.plant
+        cmds, il_events, il_unknown = plant.interlocks.restore_state(saved["interlocks"], now)
+        al_events, al_unknown = plant.alarms.restore_state(saved["alarms"], now)
         for e in [*al_events, *il_events]:
             self._log_event(e.to_record())
         if il_unknown or al_unknown:
@@ -505,19 +368,31 @@ class Gateway:
                         len(il_events), len(al_events))
         return cmds
 
-    async def _alarm_ticker(self) -> None:
+    def _start_ticker(self, plant: Plant, first_s: float = ALARM_TICK_S) -> None:
+        """Start the safety ticker of ``plant`` (self._ticker_task); its first tick after ``first_s``."""
+        self._ticker_task = asyncio.create_task(self._alarm_ticker(plant, first_s), name="alarm-tick")
+
+    async def _alarm_ticker(self, plant: Plant, first_s: float = ALARM_TICK_S) -> None:
+        """Every ALARM_TICK_S: the time-based safety parts of ``plant`` (AlarmEngine.tick, then the safety step:
+        on/off delays, stale inputs, re-alarm, shelve and bypass expiry), clock steps, system.CLOCK, the
+        "safety" beat, hazard staleness. Ends at shutdown, or without another tick once a reload has made
+        another plant the gateway's (its ticker takes over)."""
+        delay = first_s
         while not self._stopping:
-            await asyncio.sleep(ALARM_TICK_S)
+            await asyncio.sleep(delay)
+            delay = ALARM_TICK_S
+            if self.plant is not plant:
+                return
             now = time.monotonic()
-            self._safety_step(self.alarms.tick(now), now)
+            self._safety_step(plant.alarms.tick(now), now)
             step = self.clock.tick()
             if step is not None:
                 self._log_event(self.clock.step_event(step))
             self._clock_alarm_step(now)
             self.health.beat("safety")
-            if self.hazard is not None and now - self._hazard_tick_mono >= HAZARD_TICK_S:
+            if plant.hazard is not None and now - self._hazard_tick_mono >= HAZARD_TICK_S:
                 self._hazard_tick_mono = now
-                for ev in self.hazard.tick(now):  # staleness of levels / temperatures
+                for ev in plant.hazard.tick(now):  # staleness of levels / temperatures
                     self._log_hazard_event(ev)
                 self._sync_hazard_alarm_state()
 
@@ -526,17 +401,33 @@ class Gateway:
         unsynchronised for alarm_policy.clock_unsync_grace_s, clear it when it is synchronised again; an
         unknown state (not Linux) raises nothing (gateway.clock.ClockMonitor.sync_alarm). Memory only: the
         kernel is asked at most once per ClockMonitor.sync_check_s."""
-        reason = self.clock.sync_alarm(self._clock_grace_s)
-        for e in self.alarms.set_system_alarm(SYSTEM_TAG, CLOCK, reason is not None, reason, now_mono=now,
+        reason = self.clock.sync_alarm(self.plant.clock_grace_s)
+        for e in self.plant.alarms.set_system_alarm(SYSTEM_TAG, CLOCK, reason is not None, reason, now_mono=now,
                                               clear_reason=RESYNC_TEXT, priority=CLOCK_ALARM_PRIORITY):
             self._log_event(e.to_record())
 
     # ---- polling ----
 
-    async def _poll_loop(self, dev: Device, interval_s: float) -> None:
-        stats = self.polls[dev.name]
+    def _start_polling(self, plant: Plant, *, start_devices: bool = False) -> None:
+        """One poll task per device of ``plant`` (self._poll_tasks). start_devices: each task first starts
+        its device (a reload: a slow device delays only its own loop); else the devices were started."""
+        loop = self._start_then_poll if start_devices else self._poll_loop
+        self._poll_tasks = [asyncio.create_task(loop(plant, dev, plant.poll_intervals[dev.name]),
+                                                name=f"poll:{dev.name}") for dev in plant.devices]
+
+    async def _start_then_poll(self, plant: Plant, dev: Device, interval_s: float) -> None:
+        """A new device's poll loop: start the device (connect; an OPC UA start may wait ~3 x its timeout for
+        an unreachable server), then poll."""
+        try:
+            await dev.start()
+        except Exception as exc:  # drivers never raise here by contract; a bug must not stop the other loops
+            log.error("SIGHUP: device %s: start failed: %s (its reads retry)", dev.name, exc)
+        await self._poll_loop(plant, dev, interval_s)
+
+    async def _poll_loop(self, plant: Plant, dev: Device, interval_s: float) -> None:
+        stats = plant.polls[dev.name]
         next_t = time.monotonic()
-        while not self._stopping and dev in self.devices:  # a reload replaces self.devices: old loops end
+        while not self._stopping and self.plant is plant:  # a reload replaces self.plant: old loops end
             try:
                 readings = await dev.read()
             except Exception as exc:  # a driver bug must not stop the other devices; the tags go bad
@@ -556,30 +447,31 @@ class Gateway:
     # ---- record path ----
 
     def _build_forwarder(self) -> Any:
-        up = self.cfg.model.uplink
-        if up is None or self.signer is None:
+        plant = self.plant
+        up = plant.cfg.model.uplink
+        if up is None or plant.signer is None:
             return None
         from gateway.batches import Batcher
         from gateway.rejection import load_receiver_key
         from gateway.uplink import Forwarder, HttpsUplink
 
-        ca = self.cfg.resolve(up.ca_file)
+        ca = plant.cfg.resolve(up.ca_file)
         cert = None
         if up.client_cert:
-            cert = (str(self.cfg.resolve(up.client_cert)), str(self.cfg.resolve(up.client_key or up.client_cert)))
+            cert = (str(plant.cfg.resolve(up.client_cert)), str(plant.cfg.resolve(up.client_key or up.client_cert)))
         from gateway.profiles import get_profile
         if up.transport == "mqtt":
             from gateway.uplink_mqtt import MqttUplink
-            uplink: Any = MqttUplink(up.url, self.cfg.model.gateway.id, up.topic, ca_file=str(ca) if ca else None,
+            uplink: Any = MqttUplink(up.url, plant.cfg.model.gateway.id, up.topic, ca_file=str(ca) if ca else None,
                                      client_cert=cert, timeout_s=up.timeout_ms / 1000, keepalive_s=up.keepalive_s,
                                      profile=get_profile(up.profile))
         else:
             uplink = HttpsUplink(up.url, ca_file=str(ca) if ca else None, client_cert=cert,
                                  timeout_s=up.timeout_ms / 1000, profile=get_profile(up.profile))
-        batcher = Batcher(self.store, self.signer, self.cfg.model.gateway.id, lambda: self.cfg.config_hash,
+        batcher = Batcher(self.store, plant.signer, plant.cfg.model.gateway.id, lambda: self.cfg.config_hash,
                           max_readings=up.batch_max_readings, clock_fn=self.clock.state)
         # only a rejection signed by this key may set a batch aside (gateway.rejection); run checked the file
-        rk = load_receiver_key(self.cfg.resolve(up.receiver_key)) if up.receiver_key else None
+        rk = load_receiver_key(plant.cfg.resolve(up.receiver_key)) if up.receiver_key else None
         return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000, receiver_key=rk)
 
     def _start_forwarder(self) -> None:
@@ -595,7 +487,7 @@ class Gateway:
     async def _store_ready(self) -> None:
         """The store has just opened: seed the sample keys from it (Store.last_samples) and record a file
         it set aside (corrupt at open). Samples seen while it was not open are kept (a newer key wins)."""
-        stored = await asyncio.to_thread(self.store.last_samples, list(self.device_of))
+        stored = await asyncio.to_thread(self.store.last_samples, list(self.plant.device_of))
         self._last_stored = {**stored, **self._last_stored}
         if self.store.moved_aside:
             self._log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
@@ -635,27 +527,28 @@ class Gateway:
         store_stats comes from Store.stats(), which touches SQLite and so runs in a thread)."""
         now = time.time()
         fw = self.forwarder
+        plant = self.plant
         return {
-            "gateway_id": self.cfg.model.gateway.id,
-            "config_hash": self.cfg.config_hash,
+            "gateway_id": plant.cfg.model.gateway.id,
+            "config_hash": plant.cfg.config_hash,
             "time": rfc3339(now),
             "uptime_s": round(now - self.started_at, 1),
             "readings_queued": self.readings_queued,
             # taken = committed to SQLite since the store was opened (Store.stats)
             "readings_taken": None if store_stats is None else store_stats.get("readings_committed"),
-            "devices": self.polls,
+            "devices": plant.polls,
             "tags": {t: {"value": r.value, "unit": r.unit, "quality": r.quality.value, "reason": r.reason,
-                         "age_s": round(now - r.ts, 3), "protocol": self.protocol_of.get(t)}
+                         "age_s": round(now - r.ts, 3), "protocol": plant.protocol_of.get(t)}
                      for t, r in self.values.items()},
-            "alarms": [a.to_record() for a in self.alarms.active()],
+            "alarms": [a.to_record() for a in plant.alarms.active()],
             # GB 16808: the first alarm, then the later alarms in time order, per first-out group
-            "alarm_sequence": self.alarms.first_out_sequence(),
+            "alarm_sequence": plant.alarms.first_out_sequence(),
             # GB 16808 屏蔽: shelved / suppressed / out-of-service gas points, shown and counted
-            "points_disabled": points_disabled(self.alarms),
-            "interlocks": self.interlocks.status(),
+            "points_disabled": points_disabled(plant.alarms),
+            "interlocks": plant.interlocks.status(),
             "outputs": self.outputs.states(),
             "trips": [t.to_record() for t in self.outputs.trip_records()],
-            "hazard": self.hazard.status() if self.hazard is not None else [],
+            "hazard": plant.hazard.status() if plant.hazard is not None else [],
             "store": store_stats,
             # the record path's supervision (gateway.record_supervisor): one line per faulty part, or None
             "record_path": self.record.problems(),
@@ -665,10 +558,11 @@ class Gateway:
         }
 
     def _write_json(self, snapshot: dict[str, Any]) -> None:
-        tmp = self._status_path.with_suffix(".tmp")
+        path = self.plant.status_path
+        tmp = path.with_suffix(".tmp")
         with os.fdopen(create_record_file(tmp), "w", encoding="utf-8") as f:  # 0640 whatever the umask
             f.write(json.dumps(snapshot, default=str, indent=1))
-        os.replace(tmp, self._status_path)
+        os.replace(tmp, path)
 
     async def write_status(self) -> None:
         """Write state_dir/status.json atomically (SQLite and file I/O off the event loop)."""
@@ -688,15 +582,14 @@ class Gateway:
 
     # ---- lifecycle ----
 
-    def _start_aux(self) -> list[asyncio.Task]:
-        """Tasks of the config-derived writers: PLC heartbeats and annunciators. Each ends at shutdown, or
-        when a SIGHUP reload (gateway.reload) has replaced it in self.heartbeats / self.annunciators."""
-        out = [asyncio.create_task(h.run(lambda h=h: self._stopping or h not in self.heartbeats),
-                                   name=f"heartbeat:{h.device}") for h in self.heartbeats]
-        if len(self.annunciators):
-            ann = self.annunciators
-            out.append(asyncio.create_task(ann.run(lambda: self._stopping or ann is not self.annunciators),
-                                           name="annunciators"))
+    def _start_aux(self, plant: Plant) -> list[asyncio.Task]:
+        """Tasks of the plant's config-derived writers: PLC heartbeats and annunciators. Each ends at shutdown,
+        or when a SIGHUP reload (gateway.reload) has made another plant the gateway's."""
+        def stopping() -> bool:
+            return self._stopping or self.plant is not plant
+        out = [asyncio.create_task(h.run(stopping), name=f"heartbeat:{h.device}") for h in plant.heartbeats]
+        if len(plant.annunciators):
+            out.append(asyncio.create_task(plant.annunciators.run(stopping), name="annunciators"))
         return out
 
     async def run(self, stop: asyncio.Event, ready: Any = None) -> None:
@@ -722,14 +615,13 @@ class Gateway:
         if restore_cmds:  # a restored trip: its outputs to the safe state again, confirmed by read-back
             self.outputs.apply(restore_cmds)
         self.forwarder = self._build_forwarder()  # started once the store is open (_start_forwarder)
-        intervals = {d.name: d.poll_interval_ms / 1000 for d in self.cfg.model.devices}
-        self._poll_tasks = [asyncio.create_task(self._poll_loop(dev, intervals[dev.name]), name=f"poll:{dev.name}")
-                            for dev in self.devices]
-        tasks = [asyncio.create_task(self._alarm_ticker(), name="alarm-tick")]
-        tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        plant = self.plant
+        self._start_polling(plant)
+        self._start_ticker(plant)
+        tasks = [asyncio.create_task(self._status_loop(), name="status")]
         tasks.append(asyncio.create_task(self.safety_state.run(lambda: self._stopping), name="safety-state"))
         tasks.append(asyncio.create_task(self.record.run(lambda: self._stopping), name="record-supervisor"))
-        self._aux_tasks = self._start_aux()
+        self._aux_tasks = self._start_aux(plant)
         await self._start_control()
         self._start_forwarder()
         watch_gateway(self)  # heartbeats for the systemd watchdog (gateway.health)
@@ -743,7 +635,8 @@ class Gateway:
             self._stopping = True
         if self.control is not None:
             await self.control.close()
-        done, pending = await asyncio.wait([*self._poll_tasks, *self._aux_tasks, *tasks], timeout=5.0)
+        plant_tasks = [*self._poll_tasks, *self._aux_tasks, *([self._ticker_task] if self._ticker_task else [])]
+        done, pending = await asyncio.wait([*plant_tasks, *tasks], timeout=5.0)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

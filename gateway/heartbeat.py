@@ -13,7 +13,7 @@ request), else the beat counts as failed. There is no read-back: the PLC itself 
 
 The heartbeat proves more than a running process: it is written only while the gateway's safety path
 is alive (``alive()``: the alarm tick ran recently, and every poll loop that feeds an interlock input
-has delivered readings within its fresh window, gateway.gateway.fresh_windows); a stuck safety path
+has delivered readings within its fresh window, gateway.build.fresh_windows); a stuck safety path
 or a hung input poll loop stops the beat and so trips the PLC, even when the gateway could not write
 the trip itself. It runs as its own task on the gateway's event loop, separate from polling, and never
 touches the disk. On shutdown it stops: a PLC configured to trip on a stopped heartbeat will trip

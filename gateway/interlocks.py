@@ -21,17 +21,22 @@ Rules and their sources:
   e.g. beacon off), and never while another tripped interlock holds the same output.
 - Bypass (ISA-18.2 / IEC 62682 audit): needs user and reason, is time-limited (max_bypass_s), and
   every start / end is an event. A bypass prevents new trips; it never un-trips an interlock.
-- Restart: a restart is not a reset. Trips (cleared-awaiting-reset included) and bypasses are exported
-  (:meth:`InterlockEngine.export_state`), persisted off the safety path by gateway.safety_state and
-  restored before the first evaluate (:meth:`InterlockEngine.restore_state`), outputs commanded safe again.
+- Reload and restart: the state that carries over to the next engine is :meth:`InterlockEngine.snapshot`
+  (the allow-list :class:`InterlockState`), taken over by :meth:`InterlockEngine.adopt`. A SIGHUP reload
+  adopts it in memory (gateway.reload). A restart is not a reset: trips (cleared-awaiting-reset included)
+  and bypasses are exported (:meth:`InterlockEngine.export_state`, the snapshot's restart form), persisted
+  off the safety path by gateway.safety_state and restored before the first evaluate
+  (:meth:`InterlockEngine.restore_state`, which adopts the snapshot rebuilt from the file), outputs
+  commanded safe again.
 - This gateway is not a SIS (IEC 61511 / GB/T 50770-2013) and may not be credited as a protection layer.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from gateway.alarms import AlarmEngine
@@ -193,6 +198,78 @@ class _State:
     @property
     def bypassed(self) -> bool:
         return self.bypass_until_mono is not None
+
+
+# ---------------------------------------------------------------------- state that carries over
+#
+# ALLOW-LIST: the runtime state of an interlock that a SIGHUP reload (gateway.reload) and a restart
+# (gateway.safety_state) carry from one InterlockEngine to the next. Every other field of _State (the spec
+# and what is derived from it; the last vote, recomputed by the next evaluate) comes from the new engine.
+# A field added to _State must be put here or classified: tests/test_engine_state.py fails until it is.
+
+
+@dataclass(slots=True)
+class InterlockState:
+    """The carried state of one interlock (defaults: a fresh interlock); a copy, read-only by convention.
+    ``_mono`` times are
+    time.monotonic() of this process, ``_ts`` UTC epoch seconds.
+
+    tripped / cause ("process" | "fault") / tripped_mono / tripped_ts: the trip holding the outputs safe;
+    cleared: tripped and the condition gone (awaiting reset); demand: the last vote demanded a trip (a
+    bypassed demand is announced once); last_faults: unknown inputs at the last vote (a change is an
+    event); bypass_user / bypass_reason / bypass_until_mono / bypass_until_ts: the audited bypass."""
+
+    tripped: bool = False
+    cause: str | None = None
+    tripped_mono: float | None = None
+    tripped_ts: float | None = None
+    cleared: bool = False
+    demand: bool = False
+    last_faults: int = 0
+    bypass_user: str | None = None
+    bypass_reason: str | None = None
+    bypass_until_mono: float | None = None
+    bypass_until_ts: float | None = None
+
+    @property
+    def bypassed(self) -> bool:
+        return self.bypass_until_mono is not None
+
+
+_INTERLOCK_STATE = tuple(f.name for f in fields(InterlockState))
+_interlock_state = operator.attrgetter(*_INTERLOCK_STATE)   # _State -> the InterlockState field values, in order
+
+
+@dataclass(frozen=True)
+class InterlockSnapshot:
+    """What an InterlockEngine hands to the next one (:meth:`InterlockEngine.snapshot` / ``adopt``):
+    interlocks: name -> InterlockState. Frozen; its mapping and records are copies, read-only by convention."""
+
+    interlocks: dict[str, InterlockState]
+
+    def saved(self) -> dict[str, dict[str, Any]]:
+        """The restart form (gateway.safety_state, ``interlocks`` of safety-state.json), JSON-able, keyed by
+        name: only interlocks that are tripped (cleared-awaiting-reset included) or bypassed,
+        ``{"tripped": bool, "cause": "process"|"fault"|None, "tripped_ts": UTC epoch s|None, "cleared": bool,
+        "bypass": {"user", "reason", "until_ts": UTC epoch s} | None}``. Wall-clock only: a bypass expiry is
+        kept as wall-clock time because the monotonic clock restarts with the process. Pure."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, st in self.interlocks.items():
+            if not st.tripped and not st.bypassed:
+                continue
+            out[name] = {"tripped": st.tripped, "cause": st.cause, "tripped_ts": st.tripped_ts,
+                         "cleared": st.cleared,
+                         "bypass": {"user": st.bypass_user, "reason": st.bypass_reason,
+                                    "until_ts": st.bypass_until_ts} if st.bypassed else None}
+        return out
+
+
+def _saved_bypass_left(d: dict[str, Any], wall: float) -> float | None:
+    """Seconds left of the bypass in one saved interlock entry at wall-clock ``wall``; None: no bypass saved."""
+    b = d.get("bypass")
+    if isinstance(b, dict) and isinstance(b.get("until_ts"), (int, float)):
+        return float(b["until_ts"]) - wall
+    return None
 
 
 class InterlockEngine:
@@ -405,78 +482,129 @@ class InterlockEngine:
             })
         return out
 
-    # ------------------------------------------------------------------ restart persistence (S3)
+    def names(self) -> list[str]:
+        """The configured interlock names, in config order."""
+        return list(self._s)
 
-    def export_state(self) -> dict[str, dict[str, Any]]:
-        """The interlock state that must survive a restart (gateway.safety_state), JSON-able, keyed by name.
+    # ------------------------------------------------------------------ state that carries over
 
-        Only interlocks that are tripped (cleared-awaiting-reset included) or bypassed are listed:
-        ``{"tripped": bool, "cause": "process"|"fault"|None, "tripped_ts": UTC epoch s|None,
-        "cleared": bool, "bypass": {"user", "reason", "until_ts": UTC epoch s} | None}``. A bypass
-        expiry is kept as wall-clock time because the monotonic clock restarts with the process.
-        Pure and in memory (cheap enough to call every 0.5 s on the event loop).
-        """
-        out: dict[str, dict[str, Any]] = {}
-        for name, st in self._s.items():
-            if not st.tripped and not st.bypassed:
+    def snapshot(self, *, restart_only: bool = False) -> InterlockSnapshot:
+        """The runtime state that carries over to another engine (InterlockSnapshot: every interlock's
+        InterlockState). Pure, in memory; a copy. restart_only: only the interlocks a restart keeps (tripped,
+        cleared-awaiting-reset included, or bypassed), all :meth:`InterlockSnapshot.saved` reads."""
+        return InterlockSnapshot({name: InterlockState(*_interlock_state(st)) for name, st in self._s.items()
+                                  if not restart_only or st.tripped or st.bypassed})
+
+    def adopt(self, snapshot: InterlockSnapshot) -> list[str]:
+        """Take over the state in ``snapshot`` (from :meth:`snapshot` of the engine this one replaces, or a
+        restart's :meth:`snapshot_from_saved`): every InterlockState field of each interlock name this
+        engine has (spec, vote and outputs stay this engine's). A reload never resets a trip nor ends a
+        bypass. The start-up grace is not adopted: it starts again with this engine's first evaluate().
+
+        Returns one line per interlock of ``snapshot`` not configured here (its state is dropped; a reload
+        refuses that beforehand for a tripped or bypassed one, gateway.reload.dropped_safety_state); [] when
+        everything was adopted. Raises nothing."""
+        notes: list[str] = []
+        for name, state in snapshot.interlocks.items():
+            st = self._s.get(name)
+            if st is None:
+                notes.append(f"interlock {name}: not configured; its state was not adopted")
                 continue
-            out[name] = {"tripped": st.tripped, "cause": st.cause, "tripped_ts": st.tripped_ts,
-                         "cleared": st.cleared,
-                         "bypass": {"user": st.bypass_user, "reason": st.bypass_reason,
-                                    "until_ts": st.bypass_until_ts} if st.bypassed else None}
-        return out
+            for n in _INTERLOCK_STATE:
+                setattr(st, n, getattr(state, n))
+        return notes
 
-    def restore_state(self, saved: dict[str, dict[str, Any]], now_mono: float | None = None
-                      ) -> tuple[list[TripCommand], list[InterlockEvent], list[str]]:
-        """Restore what :meth:`export_state` saved before a restart; call before the first evaluate().
+    def snapshot_from_saved(self, saved: dict[str, dict[str, Any]], now_mono: float | None = None,
+                            wall: float | None = None) -> tuple[InterlockSnapshot, list[str]]:
+        """The snapshot a restart adopts from the restart form (:meth:`InterlockSnapshot.saved`, read back
+        from safety-state.json), per saved interlock that still exists (this engine's state, changed):
 
-        A restart must never un-trip an interlock (IEC 61511-1 11.2 / GB 16808: a trip is left only by a
-        manual reset after the condition has cleared). Per saved interlock that still exists:
+        - tripped: tripped again with the saved cause ("fault" when unreadable) and trip time (``wall`` when
+          missing), tripped_mono now, ``cleared`` False (the condition must be shown clear again by fresh
+          readings);
+        - bypassed: the remaining wall-clock time ``until_ts - wall``, capped at max_bypass_s (a wall-clock
+          step cannot lengthen it beyond the limit), from now on the monotonic clock; a bypass that expired
+          meanwhile is not restored.
 
-        - tripped: tripped again with the saved cause and trip time; ``cleared`` starts False (the
-          condition must be shown clear again by fresh readings; until the first readings the inputs
-          are "pending" or unknown, so a reset is refused). Event "restored"; and one TripCommand
-          (kind "restore") per action, so the outputs are commanded to the safe state again (a field
-          operator may have moved them while the gateway was down).
-        - bypassed: restored with the remaining wall-clock time (capped at max_bypass_s, so a wall-clock
-          step cannot lengthen it beyond the limit); event "restored". A bypass that expired while the
-          gateway was down is not restored: event "bypass_end" ("expired while the gateway was down").
-
-        Returns (commands for OutputManager.apply, events, names in ``saved`` that are not configured
-        any more: their state cannot be restored and the caller must report it).
-        """
+        now_mono: default time.monotonic(); wall: default the engine's clock. Returns (snapshot, names in
+        ``saved`` that are not configured any more). Pure."""
         now = time.monotonic() if now_mono is None else now_mono
-        wall = self._clock()
-        cmds: list[TripCommand] = []
-        events: list[InterlockEvent] = []
+        wall = self._clock() if wall is None else wall
+        out: dict[str, InterlockState] = {}
         unknown: list[str] = []
         for name, d in saved.items():
             st = self._s.get(name)
             if st is None:
                 unknown.append(name)
                 continue
+            state = InterlockState(*_interlock_state(st))
             if d.get("tripped"):
                 cause = d.get("cause") if d.get("cause") in ("process", "fault") else "fault"
                 ts = d.get("tripped_ts")
-                st.tripped, st.cause, st.cleared = True, cause, False
-                st.tripped_mono, st.tripped_ts = now, float(ts) if isinstance(ts, (int, float)) else wall
-                events.append(self._event(st, "restored", now, cause=cause,
+                state = replace(state, tripped=True, cause=cause, cleared=False, tripped_mono=now,
+                                tripped_ts=float(ts) if isinstance(ts, (int, float)) else wall)
+            left = _saved_bypass_left(d, wall)
+            if left is not None and left > 0:
+                b = d["bypass"]
+                left = min(left, st.spec.max_bypass_s)
+                state = replace(state, bypass_user=b.get("user"), bypass_reason=b.get("reason"),
+                                bypass_until_mono=now + left, bypass_until_ts=wall + left)
+            out[name] = state
+        return InterlockSnapshot(out), unknown
+
+    # ------------------------------------------------------------------ restart persistence (S3)
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The interlock state that must survive a restart (gateway.safety_state), JSON-able, keyed by name:
+        ``self.snapshot(restart_only=True).saved()`` (see :meth:`InterlockSnapshot.saved`: tripped or
+        bypassed interlocks, ``{"tripped", "cause", "tripped_ts", "cleared", "bypass": {"user", "reason",
+        "until_ts"} | None}``).
+        Pure and in memory (cheap enough to call every 0.5 s on the event loop).
+        """
+        return self.snapshot(restart_only=True).saved()
+
+    def restore_state(self, saved: dict[str, dict[str, Any]], now_mono: float | None = None
+                      ) -> tuple[list[TripCommand], list[InterlockEvent], list[str]]:
+        """Restore what :meth:`export_state` saved before a restart; call before the first evaluate().
+
+        A restart must never un-trip an interlock (IEC 61511-1 11.2 / GB 16808: a trip is left only by a
+        manual reset after the condition has cleared). The state is :meth:`snapshot_from_saved`, adopted
+        (:meth:`adopt`). Per saved interlock that still exists:
+
+        - tripped: event "restored"; and one TripCommand (kind "restore") per action, so the outputs are
+          commanded to the safe state again (a field operator may have moved them while the gateway was
+          down). Until the first readings the inputs are "pending" or unknown, so a reset is refused.
+        - bypassed: restored with the remaining wall-clock time; event "restored". A bypass that expired
+          while the gateway was down is not restored: event "bypass_end" ("expired while the gateway was down").
+
+        Returns (commands for OutputManager.apply, events, names in ``saved`` that are not configured
+        any more: their state cannot be restored and the caller must report it).
+        """
+        now = time.monotonic() if now_mono is None else now_mono
+        wall = self._clock()
+        snap, unknown = self.snapshot_from_saved(saved, now, wall)
+        self.adopt(snap)
+        cmds: list[TripCommand] = []
+        events: list[InterlockEvent] = []
+        for name, d in saved.items():
+            st = self._s.get(name)
+            if st is None:
+                continue
+            if d.get("tripped"):
+                events.append(self._event(st, "restored", now, cause=st.cause,
                                           reason=f"tripped at {rfc3339(st.tripped_ts)}"
                                                  f"{' (cleared before the restart)' if d.get('cleared') else ''};"
                                                  " restored after a restart, awaiting reset"))
-                cmds.extend(TripCommand(name, a.output, a.value, cause, now, wall, kind="restore")
+                cmds.extend(TripCommand(name, a.output, a.value, st.cause, now, wall, kind="restore")
                             for a in st.spec.actions)
-            b = d.get("bypass")
-            if isinstance(b, dict) and isinstance(b.get("until_ts"), (int, float)):
-                left = float(b["until_ts"]) - wall
-                if left <= 0:
-                    events.append(self._event(st, "bypass_end", now, user=b.get("user"),
-                                              reason="bypass expired while the gateway was down"))
-                else:
-                    left = min(left, st.spec.max_bypass_s)
-                    st.bypass_user, st.bypass_reason = b.get("user"), b.get("reason")
-                    st.bypass_until_mono, st.bypass_until_ts = now + left, wall + left
-                    events.append(self._event(st, "restored", now, user=st.bypass_user,
-                                              reason=f"bypass ({st.bypass_reason}) until "
-                                                     f"{rfc3339(st.bypass_until_ts)} restored after a restart"))
+            left = _saved_bypass_left(d, wall)
+            if left is None:
+                continue
+            if left <= 0:
+                events.append(self._event(st, "bypass_end", now, user=d["bypass"].get("user"),
+                                          reason="bypass expired while the gateway was down"))
+            else:
+                events.append(self._event(st, "restored", now, user=st.bypass_user,
+                                          reason=f"bypass ({st.bypass_reason}) until "
+                                                 f"{rfc3339(st.bypass_until_ts)} restored after a restart"))
         return cmds, events, unknown

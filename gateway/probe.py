@@ -1,7 +1,7 @@
 """`hazard-gateway probe`: read every configured tag once and print a table, for commissioning.
 
 The devices are built exactly as the daemon builds them
-(:func:`gateway.gateway.build_devices`, shared Modbus links included), read
+(:func:`gateway.build.build_devices`, shared Modbus links included), read
 once each (all devices at the same time; requests on one link are still
 serialised by the link), and closed. Nothing is stored, no alarm or
 interlock runs, nothing is written.
@@ -40,7 +40,8 @@ from typing import Any, TextIO
 
 from drivers.modbus import ModbusLinks
 from gateway.config import LoadedConfig, ModbusTag, OpcUaTag
-from gateway.gateway import build_devices, check_valid_range, valid_ranges
+from gateway.build import build_devices, valid_ranges
+from gateway.gateway import check_valid_range
 from gateway.model import Quality, Reading
 
 __all__ = ["ProbeRow", "reference", "probe", "format_table", "run_probe"]

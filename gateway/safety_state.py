@@ -2,12 +2,19 @@
 
 A watchdog restart, a crash or a power loss must not un-trip an interlock: a trip is left only by a
 manual reset after the condition has cleared (IEC 61511-1 11.2 practice; GB 16808 controllers latch
-until a manual reset). The alarm and interlock engines live in memory on the safety path, so what
-must survive is copied out here:
+until a manual reset). The alarm and interlock engines live in memory on the safety path; their state
+carries from one engine to the next by ONE mechanism, the engines' snapshot / adopt
+(gateway.alarms.AlarmEngine.snapshot / adopt, gateway.interlocks.InterlockEngine.snapshot / adopt). A
+SIGHUP reload adopts a snapshot in memory (gateway.reload); a restart carries a part of it through this
+file:
 
-* interlocks tripped (or cleared and awaiting reset), with cause and trip time, and bypasses with
-  their wall-clock expiry (gateway.interlocks.InterlockEngine.export_state);
-* latched alarms awaiting reset (gateway.alarms.AlarmEngine.export_state).
+* :func:`export` takes the snapshots and keeps their restart form (AlarmSnapshot.saved,
+  InterlockSnapshot.saved): interlocks tripped (or cleared and awaiting reset), with cause and trip
+  time, and bypasses with their wall-clock expiry; latched alarms awaiting reset, with their activation
+  time, acknowledgement and first-out mark. Only wall-clock times are written: the monotonic clock
+  starts again with the process;
+* at start the engines build a snapshot back from the file (``snapshot_from_saved``: monotonic times
+  taken afresh, a bypass's remaining time from its wall-clock expiry) and adopt it (``restore_state``).
 
 Writing never touches the safety path (docs/design.md "two paths"): :class:`SafetyStatePersister` runs as
 a small background task. It is woken AT ONCE when a trip, reset, bypass or latch happens (the gateway
@@ -27,7 +34,8 @@ the engines restore it (``restore_state``), each restored trip or latch is a "re
 a tripped interlock's outputs are commanded to the safe state again (confirmed writes).
 
 File format (JSON object): ``format`` (1), ``gateway_id``, ``written_at`` (RFC 3339 UTC),
-``interlocks`` {name: ...}, ``alarms`` {id: ...} (shapes: the engines' export_state docstrings).
+``interlocks`` {name: ...}, ``alarms`` {id: ...} (shapes: AlarmSnapshot.saved and
+InterlockSnapshot.saved, the engines' export_state).
 """
 
 from __future__ import annotations
@@ -38,10 +46,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from gateway.filemode import create_record_file
 from gateway.model import rfc3339
+
+if TYPE_CHECKING:
+    from gateway.alarms import AlarmEngine
+    from gateway.interlocks import InterlockEngine
 
 log = logging.getLogger("hazard_gateway.safety_state")
 
@@ -49,6 +61,15 @@ FILE_NAME = "safety-state.json"
 FORMAT = 1
 #: the longest a changed safety state waits before it is written (seconds)
 WRITE_EVERY_S = 0.5
+
+
+def export(alarms: "AlarmEngine", interlocks: "InterlockEngine") -> dict[str, Any]:
+    """The state to persist: ``{"interlocks": interlocks.snapshot(restart_only=True).saved(), "alarms":
+    alarms.snapshot(restart_only=True).saved()}`` (the restart form of the engines' snapshots; shapes in
+    the module docstring). Pure and in memory: O(alarms) checks, a copy of the latched alarms and the
+    tripped or bypassed interlocks only; safe on the event loop."""
+    return {"interlocks": interlocks.snapshot(restart_only=True).saved(),
+            "alarms": alarms.snapshot(restart_only=True).saved()}
 
 
 class SafetyStateError(ValueError):

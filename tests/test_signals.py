@@ -304,12 +304,11 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
 
 
 def test_every_gateway_attribute_is_classified_for_reload(tmp_path):
-    """gateway.reload replaces the RELOADED attributes of a running Gateway with those built from the new
-    config and keeps the KEPT ones. A new attribute must be put in one of the two sets (gateway/reload.py),
-    or a SIGHUP would silently keep a stale part (or drop live state)."""
+    """A reload swaps one attribute, the Plant built from the new config (gateway.build), and keeps the
+    Gateway's live parts (gateway.gateway.LIVE). A new attribute must be put in LIVE or in the Plant, or a
+    SIGHUP would silently keep a stale part (or drop live state)."""
     from gateway.config import load_config
-    from gateway.gateway import Gateway
-    from gateway.reload import KEPT, RELOADED
+    from gateway.gateway import LIVE, Gateway
 
     keygen(tmp_path / "keys")
     cfg = tmp_path / "g.yaml"
@@ -317,6 +316,6 @@ def test_every_gateway_attribute_is_classified_for_reload(tmp_path):
                    "devices:\n  - {name: plc, protocol: modbus_tcp, host: 127.0.0.1, port: 1502,\n"
                    "     tags: [{name: a, address: 30001, type: uint16}]}\n")
     gw = Gateway(load_config(cfg))
-    unclassified = set(vars(gw)) - RELOADED - KEPT
-    assert not unclassified, f"classify in gateway/reload.py (RELOADED or KEPT): {sorted(unclassified)}"
-    assert not RELOADED & KEPT
+    unclassified = set(vars(gw)) - {"plant"} - LIVE
+    assert not unclassified, f"classify in gateway/gateway.py LIVE, or build it in the Plant: {sorted(unclassified)}"
+    assert "plant" not in LIVE
