@@ -48,13 +48,10 @@ reason ("status BadSensorFailure", "comm fault", ...), ts and ts_source.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import math
 import struct
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +64,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.base import Device
+from drivers.opcua_certs import (certificate_application_uri, first_der, load_certificates,  # noqa: F401
+                                 sha256_fingerprint, trusted_server_certificates)
+from drivers.opcua_node_ids import ParsedNodeId, parse_node_id  # noqa: F401
 from gateway.model import Quality, Reading, TimeSource, WriteError
 
 _log = logging.getLogger(__name__)
@@ -76,90 +76,6 @@ COMM_FAULT = "comm fault"
 
 # OPC UA DateTime values at or before 1601-01-01 mean "no timestamp" (Part 6 5.2.2.5)
 _MIN_TS = datetime(1601, 1, 2, tzinfo=timezone.utc)
-
-
-# --------------------------------------------------------------------------- node ids
-
-@dataclass(frozen=True)
-class ParsedNodeId:
-    """A node id string split into its parts (Part 6 5.3.1.10 string form).
-
-    ns: namespace index, or None when given as ``nsu=``; nsu: namespace URI or None;
-    kind: "i" numeric, "s" string, "g" GUID, "b" opaque (base64); identifier: the
-    typed identifier (int, str, uuid.UUID or bytes).
-    """
-
-    ns: int | None
-    nsu: str | None
-    kind: str
-    identifier: int | str | uuid.UUID | bytes
-
-    def resolve(self, namespace_array: list[str]) -> ua.NodeId:
-        """The ua.NodeId for a session whose NamespaceArray is ``namespace_array``.
-
-        Raises LookupError when the ``nsu`` URI is not on the server.
-        """
-        ns = self.ns
-        if ns is None:
-            try:
-                ns = namespace_array.index(self.nsu)
-            except ValueError:
-                raise LookupError(f"namespace {self.nsu} not on server") from None
-        kind = {"i": ua.NodeIdType.Numeric, "s": ua.NodeIdType.String,
-                "g": ua.NodeIdType.Guid, "b": ua.NodeIdType.ByteString}[self.kind]
-        if kind is ua.NodeIdType.Numeric:
-            return ua.NodeId(self.identifier, ns)  # asyncua picks the two/four-byte encoding
-        return ua.NodeId(self.identifier, ns, kind)
-
-
-def parse_node_id(text: str) -> ParsedNodeId:
-    """Parse ``[ns=<n>;|nsu=<uri>;](i|s|g|b)=<id>`` (Part 6 5.3.1.10).
-
-    No namespace prefix means ns=0. Raises ValueError (one line) on whitespace
-    anywhere in the node id, an unknown identifier type, a non-numeric ``i=`` /
-    ``ns=``, a malformed GUID or base64 opaque id.
-    """
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"node id {text!r}: empty")
-    if any(ch.isspace() for ch in text):
-        raise ValueError(f"node id {text!r}: contains whitespace")
-    ns: int | None = 0
-    nsu: str | None = None
-    rest = text
-    if text.startswith("ns=") or text.startswith("nsu="):
-        head, sep, rest = text.partition(";")
-        if not sep:
-            raise ValueError(f"node id {text!r}: expected ';' after the namespace")
-        key, _, val = head.partition("=")
-        if key == "ns":
-            if not val.isdigit() or int(val) > 65535:
-                raise ValueError(f"node id {text!r}: namespace index {val!r} is not 0..65535")
-            ns = int(val)
-        else:
-            if not val:
-                raise ValueError(f"node id {text!r}: empty namespace URI")
-            ns, nsu = None, val
-    kind, sep, ident = rest.partition("=")
-    if not sep or kind not in ("i", "s", "g", "b") or not ident:
-        raise ValueError(f"node id {text!r}: expected i=, s=, g= or b= identifier")
-    value: int | str | uuid.UUID | bytes
-    if kind == "i":
-        if not ident.isdigit() or int(ident) > 0xFFFFFFFF:
-            raise ValueError(f"node id {text!r}: numeric identifier {ident!r} is not 0..4294967295")
-        value = int(ident)
-    elif kind == "g":
-        try:
-            value = uuid.UUID(ident)
-        except ValueError:
-            raise ValueError(f"node id {text!r}: {ident!r} is not a GUID") from None
-    elif kind == "b":
-        try:
-            value = base64.b64decode(ident, validate=True)
-        except ValueError:
-            raise ValueError(f"node id {text!r}: {ident!r} is not base64") from None
-    else:
-        value = ident
-    return ParsedNodeId(ns=ns, nsu=nsu, kind=kind, identifier=value)
 
 
 @dataclass(frozen=True)
@@ -344,7 +260,6 @@ _POLICIES = {"Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss", "Aes
              "Aes256_Sha256_RsaPss"}
 _MODES = {"Sign", "SignAndEncrypt"}
 _SECURITY_KEYS = {"policy", "mode", "cert", "key", "server_cert", "username", "password_file"}
-_CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 
 #: the keep-alive never runs more often than this, whatever the server revised (a server that
 #: answers a 1 ms session timeout would otherwise get a read storm)
@@ -383,97 +298,6 @@ def keepalive_interval(watchdog_s: float, revised_session_timeout_s: float | Non
             or revised_session_timeout_s <= 0):
         return float(watchdog_s)
     return max(MIN_KEEPALIVE_S, min(float(watchdog_s), revised_session_timeout_s / 3.0))
-
-
-def sha256_fingerprint(der: bytes) -> str:
-    """SHA-256 of a DER certificate as colon-separated upper-case hex (``AB:CD:...``, 32 bytes)."""
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-
-
-def _first_der(blob: bytes) -> bytes:
-    """The leading certificate of a DER blob that may hold a chain (a ServerCertificate may be
-    the application instance certificate followed by its issuers' certificates)."""
-    if len(blob) < 2 or blob[0] != 0x30:
-        return blob
-    n = blob[1]
-    if n < 0x80:
-        return blob[:2 + n]
-    width = n & 0x7F
-    length = int.from_bytes(blob[2:2 + width], "big")
-    return blob[:2 + width + length]
-
-
-def load_certificates(path: str | Path) -> list[x509.Certificate]:
-    """Every X.509 certificate in ``path``: one DER certificate, or PEM with one or more.
-
-    Raises ValueError (one line naming the file) when the file cannot be read or holds no
-    certificate.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"certificate file {path}: {exc.strerror or exc}") from None
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(_first_der(data))]
-    except ValueError as exc:
-        raise ValueError(f"certificate file {path}: not a DER or PEM X.509 certificate "
-                         f"({_one_line(exc)})") from None
-    return certs
-
-
-def certificate_application_uri(path: str | Path) -> str:
-    """The ApplicationUri of a client certificate: the first URI in its subjectAltName.
-
-    OPC UA Part 6 6.2.2 puts the application instance's ApplicationUri in the certificate's
-    subjectAltName as a uniformResourceIdentifier, and Part 4 5.6.2 makes a server reject a
-    CreateSession whose ClientDescription.ApplicationUri differs from it. path: the client
-    certificate file (DER or PEM; the first certificate of a PEM file). Raises ValueError (one
-    line naming the file) when the file is no certificate or it has no URI in its
-    subjectAltName.
-    """
-    cert = load_certificates(path)[0]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    if not uris:
-        raise ValueError(f"client certificate {path} has no URI in its subjectAltName; the OPC UA "
-                         f"ApplicationUri must be there (Part 6 6.2.2)")
-    return uris[0]
-
-
-def trusted_server_certificates(path: str | Path) -> dict[str, bytes]:
-    """SHA-256 fingerprint -> DER of every trusted server certificate.
-
-    path: one certificate file (DER, or PEM with one or more certificates) or a directory whose
-    ``*.der``, ``*.pem``, ``*.crt`` and ``*.cer`` files are all trusted (other files, and PEM
-    files holding no certificate such as a key, are ignored). Raises ValueError (one line naming
-    the file) for a certificate file that does not parse, or a directory without any certificate.
-    """
-    p = Path(path)
-    files = [p]
-    if p.is_dir():
-        files = []
-        for f in sorted(p.iterdir()):
-            if not (f.is_file() and f.suffix.lower() in _CERT_SUFFIXES):
-                continue
-            head = f.read_bytes()
-            if b"-----BEGIN" in head and b"-----BEGIN CERTIFICATE-----" not in head:
-                continue  # a PEM key or CSR next to the certificates
-            files.append(f)
-    out: dict[str, bytes] = {}
-    for f in files:
-        for cert in load_certificates(f):
-            der = cert.public_bytes(Encoding.DER)
-            out[sha256_fingerprint(der)] = der
-    if not out:
-        raise ValueError(f"server_cert directory {path} holds no certificate "
-                         f"({', '.join('*' + s for s in _CERT_SUFFIXES)})")
-    return out
 
 
 def _policy_class(name: str) -> type:
@@ -986,7 +810,7 @@ class OpcUaDevice(Device):
                            f"{ua.MessageSecurityMode(ep.SecurityMode).name}" for ep in endpoints})
             raise ConnectionError(f"server offers no endpoint with {sec['policy']} {sec['mode']} "
                                   f"(it offers: {', '.join(have) or 'none'})")
-        ders = [_first_der(ep.ServerCertificate or b"") for ep in offered]
+        ders = [first_der(ep.ServerCertificate or b"") for ep in offered]
         server_der = next((d for d in ders if sha256_fingerprint(d) in trusted), ders[0])
         if not server_der:
             raise ConnectionError("the endpoint carries no server certificate")

@@ -47,7 +47,7 @@ from gateway.clock import DEFAULT_UNSYNC_GRACE_S
 from gateway.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from gateway.yamlload import YamlError, load_yaml
 from drivers.modbus import parse_reference
-from drivers.opcua import parse_node_id
+from drivers.opcua_node_ids import parse_node_id
 
 LIMIT_KINDS = ("HH", "H", "L", "LL")
 TABLES = ("coil", "discrete_input", "input_register", "holding_register")
@@ -1356,7 +1356,7 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
             except ValueError as exc:  # KeyFileError: one line naming the file
                 bad(loc, f"receiver key {value}: {exc}")
         elif loc[0] == "devices" and loc[-1] == "cert":  # OPC UA: ApplicationUri = the cert's URI SAN
-            from drivers.opcua import certificate_application_uri
+            from drivers.opcua_certs import certificate_application_uri
             try:
                 certificate_application_uri(path)  # type: ignore[arg-type]
             except ValueError as exc:  # Part 6 6.2.2
