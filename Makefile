@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-fast bench venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ demo: $(STAMP)
 # worker (module-scoped servers). PYTEST_ARGS="-n 0" runs serially.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 4 --dist loadfile $(PYTEST_ARGS)
+
+# The fast lane: everything but the tests marked e2e (a daemon, a server or a broker, the command line as a child
+# process, or seconds of waiting; see tests/conftest.py). Under 30 s on two cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not e2e" $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 

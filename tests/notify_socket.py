@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 import time
 
+from conftest import wait_for
+
 
 class NotifySocket:
     """The manager's side of sd_notify(3): a bound AF_UNIX datagram socket; messages with arrival times."""
@@ -44,13 +46,8 @@ class NotifySocket:
         return [m for _, m in self.messages if m.startswith(prefix)]
 
     async def wait_for(self, pred, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; got {self.messages[-10:]}")
-            await asyncio.sleep(0.05)
+        """Until ``pred()`` holds (conftest.wait_for, every 50 ms); fails naming the last messages."""
+        await wait_for(pred, timeout, what, step_s=0.05, proc=proc, detail=lambda: f"got {self.messages[-10:]}")
 
     async def close(self) -> None:
         if self._task:

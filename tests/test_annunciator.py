@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from gateway.config import ConfigError, load_config
 from gateway.gateway import Gateway
 from gateway.model import Quality, Reading
 from hil.tank_plc import TankPlc
+from conftest import run_cli as cli, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------------------- pure logic
@@ -211,26 +210,11 @@ async def running(tmp_path: Path):
         await plc.stop()
 
 
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", *args, cwd=str(ROOT),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
-
-
 def writes(plc: TankPlc, coil: str) -> list[tuple[float, int]]:
     return [(e["t"], e["value"]) for e in plc.events if e["kind"] == "coil_write" and e["coil"] == coil]
 
 
+@pytest.mark.e2e
 async def test_beacon_flashes_at_1_hz_with_read_back_and_horn_silence_resounds(tmp_path):
     async with running(tmp_path) as (plc, gw):
         sock = str(tmp_path / "state" / "control.sock")
@@ -263,6 +247,7 @@ async def test_beacon_flashes_at_1_hz_with_read_back_and_horn_silence_resounds(t
         await wait_for(lambda: not plc.coil("XV102"), 2, "horn off after acknowledgement")
 
 
+@pytest.mark.e2e
 async def test_unconfirmed_writes_are_output_fault_alarms_and_are_retried(tmp_path):
     async with running(tmp_path) as (plc, gw):
         await wait_for(lambda: "T101.level" in gw.values, 5, "first reading")
@@ -281,6 +266,7 @@ async def test_unconfirmed_writes_are_output_fault_alarms_and_are_retried(tmp_pa
         assert "NOWHERE.OUTPUT" in out and "FAULT" in out, out
 
 
+@pytest.mark.e2e
 async def test_disabled_indicator_lamp_on_the_plc_while_a_gas_point_is_shelved(tmp_path):
     """End to end: shelving a gas point over the operator socket lights the disabled_indicator coil (read back
     from the PLC) and `status` shows POINTS DISABLED; unshelving clears both."""

@@ -45,6 +45,7 @@ def test_monitor_detects_steps_both_ways_and_ignores_jitter() -> None:
     assert kernel_synchronised() in (True, False, None)
 
 
+@pytest.mark.e2e
 async def test_C18_cadence_stays_on_the_monotonic_clock_through_wall_steps(tmp_path: Path, monkeypatch) -> None:
     real_time = time.time
     offset = [0.0]
@@ -156,6 +157,7 @@ def test_sync_alarm_after_the_grace_only_and_never_when_unknown() -> None:
     assert m.sync_alarm(30.0) is None and m.sync_alarm(0.0) is None
 
 
+@pytest.mark.e2e
 async def test_gateway_raises_and_clears_system_clock_alarm(tmp_path: Path) -> None:
     """A running Gateway with an injected kernel answer: system.CLOCK goes unacked after the configured grace,
     shows in the status, and returns to normal (rtn_unacked) when the clock is synchronised again; both

@@ -42,6 +42,7 @@ def test_bad_config_reports_file_line_col(path: Path):
     assert str(hit[0]).startswith(f"{path}:{line}:{col}: ")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", CORPUS[:6], ids=lambda p: p.stem)
 def test_check_command_exits_2_with_one_line_per_problem(path: Path):
     line, col, _ = _expect(path)
@@ -64,6 +65,7 @@ def test_all_problems_reported_at_once(tmp_path: Path):
     assert any("ambiguous" in x for x in lines) and any("typo" in x for x in lines) and any(":5:1: bogus" in x for x in lines)
 
 
+@pytest.mark.e2e
 def test_missing_file_is_one_line(tmp_path: Path):
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(tmp_path / "nope.yaml")],
                        capture_output=True, text=True)
@@ -100,6 +102,7 @@ def test_reference_notation_resolves_to_protocol_address(tmp_path: Path):
                                                  ("input_register", 0), ("holding_register", 0)]
 
 
+@pytest.mark.e2e
 def test_daemon_refuses_private_key_readable_by_others(tmp_path: Path):
     from gateway.signing import keygen
 

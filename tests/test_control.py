@@ -16,7 +16,6 @@ import re
 import socket
 import sqlite3
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from gateway.control import ControlServer, ControlStartError, render_status, req
 from gateway.gateway import Gateway
 from gateway.model import Quality, Reading
 from hil.tank_plc import TankPlc
+from conftest import run_cli as cli, tank_overfill_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def other_group() -> grp.struct_group:
@@ -44,36 +42,10 @@ def other_group() -> grp.struct_group:
 
 
 def cfg_text(port: int, control: str = "") -> str:
-    return f"""gateway: {{id: ctl-test, state_dir: state}}
-keys: {{private_key: keys/private.pem}}
-store: {{commit_interval_ms: 50, max_bytes: 1099511627776}}
-{control}
-devices:
-  - name: tank_plc
-    protocol: modbus_tcp
-    host: 127.0.0.1
-    port: {port}
-    poll_interval_ms: 100
-    heartbeat: {{address: 40101, interval_ms: 200}}
-    tags:
-      - {{name: T101.level, address: 30001, type: float32, unit: m,
-         alarms: {{H: 10.5, HH: {{setpoint: 11.0, deadband: 0.1, latching: true}}}}}}
-      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
-interlocks:
-  - name: T101_overfill
-    inputs: [{{tag: T101.level, condition: HH}}]
-    actions: [{{output: XV101, value: 0}}]
-"""
-
-
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    """``control`` is line 4 (a blank line when empty)."""
+    return tank_overfill_config(port, gateway_id="ctl-test", store="{commit_interval_ms: 50, max_bytes: 1099511627776}",
+                                extra=control, heartbeat="heartbeat: {address: 40101, interval_ms: 200}",
+                                alarms="{H: 10.5, HH: {setpoint: 11.0, deadband: 0.1, latching: true}}")
 
 
 @contextlib.asynccontextmanager
@@ -100,13 +72,6 @@ async def running(tmp_path: Path, control: str = ""):
         await plc.stop()
 
 
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", *args, cwd=str(ROOT),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
-
-
 def events(gw) -> list[dict]:
     gw.store.flush(10)
     db = sqlite3.connect(gw.store.path)
@@ -118,6 +83,7 @@ def events(gw) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- tests
 
+@pytest.mark.e2e
 async def test_socket_file_gets_the_configured_mode_and_group(tmp_path):
     g = other_group()
     async with running(tmp_path, f'control: {{socket: ops.sock, mode: "0640", group: {g.gr_name}}}') as (_, gw, cfg):
@@ -138,6 +104,7 @@ def test_control_mode_accepts_yaml_octal_forms(tmp_path):
     assert "c.yaml:4:" in str(e.value) and "octal" in str(e.value)
 
 
+@pytest.mark.e2e
 async def test_user_comes_from_peer_credentials_never_from_the_client(tmp_path):
     async with running(tmp_path) as (plc, gw, cfg):
         plc.set_level("T101", 10.7)  # H alarm (not latching)
@@ -154,6 +121,7 @@ async def test_user_comes_from_peer_credentials_never_from_the_client(tmp_path):
         assert "mallory" not in json.dumps(evs)
 
 
+@pytest.mark.e2e
 async def test_ack_shelve_unshelve_and_refusals_through_the_cli(tmp_path):
     async with running(tmp_path) as (plc, gw, cfg):
         sock = str(cfg.state_dir / "control.sock")
@@ -184,6 +152,7 @@ async def test_ack_shelve_unshelve_and_refusals_through_the_cli(tmp_path):
                        ("shelve", "refused"), ("shelve", "ok"), ("unshelve", "ok")]
 
 
+@pytest.mark.e2e
 async def test_an_alarm_that_feeds_an_interlock_cannot_be_shelved_unless_the_interlock_is_bypassed(tmp_path):
     """The interlock would still trip while the annunciator went quiet: refused; a bypass first (its own
     reason, audited) makes the shelve possible."""
@@ -206,6 +175,7 @@ async def test_an_alarm_that_feeds_an_interlock_cannot_be_shelved_unless_the_int
         assert rc == 0, err
 
 
+@pytest.mark.e2e
 async def test_alarm_reset_refused_while_active_accepted_after_return(tmp_path):
     async with running(tmp_path) as (plc, gw, cfg):
         sock = str(cfg.state_dir / "control.sock")
@@ -221,6 +191,7 @@ async def test_alarm_reset_refused_while_active_accepted_after_return(tmp_path):
         assert gw.alarms.state("T101.level.HH") == "normal"
 
 
+@pytest.mark.e2e
 async def test_status_text_and_json(tmp_path):
     async with running(tmp_path) as (plc, gw, cfg):
         plc.set_level("T101", 11.3)
@@ -248,6 +219,7 @@ async def test_status_text_and_json(tmp_path):
         assert snap["tags"]["T101.level"]["unit"] == "m" and snap["tags"]["T101.level"]["age_s"] < 2
 
 
+@pytest.mark.e2e
 async def test_daemon_not_running_is_exit_2_and_a_stale_socket_is_replaced(tmp_path):
     sock = tmp_path / "state" / "control.sock"
     (tmp_path / "gw.yaml").write_text(cfg_text(1))
@@ -268,6 +240,7 @@ async def test_daemon_not_running_is_exit_2_and_a_stale_socket_is_replaced(tmp_p
             await ControlServer(gw, sock).start()
 
 
+@pytest.mark.e2e
 async def test_a_socket_path_longer_than_sun_path_works(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
@@ -279,6 +252,7 @@ async def test_a_socket_path_longer_than_sun_path_works(tmp_path):
         assert ans["ok"] and ans["status"]["gateway_id"] == "ctl-test"
 
 
+@pytest.mark.e2e
 async def test_bad_requests_get_one_line_answers(tmp_path):
     async with running(tmp_path) as (_, gw, cfg):
         sock = cfg.state_dir / "control.sock"

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from jwcrypto import jwk, jws
 
+from hil.rig import receiver_batches
+from conftest import b64url
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -36,16 +39,8 @@ def demo(tmp_path_factory):
     return wd, json.loads(out.read_text()), proc.stdout
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _received(wd: Path) -> list[str]:
-    db = sqlite3.connect(wd / "receiver.sqlite")
-    try:
-        return [r[0] for r in db.execute("SELECT jws FROM batches ORDER BY seq")]
-    finally:
-        db.close()
+    return receiver_batches(wd / "receiver.sqlite")   # one gateway: in seq order
 
 
 def test_demo_counts_lost_and_duplicated_readings_as_multisets():
@@ -60,6 +55,7 @@ def test_demo_counts_lost_and_duplicated_readings_as_multisets():
     assert reading_counts(Counter([a, a]), Counter([a])) == (1, 0)           # identical samples count twice
 
 
+@pytest.mark.e2e
 def test_summary_has_the_documented_keys(demo):
     _, s, stdout = demo
     for key in ("protocols", "readings", "alarms", "trips", "batches_built", "batches_sent", "batches_verified", "readings_lost",
@@ -70,6 +66,7 @@ def test_summary_has_the_documented_keys(demo):
     assert "readings lost: 0" in stdout
 
 
+@pytest.mark.e2e
 def test_each_protocol_delivered_good_readings(demo):
     wd, s, _ = demo
     db = sqlite3.connect(wd / "state" / "store.sqlite")
@@ -84,6 +81,7 @@ def test_each_protocol_delivered_good_readings(demo):
     assert all(s["protocols_good_tags"][p] >= 1 for p in ("modbus_tcp", "modbus_rtu", "opcua"))
 
 
+@pytest.mark.e2e
 def test_hh_and_2oo3_trips_written_and_confirmed_at_the_simulator(demo):
     wd, s, _ = demo
     trips = {(t["interlock"], t["output"]): t for t in s["trips"]}
@@ -103,6 +101,7 @@ def test_hh_and_2oo3_trips_written_and_confirmed_at_the_simulator(demo):
     assert "GD3.gas.HH" not in raised
 
 
+@pytest.mark.e2e
 def test_every_stored_reading_reached_the_receiver_exactly_once(demo):
     wd, s, _ = demo
     db = sqlite3.connect(wd / "state" / "store.sqlite")
@@ -120,6 +119,7 @@ def test_every_stored_reading_reached_the_receiver_exactly_once(demo):
     assert s["readings_lost"] == 0 and s["readings_duplicated"] == 0
 
 
+@pytest.mark.e2e
 def test_nothing_was_dropped_before_or_inside_the_gateway_store(demo):
     """Readings dropped before the store (queue overflow, refused while full, unserialisable) leave no
     row to miss at the receiver; they show only as gap rows and in Store.stats()["dropped"]."""
@@ -135,6 +135,7 @@ def test_nothing_was_dropped_before_or_inside_the_gateway_store(demo):
     assert s["batches_built"] >= s["batches_sent"] == s["batches_acked"] > 0
 
 
+@pytest.mark.e2e
 def test_chain_verifies_with_an_independent_jose_library(demo):
     wd, s, _ = demo
     keys = {}
@@ -154,7 +155,7 @@ def test_chain_verifies_with_an_independent_jose_library(demo):
         assert payload["seq"] == i
         assert payload["prev"] == prev
         assert payload["gateway_id"] == "demo-tank-farm"
-        prev = _b64(hashlib.sha256(token.encode("ascii")).digest())
+        prev = b64url(hashlib.sha256(token.encode("ascii")).digest())
     exported = sorted((wd / "export").glob("*.jws"))
     assert len(exported) == len(tokens)
     rc = subprocess.run([sys.executable, "-m", "gateway.cli", "verify", "--trust", str(wd / "trust"),

@@ -176,6 +176,7 @@ def write(tmp_path: Path, tags: str, tail: str = "") -> Path:
     return f
 
 
+@pytest.mark.e2e
 def test_check_refuses_a_combustible_preset_on_a_vol_tag_at_the_gas_value(tmp_path: Path):
     f = write(tmp_path, "      - {name: CH4, address: 30001, unit: '%VOL', alarms: {gas: combustible}}\n")
     with pytest.raises(ConfigError) as ei:

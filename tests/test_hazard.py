@@ -538,6 +538,7 @@ def run_grade(*args):
                           cwd=ROOT, env=env, timeout=30)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("names", [("氯", "液化石油气"), ("Chlorine", "LPG"), ("7782-50-5", "68476-85-7")])
 def test_grade_command_subprocess(names):
     p = run_grade("grade", "--people", "35", "--substance", f"{names[0]}=20", "--substance", f"{names[1]}=100")
@@ -547,6 +548,7 @@ def test_grade_command_subprocess(names):
     assert {s["id"] for s in out["substances"]} == {"chlorine", "lpg"}
 
 
+@pytest.mark.e2e
 def test_grade_command_not_major_and_unknown():
     p = run_grade("--people", "0", "--substance", "benzene=10")
     assert p.returncode == 0

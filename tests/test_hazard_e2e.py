@@ -14,7 +14,6 @@ and hash chain recomputed; R_live of the uploaded colour event is recomputed by 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import math
@@ -33,6 +32,7 @@ from gateway.model import Quality, Reading
 from gateway.receiver import BackgroundReceiver
 from gateway.signing import Signer, keygen
 from hil.tank_plc import IR_ADDRESS, TankPlc
+from conftest import b64url, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -103,17 +103,9 @@ def _unit(gw: Gateway) -> dict:
 
 
 async def _until(gw: Gateway, cond, what: str, timeout_s: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        u = _unit(gw)
-        if cond(u):
-            return u
-        assert time.monotonic() < deadline, f"not reached in {timeout_s} s: {what}; unit now {u}"
-        await asyncio.sleep(0.05)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    """The unit's status once ``cond(unit)`` holds."""
+    return await wait_for(lambda: u if cond(u := _unit(gw)) else None, timeout_s, what, step_s=0.05,
+                          detail=lambda: f"unit now {_unit(gw)}")
 
 
 def _benzene_density(t_c: float) -> float:
@@ -130,6 +122,7 @@ DESIGN_S = 2 * math.pi * 5.5 ** 2 * 12.0 * 0.9 * 0.887 / 50.0
 DESIGN_R = 2.0 * DESIGN_S
 
 
+@pytest.mark.e2e
 async def test_filling_tank_moves_the_inventory_not_the_design_grade_events_uploaded_signed_chained(tmp_path: Path):
     kid = keygen(tmp_path / "keys")
     trust = tmp_path / "trust"
@@ -185,7 +178,7 @@ async def test_filling_tank_moves_the_inventory_not_the_design_grade_events_uplo
         obj.verify(key, alg="EdDSA")
         p = json.loads(obj.payload)
         assert p["seq"] == i and p["prev"] == prev and p["gateway_id"] == GW
-        prev = _b64(hashlib.sha256(token.encode("ascii")).digest())
+        prev = b64url(hashlib.sha256(token.encode("ascii")).digest())
         payloads.append(p)
     readings = [r for p in payloads for r in p["readings"]]
     hazard = [e for p in payloads for e in p["events"] if e.get("type") == "hazard"]

@@ -19,30 +19,16 @@ from gateway.config import ConfigError, load_config
 from gateway.gateway import Gateway
 from gateway.heartbeat import Heartbeat
 from hil.tank_plc import TankPlc
+from conftest import tank_overfill_config
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cfg_text(port: int, heartbeat: str | None = "heartbeat: {address: 40101, interval_ms: 100}") -> str:
-    hb = f"    {heartbeat}\n" if heartbeat else ""
-    return f"""gateway: {{id: hb-test, state_dir: state}}
-keys: {{private_key: keys/private.pem}}
-devices:
-  - name: tank_plc
-    protocol: modbus_tcp
-    host: 127.0.0.1
-    port: {port}
-    poll_interval_ms: 100
-{hb}    tags:
-      - {{name: T101.level, address: 30001, type: float32, unit: m, alarms: {{HH: 11.0}}}}
-      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
-interlocks:
-  - name: T101_overfill
-    inputs: [{{tag: T101.level, condition: HH}}]
-    actions: [{{output: XV101, value: 0}}]
-store: {{max_bytes: 1099511627776}}
-"""
+    """``heartbeat`` is line 9 (left out when None); the device starts at line 4."""
+    return tank_overfill_config(port, gateway_id="hb-test", store="{max_bytes: 1099511627776}", store_at_end=True,
+                                heartbeat=heartbeat)
 
 
 @pytest.fixture
@@ -53,6 +39,7 @@ async def plc():
     await p.stop()
 
 
+@pytest.mark.e2e
 async def test_count_heartbeat_advances_in_the_plc_and_stops_with_the_gateway(tmp_path, plc):
     (tmp_path / "gw.yaml").write_text(cfg_text(plc.port))
     gw = Gateway(load_config(tmp_path / "gw.yaml"))
@@ -75,6 +62,7 @@ async def test_count_heartbeat_advances_in_the_plc_and_stops_with_the_gateway(tm
     assert plc.heartbeat == last and plc.heartbeat_age_s > 0.5  # stopped: a PLC watchdog would now trip
 
 
+@pytest.mark.e2e
 async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
     (tmp_path / "gw.yaml").write_text(cfg_text(plc.port))
     gw = Gateway(load_config(tmp_path / "gw.yaml"))
@@ -97,6 +85,7 @@ async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
         await asyncio.wait_for(task, 20)
 
 
+@pytest.mark.e2e
 async def test_toggle_mode_and_a_failed_write_is_a_missed_beat(plc):
     link = TcpLink("127.0.0.1", plc.port, timeout_s=1.0)
     try:
@@ -127,6 +116,7 @@ def test_count_wraps_and_bad_combinations_are_refused():
         Heartbeat("d", None, 1, "input_register", 0, 1.0, "toggle")
 
 
+@pytest.mark.e2e
 def test_check_warns_when_an_interlock_output_has_no_heartbeat(tmp_path):
     from gateway.signing import keygen
 

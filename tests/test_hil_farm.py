@@ -29,6 +29,7 @@ from hil.opcua_plant import NAMESPACE_URI, XV100_POSITION, XV100_TRIP
 from hil.scenario import ScenarioError, load_scenario, parse_scenario
 from hil.serial_line import TO_DEVICE, TO_GATEWAY, SerialLine
 from hil.tank_plc import TankPlc
+from conftest import open_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 def f32(regs: list[int]) -> float:
     """Two registers, word order ABCD -> float."""
     return struct.unpack(">f", struct.pack(">HH", *regs))[0]
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 async def rtu_client(path: str, baudrate: int = 19200, timeout: float = 0.3) -> AsyncModbusSerialClient:
@@ -133,6 +130,7 @@ def test_serial_line_stop_leaks_no_fds(tmp_path):
 
 
 # ---------------------------------------------------------------------------- tank PLC
+@pytest.mark.e2e
 async def test_plc_register_map_float32_abcd_and_coils():
     plc = TankPlc(seed=1)
     await plc.start()
@@ -167,6 +165,7 @@ async def test_plc_register_map_float32_abcd_and_coils():
         await plc.stop()
 
 
+@pytest.mark.e2e
 async def test_plc_closing_the_inlet_stops_the_level():
     plc = TankPlc()
     await plc.start()
@@ -208,6 +207,7 @@ async def test_plc_closing_the_inlet_stops_the_level():
         await plc.stop()
 
 
+@pytest.mark.e2e
 async def test_plc_level_saturates_at_the_tank_top():
     plc = TankPlc(height_m=12.0)
     await plc.start()
@@ -374,6 +374,7 @@ def test_a_folder_named_like_a_scenario_does_not_shadow_it(tmp_path, monkeypatch
     assert load_scenario("mine.yaml").name == "mine"  # a path is still a path
 
 # ---------------------------------------------------------------------------- the farm
+@pytest.mark.e2e
 async def test_farm_end_to_end_scenario_esd_coupling_and_events(tmp_path):
     farm = TankFarm(esd_stroke_s=0.3)
     ep = await farm.start(tmp_path, events_path=tmp_path / "farm-events.jsonl")
@@ -442,6 +443,7 @@ async def test_farm_end_to_end_scenario_esd_coupling_and_events(tmp_path):
     assert not (tmp_path / "tty-gas").exists()
 
 
+@pytest.mark.e2e
 def test_farm_cli_runs_writes_farm_json_and_stops_on_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "hil.farm", "--workdir", str(tmp_path), "--scenario", "demo"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -477,6 +479,7 @@ def test_farm_cli_runs_writes_farm_json_and_stops_on_sigterm(tmp_path):
     assert "scenario_start" in kinds and kinds[-1] == "farm_stopped"
 
 
+@pytest.mark.e2e
 def test_farm_cli_reports_a_bad_scenario_as_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps:\n  - {at_s: 1, set_lel: {slave: 9, pct: 12}}\n")

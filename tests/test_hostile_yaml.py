@@ -95,6 +95,7 @@ def test_every_corpus_file_has_an_expectation():
     assert sorted(p.name for p in CORPUS.glob("*.yaml")) == sorted(EXPECT)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(EXPECT))
 def test_check_refuses_a_hostile_config_with_one_line(name: str, tmp_path: Path):
     line, col, words = EXPECT[name]
@@ -122,6 +123,7 @@ def _generated(tmp_path: Path, kind: str) -> tuple[Path, int, int, str]:
     return path, 5, 9, "a scalar of 1000000 characters: more than the 65536 allowed"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["huge_file", "scalar_1mb"])
 def test_check_refuses_a_huge_file_or_scalar_with_one_line(kind: str, tmp_path: Path):
     path, line, col, words = _generated(tmp_path, kind)
@@ -130,6 +132,7 @@ def test_check_refuses_a_huge_file_or_scalar_with_one_line(kind: str, tmp_path: 
     assert got.startswith(f"{path}:{line}:{col}: ") and words in got, got
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [["run", "--config"], ["probe", "--config"], ["status", "--config"]],
                          ids=lambda c: c[0])
 def test_every_command_that_reads_a_config_refuses_an_alias_bomb(command: list[str], tmp_path: Path):
@@ -147,6 +150,7 @@ PROFILES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("how", ["profile", "include"])
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_a_hostile_profile_named_by_a_valid_config_is_one_line_in_the_profile_file(name: str, how: str,
@@ -166,6 +170,7 @@ def test_a_hostile_profile_named_by_a_valid_config_is_one_line_in_the_profile_fi
     assert not (tmp_path / "hostile-yaml-pwned").exists()
 
 
+@pytest.mark.e2e
 def test_a_short_config_that_multiplies_a_profile_is_one_line(tmp_path: Path):
     """A profile reference is an alias across files: 300 one-line devices taking all 114 tags of a shipped
     profile would be 34,200 tags to validate (and 10,000 devices a million); the expansion stops at
@@ -192,6 +197,7 @@ HAZARD = """hazard:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["long_field", "binary", "huge"])
 def test_a_hostile_strapping_table_csv_is_one_line(kind: str, tmp_path: Path):
     """The one CSV the gateway reads (a hazard unit's strapping table) is bounded like the YAML files:
@@ -224,6 +230,7 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_demo_refuses_a_hostile_scenario_with_one_line(name: str, tmp_path: Path):
     line, words = SCENARIOS[name]

@@ -21,6 +21,7 @@ from gateway.gateway import Gateway, alarm_configs, fresh_windows
 from gateway.model import Quality
 from gateway.probe import probe
 from hil.tank_plc import TankPlc
+from conftest import interlock_status as interlock, tank_overfill_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,18 +86,6 @@ store: {{max_bytes: 1099511627776}}
 """
 
 
-async def wait_for(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def interlock(gw: Gateway, name: str) -> dict:
-    return next(i for i in gw.interlocks.status() if i["name"] == name)
-
-
 async def run_gateway(tmp_path: Path, text: str):
     (tmp_path / "gw.yaml").write_text(text)
     gw = Gateway(load_config(tmp_path / "gw.yaml"))
@@ -105,6 +94,7 @@ async def run_gateway(tmp_path: Path, text: str):
     return gw, stop, task
 
 
+@pytest.mark.e2e
 async def test_broken_4_20ma_loop_is_bad_and_trips_a_1oo1_interlock_on_fault(tmp_path):
     """S2: 0 mA on a 4-20 mA input was -25 %LEL, GOOD, "within limits". NAMUR NE 43: <= 3.6 mA is a
     failure signal: the reading is BAD, the QUALITY alarm rises, and the 1oo1 interlock trips, cause fault."""
@@ -128,6 +118,7 @@ async def test_broken_4_20ma_loop_is_bad_and_trips_a_1oo1_interlock_on_fault(tmp
             await asyncio.wait_for(task, 20)
 
 
+@pytest.mark.e2e
 async def test_valid_range_makes_an_implausible_value_bad_and_trips_on_fault(tmp_path):
     """S2: valid_range [lo, hi] (engineering units): a reading outside it is BAD "out of range", applied
     in Gateway.on_readings before the safety step; the probe judges it the same way."""
@@ -220,27 +211,11 @@ def test_check_warns_when_a_gas_detector_cannot_meet_the_30_s_budget(tmp_path):
 
 
 def plc_config(port: int) -> str:
-    return f"""gateway: {{id: s6-plc, state_dir: state}}
-keys: {{private_key: keys/private.pem}}
-devices:
-  - name: tank_plc
-    protocol: modbus_tcp
-    host: 127.0.0.1
-    port: {port}
-    poll_interval_ms: 100
-    timeout_ms: 200
-    heartbeat: {{address: 40101, interval_ms: 100}}
-    tags:
-      - {{name: T101.level, address: 30001, type: float32, unit: m, alarms: {{HH: 11.0}}}}
-      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
-interlocks:
-  - name: T101_overfill
-    inputs: [{{tag: T101.level, condition: HH}}]
-    actions: [{{output: XV101, value: 0}}]
-store: {{max_bytes: 1099511627776}}
-"""
+    return tank_overfill_config(port, gateway_id="s6-plc", store="{max_bytes: 1099511627776}", store_at_end=True,
+                                timeout_ms=200, heartbeat="heartbeat: {address: 40101, interval_ms: 100}")
 
 
+@pytest.mark.e2e
 async def test_hung_poll_loop_makes_the_input_stale_trips_and_withholds_the_plc_heartbeat(tmp_path):
     """S6: a poll loop that stops delivering (a driver read that never returns) used to leave T101.level
     "known" forever. Now the tag goes stale within its derived window (3 x 0.1 s + 3 x 0.2 s), the

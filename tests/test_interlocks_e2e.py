@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -22,18 +21,11 @@ import pytest
 from gateway.config import load_config
 from gateway.gateway import Gateway
 from hil.farm import TankFarm
+from conftest import free_port as closed_port   # free a moment ago: nobody listens there
+from conftest import interlock_status as interlock, run_cli as cli, wait_for
 
-pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when this returns: nobody listens there
+# e2e: the HIL farm (TCP, RTU and OPC UA servers) and a running Gateway for seconds
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 def config_text(ep: dict, *, plc_poll_ms: int = 100, uplink_port: int | None = None) -> str:
@@ -83,16 +75,6 @@ interlocks:
 """
 
 
-async def wait_for(pred, timeout_s: float, what: str, step_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 @contextlib.asynccontextmanager
 async def rig(tmp_path: Path, **cfg_kw):
     """Farm + gateway running; yields (farm, gw, cfg)."""
@@ -125,17 +107,6 @@ async def rig(tmp_path: Path, **cfg_kw):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 20)
         await farm.stop()
-
-
-def interlock(gw, name: str) -> dict:
-    return next(s for s in gw.interlocks.status() if s["name"] == name)
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", *args, cwd=str(ROOT),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
 
 
 def stored_events(gw) -> list[dict]:

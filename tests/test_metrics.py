@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from pymodbus.simulator.simutils import DataType
 
 from drivers.codec import encode
 from gateway.config import ConfigError, load_config
+from conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -40,6 +34,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None if m is None else float(m.groups()[-1])
 
 
+@pytest.mark.e2e
 async def test_metrics_scraped_from_running_daemon(tmp_path: Path):
     regs = encode(12.0, "float32", "CDAB") + [0, 0]  # Midas gas = 12 ppm (> H 10: one active alarm)
     sim = SimDevice(id=1, simdata=(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import socket
 import struct
 import threading
 import time
@@ -31,6 +30,7 @@ from drivers.modbus import (ModbusDevice, ModbusLinks, ModbusPoint, TcpLink, crc
                             with_crc)
 from gateway.model import Quality, WriteError
 from raw_rtu import RawRtu
+from conftest import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,12 +76,6 @@ class TcpServer:
 
     async def __aexit__(self, *exc):
         await self.server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RawTcp:
@@ -179,6 +173,7 @@ def test_C05_ambiguous_references_rejected(ref, msg):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.e2e
 async def test_C05_reads_reference_notation_tcp():
     rec = Recorder()
     async with TcpServer([dev(1, hr=[(0, [0x1111, 0x2222])], ir=[(0, [0x3333])], action=rec)]) as srv:
@@ -213,6 +208,7 @@ async def test_C05_rtu_frame_for_30001():
 
 
 # --------------------------------------------------------------------------- TCP reads
+@pytest.mark.e2e
 async def test_tcp_read_types_and_shared_link():
     f_cdab = encode(12.5, "float32", "CDAB")
     hr = [(0, [0xFFEC, 0xFF38, 0x1234, 0xFFFF] + f_cdab + [0x7FC0, 0x0000, 0x8000, 0x4348, 0x3400, 0b0100])]
@@ -274,6 +270,7 @@ async def test_bad_point_config_one_line():
 
 
 # --------------------------------------------------------------------------- C06
+@pytest.mark.e2e
 async def test_C06_300_tags_and_device_limit():
     rec = Recorder()
     async with TcpServer([dev(1, hr=[(0, list(range(300)))], action=rec)]) as srv:
@@ -291,6 +288,7 @@ async def test_C06_300_tags_and_device_limit():
         await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_C06_hole_split_and_remembered():
     rec = Recorder()
     async with TcpServer([dev(1, hr=[(11174, [1]), (11176, [2, 3])], action=rec)]) as srv:
@@ -309,6 +307,7 @@ async def test_C06_hole_split_and_remembered():
         await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_C06_wrong_byte_count_is_malformed():
     def handler(unit, pdu):
         fc, addr, count = struct.unpack(">BHH", pdu[:5])
@@ -325,6 +324,7 @@ async def test_C06_wrong_byte_count_is_malformed():
 
 
 # --------------------------------------------------------------------------- C07
+@pytest.mark.e2e
 async def test_C07_exceptions_per_unit_on_one_connection():
     busy = {"n": 0}
 
@@ -367,6 +367,7 @@ async def test_C07_exceptions_per_unit_on_one_connection():
 
 
 # --------------------------------------------------------------------------- C04 (TCP)
+@pytest.mark.e2e
 async def test_C04_writes_encode_verify_and_read_back():
     reject_fc6 = Recorder(lambda fc, a, c, v: ExcCodes.ILLEGAL_FUNCTION if fc == 6 else None)
     rec = Recorder()
@@ -408,6 +409,7 @@ async def test_C04_writes_encode_verify_and_read_back():
         await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_C04_read_back_mismatch_is_a_failure():
     store = {"clamp": False}
 
@@ -429,6 +431,7 @@ async def test_C04_read_back_mismatch_is_a_failure():
 
 
 # --------------------------------------------------------------------------- C10/C11 link behaviour
+@pytest.mark.e2e
 async def test_tcp_backoff_then_connects():
     port = free_port()
     links = ModbusLinks()
@@ -460,6 +463,7 @@ def test_backoff_sequence():
     assert 0.9 <= b.failed(now=0.0) <= 1.1
 
 
+@pytest.mark.e2e
 async def test_tcp_black_hole_reconnects_and_reset_is_a_fault():
     mode = {"m": "silent"}
 
@@ -609,6 +613,7 @@ async def test_C04_coil_frame_and_wrong_echo_rtu():
         bus.close()
 
 
+@pytest.mark.e2e
 async def test_C09_silent_slave_does_not_stall_the_bus():
     def handler(frame):
         unit, fc, addr, count = _rtu_read_req(frame)

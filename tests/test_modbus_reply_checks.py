@@ -88,6 +88,7 @@ def hr(tag: str = "a", address: int = 0, unit: int = 1) -> ModbusPoint:
 
 
 # --------------------------------------------------------------------------- (b) transaction ids
+@pytest.mark.e2e
 async def test_tcp_reply_with_transaction_id_0_is_never_taken():
     """pymodbus 3.16.1 skips its transaction-id check when the reply carries id 0 (transaction.py,
     ``if response.transaction_id and ...``): a peer answering with id 0 had its value taken as GOOD."""
@@ -104,6 +105,7 @@ async def test_tcp_reply_with_transaction_id_0_is_never_taken():
             await links.close_all()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("late_tid", ["own", 0])
 async def test_tcp_late_reply_is_discarded_and_counted_never_the_next_value(late_tid):
     """Request 1 (register 0 = 111) gets no answer in time; its reply arrives while request 2
@@ -134,6 +136,7 @@ async def test_tcp_late_reply_is_discarded_and_counted_never_the_next_value(late
 
 
 # --------------------------------------------------------------------------- (c) say what it is
+@pytest.mark.e2e
 async def test_tcp_reply_with_another_transaction_id_is_reported_as_such():
     async with CraftedTcp(lambda tid, unit, pdu: [adu((tid + 100) & 0xFFFF, unit, regs_reply(3, [5]))]) as srv:
         links, d = tcp_device(srv.port, [hr()])
@@ -146,6 +149,7 @@ async def test_tcp_reply_with_another_transaction_id_is_reported_as_such():
             await links.close_all()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("asked,answering", [(3, 7), (0, 5)])
 async def test_tcp_reply_from_another_unit_is_reported_as_such(asked, answering):
     """A reply with the right transaction id from another unit id: a mis-addressed unit behind a
@@ -160,6 +164,7 @@ async def test_tcp_reply_from_another_unit_is_reported_as_such(asked, answering)
             await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_tcp_stream_out_of_step_is_malformed_and_the_connection_reopened():
     """An MBAP header with protocol id 1 (Implementation Guide V1.0b, section 3.1.3: always 0): the
     byte stream cannot be trusted any more. pymodbus waited for more data (a "timeout"); now the
@@ -198,6 +203,7 @@ def read_point(table: str) -> ModbusPoint:
     return ModbusPoint("v", 1, table, 0, "bool" if table in ("coil", "discrete_input") else "uint16", length=qty)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("table,wrong_fc", [("coil", 2), ("discrete_input", 1), ("holding_register", 4),
                                             ("input_register", 3)])
 async def test_tcp_read_reply_with_another_function_code_is_bad(table, wrong_fc):
@@ -212,6 +218,7 @@ async def test_tcp_read_reply_with_another_function_code_is_bad(table, wrong_fc)
             await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_tcp_exception_reply_for_another_function_is_bad():
     """0x84 (an FC4 exception) in reply to FC3 is no answer to FC3."""
     async with CraftedTcp(lambda tid, unit, pdu: [adu(tid, unit, bytes([0x84, 0x02]))]) as srv:
@@ -223,6 +230,7 @@ async def test_tcp_exception_reply_for_another_function_is_bad():
             await links.close_all()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("table,pdu,why", [
     # byte count 5 for a 3-coil read, one data byte: pymodbus ignores the byte count field
     ("coil", bytes([1, 5, 0b101]), "byte count 5, expected 1 for 3 coils"),
@@ -284,6 +292,7 @@ WRITES = {  # function code -> (point, value written)
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fc,reply,why", [
     # FC5 echo value 0x0001 is no coil state (section 6.5: FF00 or 0000); pymodbus read it as "on"
     (5, lambda p: p[:3] + b"\x00\x01", "echo mismatch: sent 0002 FF00, device answered 0002 0001"),

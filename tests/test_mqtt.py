@@ -10,6 +10,7 @@ chain, dedup), so "exactly once" is judged by the same strict code as over HTTPS
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import queue
@@ -29,11 +30,12 @@ from gateway.batches import Batcher
 from gateway.config import ConfigError, load_config
 from gateway.model import Quality, Reading
 from gateway.receiver import Receiver
-from gateway.signing import Signer, decode_unverified, keygen
+from gateway.signing import decode_unverified
 from gateway.store import Store
 from gateway.tlsutil import make_self_signed
 from gateway.uplink import AuthError, Forwarder, PermanentError, RetryableError
 from gateway.uplink_mqtt import MqttUplink, parse_broker_url
+from conftest import free_port, wait_for as _wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 # CI installs mosquitto (.ci/run): there a missing broker is a failure, not a skip
@@ -43,12 +45,7 @@ pytestmark = [pytest.mark.skipif(MOSQUITTO is None and not os.environ.get("CI"),
 
 GW = "tankfarm-mqtt"
 T0 = 1_760_000_000.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+wait_for = functools.partial(_wait_for, step_s=0.05)   # this file polls every 50 ms
 
 
 class Broker:
@@ -140,16 +137,6 @@ class Subscriber:
 
 
 @pytest.fixture()
-def keys(tmp_path: Path) -> tuple[Signer, Path]:
-    kdir = tmp_path / "keys"
-    kid = keygen(kdir)
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    shutil.copy(kdir / f"{kid}.jwk", trust / f"{kid}.jwk")
-    return Signer.from_file(kdir / "private.pem"), trust
-
-
-@pytest.fixture()
 def broker(tmp_path: Path):
     b = Broker(tmp_path / "broker")
     yield b
@@ -168,14 +155,6 @@ def stored_readings(store: Store) -> Counter:
 
 def received_readings(rx: Receiver) -> Counter:
     return Counter((r["tag"], r["ts"], r["value"]) for _, _, r in rx.store.readings(GW))
-
-
-async def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_broker_url_rules() -> None:
@@ -202,9 +181,10 @@ def test_config_selects_mqtt_and_checks_its_url(tmp_path: Path) -> None:
         load_config(f)
 
 
-async def test_no_unbounded_wait_on_a_silent_broker(tmp_path: Path, keys) -> None:
+@pytest.mark.e2e
+async def test_no_unbounded_wait_on_a_silent_broker(tmp_path: Path, signing_keys) -> None:
     """A peer that accepts TCP but never sends CONNACK: send() fails within the timeout (retryable)."""
-    signer, _ = keys
+    signer, _ = signing_keys
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -221,8 +201,9 @@ async def test_no_unbounded_wait_on_a_silent_broker(tmp_path: Path, keys) -> Non
         srv.close()
 
 
-async def test_mqtt_tls_batches_arrive_once_verified(tmp_path: Path, keys, broker: Broker) -> None:
-    signer, trust = keys
+@pytest.mark.e2e
+async def test_mqtt_tls_batches_arrive_once_verified(tmp_path: Path, signing_keys, broker: Broker) -> None:
+    signer, trust = signing_keys
     broker.start()
     sub = Subscriber(broker.port).start()
     rx = Receiver(tmp_path / "rx.sqlite", trust)
@@ -249,9 +230,10 @@ async def test_mqtt_tls_batches_arrive_once_verified(tmp_path: Path, keys, broke
     rx.close()
 
 
-async def test_mqtt_broker_down_backoff_then_restart_resumes_nothing_lost(tmp_path: Path, keys,
+@pytest.mark.e2e
+async def test_mqtt_broker_down_backoff_then_restart_resumes_nothing_lost(tmp_path: Path, signing_keys,
                                                                          broker: Broker) -> None:
-    signer, trust = keys
+    signer, trust = signing_keys
     attempts: list[float] = []
 
     class CountingUplink(MqttUplink):   # a spy on the real transport: records when each attempt starts
@@ -315,10 +297,11 @@ async def test_mqtt_broker_down_backoff_then_restart_resumes_nothing_lost(tmp_pa
     rx.close()
 
 
-async def test_mqtt_not_authorized_holds_and_is_not_dead_lettered(tmp_path: Path, keys) -> None:
+@pytest.mark.e2e
+async def test_mqtt_not_authorized_holds_and_is_not_dead_lettered(tmp_path: Path, signing_keys) -> None:
     """A broker ACL that forbids the topic answers PUBACK 0x87: the broker refuses this gateway, not the batch:
     AuthError (the Forwarder holds with one alarm and retries; nothing is set aside)."""
-    signer, _ = keys
+    signer, _ = signing_keys
     b = Broker(tmp_path / "acl-broker", acl="topic read hazard/#\n").start()
     try:
         up = MqttUplink(f"mqtt://127.0.0.1:{b.port}", GW, timeout_s=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 import uuid
 from collections import Counter
@@ -22,12 +23,15 @@ from drivers.opcua import (OpcUaDevice, OpcUaPoint, coerce_for_variant, parse_no
 from gateway.model import Quality, TimeSource, WriteError
 from hil.opcua_plant import (H2S, H2S_STATUS, HEARTBEAT, NAMESPACE_URI, XV100_POSITION, XV100_TRIP,
                              OpcUaPlant, free_port)
+from conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 UNCERTAIN_LAST_USABLE = 0x40900000
 BAD_SENSOR_FAILURE = 0x808C0000
 SEVERITY_11 = 0xC0000000
+#: the predicates here are async (a read of the device): polled every 50 ms
+wait_for = functools.partial(_wait_for, step_s=0.05)
 
 # fast settings so the whole file stays well under 60 s
 FAST = dict(timeout_s=0.5, publishing_interval_ms=50, watchdog_s=0.3, backoff_initial_s=0.2, backoff_max_s=0.5)
@@ -39,18 +43,6 @@ async def plant():
     await p.start()
     yield p
     await p.stop()
-
-
-async def wait_for(predicate, timeout_s: float = 5.0, step_s: float = 0.05):
-    """Poll an async predicate until it returns a truthy value; fail after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s (last: {result!r})")
-        await asyncio.sleep(step_s)
 
 
 async def reading_of(dev: OpcUaDevice, tag: str):
@@ -168,6 +160,7 @@ async def test_coerce_for_variant_rejects(value, vtype):
 
 # ------------------------------------------------------------------ against the plant
 
+@pytest.mark.e2e
 async def test_subscription_delivers_values_ns_and_nsu_forms(plant):
     points = [
         OpcUaPoint("H2S_ns", f"ns={plant.ns};s={H2S}", unit="mg/m3"),
@@ -200,6 +193,7 @@ async def test_subscription_delivers_values_ns_and_nsu_forms(plant):
         await dev.close()
 
 
+@pytest.mark.e2e
 async def test_unknown_namespace_uri_is_bad_for_that_tag_only(plant):
     points = [OpcUaPoint("GOOD", f"nsu={NAMESPACE_URI};s={H2S}"),
               OpcUaPoint("NOWHERE", "nsu=urn:not-on-this-server;s=X")]
@@ -219,6 +213,7 @@ async def _is(dev, tag, value):
     return r.quality is Quality.GOOD and r.value == value
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("subscribe", [True, False], ids=["subscription", "direct-read"])
 async def test_C13_status_codes_map_to_quality(plant, subscribe):
     points = [OpcUaPoint("AT301_H2S", f"nsu={NAMESPACE_URI};s={H2S}", unit="mg/m3", subscribe=subscribe),
@@ -279,6 +274,7 @@ async def _good_value(dev, tag, value):
     return r if (r.quality is Quality.GOOD and r.value == value) else None
 
 
+@pytest.mark.e2e
 async def test_deadband_suppresses_small_changes(plant):
     points = [OpcUaPoint("H2S_db", f"nsu={NAMESPACE_URI};s={H2S}", unit="mg/m3", deadband=1.0)]
     dev = OpcUaDevice("plant", plant.endpoint, points, **FAST)
@@ -295,6 +291,7 @@ async def test_deadband_suppresses_small_changes(plant):
         await dev.close()
 
 
+@pytest.mark.e2e
 async def test_write_keeps_variant_type_and_reads_back(plant):
     points = [OpcUaPoint("HEARTBEAT", f"nsu={NAMESPACE_URI};s={HEARTBEAT}", writable=True, subscribe=False),
               OpcUaPoint("XV100_TRIP", f"nsu={NAMESPACE_URI};s={XV100_TRIP}", writable=True),
@@ -333,6 +330,7 @@ async def test_write_keeps_variant_type_and_reads_back(plant):
         await dev.close()
 
 
+@pytest.mark.e2e
 async def test_write_readback_mismatch_raises(plant):
     # a PLC that clamps the heartbeat: the server stores min(value, 100)
     nid = plant.node_id(HEARTBEAT)
@@ -353,6 +351,7 @@ async def test_write_readback_mismatch_raises(plant):
         await dev.close()
 
 
+@pytest.mark.e2e
 async def test_start_never_raises_when_server_down_then_connects():
     port = free_port()
     points = [OpcUaPoint("AT301_H2S", f"nsu={NAMESPACE_URI};s={H2S}", unit="mg/m3"),
@@ -376,6 +375,7 @@ async def test_start_never_raises_when_server_down_then_connects():
 
 # ------------------------------------------------------------------ C12: restart and silent server
 
+@pytest.mark.e2e
 async def test_C12_server_restart_resubscribes_once(caplog):
     """Server stopped, a new one on the same port 2 s later: values resume, one
     monitored item per tag on the new server, one notification per change, gap BAD."""
@@ -478,6 +478,7 @@ class FreezableProxy:
             self._server.close()
 
 
+@pytest.mark.e2e
 async def test_C12_silent_server_detected_by_watchdog(plant):
     proxy = FreezableProxy(plant.port)
     await proxy.start()

@@ -56,6 +56,7 @@ def test_keepalive_interval_rule():
     assert keepalive_interval(5.0, 0.001) == MIN_KEEPALIVE_S
 
 
+@pytest.mark.e2e
 async def test_session_survives_a_server_capped_session_timeout(caplog):
     """watchdog_s 20 (accepted by `check`), server caps the session at 3 s: over 10 s (more than three
     session timeouts) of a quiet plant the one session stays open on the server, every poll is GOOD
@@ -96,6 +97,7 @@ async def test_session_survives_a_server_capped_session_timeout(caplog):
     assert "capped_ua" in lines[0] and "3 s" in lines[0] and "watchdog_s 20" in lines[0] and "\n" not in lines[0]
 
 
+@pytest.mark.e2e
 async def test_no_lowering_no_log_when_the_server_grants_enough(caplog):
     """A server that grants a long session: keep-alive stays watchdog_s, nothing logged about it."""
     caplog.set_level(logging.WARNING, logger="drivers.opcua")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from drivers.opcua import OpcUaDevice, OpcUaPoint, sha256_fingerprint
 from opcua_certs import make_cert
 from gateway.model import Quality
+from conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,12 +47,6 @@ class Users:
         if username == self.username and password == self.password:
             return User(role=UserRole.User)
         return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StrictValidator:
@@ -113,6 +107,7 @@ async def read_when_connected(dev: OpcUaDevice, wait_s: float = 6.0):
     return r
 
 
+@pytest.mark.e2e
 async def test_basic256sha256_sign_and_encrypt_with_client_certificate(tmp_path):
     server, endpoint, server_cert = await secure_server(tmp_path)
     ccert, ckey = make_cert(tmp_path, "client", CLIENT_URI, server=False)
@@ -150,6 +145,7 @@ def server_sessions(server: Server) -> int:
     return len(server.iserver._external_sessions)  # noqa: SLF001 - asyncua internals: sessions it holds
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("policy, server_policy, uri_tail", [
     ("Basic256Sha256", ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, "#Basic256Sha256"),
     ("Aes128_Sha256_RsaOaep", ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt, "#Aes128_Sha256_RsaOaep"),
@@ -180,6 +176,7 @@ async def test_each_policy_sign_and_encrypt_against_a_strict_server(tmp_path, po
         await server.stop()
 
 
+@pytest.mark.e2e
 async def test_strict_server_refuses_a_default_application_uri(tmp_path):
     """The strict server really is strict: asyncua's Client with the same certificate but its default
     ApplicationUri (what the driver sent before it read the URI from the certificate) is refused."""
@@ -205,6 +202,7 @@ def untrusted_message(device: str, server_cert: Path) -> str:
             f"sha256 fingerprint {sha256_fingerprint(server_cert.read_bytes())}")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("trust", ["none", "other-file", "other-dir"])
 async def test_untrusted_server_certificate_is_refused(tmp_path, caplog, trust):
     """No server_cert, another certificate, or a directory without the server's: refused before any
@@ -240,6 +238,7 @@ async def test_untrusted_server_certificate_is_refused(tmp_path, caplog, trust):
     assert "plant_ua" in logged[0].getMessage() and "server certificate not trusted" in logged[0].getMessage()
 
 
+@pytest.mark.e2e
 async def test_trusted_server_certificate_in_a_trust_directory(tmp_path):
     """server_cert names a directory: every certificate file in it is trusted (here the impostor's DER
     and a PEM copy of the real server's); the session is accepted and reads GOOD."""
@@ -279,6 +278,7 @@ def test_client_certificate_without_uri_san_is_a_device_error(tmp_path):
         OpcUaDevice("g_ua", "opc.tcp://127.0.0.1:4840/", [POINT], security=secure(garbage, ckey, None))
 
 
+@pytest.mark.e2e
 async def test_username_password_from_file_over_sign_and_encrypt(tmp_path):
     users = Users("gateway", "s3cret pass;word")
     server, endpoint, server_cert = await secure_server(tmp_path, users)
@@ -307,6 +307,7 @@ async def test_username_password_from_file_over_sign_and_encrypt(tmp_path):
         await server.stop()
 
 
+@pytest.mark.e2e
 async def test_config_password_file_readable_by_others_is_refused(tmp_path):
     """Through the config (as `run` and `probe` load it): a password file with group/other bits is
     refused before any connection, FILE:LINE:COL, exit 2; chmod 600 and the same config reads."""

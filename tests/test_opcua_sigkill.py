@@ -34,7 +34,8 @@ from drivers.opcua import OpcUaDevice, OpcUaPoint
 from gateway.model import Quality
 from hil.opcua_plant import H2S, NAMESPACE_URI, XV100_POSITION, free_port
 
-pytestmark = pytest.mark.timeout(90)
+# e2e: an OPC UA server as a child process, SIGKILLed and restarted
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 ROOT = Path(__file__).resolve().parents[1]
 RAMP_MS = 500

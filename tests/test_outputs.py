@@ -212,6 +212,7 @@ async def test_event_callback_error_does_not_stop_writes():
     assert om.state("XV100").confirmed
 
 
+@pytest.mark.e2e
 async def test_close_cancels_and_refuses():
     coils, events = Coils(), []
     coils.block = asyncio.Event()

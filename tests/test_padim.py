@@ -31,6 +31,7 @@ async def _wait_values(dev: OpcUaDevice, want: dict[str, float], timeout_s: floa
                          f"{ {t: (r.value, r.quality.value, r.reason) for t, r in last.items()} }")
 
 
+@pytest.mark.e2e
 async def test_padim_types_instantiated():
     """Devices are PA-DIM types, signals are PA-DIM measurement VariableTypes, units are UNECE EUInformation."""
     async with PadimPlant() as plant:
@@ -50,6 +51,7 @@ async def test_padim_types_instantiated():
             assert serial == "HIL-AT201"
 
 
+@pytest.mark.e2e
 async def test_nsu_reads_survive_restart_with_other_namespace_order():
     plant = PadimPlant(namespace_order="standard")
     await plant.start()
@@ -77,6 +79,7 @@ async def test_nsu_reads_survive_restart_with_other_namespace_order():
         await plant.stop()
 
 
+@pytest.mark.e2e
 async def test_stale_index_would_read_the_wrong_namespace():
     """The same numeric ns= id that was right before the restart points elsewhere after it (the fault nsu= avoids)."""
     plant = PadimPlant(namespace_order="standard")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -17,17 +16,12 @@ from gateway.probe import format_table, probe, reference
 from hil.gas_detectors import GasBus
 from hil.opcua_plant import OpcUaPlant
 from hil.tank_plc import TankPlc
+from conftest import free_port as closed_port   # free a moment ago: nobody listens there
 
 pytestmark = pytest.mark.timeout(60)
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp: Path, plc_port: int, gas_tty: str, ua_port: int, dead_port: int | None = None) -> Path:
@@ -120,6 +114,7 @@ def test_reference_notation():
     assert reference("holding_register", 65535) == "465536"
 
 
+@pytest.mark.e2e
 async def test_probe_rows_all_good(sims, tmp_path):
     plc, bus, gas_tty, plant = sims
     cfg = load_config(write_config(tmp_path, plc.port, gas_tty, plant.port))
@@ -142,6 +137,7 @@ async def test_probe_rows_all_good(sims, tmp_path):
         await probe(cfg, "nope")
 
 
+@pytest.mark.e2e
 async def test_probe_cli_exit_codes_and_comm_fault(sims, tmp_path):
     plc, bus, gas_tty, plant = sims
     good = write_config(tmp_path, plc.port, gas_tty, plant.port)

@@ -169,6 +169,7 @@ def test_select_prefix_overrides_and_defaults(tmp_path: Path):
     assert any("AT7.fault_status" in m and "assumed" in m for m in msgs)
 
 
+@pytest.mark.e2e
 def test_check_warns_for_each_used_assumed_address(tmp_path: Path):
     f = cfg_with(tmp_path, "  - name: GD1\n    protocol: modbus_rtu\n    port: /dev/ttyUSB0\n    unit_id: 1\n"
                            "    profile: pemtech_pt495\n")
@@ -234,6 +235,7 @@ def test_duplicate_key_in_profile(tmp_path: Path):
 
 # --- a device using a profile polls a real Modbus TCP server ---------------------------------
 
+@pytest.mark.e2e
 async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
     from gateway.gateway import build_devices
 
@@ -268,6 +270,7 @@ async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
 
 # --- config/example-site.yaml ----------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_example_site_passes_check(tmp_path: Path):
     """The commented template passes `check` once its secret files (mode 0600) and certificates exist; the only
     warnings are the profile addresses still to be verified on site."""

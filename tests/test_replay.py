@@ -147,6 +147,7 @@ def _bits(pdu: bytes, count: int) -> list[bool]:
     return [bool(b) for b in DecodePDU(is_server=False).decode(pdu).bits[:count]]
 
 
+@pytest.mark.e2e
 async def test_replay_modbus_test_pcap_tcp_gateway_reads_captured_values():
     """The TCP-to-serial gateway 192.168.0.20 with unit ids 1, 2, 3, 7: every captured FC4 read is
     replayed through ModbusDevices sharing one link; each value equals the captured one, in order;
@@ -184,6 +185,7 @@ async def test_replay_modbus_test_pcap_tcp_gateway_reads_captured_values():
         await links.close_all()
 
 
+@pytest.mark.e2e
 async def test_replay_ModbusTCP_pcap_one_plc():
     """One of the 13 slaves in ModbusTCP.pcap (unit 255): coils, discrete inputs, input registers
     (FC4 @1100 x115) and FC15 writes, replayed in capture order."""
@@ -236,6 +238,7 @@ async def _rtu_rig(name: str, master: str | None, baud: int, bits_per_char: int)
     return pairs, line, gw_path, replay
 
 
+@pytest.mark.e2e
 async def test_replay_flowmeter_rtu_ieee_floats():
     """Flow meter at slave 247, 9600 8N1: FC3 @0x0000 x15 carries IEEE floats (ABCD); the setpoint
     write (FC16 @6 = 15.0) shows up at registers 6-7 afterwards."""
@@ -282,6 +285,7 @@ async def test_replay_flowmeter_rtu_ieee_floats():
         line.stop()
 
 
+@pytest.mark.e2e
 async def test_replay_wizmodbus_rtu_cdab_floats_and_unknown_is_timeout():
     """wizmodbus, 9600 8N1 slave 1, replayed in capture order: FC3 reads of 2 registers at 1000, 1002
     .. 1024 hold float32 in CDAB order (11049.11, 22160.11 ...); 1026-1032 are single registers;

@@ -22,7 +22,8 @@ from hil.rig import (GatewayProc, ReceiverProc, drained, integrity, make_keys, p
                      receiver_readings, store_readings, tank_plc_config)
 from hil.tank_plc import TankPlc
 
-pytestmark = pytest.mark.timeout(150)
+# e2e: the daemon and the receiver as child processes, restarted
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 POLL_MS = 100
 COMMIT_MS = 100

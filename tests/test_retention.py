@@ -19,21 +19,13 @@ from gateway.gateway import Gateway
 from gateway.model import Quality, Reading
 from gateway.report import ReportFilter, ReportRule
 from gateway.store import Store
+from conftest import sql_rows as rows
 
 T0 = 1_760_000_000.0
 
 
 def rec(i: int, tag: str = "TT-1") -> dict:
     return Reading(tag=tag, value=float(i), unit="degC", quality=Quality.GOOD, ts=T0 + i).to_record()
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    import sqlite3
-    c = sqlite3.connect(db)
-    try:
-        return c.execute(sql).fetchall()
-    finally:
-        c.close()
 
 
 # ---------------------------------------------------------------- on_full: stop_polling
@@ -139,6 +131,7 @@ def cfg_text(max_bytes: int, ntags: int = 10, on_full: str = "drop_oldest", extr
     return CFG % (max_bytes, on_full, tags + extra_tag)
 
 
+@pytest.mark.e2e
 def test_C16_check_refuses_a_max_bytes_that_cannot_hold_the_retention_floor(tmp_path: Path) -> None:
     from gateway.config import ConfigError
     from gateway.signing import keygen

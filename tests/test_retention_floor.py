@@ -28,6 +28,7 @@ import gateway.store as store_mod
 from gateway.config import ConfigError, load_config
 from gateway.model import Quality, Reading, rfc3339
 from gateway.store import Store
+from conftest import sql_rows as rows
 
 DAY = 86400.0
 
@@ -35,14 +36,6 @@ DAY = 86400.0
 def reading(i: int, tag: str, ts: float | None = None) -> dict:
     return Reading(tag=tag, value=float(i), unit="degC", quality=Quality.GOOD,
                    ts=time.time() if ts is None else ts).to_record()
-
-
-def rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    c = sqlite3.connect(db)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
 
 
 # ---------------------------------------------------------------- the store
@@ -212,6 +205,7 @@ def check(f: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(f)], capture_output=True, text=True)
 
 
+@pytest.mark.e2e
 def test_check_refuses_a_cap_that_cannot_hold_the_floor_unless_waived(tmp_path: Path) -> None:
     f = write_cfg(tmp_path)
     with pytest.raises(ConfigError) as ei:
@@ -230,6 +224,7 @@ def test_check_refuses_a_cap_that_cannot_hold_the_floor_unless_waived(tmp_path: 
     assert cfg.model.store.retention_floor.waive and cfg.model.store.retention_floor.reason.startswith("lab bench")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("floor, at, text", [
     ("  retention_floor: {waive: true}\n", "retention_floor", "needs a reason"),
     ('  retention_floor: {waive: true, reason: "  "}\n', "retention_floor", "needs a reason"),
@@ -248,6 +243,7 @@ def test_a_waiver_needs_a_reason_and_nothing_else(tmp_path: Path, floor: str, at
     assert r.returncode == 2 and f"{f}:{where[0]}:{where[1]}: store.retention_floor" in r.stderr, r.stderr
 
 
+@pytest.mark.e2e
 def test_check_refuses_retention_days_below_30_unless_waived(tmp_path: Path) -> None:
     f = write_cfg(tmp_path, max_bytes=4 * 1024 ** 3, days="10")      # the cap holds 10 days easily
     with pytest.raises(ConfigError) as ei:
@@ -264,6 +260,7 @@ def test_check_refuses_retention_days_below_30_unless_waived(tmp_path: Path) -> 
 # ---------------------------------------------------------------- the waiver is on the record
 
 
+@pytest.mark.e2e
 async def test_each_gateway_start_with_a_waiver_records_a_retention_floor_waived_event(tmp_path: Path) -> None:
     from gateway.gateway import Gateway
 

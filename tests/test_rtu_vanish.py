@@ -22,12 +22,9 @@ import serial
 from drivers.modbus import Backoff, ModbusDevice, ModbusPoint, RtuLink, crc_ok, with_crc
 from gateway.model import Quality
 from hil.serial_line import SerialLine
+from conftest import open_fds
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class Slave:

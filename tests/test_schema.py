@@ -23,6 +23,7 @@ def test_schema_json_is_in_sync():
         f"config/schema.json is out of date with gateway/config.py; regenerate it with:  {UPDATE}")
 
 
+@pytest.mark.e2e
 def test_schema_command_prints_the_schema():
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "schema"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stderr == ""

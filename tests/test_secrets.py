@@ -55,12 +55,14 @@ def check(path: Path) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=60)
 
 
+@pytest.mark.e2e
 def test_good_secret_files_pass(site: Path):
     assert check_secrets(load_config(site)) == []
     r = check(site)
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,line,col,path", [
     ("private.pem", 3, 16, "keys.private_key"),
     ("client.key", 7, 15, "uplink.client_key"),
@@ -78,6 +80,7 @@ def test_secret_readable_by_group_or_others_is_refused(site: Path, name, line, c
     assert "chmod 600" in err
 
 
+@pytest.mark.e2e
 def test_missing_secret_files_all_reported(site: Path):
     for name in ("client.key", "ua-password"):
         (site.parent / "keys" / name).unlink()
@@ -96,6 +99,7 @@ def test_client_cert_holding_the_key_is_a_secret(site: Path):
     assert [(p.line, p.path) for p in problems] == [(6, "uplink.client_cert")]
 
 
+@pytest.mark.e2e
 def test_run_refuses_before_starting(site: Path):
     (site.parent / "keys" / "ua-password").chmod(0o644)
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(site)], capture_output=True,
@@ -105,6 +109,7 @@ def test_run_refuses_before_starting(site: Path):
     assert not (site.parent / "state").exists()   # nothing started
 
 
+@pytest.mark.e2e
 def test_check_refuses_a_symlinked_signing_key_as_run_does(site: Path):
     """run opens the signing key with O_NOFOLLOW (gateway.signing.Signer.from_file): check must not pass a
     key file that run then refuses; both say so as the same FILE:LINE:COL line before anything starts."""
@@ -131,6 +136,7 @@ def test_inline_password_is_an_error_saying_to_use_a_file(site: Path):
     assert "hunter2" not in str(ei.value)
 
 
+@pytest.mark.e2e
 def test_inline_key_material_is_an_error_and_not_echoed(site: Path):
     pem = (site.parent / "keys" / "private.pem").read_text()
     body = pem.splitlines()[1]
@@ -176,6 +182,7 @@ def test_pem_in_a_log_record_is_redacted(site: Path):
     assert os.linesep not in out.rstrip("\n")
 
 
+@pytest.mark.e2e
 def test_missing_certificate_file_is_an_error_at_its_line(site: Path):
     """check must not pass a config whose uplink CA or client certificate is missing: run would die on it."""
     (site.parent / "keys" / "client.pem").unlink()

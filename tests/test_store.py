@@ -13,8 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.model import Quality, Reading, TimeSource
 from gateway.store import Store
+from conftest import sql_rows as rows
 
 T0 = 1_760_000_000.0
 
@@ -22,14 +25,6 @@ T0 = 1_760_000_000.0
 def rec(i: int, tag: str = "TT-101", value=None) -> dict:
     return Reading(tag=tag, value=float(i) / 10 if value is None else value, unit="degC", quality=Quality.GOOD,
                    ts=T0 + i, ts_source=TimeSource.SOURCE).to_record()
-
-
-def rows(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def test_put_flush_reopen_finds_every_row(tmp_path: Path) -> None:
@@ -115,6 +110,7 @@ def test_C17_garbage_file_is_moved_aside(tmp_path: Path) -> None:
         assert st.moved_aside.read_bytes().startswith(b"this is not")
 
 
+@pytest.mark.e2e
 def test_C17_locked_database_put_never_blocks(tmp_path: Path) -> None:
     """Another connection holds an exclusive lock for 2 s: put_* stays non-blocking,
     nothing is lost once the lock is released (C17a)."""
@@ -226,6 +222,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_C17_sigkill_during_write_burst_keeps_database_intact(tmp_path: Path) -> None:
     db = tmp_path / "store.sqlite"
     script = tmp_path / "writer.py"
@@ -270,6 +267,7 @@ def test_R3_unserialisable_record_becomes_a_gap_and_flush_completes(tmp_path: Pa
     assert s["dropped"] == 3 and s["queue_depth"] == 0
 
 
+@pytest.mark.e2e
 def test_R3_writer_restart_keeps_the_records_it_had_dequeued(tmp_path: Path) -> None:
     """A non-sqlite3 exception in the writer restarts it; the records it held are committed after the
     restart (not lost without a gap row), so flush() completes."""
@@ -307,6 +305,7 @@ devices:
 """
 
 
+@pytest.mark.e2e
 def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_path: Path) -> None:
     import subprocess
     import sys

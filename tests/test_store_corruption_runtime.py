@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import shutil
 import sqlite3
 import struct
 import threading
@@ -36,23 +35,14 @@ from gateway.batches import Batch, Batcher
 from gateway.chain_position import ChainPosition, ChainPositionError, position_path
 from gateway.model import Quality, Reading, rfc3339
 from gateway.receiver import BackgroundReceiver, export_batches
-from gateway.signing import Signer, chain_hash, decode_unverified, keygen
+from gateway.signing import chain_hash, decode_unverified
 from gateway.store import Store, StoreError, is_corruption
 from gateway.uplink import Forwarder, HttpsUplink
 from gateway.verify import run_verify
+from conftest import run_forwarder
 
 T0 = 1_760_000_000.0
 GW = "tankfarm-01"
-
-
-@pytest.fixture()
-def keys(tmp_path: Path) -> tuple[Signer, Path]:
-    kdir = tmp_path / "keys"
-    kid = keygen(kdir)
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    shutil.copy(kdir / f"{kid}.jwk", trust / f"{kid}.jwk")
-    return Signer.from_file(kdir / "private.pem"), trust
 
 
 def rec(i: int, tag: str = "LT-101") -> dict:
@@ -151,22 +141,6 @@ def value_of_id(db: Path) -> dict[int, int]:
         conn.close()
 
 
-async def wait_for(cond, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(cond):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-async def run_forwarder(fwd: Forwarder, until, timeout_s: float) -> None:
-    task = asyncio.create_task(fwd.run())
-    try:
-        await wait_for(until, timeout_s)
-    finally:
-        fwd.stop()
-        await asyncio.wait_for(task, 5)
-
-
 def all_sent(st: Store) -> bool:
     s = st.stats()
     return s["readings_unsent"] == 0 and s["batches_unacked"] == 0 and s["queue_depth"] == 0
@@ -175,8 +149,10 @@ def all_sent(st: Store) -> bool:
 # ---------------------------------------------------------------- the whole path over a real receiver
 
 
-async def test_C17b_runtime_corruption_recovers_and_a_real_receiver_accepts_the_chain(tmp_path: Path, keys) -> None:
-    signer, trust_dir = keys
+@pytest.mark.e2e
+async def test_C17b_runtime_corruption_recovers_and_a_real_receiver_accepts_the_chain(tmp_path: Path,
+                                                                                      signing_keys) -> None:
+    signer, trust_dir = signing_keys
     db = tmp_path / "gw" / "store.sqlite"
     with BackgroundReceiver(tmp_path / "rx", trust_dir) as rx:
         st = Store(db, commit_interval_s=0.05).open()
@@ -274,8 +250,9 @@ async def test_C17b_runtime_corruption_recovers_and_a_real_receiver_accepts_the_
 # ---------------------------------------------------------------- the writer's commit finds it
 
 
-def test_C17b_corrupt_page_in_the_writers_commit_holds_records_then_chain_goes_on(tmp_path: Path, keys) -> None:
-    signer, trust_dir = keys
+def test_C17b_corrupt_page_in_the_writers_commit_holds_records_then_chain_goes_on(tmp_path: Path,
+                                                                                  signing_keys) -> None:
+    signer, trust_dir = signing_keys
     db = tmp_path / "store.sqlite"
     st = Store(db, commit_interval_s=0.05).open()
     try:
@@ -332,9 +309,9 @@ def test_C17b_corrupt_page_in_the_writers_commit_holds_records_then_chain_goes_o
         st.close()
 
 
-def test_locked_is_not_corruption(tmp_path: Path, keys) -> None:
+def test_locked_is_not_corruption(tmp_path: Path, signing_keys) -> None:
     """SQLITE_BUSY / "database is locked" on the batch side is a lock (C17a), never a corruption."""
-    signer, _ = keys
+    signer, _ = signing_keys
     assert is_corruption(sqlite3.DatabaseError("database disk image is malformed"))
     assert is_corruption(sqlite3.DatabaseError("file is not a database"))
     assert not is_corruption(sqlite3.OperationalError("database is locked"))
@@ -360,8 +337,8 @@ def test_locked_is_not_corruption(tmp_path: Path, keys) -> None:
 # ---------------------------------------------------------------- at start: the chain carries on too
 
 
-def test_C17b_corrupt_file_at_start_carries_the_chain_on(tmp_path: Path, keys) -> None:
-    signer, trust_dir = keys
+def test_C17b_corrupt_file_at_start_carries_the_chain_on(tmp_path: Path, signing_keys) -> None:
+    signer, trust_dir = signing_keys
     db = tmp_path / "store.sqlite"
     sent: dict[int, str] = {}
     with Store(db, commit_interval_s=0.05) as st:
@@ -404,10 +381,10 @@ def test_C17b_corrupt_file_at_start_carries_the_chain_on(tmp_path: Path, keys) -
 
 
 def test_corrupt_file_at_start_without_a_position_file_takes_the_position_from_its_batches(tmp_path: Path,
-                                                                                           keys) -> None:
+                                                                                           signing_keys) -> None:
     """The position file is gone too (or never written): the set-aside file's own batches table, when it
     reads back, gives the position, so the chain still carries on."""
-    signer, _ = keys
+    signer, _ = signing_keys
     db = tmp_path / "store.sqlite"
     with Store(db, commit_interval_s=0.05) as st:
         b = Batcher(st, signer, GW, lambda: "cfg", max_readings=100)
@@ -425,8 +402,8 @@ def test_corrupt_file_at_start_without_a_position_file_takes_the_position_from_i
         assert three.seq == 3 and payload(three.jws)["prev"] == x.hash
 
 
-def test_missing_database_with_a_chain_position_carries_the_chain_on(tmp_path: Path, keys) -> None:
-    signer, _ = keys
+def test_missing_database_with_a_chain_position_carries_the_chain_on(tmp_path: Path, signing_keys) -> None:
+    signer, _ = signing_keys
     db = tmp_path / "store.sqlite"
     with Store(db, commit_interval_s=0.05) as st:
         b = Batcher(st, signer, GW, lambda: "cfg")
@@ -445,8 +422,8 @@ def test_missing_database_with_a_chain_position_carries_the_chain_on(tmp_path: P
         assert [e["kind"] for e in p["events"]] == ["store_missing"]
 
 
-def test_chain_position_file_is_atomic_and_a_garbled_one_is_refused(tmp_path: Path, keys) -> None:
-    signer, _ = keys
+def test_chain_position_file_is_atomic_and_a_garbled_one_is_refused(tmp_path: Path, signing_keys) -> None:
+    signer, _ = signing_keys
     db = tmp_path / "store.sqlite"
     with Store(db, commit_interval_s=0.05) as st:
         b = Batcher(st, signer, GW, lambda: "cfg")
@@ -471,9 +448,9 @@ def test_recover_corrupt_is_a_no_op_on_a_sound_store(tmp_path: Path) -> None:
         assert st.stats()["readings_total"] == 3
 
 
-def test_batch_side_call_during_recovery_is_refused_not_blocked(tmp_path: Path, keys) -> None:
+def test_batch_side_call_during_recovery_is_refused_not_blocked(tmp_path: Path, signing_keys) -> None:
     """While recover_corrupt() runs, batch-side calls (the Forwarder, stats) get StoreError at once."""
-    signer, _ = keys
+    signer, _ = signing_keys
     db = tmp_path / "store.sqlite"
     st = Store(db, commit_interval_s=0.05).open()
     try:

@@ -33,6 +33,7 @@ from gateway.signing import keygen
 from gateway.store import Store
 from hil.tank_plc import TankPlc
 from notify_socket import NotifySocket
+from conftest import wait_exit as _wait_exit
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "hazard-gateway.service"
@@ -249,6 +250,7 @@ def _tree(root: Path) -> dict[str, tuple]:
             for p in sorted(root.rglob("*"))}
 
 
+@pytest.mark.e2e
 def test_install_service_dry_run_changes_nothing(tmp_path):
     r = _install("--prefix", str(tmp_path), "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -256,6 +258,7 @@ def test_install_service_dry_run_changes_nothing(tmp_path):
     assert "would create" in r.stdout and "hazard-gateway.service" in r.stdout
 
 
+@pytest.mark.e2e
 def test_install_service_lays_everything_and_is_idempotent(tmp_path):
     exe = Path(sys.executable).parent / "hazard-gateway"
     r = _install("--prefix", str(tmp_path), "--exec", str(exe))
@@ -307,6 +310,7 @@ def test_install_service_custom_config_dir_and_starter_template_passes_check(tmp
         inst.install_service(str(tmp_path), "relative/dir")
 
 
+@pytest.mark.e2e
 def test_install_service_refuses_a_prefix_it_cannot_write(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -401,13 +405,7 @@ async def live(tmp_path: Path, watchdog_usec: int, hang_hook: bool = False):
         await plc.stop()
 
 
-async def _wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return proc.poll()
-
-
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_notify_ready_status_watchdog_and_stopping(tmp_path):
     async with live(tmp_path, watchdog_usec=1_000_000) as (proc, ns, relay, plc, logf):
@@ -429,6 +427,7 @@ async def test_notify_ready_status_watchdog_and_stopping(tmp_path):
         assert "STOPPING=1" in [m for _, m in ns.messages]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_silent_device_keeps_the_watchdog_alive(tmp_path):
     """A peer that stops answering is a device fault, not a hang: the poll loop completes with BAD
@@ -446,6 +445,7 @@ async def test_silent_device_keeps_the_watchdog_alive(tmp_path):
         assert await _wait_exit(proc, 20) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(90)
 async def test_watchdog_withheld_when_the_poll_loop_hangs(tmp_path):
     """WATCHDOG_USEC=2 s: pings every 1 s. The peer goes silent and the read has no working timeout

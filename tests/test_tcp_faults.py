@@ -21,7 +21,8 @@ from hil.opcua_plant import OpcUaPlant
 from hil.tank_plc import TankPlc
 from hil.tcp_proxy import TcpFaultProxy
 
-pytestmark = pytest.mark.timeout(60)
+# e2e: TCP servers behind a fault-injecting proxy, reconnects for seconds
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
 def level_point(tag: str = "T101.level", address: int = 0) -> ModbusPoint:

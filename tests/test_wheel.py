@@ -25,7 +25,8 @@ from site_secrets import make_site_secrets
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
-pytestmark = pytest.mark.timeout(900)
+# e2e: builds the wheel into a venv and runs its command line
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -23,7 +23,8 @@ from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.device_profiles import Profile, load_profile
 from hil.scenario import Scenario, ScenarioError, load_scenario
 
-pytestmark = pytest.mark.timeout(120)
+# e2e: 200 hypothesis examples: about 30 s
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what the loader is given, by kind: config (load_config), profile (load_profile), scenario (load_scenario)

@@ -1,0 +1,251 @@
+"""Shared test helpers and fixtures, and the ``e2e`` marker for the files that cannot carry it themselves.
+
+Helpers (plain functions; a test module imports them: ``from conftest import wait_for, free_port``):
+
+* :func:`free_port` -- a TCP port on 127.0.0.1 that was free a moment ago (nobody listens there);
+* :func:`wait_for` -- poll a condition until it holds, for every test that waits on a real peer;
+* :func:`run_cli` -- ``python -m gateway.cli ...`` as a child process: (exit code, stdout, stderr);
+* :func:`wait_exit` -- until a child process exits, without blocking the event loop;
+* :func:`sql_rows` -- the rows of one query on an SQLite file, the connection closed again;
+* :func:`b64url` -- unpadded base64url (RFC 7515 s.2), for hand-made JWS parts;
+* :func:`open_fds` -- the number of file descriptors this process holds;
+* :func:`interlock_status` -- one interlock's status dict from a running Gateway;
+* :func:`tank_overfill_config` -- the gateway YAML for one HIL tank PLC with the T101 overfill interlock;
+* :func:`run_forwarder` -- run a Forwarder until a condition holds, then stop it.
+
+Fixtures: ``signing_keys`` -- (Signer, trust directory) of a fresh Ed25519 key in tmp_path.
+
+The fast lane: ``make test-fast`` runs ``-m "not e2e"`` (under 30 s on two cores). ``e2e`` is a test that starts
+the daemon, a server (any listening socket on an IP address, 127.0.0.1 too) or a broker, runs the command line
+(``python -m gateway.cli``, ``hil.farm``, an installed wheel) as a child process, or takes a second or more. A
+short run of a system tool (systemd-analyze, ldconfig) or a ``python -c`` probe is not. A test that uses a
+module-scoped fixture which starts a server is e2e too. A test module marks itself (``pytestmark =
+pytest.mark.e2e``, or ``@pytest.mark.e2e`` per test); E2E_TESTS below marks the tests of files this change could
+not edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from hil.rig import free_port, make_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["ROOT", "b64url", "free_port", "interlock_status", "open_fds", "run_cli", "run_forwarder", "sql_rows",
+           "tank_overfill_config", "wait_exit", "wait_for"]
+
+
+# ------------------------------------------------------------------------------------------------ waiting
+
+async def wait_for(pred: Callable[[], Any], timeout_s: float, what: str = "condition", *, step_s: float = 0.02,
+                   proc: subprocess.Popen | None = None, log: Path | None = None,
+                   detail: Callable[[], str] | None = None, in_thread: bool = False) -> Any:
+    """Poll ``pred()`` every ``step_s`` until it returns a truthy value, and return that value.
+
+    ``pred`` may return an awaitable (an async predicate): it is awaited. ``in_thread``: call ``pred`` in a worker
+    thread (it blocks, e.g. reads SQLite). Raises AssertionError once ``timeout_s`` has passed, or as soon as
+    ``proc`` (a daemon child process) has exited; the message names ``what``, the last value, ``detail()`` if
+    given, and the last 3000 characters of ``log`` if given.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = await asyncio.to_thread(pred) if in_thread else pred()
+        if inspect.isawaitable(v):
+            v = await v
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"daemon exited ({proc.returncode}) while waiting for {what}" + _more(detail, log))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {v!r})"
+                                 + _more(detail, log))
+        await asyncio.sleep(step_s)
+
+
+def _more(detail: Callable[[], str] | None, log: Path | None) -> str:
+    text = f"; {detail()}" if detail is not None else ""
+    if log is not None:
+        text += "\n" + (log.read_text(errors="replace")[-3000:] if log.exists() else f"({log} not written)")
+    return text
+
+
+async def wait_exit(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """Until ``proc`` exits or ``timeout_s`` passes; its exit code, or None while it still runs."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return proc.poll()
+
+
+# ------------------------------------------------------------------------------------------------ processes, files
+
+async def run_cli(*args: str, timeout_s: float = 30) -> tuple[int, str, str]:
+    """``python -m gateway.cli *args`` from the repository root: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", *args, cwd=str(ROOT),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def sql_rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """The rows of one query on the SQLite file ``db`` (the connection is closed again)."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 s.2)."""
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def open_fds() -> int:
+    """How many file descriptors this process holds (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ------------------------------------------------------------------------------------------------ the gateway
+
+def interlock_status(gw: Any, name: str) -> dict:
+    """The status dict of interlock ``name`` of a running Gateway."""
+    return next(i for i in gw.interlocks.status() if i["name"] == name)
+
+
+async def run_forwarder(fwd: Any, until: Callable[[], Any], timeout_s: float) -> None:
+    """Run ``fwd`` (a gateway.uplink.Forwarder) until ``until()`` (called in a thread: it may read SQLite)
+    holds, then stop it and wait for it to end."""
+    task = asyncio.create_task(fwd.run())
+    try:
+        await wait_for(until, timeout_s, "the forwarder's goal", step_s=0.05, in_thread=True)
+    finally:
+        fwd.stop()
+        await asyncio.wait_for(task, 5)
+
+
+def tank_overfill_config(port: int, *, gateway_id: str, store: str | None = None, store_at_end: bool = False,
+                         extra: str | None = None, poll_interval_ms: int = 100, timeout_ms: int | None = None,
+                         heartbeat: str | None = None, alarms: str = "{HH: 11.0}", vote: str | None = None) -> str:
+    """Gateway YAML for the HIL tank PLC (hil.tank_plc.TankPlc) on 127.0.0.1:``port``: T101.level with
+    ``alarms`` and the coil XV101, and the interlock T101_overfill (T101.level HH -> XV101 := 0).
+
+    ``store``: the store mapping (``{max_bytes: ...}``), on the line after ``keys:``, or last (``store_at_end``);
+    ``extra``: one more top-level line after the store line (written even when empty, as a blank line);
+    ``heartbeat``: a device line such as ``heartbeat: {address: 40101}``; ``vote``: e.g. ``1oo1``.
+    The T101 tag breaks after ``unit: m,`` when it would be longer than 100 characters. The text is fixed line
+    by line: tests assert FILE:LINE of errors in it.
+    """
+    tag = f"      - {{name: T101.level, address: 30001, type: float32, unit: m, alarms: {alarms}}}"
+    if len(tag) > 100:
+        tag = f"      - {{name: T101.level, address: 30001, type: float32, unit: m,\n         alarms: {alarms}}}"
+    lines = [f"gateway: {{id: {gateway_id}, state_dir: state}}", "keys: {private_key: keys/private.pem}"]
+    if store is not None and not store_at_end:
+        lines.append(f"store: {store}")
+    if extra is not None:
+        lines.append(extra)
+    lines += ["devices:", "  - name: tank_plc", "    protocol: modbus_tcp", "    host: 127.0.0.1", f"    port: {port}",
+              f"    poll_interval_ms: {poll_interval_ms}"]
+    if timeout_ms is not None:
+        lines.append(f"    timeout_ms: {timeout_ms}")
+    if heartbeat:
+        lines.append(f"    {heartbeat}")
+    lines += ["    tags:", tag,
+              "      - {name: XV101, address: {table: coil, address: 0}, type: bool, writable: true}",
+              "interlocks:", "  - name: T101_overfill", "    inputs: [{tag: T101.level, condition: HH}]"]
+    if vote:
+        lines.append(f"    vote: {vote}")
+    lines.append("    actions: [{output: XV101, value: 0}]")
+    if store is not None and store_at_end:
+        lines.append(f"store: {store}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture()
+def signing_keys(tmp_path: Path):
+    """(Signer of a fresh key in tmp_path/keys, tmp_path/trust holding its public JWK)."""
+    from gateway.signing import Signer
+
+    private, trust = make_keys(tmp_path)
+    return Signer.from_file(private), trust
+
+
+# ------------------------------------------------------------------------------------------------ the e2e marker
+
+#: Tests that start a daemon, a server or a broker (also on 127.0.0.1), run the command line as a child process, or
+#: take seconds, in the files this change was not free to edit (others were changing them): file name -> the test
+#: functions (every parameter of them), or None for the whole file. Found by timing, and by recording which tests
+#: listen on a socket or start a child process. When a file is next edited, move its marks into it
+#: (``pytestmark = pytest.mark.e2e`` or ``@pytest.mark.e2e``) and delete its entry here.
+E2E_TESTS: dict[str, frozenset[str] | None] = {
+    "test_bench_smoke.py": frozenset({      # the benchmarks on tiny sizes: daemons, servers, the runner (~40 s)
+        "test_farm_link_down_and_power_loss_hook", "test_idle_daemon_tiny", "test_record_stall_tiny",
+        "test_rtu_util_tiny", "test_runner_quick_writes_json_table_and_plot", "test_tagsim_vary_counts_requests",
+        "test_tcp_poll_tiny"}),
+    "test_crash.py": None,                  # SIGKILLs the daemon child process 30 times while the receiver bounces
+    "test_engine_state.py": frozenset({     # a running Gateway against the TCP PLC, reloaded
+        "test_a_reload_swaps_the_plant_keeps_ack_latch_and_trip_and_applies_the_new_set_point"}),
+    "test_forwarder.py": frozenset({        # a receiver served over HTTPS (a thread), retries and backoff for seconds
+        "test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_is_installed",
+        "test_C14_1000_readings_in_batches_of_10_arrive_exactly_once",
+        "test_C14_409_chain_conflict_holds_without_dead_lettering", "test_C14b_answer_after_timeout_resends_same_bytes",
+        "test_C14c_503_with_retry_after_twice_then_200", "test_C14c_permanent_4xx_dead_letters_and_later_batches_flow",
+        "test_content_refusal_without_signed_rejection_holds_then_the_same_bytes_go_through",
+        "test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive",
+        "test_mismatched_or_missing_rejection_holds_then_the_batch_goes_through", "test_rate_limit_spaces_sends",
+        "test_real_signed_rejection_the_gateway_cannot_trust_holds",
+        "test_retention_keeps_the_tombstone_prev_then_422_dead_letters", "test_uplink_transport_errors_are_retryable"}),
+    "test_receiver.py": frozenset({         # the receiver over HTTPS, in a thread or as a child process
+        "test_answer_lost_after_commit_then_resend_is_a_duplicate", "test_export_names_and_bytes_then_verify_ok",
+        "test_failed_commit_is_rolled_back_and_the_next_batch_is_accepted",
+        "test_in_order_accept_duplicate_and_each_rejection",
+        "test_key_rotation_by_announce_key_persists_across_restart",
+        "test_locked_store_answers_503_with_retry_after_then_recovers",
+        "test_reordered_batch_is_refused_with_the_expected_seq", "test_submit_runs_off_the_event_loop",
+        "test_subprocess_receiver_serves_https_and_stops_cleanly_on_sigterm", "test_tls_is_real_and_pinned",
+        "test_verify_rejects_flip_gap_broken_prev_wrong_key_and_equivocation"}),
+    "test_receiver_security.py": frozenset({  # the receiver over HTTPS; 24 x 15 MB bodies, 300 slow connections
+        "test_a_key_of_another_gateway_is_refused_401_counted_and_logged",
+        "test_announce_key_without_or_with_a_wrong_proof_is_refused_and_cannot_lock_out_the_owner",
+        "test_cli_receiver_refuses_unbound_keys_with_require_bound_keys",
+        "test_deeply_nested_or_oversized_json_in_header_or_payload_is_400_with_the_reason",
+        "test_honest_gateway_is_served_while_300_slow_connections_are_held_then_dropped",
+        "test_oversized_bodies_are_refused_in_bounded_memory_and_the_honest_gateway_is_served",
+        "test_rotation_with_proof_and_a_key_change_without_announcement",
+        "test_status_needs_a_fresh_request_signed_by_a_key_of_that_gateway",
+        "test_trust_directory_contradictions_and_unbound_keys_under_require_binding"}),
+    "test_record_path_faults.py": None,     # the daemon child process under a fake systemd, the store stalled ~20 s
+    "test_rejection.py": frozenset({        # the receiver over HTTPS, `check` as a child process
+        "test_check_reports_a_bad_receiver_key_as_one_line", "test_receiver_signing_key_mistakes_are_one_line",
+        "test_receiver_signs_the_content_refusals_it_can_name_and_no_others",
+        "test_receiver_without_a_signing_key_signs_nothing"}),
+    "test_reload_bounded.py": None,         # a running Gateway against the TCP PLC, reloads of hostile files
+    "test_reload_state.py": None,           # a running Gateway, SIGHUP reloads against a hung uplink server
+    "test_safety_state.py": frozenset({"test_a_trip_survives_sigkill_of_the_daemon"}),  # the daemon, SIGKILLed
+    "test_signals.py": frozenset({          # the daemon child process: SIGTERM, SIGHUP
+        "test_sighup_rejects_a_bad_config_then_applies_a_good_one",
+        "test_sigterm_finishes_flushes_closes_and_outputs_hold"}),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in E2E_TESTS:
+            names = E2E_TESTS[item.path.name]
+            if names is None or getattr(item, "originalname", item.name) in names:
+                item.add_marker(pytest.mark.e2e)
