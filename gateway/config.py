@@ -80,7 +80,9 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf / .nan (and 1e999) are refused where they are written, FILE:LINE, for every
+    # float of the config (a set point, a retention, a range, a time) - none has a meaning there
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- sections ---------------------------------------------------------------
@@ -142,7 +144,7 @@ class StoreSection(Strict):
         "wait in memory meanwhile, and a stall of the writer raises system.STORE, never a restart"))
     max_bytes: int = Field(1 << 30, ge=1 << 20, description="size cap of the buffer database; must hold "
                            "retention_days at the configured poll rates unless retention_floor is waived")
-    retention_days: float = Field(30, ge=0, description="time floor of local records (SAWS order No. 40: at least "
+    retention_days: float = Field(30, ge=0, le=3660, description="time floor of local records (SAWS order No. 40: at least "
                                                         "30 days; less only with retention_floor waived)")
     on_full: Literal["drop_oldest", "stop_polling"] = Field(
         "drop_oldest", description="at max_bytes: drop the oldest unsent telemetry older than the retention floor "
@@ -1349,6 +1351,12 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
             pass  # OPC UA: a directory of trusted server certificates (drivers/opcua.py)
         elif not path.is_file():  # type: ignore[union-attr]
             bad(loc, f"file {value} does not exist or is not a regular file ({path})")
+        elif loc == ("uplink", "ca_file"):  # PEM certificate(s) the receiver's must chain to (as run loads it)
+            import ssl
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:
+                bad(loc, f"CA file {value} holds no usable PEM certificate ({exc})")
         elif loc == ("uplink", "receiver_key"):  # one public Ed25519 JWK (gateway.rejection)
             from gateway.rejection import load_receiver_key
             try:

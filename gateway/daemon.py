@@ -28,6 +28,8 @@ import time
 from gateway.config import LoadedConfig
 from gateway.gateway import Gateway
 
+log = logging.getLogger("hazard_gateway.reload")
+
 
 def sd_notify(state: str) -> bool:
     """Send one sd_notify(3) datagram to $NOTIFY_SOCKET; False when not under systemd."""
@@ -85,7 +87,12 @@ def run_daemon(cfg: LoadedConfig) -> int:
                 if stop.is_set():
                     return
                 sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-                await reload_from_file(gw)
+                try:
+                    await reload_from_file(gw)
+                except Exception as exc:  # noqa: BLE001 - a reload bug must not end reloading (or the daemon)
+                    log.error("SIGHUP: reload failed (%s: %s); still running; the next SIGHUP is tried again",
+                              type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                    log.debug("SIGHUP: reload failure", exc_info=True)
                 sd_notify("READY=1")
 
         def ready() -> None:  # devices configured, store open (Gateway.run)

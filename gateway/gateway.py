@@ -446,8 +446,10 @@ class Gateway:
 
     # ---- record path ----
 
-    def _build_forwarder(self) -> Any:
-        plant = self.plant
+    def _build_forwarder(self, plant: Plant | None = None) -> Any:
+        """The uploader for ``plant`` (default: the running one), not started; None without an uplink.
+        Raises ValueError (one line) when its TLS files or the receiver key cannot be loaded."""
+        plant = plant or self.plant
         up = plant.cfg.model.uplink
         if up is None or plant.signer is None:
             return None

@@ -18,6 +18,7 @@ in a thread):
 * **store writer not committing**: ``writer_error`` (disk full, read-only, I/O error, locked), or the
   stall check (gateway.health.store_writer_check: the thread died, or nothing committed while records
   wait); a dead writer thread is started again (``Store.restart_writer``).
+* **store file deleted or replaced** while open (``Store.file_problem``): alarmed (no repair in process).
 * **store full** at its cap with records younger than the retention floor (``Store.full_reason``).
 * **uploader**: its task ended (an exception escaped) - started again after a backoff; no loop
   iteration for its limit (gateway.health.uploader_check) - cancelled and started again after
@@ -138,6 +139,11 @@ class RecordSupervisor:
                 finally:
                     self._recovering = False
             return CORRUPT_REASON, str(corrupt)
+        gone = st.file_problem() if hasattr(st, "file_problem") else None
+        if gone:
+            return ("buffer database file deleted or replaced / 缓存数据库文件被删除或替换",
+                    f"{gone}; records go on into the open file and are uploaded; what is not uploaded when "
+                    f"the gateway stops is lost (a gap row at the next start)")
         stall = self._stall(now)
         if stall:
             th = getattr(st, "_thread", None)

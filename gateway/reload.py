@@ -182,14 +182,19 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         return problems
     try:
         plant = gw.plant_for(new_cfg, signer)  # constructors only: validates drivers, engines, hazard units
+        # the new uploader too (TLS files, receiver key), before anything is swapped: a file that cannot be
+        # loaded refuses the reload and the running uploader goes on
+        new_fw = gw._build_forwarder(plant)
     except (ValueError, KeyError, OSError) as exc:
         return [f"{new_cfg.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
     async with gw._reload_lock:
-        if gw._stopping:
-            return ["the gateway is shutting down"]
         old = gw.plant
-        problems = dropped_safety_state(old.interlocks, plant.interlocks, new_cfg)
+        problems = (["the gateway is shutting down"] if gw._stopping
+                    else dropped_safety_state(old.interlocks, plant.interlocks, new_cfg))
         if problems:
+            aclose = getattr(getattr(new_fw, "uplink", None), "aclose", None)
+            if aclose:   # the unused uploader's connection pool
+                await _bounded(aclose(), FORWARDER_STOP_S, "closing the unused uplink")
             return problems
         old_hash = old.cfg.config_hash
         t0 = time.monotonic()
@@ -251,7 +256,7 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
             aclose = getattr(old_fw.uplink, "aclose", None)
             if aclose:
                 await _bounded(aclose(), FORWARDER_STOP_S, "closing the old uplink")
-        gw.forwarder = gw._build_forwarder()
+        gw.forwarder = new_fw
         gw._fw_task = None
         gw._start_forwarder()
         log.info("SIGHUP: config %s applied (was %s) in %.1f s, polling paused %.2f s: %d devices, %d tags",

@@ -157,6 +157,8 @@ CREATE TABLE IF NOT EXISTS chain_anchor (
 OVERFLOW_EPISODE_S = 60.0
 #: default retention floor: SAWS order No. 40 (2011/2015) keeps electronic records >= 30 days
 RETENTION_FLOOR_S = 30 * 86400.0
+#: close() waits at most this long for a commit while commits are failing (seconds)
+CLOSE_WHILE_FAILING_S = 3.0
 #: while commits fail, the uncommitted-records journal is rewritten at most this often (seconds)
 JOURNAL_EVERY_S = 1.0
 #: what the writer does at max_bytes (config store.on_full)
@@ -666,6 +668,10 @@ class Store:
         """Connect the writer's and the batch side's connections (WAL, synchronous FULL, the schema).
         Raises sqlite3.Error."""
         self._wconn = self._connect()
+        try:
+            self._inode: int | None = os.stat(self.path).st_ino   # file_problem(): deleted or replaced later
+        except OSError:
+            self._inode = None
         mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("%s: journal_mode is %s, not wal", self.path, mode)
@@ -692,6 +698,21 @@ class Store:
     def is_open(self) -> bool:
         """True once open() has succeeded (the writer runs), until close()."""
         return self._thread is not None
+
+    def file_problem(self) -> str | None:
+        """One line when the database file of the open store was deleted or replaced by another file (a
+        person's rm, a restore over it), else None. The open connections still write the old file (its
+        inode lives while open) and the uploader still reads it; what is unsent when the process stops
+        is lost with it (the next start seeds a fresh file from the chain position: a store_missing gap)."""
+        if self._thread is None or getattr(self, "_inode", None) is None:
+            return None
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return f"{self.path} was deleted while open"
+        except OSError:
+            return None
+        return None if ino == self._inode else f"{self.path} was replaced by another file while open"
 
     def restart_writer(self) -> bool:
         """Start the writer thread again when it has died (the gateway's record supervisor calls this);
@@ -1010,10 +1031,12 @@ class Store:
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Block until every record queued before this call is committed.
 
-        Returns True when done, False on timeout (e.g. the database stays locked), and at once
-        while ``corrupt`` is set (nothing is committed until recover_corrupt()).
+        Returns True when done, False on timeout (e.g. the database stays locked; while commits are
+        failing the wait is at most CLOSE_WHILE_FAILING_S), and at once while ``corrupt`` is set (nothing is committed until recover_corrupt()).
         Used at shutdown and in tests; never call it from the poll tick.
         """
+        if self._writer_error:   # commits are failing: a long wait only delays a stop (close() notes the rest)
+            timeout_s = min(timeout_s, CLOSE_WHILE_FAILING_S)
         with self._count_lock:
             target = list(self._in)
         deadline = time.monotonic() + timeout_s
@@ -1028,13 +1051,16 @@ class Store:
         return True
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Commit what is queued, stop the writer, close both connections. Idempotent. Records that could
+        """Commit what is queued, stop the writer, close both connections. Idempotent. While commits are
+        failing it waits at most CLOSE_WHILE_FAILING_S, not ``timeout_s``. Records that could
         not be committed (the store never opened, or commits kept failing) are noted in the journal
         (gateway.record_journal): the next open() records them as a gap. A recover_corrupt() in progress
         finishes first (it starts a writer of its own)."""
         with self._recover_lock:
             if self._thread is not None:
-                self.flush(timeout_s)
+                if self._writer_error:   # commits are failing (disk full, read-only...): waiting longer only
+                    timeout_s = min(timeout_s, CLOSE_WHILE_FAILING_S)   # delays the stop (systemd kills at
+                self.flush(timeout_s)   # TimeoutStopSec); the journal notes what is left: a gap at the next start
                 self._stopping = True
                 self._wake.set()
                 self._thread.join(timeout_s)

@@ -2,7 +2,7 @@
 
 The private signing key is real (``hazard-gateway keygen``), and so are the OPC UA client and server
 certificates (``check`` reads them: the client's ApplicationUri comes from its certificate's URI SAN, OPC UA
-Part 6 6.2.2); the uplink key and certificates and the OPC UA password are placeholders: ``check`` verifies
+Part 6 6.2.2); the uplink CA file is a real PEM certificate too; the uplink client key and certificate and the OPC UA password are placeholders: ``check`` verifies
 that those secret files exist with mode 0600 and that the certificates exist, not what they contain.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from opcua_certs import make_cert
 
 SECRETS = ("uplink-client.key", "opcua-password")
-CERTIFICATES = ("regulator-ca.pem", "uplink-client.pem")
+CERTIFICATES = ("uplink-client.pem",)
 
 
 def make_site_secrets(keys: Path, keygen_cmd: list[str] | None = None) -> None:
@@ -32,6 +32,9 @@ def make_site_secrets(keys: Path, keygen_cmd: list[str] | None = None) -> None:
         (keys / name).chmod(0o600)
     for name in CERTIFICATES:
         (keys / name).write_text("certificate (public)\n")  # must exist; any mode
+    ca, ca_key = make_cert(keys, "regulator-ca", None, server=True, pem=True)   # check loads the CA file
+    ca.rename(keys / "regulator-ca.pem")
+    ca_key.unlink()
     cert, key = make_cert(keys, "opcua-client", "urn:tankfarm:hazard-gateway", server=False)
     cert.rename(keys / "opcua-client-cert.der")
     key.rename(keys / "opcua-client-key.pem")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # every test runs the command line as a child process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,7 +109,9 @@ def test_demo_hazard_unit_is_valid(tmp_path):
 
     f = _demo_with(tmp_path, "hazard:", "hazard:")
     keygen(tmp_path / "keys")  # the demo's signing key (a checked secret file)
-    (tmp_path / "keys" / "receiver-cert.pem").write_text("certificate (public)\n")  # uplink.ca_file must exist
+    from gateway.tlsutil import make_self_signed
+    cert, _ = make_self_signed(tmp_path / "tls")   # uplink.ca_file: check loads it as run does
+    (tmp_path / "keys" / "receiver-cert.pem").write_bytes(cert.read_bytes())
     r = check(f)
     assert r.returncode == 0 and "hazard" not in r.stderr, r.stderr
 

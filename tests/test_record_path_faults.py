@@ -185,6 +185,11 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
         await plc.stop()
 
 
+def epoch_of(ts: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
 def _rows(state: Path, sql: str) -> list:
     db = sqlite3.connect(state / "store.sqlite")
     try:
@@ -302,11 +307,26 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
         proc, log = start_daemon(tmp_path, plc.port, log_name="gateway2.log")
         await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
                      "polling after the restart", proc, log)
+        await _until(lambda: _rows(state, "SELECT count(*) FROM gaps")[0][0] == 1, 10, "the gap committed",
+                     proc, log)
+        # -- fault 3: full again, then a SIGTERM (a systemctl stop): the stop does not hang on commits that
+        # cannot succeed, and what could not be committed is a gap at the next start
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (16384, resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)[1]))
+        await _until(lambda: (a := _store_alarm(state)) and a.get("active"), 20, "system.STORE raised (3)", proc, log)
+        t_term = time.monotonic()
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert time.monotonic() - t_term < 15, "the stop waited on commits that cannot succeed"
+        (state / "status.json").unlink()
+        proc, log = start_daemon(tmp_path, plc.port, log_name="gateway3.log")
+        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
+                     "polling after the second restart", proc, log)
         proc.terminate()
         assert proc.wait(30) == 0
         proc = None
-        gaps = _rows(state, "SELECT reason, tags, first_ts, last_ts, count FROM gaps")
-        assert len(gaps) == 1 and gaps[0][0] == "uncommitted_at_stop", gaps
+        gaps = _rows(state, "SELECT reason, tags, first_ts, last_ts, count FROM gaps ORDER BY id")
+        assert [g[0] for g in gaps] == ["uncommitted_at_stop"] * 2, gaps
+        assert gaps[1][4] > 0 and epoch_of(gaps[1][2]) > epoch_of(gaps[0][3]), gaps
         reason, tags, first_ts, last_ts, count = gaps[0]
         from datetime import datetime
 
@@ -320,7 +340,7 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
         assert count >= 20, count   # 2 tags at 10 Hz for >= 2 s
         events = [json.loads(d) for (d,) in _rows(state, "SELECT data FROM events ORDER BY id")]
         lost = [e for e in events if e.get("kind") == "records_lost"]
-        assert len(lost) == 1 and lost[0]["count"] == count, lost
+        assert len(lost) == 2 and lost[0]["count"] == count, lost
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -389,4 +409,34 @@ uplink:
             proc.kill()
             proc.wait(10)
         rx.stop()
+        await plc.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_a_store_file_deleted_while_running_raises_the_store_alarm(tmp_path):
+    """A person deletes store.sqlite (and its -wal/-shm) under the running daemon: nothing fails (the open
+    connections keep the unlinked file), so the loss would be silent until the next start. system.STORE is
+    raised with the reason, polling and trips go on, and the daemon is not restarted."""
+    plc = await quiet_plc()
+    state = tmp_path / "state"
+    proc, log = start_daemon(tmp_path, plc.port)
+    try:
+        await _until(lambda: (_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
+                     proc, log)
+        for suffix in ("", "-wal", "-shm"):
+            (state / f"store.sqlite{suffix}").unlink(missing_ok=True)
+        alarm = await _until(lambda: (a := _store_alarm(state)) and a.get("active") and a, 15,
+                             "system.STORE raised", proc, log)
+        assert "缓存数据库文件被删除或替换" in alarm["reason"], alarm
+        assert "deleted while open" in _status(state)["record_path"]["store"]
+        plc.set_level("T101", 11.5)
+        await _until(lambda: plc.coil("XV101") is False, 5, "the trip after the deletion", proc, log)
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc = None
+        assert "Traceback" not in log.read_text(errors="replace")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         await plc.stop()

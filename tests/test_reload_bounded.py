@@ -108,3 +108,60 @@ async def test_a_reload_of_a_hostile_file_is_one_line_and_keeps_the_old_config(t
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 20)
         await plc.stop()
+
+
+@pytest.mark.parametrize("bad", ["retention_inf", "ca_garbage"])
+async def test_a_reload_that_cannot_be_applied_keeps_the_uploader_and_the_next_reload_works(tmp_path: Path, caplog,
+                                                                                         bad):
+    """Two reloads that once broke a running daemon: ``retention_days: .inf`` (an OverflowError in the
+    capacity check) and an uplink.ca_file of garbage (the new uploader failed after the old one was stopped,
+    so uploads ended without an alarm). Each is refused with FILE:LINE or the file named, the running
+    uploader goes on, and a later good reload is applied."""
+    from gateway.receiver import BackgroundReceiver
+
+    caplog.set_level(logging.INFO, logger="hazard_gateway")
+    plc = TankPlc()
+    await plc.start()
+    kid = keygen(tmp_path / "keys")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / f"{kid}.jwk").write_bytes((tmp_path / "keys" / f"{kid}.jwk").read_bytes())
+    rx = BackgroundReceiver(tmp_path / "rx", trust)
+    rx.start()
+    path = tmp_path / "gw.yaml"
+    good = config_text(plc.port) + f"uplink: {{url: '{rx.url}/v1/batches', ca_file: '{rx.cafile}', interval_ms: 100}}\n"
+    path.write_text(good)
+    gw = Gateway(load_config(path), Signer.from_file(tmp_path / "keys" / "private.pem"))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(gw.run(stop, ready=ready.set))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await wait_for(lambda: rx.receiver.store.get("reload-bounded", 1) is not None, 20, "the first batch")
+        old_fw, old_hash = gw.forwarder, gw.cfg.config_hash
+        if bad == "retention_inf":
+            path.write_text(good.replace("commit_interval_ms: 50}", "commit_interval_ms: 50, retention_days: .inf}"))
+            where = f"{path}:3:"
+        else:
+            (tmp_path / "garbage.pem").write_bytes(bytes(range(256)) * 12)
+            path.write_text(good.replace(str(rx.cafile), str(tmp_path / "garbage.pem")))
+            where = "garbage.pem"
+        caplog.clear()
+        assert await reload_from_file(gw) is False
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors and where in errors[0] and "\n" not in errors[0], errors
+        assert gw.cfg.config_hash == old_hash and gw.forwarder is old_fw and not old_fw.stopped
+        # the running uploader goes on delivering
+        seq0 = rx.receiver.store.last_seq("reload-bounded")
+        await wait_for(lambda: rx.receiver.store.last_seq("reload-bounded") > seq0 + 1, 10,
+                       "uploads after the refused reload")
+        # and the next good reload is applied
+        path.write_text(good.replace("poll_interval_ms: 250", "poll_interval_ms: 500"))
+        caplog.clear()
+        assert await reload_from_file(gw) is True, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert gw.cfg.config_hash != old_hash
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
+        rx.stop()
+        await plc.stop()
