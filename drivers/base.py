@@ -18,12 +18,44 @@ class Device(ABC):
     """One configured device (a PLC, a detector, an OPC UA server).
 
     name: the device name from the config (used in every error message).
-    protocol: "modbus_tcp", "modbus_rtu" or "opcua".
+    protocol: the protocol name, a key of drivers.registry.PROTOCOLS ("modbus_tcp", "modbus_rtu", "opcua").
     tags: the tag names this device delivers (inputs and outputs).
+    link_id: the physical link the device shares with others (a serial port, host:port); its own name
+    when it shares none.
+    heartbeat_reference: where :meth:`beat` writes (for messages); None when the device has no
+    heartbeat point.
     """
 
     name: str
     protocol: str
+    heartbeat_reference: str | None = None
+
+    @property
+    def link_id(self) -> str:
+        """A stable string naming the physical link this device is polled over; devices with the same
+        protocol and link_id wait for each other. Default: the device's own name (a link of its own)."""
+        return self.name
+
+    def describe(self, tag: str) -> str:
+        """Where point ``tag`` lives on the device, as a technician reads it from the device's manual
+        (commissioning probe); "?" for a tag the device does not have."""
+        return "?"
+
+    def format_raw(self, reading: Reading) -> str:
+        """The raw part of ``reading`` (what the device sent) as one short string; "-" when nothing was
+        read. Default: integers as hex words, anything else as str()."""
+        raw = getattr(reading, "raw", None)
+        if raw is None or raw == [] or raw == ():
+            return "-"
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, int) for x in raw):
+            return " ".join(f"{x:04X}" for x in raw)
+        return str(raw)
+
+    async def beat(self, value: int) -> None:
+        """Write heartbeat ``value`` to the device's heartbeat point (gateway.heartbeat) and check that the
+        device took it; raise (any exception, one line) when it did not. A protocol without heartbeats
+        raises NotImplementedError."""
+        raise NotImplementedError(f"{self.name}: protocol {self.protocol} has no heartbeat")
 
     @property
     @abstractmethod

@@ -213,6 +213,19 @@ def parse_reference(ref: int | str) -> tuple[str, int]:
     return table, n - 1
 
 
+_TABLE_WORD = {"coil": "coil", "discrete_input": "discrete", "input_register": "input",
+               "holding_register": "holding"}
+_TABLE_DIGIT = {"coil": "0", "discrete_input": "1", "input_register": "3", "holding_register": "4"}
+
+
+def reference(table: str, address: int) -> str:
+    """0-based table address -> 1-based reference notation: holding 0 -> '40001', coil 16 -> '00017',
+    holding 9999 -> '410000' (6 digits once the 4-digit register number would overflow); the inverse of
+    :func:`parse_reference`."""
+    n = address + 1
+    return f"{_TABLE_DIGIT[table]}{n:04d}" if n <= 9999 else f"{_TABLE_DIGIT[table]}{n:05d}"
+
+
 @dataclass(frozen=True)
 class ModbusPoint:
     """One configured Modbus tag.
@@ -1165,6 +1178,18 @@ class _FaultState:
     next_try: float
 
 
+@dataclass(frozen=True)
+class HeartbeatPoint:
+    """The watchdog point a PLC watches (gateway.heartbeat): table "holding_register" or "coil", 0-based
+    PDU address, mode "count" (holding register only: 0..65535) or "toggle" (0 / 1), reference: the
+    address as configured (e.g. "40101") for messages."""
+
+    table: str
+    address: int
+    mode: str = "count"
+    reference: str | None = None
+
+
 class ModbusDevice(Device):
     """One configured Modbus device (one or more unit ids behind one link).
 
@@ -1180,14 +1205,16 @@ class ModbusDevice(Device):
     timeout. busy_retries / busy_backoff_s: retries of exception 05/06 (C07).
     config_fault_retry_s: retry period of a point that answered 01/02/03.
     write_attempts: bounded attempts of a write whose echo / read-back fails
-    or that timed out (C04).
+    or that timed out (C04). heartbeat: the PLC watchdog point :meth:`beat` writes
+    (:class:`HeartbeatPoint`; None: the device has none).
     Raises ValueError (one line: device, tag, why) for an inconsistent config.
     """
 
     def __init__(self, name: str, link: _Link, unit_id: int, points: list[ModbusPoint], protocol: str,
                  max_registers_per_read: int = 125, max_bits_per_read: int = 2000, offline_after: int = 3,
                  slow_poll_s: float = 30.0, *, max_gap: int = 0, retries: int = 1, busy_retries: int = 3,
-                 busy_backoff_s: float = 0.05, config_fault_retry_s: float = 60.0, write_attempts: int = 2) -> None:
+                 busy_backoff_s: float = 0.05, config_fault_retry_s: float = 60.0, write_attempts: int = 2,
+                 heartbeat: HeartbeatPoint | None = None) -> None:
         if protocol not in ("modbus_tcp", "modbus_rtu"):
             raise ValueError(f"{name}: protocol {protocol!r} must be modbus_tcp or modbus_rtu")
         if max_registers_per_read < 1 or max_bits_per_read < 1 or offline_after < 1:
@@ -1222,11 +1249,57 @@ class ModbusDevice(Device):
         self._faults: dict[tuple, _FaultState] = {}  # (unit, table, address, count) -> config fault
         self._closed = False
         self.last_requests: list[str] = []  # protocol requests of the last read (diagnostics / probe)
+        if heartbeat is not None:
+            if heartbeat.table not in ("holding_register", "coil"):
+                raise ValueError(f"{name}: heartbeat must be a holding register or a coil, not {heartbeat.table}")
+            if heartbeat.mode == "count" and heartbeat.table != "holding_register":
+                raise ValueError(f"{name}: heartbeat mode count needs a holding register")
+        self.heartbeat = heartbeat
+        self.heartbeat_reference = None if heartbeat is None else (
+            heartbeat.reference or f"{heartbeat.table} {heartbeat.address}")
 
     # -- Device interface ------------------------------------------------------------------
     @property
     def tags(self) -> list[str]:
         return list(self.points)
+
+    @property
+    def link_id(self) -> str:
+        """The shared link's name: "host:port" (TCP) or the serial port (RTU)."""
+        return str(self.link.name)
+
+    def describe(self, tag: str) -> str:
+        """"holding 0 (40001)": the table, the 0-based protocol (PDU) address and the 1-based reference
+        (Modicon convention, Modbus Application Protocol v1.1b3 section 4.4)."""
+        p = self.points.get(tag)
+        if p is None:
+            return "?"
+        return f"{_TABLE_WORD[p.table]} {p.address} ({reference(p.table, p.address)})"
+
+    def format_raw(self, reading: Reading) -> str:
+        """Registers as hex words, coils / discrete inputs as bits."""
+        raw = getattr(reading, "raw", None)
+        p = self.points.get(reading.tag)
+        if (p is not None and p.table in BIT_TABLES and isinstance(raw, (list, tuple)) and raw
+                and all(isinstance(x, int) for x in raw)):
+            return " ".join(str(int(x)) for x in raw)
+        return super().format_raw(reading)
+
+    async def beat(self, value: int) -> None:
+        """Write heartbeat ``value`` once: FC5 on a coil (Modbus Application Protocol V1.1b3 6.5), FC6 on a
+        holding register (6.6). The normal response is an echo of the request; any other echo raises
+        ValueError. No read-back (the PLC itself is the judge). Link faults and exception replies raise."""
+        hb = self.heartbeat
+        if hb is None:
+            raise NotImplementedError(f"{self.name}: no heartbeat point configured")
+        if hb.table == "coil":
+            echo = await self.link.write_coil(self.unit_id, hb.address, bool(value))
+            expect = (hb.address, 0xFF00 if value else 0x0000)
+        else:
+            echo = await self.link.write_register(self.unit_id, hb.address, value)
+            expect = (hb.address, value)
+        if tuple(echo) != expect:
+            raise ValueError(f"echo {tuple(echo)} differs from {expect}")
 
     async def start(self) -> None:
         await self.link.open()
@@ -1477,3 +1550,42 @@ class ModbusDevice(Device):
 
 def _fmt(vals: Iterable[int]) -> str:
     return " ".join(f"{v:04X}" for v in vals)
+
+
+# --------------------------------------------------------------------------- from a config section
+def from_config(section: Any, ctx: Any) -> ModbusDevice:
+    """The ModbusDevice of one validated ``modbus_tcp`` / ``modbus_rtu`` device section (drivers.registry).
+
+    ctx: drivers.registry.BuildContext. The link comes from the build's shared pool
+    (``ctx.links.pool("modbus", ModbusLinks)``): one TcpLink per (host, port), one RtuLink per serial port
+    (a relative port path is resolved against the config's directory). A ``heartbeat:`` section becomes the
+    device's :class:`HeartbeatPoint`."""
+    d = section
+    links: ModbusLinks = ctx.links.pool("modbus", ModbusLinks)
+    points = []
+    for t in d.tags:
+        table, address = t.table_address()
+        scaling = Scaling(scale=t.scale, offset=t.offset,
+                          raw_range=tuple(t.raw_range) if t.raw_range else None,
+                          eng_range=tuple(t.eng_range) if t.eng_range else None)
+        points.append(ModbusPoint(tag=t.name, unit_id=d.unit_id, table=table, address=address,
+                                  dtype=t.type, order=t.order, length=t.length, bit=t.bit,
+                                  str_len=t.str_len, scaling=scaling, sentinels=t.sentinel_values(),
+                                  unit=t.unit, writable=t.writable,
+                                  write_single_as_fc16=t.write_single_as_fc16))
+    timeout_s = d.timeout_ms / 1000
+    if d.protocol == "modbus_tcp":
+        link: _Link = links.tcp(d.host, d.port, timeout_s)
+    else:
+        port = str(ctx.resolve(d.port)) if not d.port.startswith("/") else d.port
+        link = links.rtu(port, d.baudrate, d.parity, d.stopbits, d.bytesize, timeout_s,
+                         local_echo=d.local_echo)
+    heartbeat = None
+    hb = getattr(d, "heartbeat", None)
+    if hb is not None:
+        table, address = hb.table_address()
+        ref = hb.address if isinstance(hb.address, (int, str)) else f"{table} {address}"
+        heartbeat = HeartbeatPoint(table, address, hb.mode, str(ref))
+    return ModbusDevice(d.name, link, d.unit_id, points, d.protocol,
+                        max_registers_per_read=d.max_registers_per_read,
+                        max_bits_per_read=d.max_bits_per_read, heartbeat=heartbeat)

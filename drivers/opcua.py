@@ -475,6 +475,18 @@ class OpcUaDevice(Device):
         """Tag names in config order."""
         return list(self._order)
 
+    def describe(self, tag: str) -> str:
+        """The node id as configured."""
+        p = self._points.get(tag)
+        return p.node_id if p is not None else "?"
+
+    def format_raw(self, reading: Reading) -> str:
+        """The status code name ({"status": code, "status_name": name})."""
+        raw = getattr(reading, "raw", None)
+        if isinstance(raw, dict):
+            return str(raw.get("status_name", raw.get("status", "-")))
+        return super().format_raw(reading)
+
     @property
     def connected(self) -> bool:
         """True while a session with a live subscription is up."""
@@ -924,3 +936,19 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError) and not text:
         return "timeout"
     return f"{name}: {text}" if text else name
+
+
+def from_config(section: Any, ctx: Any) -> OpcUaDevice:
+    """The OpcUaDevice of one validated ``opcua`` device section (drivers.registry; ctx:
+    drivers.registry.BuildContext). Certificate, key and password file paths are resolved against the
+    config's directory."""
+    d = section
+    points = [OpcUaPoint(tag=t.name, node_id=t.node_id, unit=t.unit, writable=t.writable,
+                         subscribe=t.subscribe, deadband=t.deadband) for t in d.tags]
+    security = None
+    if d.security is not None:
+        security = {k: (str(ctx.resolve(v)) if k in ("cert", "key", "server_cert", "password_file") else v)
+                    for k, v in d.security.model_dump(exclude_none=True).items()}
+    return OpcUaDevice(d.name, d.endpoint, points, timeout_s=d.timeout_ms / 1000,
+                       publishing_interval_ms=d.publishing_interval_ms, watchdog_s=d.watchdog_s,
+                       security=security)

@@ -1,7 +1,7 @@
 """From a config to the runtime parts derived from it alone: :func:`build_plant` -> :class:`Plant`.
 
 A Plant is what a SIGHUP reload replaces as a whole (gateway.reload): the device drivers and their shared
-Modbus links, the tag -> device / protocol maps, the alarm engine (with its system alarms), the interlock
+links, the tag -> device / protocol maps, the alarm engine (with its system alarms), the interlock
 engine, the hazard engine, point codes, valid ranges, stale / fresh windows, the report-by-exception
 filter, poll intervals and counters, PLC heartbeats and annunciators. Everything that lives on across a
 reload (the store, the output manager, last values, the forwarder, health, the clock monitor, the operator
@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from drivers.base import Device
-from drivers.codec import Scaling
-from drivers.modbus import ModbusDevice, ModbusLinks, ModbusPoint
-from drivers.opcua import OpcUaDevice, OpcUaPoint
+from drivers.registry import BuildContext, Links, build_device
 from gateway.alarms import CLOCK, GAS_DETECTION_BUDGET_S, SYSTEM_TAG, AlarmEngine, TagAlarmConfig
 from gateway.annunciator import Annunciators, specs_from_config
-from gateway.config import AlarmsCfg, LoadedConfig, ModbusRtuDevice, ModbusTcpDevice, OpcUaDeviceCfg, tag_alarm_config
+from gateway.config import AlarmsCfg, LoadedConfig, tag_alarm_config
 from gateway.hazard import HazardEngine, point_code, unit_from_dict
 from gateway.health import link_key
 from gateway.heartbeat import Heartbeat, build_heartbeats
@@ -39,45 +37,12 @@ CLOCK_ALARM_PRIORITY = 3  # system.CLOCK: a fault of the record (alarm and sampl
 STATUS_FILE = "status.json"
 
 
-def build_devices(cfg: LoadedConfig, links: ModbusLinks) -> list[Device]:
-    """One driver object per enabled device; Modbus links shared per (host, port) / serial port."""
-    devices: list[Device] = []
-    for d in cfg.model.devices:
-        if not d.enabled:
-            continue
-        if isinstance(d, (ModbusTcpDevice, ModbusRtuDevice)):
-            points = []
-            for t in d.tags:
-                table, address = t.table_address()
-                scaling = Scaling(scale=t.scale, offset=t.offset,
-                                  raw_range=tuple(t.raw_range) if t.raw_range else None,
-                                  eng_range=tuple(t.eng_range) if t.eng_range else None)
-                points.append(ModbusPoint(tag=t.name, unit_id=d.unit_id, table=table, address=address,
-                                          dtype=t.type, order=t.order, length=t.length, bit=t.bit,
-                                          str_len=t.str_len, scaling=scaling, sentinels=t.sentinel_values(),
-                                          unit=t.unit, writable=t.writable,
-                                          write_single_as_fc16=t.write_single_as_fc16))
-            timeout_s = d.timeout_ms / 1000
-            if isinstance(d, ModbusTcpDevice):
-                link = links.tcp(d.host, d.port, timeout_s)
-            else:
-                port = str(cfg.resolve(d.port)) if not d.port.startswith("/") else d.port
-                link = links.rtu(port, d.baudrate, d.parity, d.stopbits, d.bytesize, timeout_s,
-                                 local_echo=d.local_echo)
-            devices.append(ModbusDevice(d.name, link, d.unit_id, points, d.protocol,
-                                        max_registers_per_read=d.max_registers_per_read,
-                                        max_bits_per_read=d.max_bits_per_read))
-        elif isinstance(d, OpcUaDeviceCfg):
-            points = [OpcUaPoint(tag=t.name, node_id=t.node_id, unit=t.unit, writable=t.writable,
-                                 subscribe=t.subscribe, deadband=t.deadband) for t in d.tags]
-            security = None
-            if d.security is not None:
-                security = {k: (str(cfg.resolve(v)) if k in ("cert", "key", "server_cert", "password_file") else v)
-                            for k, v in d.security.model_dump(exclude_none=True).items()}
-            devices.append(OpcUaDevice(d.name, d.endpoint, points, timeout_s=d.timeout_ms / 1000,
-                                       publishing_interval_ms=d.publishing_interval_ms, watchdog_s=d.watchdog_s,
-                                       security=security))
-    return devices
+def build_devices(cfg: LoadedConfig, links: Links) -> list[Device]:
+    """One driver object per enabled device, built by its protocol's entry in drivers.registry (which imports
+    the protocol's driver only when a device uses it); links shared per physical link (Modbus: per
+    (host, port) / serial port) through ``links``."""
+    ctx = BuildContext(resolve=cfg.resolve, links=links)
+    return [build_device(d, ctx) for d in cfg.model.devices if d.enabled]
 
 
 def valid_ranges(cfg: LoadedConfig) -> dict[str, tuple[float, float]]:
@@ -198,8 +163,8 @@ class Plant:
     whole Plant (Gateway.plant), never one of its fields. Compared by identity.
 
     cfg: the LoadedConfig. signer: gateway.signing.Signer of the batches (None: no uplink). links: the
-    shared Modbus links of ``devices`` (one driver per enabled device). device_of / protocol_of: tag ->
-    driver / protocol name. alarms / interlocks: the engines (their state is theirs, carried by
+    shared links (drivers.registry.Links) of ``devices`` (one driver per enabled device). device_of /
+    protocol_of: tag -> driver / protocol name. alarms / interlocks: the engines (their state is theirs, carried by
     snapshot / adopt). clock_grace_s: alarm_policy.clock_unsync_grace_s (system.CLOCK). valid_range: tag ->
     (lo, hi), engineering units. report: the report-by-exception filter (record path). hazard: the
     GB 18218-2018 engine or None. points: tag -> regulator point code. hazard_unit_tags: unit -> its tags.
@@ -212,7 +177,7 @@ class Plant:
 
     cfg: LoadedConfig
     signer: Any
-    links: ModbusLinks
+    links: Links
     devices: list[Device]
     device_of: dict[str, Device]
     protocol_of: dict[str, str]
@@ -250,7 +215,7 @@ def build_plant(cfg: LoadedConfig, signer: Any = None, *,
     Raises ValueError (e.g. a duplicate interlock name, a bad heartbeat), KeyError or OSError from the
     constructors (a hazard unit's strapping table); a config that passed gateway.config.load_config builds.
     """
-    links = ModbusLinks()
+    links = Links()
     devices = build_devices(cfg, links)
     device_of: dict[str, Device] = {tag: dev for dev in devices for tag in dev.tags}
     protocol_of: dict[str, str] = {tag: dev.protocol for dev in devices for tag in dev.tags}

@@ -253,12 +253,12 @@ class ControlServer:
                "reason": reason, "result": result, "error": error, "ts": rfc3339(time.time())}
         if "minutes" in req:
             rec["minutes"] = req.get("minutes")
-        self.gw._log_event(rec)
+        self.gw.log_event(rec)
 
     def _events(self, events: list[Any]) -> None:
         for e in events:
             if e is not None:
-                self.gw._log_event(e.to_record())
+                self.gw.log_event(e.to_record())
 
     @staticmethod
     def _minutes(req: dict[str, Any]) -> float:

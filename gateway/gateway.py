@@ -104,7 +104,7 @@ def points_disabled(alarms: AlarmEngine) -> dict[str, Any]:
 #: from the config belongs in the Plant (gateway.build), not here; tests/test_signals.py checks that every
 #: attribute of a Gateway is ``plant`` or one of these.
 LIVE = frozenset({"store", "outputs", "values", "_last_stored", "readings_queued", "forwarder", "started_at",
-                  "_stopping", "health", "_poll_tasks", "_ticker_task", "_fw_task", "_aux_tasks", "_reload_lock",
+                  "_stopping", "health", "_poll_tasks", "_ticker_task", "uploader_task", "_aux_tasks", "_reload_lock",
                   "_hazard_tick_mono", "clock", "control", "last_safety_mono", "safety_state", "record"})
 
 
@@ -166,7 +166,7 @@ class Gateway:
         self._poll_tasks: list[asyncio.Task] = []
         self._ticker_task: asyncio.Task | None = None
         self._aux_tasks: list[asyncio.Task] = []
-        self._fw_task: asyncio.Task | None = None
+        self.uploader_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()  # SIGHUP reload (gateway.reload) vs shutdown
         self.last_safety_mono: float | None = None
         self.control: ControlServer | None = None  # the operator socket (gateway.control)
@@ -180,7 +180,7 @@ class Gateway:
         output faults and events; the heartbeats' "is the safety path alive"). Constructors only; raises
         what build_plant raises (ValueError, KeyError, OSError)."""
         return build_plant(cfg, signer, write_output=self._write_output, set_output_fault=self._set_output_fault,
-                           log_event=self._log_event, safety_alive=self._safety_alive,
+                           log_event=self.log_event, safety_alive=self._safety_alive,
                            safety_problem=self._safety_problem)
 
     # ---- safety path ----
@@ -223,9 +223,9 @@ class Gateway:
         if commands:
             self.outputs.apply(commands)
         for e in alarm_events:
-            self._log_event(e.to_record())
+            self.log_event(e.to_record())
         for e in il_events:
-            self._log_event(e.to_record())
+            self.log_event(e.to_record())
         if plant.hazard is not None and (alarm_events or il_events):
             self._sync_hazard_alarm_state()
 
@@ -259,9 +259,13 @@ class Gateway:
         ev = dict(ev)
         ev["enterprise_code"] = g.enterprise_code
         ev["major_hazard_code"] = plant.hazard.major_hazard_code(ev["unit"]) or g.major_hazard_code
-        self._log_event(ev)
+        self.log_event(ev)
 
-    def _log_event(self, rec: dict[str, Any]) -> None:
+    def log_event(self, rec: dict[str, Any]) -> None:
+        """Record one event (a dict: ``type`` and its fields; gateway_id and point codes are added) on
+        both paths: the log line at once, the store queue (never blocks), and for an alarm or interlock
+        event a poke of the safety-state persister. The one way every part (control, reload, the record
+        supervisor) puts an event on the record."""
         if rec.get("type") in ("interlock", "alarm"):  # a trip, reset, bypass or latch: persist it now
             self.safety_state.poke()
         plant = self.plant
@@ -274,7 +278,8 @@ class Gateway:
                 rec["inputs"] = [dict(i, point=points[i["tag"]]) if isinstance(i, dict) and i.get("tag")
                                  in points else i for i in rec["inputs"]]
         self.store.put_event(rec)
-        log.info("event %s", json.dumps(rec, sort_keys=True, default=str))
+        # ensure_ascii=False: the Chinese reason texts stay readable in journalctl (not \uXXXX escapes)
+        log.info("event %s", json.dumps(rec, sort_keys=True, default=str, ensure_ascii=False))
 
     def _reading_record(self, r: Reading) -> dict[str, Any]:
         rec = r.to_record()
@@ -292,13 +297,13 @@ class Gateway:
     def _record_output_event(self, ev: dict[str, Any]) -> None:
         ev = dict(ev)
         ev.setdefault("type", "output")
-        self._log_event(ev)
+        self.log_event(ev)
         if ev["type"] in ("output_fault", "output_confirmed"):  # an unconfirmed write is an alarm (docs/design.md, Fail safe)
             self._set_output_fault(ev["tag"], ev["type"] == "output_fault", ev.get("error"))
 
     def _set_output_fault(self, tag: str, fault: bool, reason: str | None) -> None:
         for e in self.plant.alarms.set_output_fault(tag, fault, reason):
-            self._log_event(e.to_record())
+            self.log_event(e.to_record())
 
     def _safety_problem(self) -> str | None:
         """Why the safety path cannot be vouched for (one line), or None when it can: the safety step has
@@ -347,7 +352,7 @@ class Gateway:
                 os.replace(path, aside)
             except OSError:
                 aside = None
-            self._log_event({"type": "gateway", "event": "safety_state_unreadable", "reason": str(exc),
+            self.log_event({"type": "gateway", "event": "safety_state_unreadable", "reason": str(exc),
                              "moved_to": str(aside) if aside else None, "ts": rfc3339(time.time())})
             return []
         if saved is None:
@@ -357,11 +362,11 @@ class Gateway:
         cmds, il_events, il_unknown = plant.interlocks.restore_state(saved["interlocks"], now)
         al_events, al_unknown = plant.alarms.restore_state(saved["alarms"], now)
         for e in [*al_events, *il_events]:
-            self._log_event(e.to_record())
+            self.log_event(e.to_record())
         if il_unknown or al_unknown:
             log.error("safety state of %s not restored: no longer configured",
                       ", ".join([*il_unknown, *al_unknown]))
-            self._log_event({"type": "gateway", "event": "safety_state_unmatched", "interlocks": il_unknown,
+            self.log_event({"type": "gateway", "event": "safety_state_unmatched", "interlocks": il_unknown,
                              "alarms": al_unknown, "ts": rfc3339(time.time())})
         if il_events or al_events:
             log.warning("restored after a restart: %d interlock trip/bypass, %d latched alarm(s)",
@@ -387,7 +392,7 @@ class Gateway:
             self._safety_step(plant.alarms.tick(now), now)
             step = self.clock.tick()
             if step is not None:
-                self._log_event(self.clock.step_event(step))
+                self.log_event(self.clock.step_event(step))
             self._clock_alarm_step(now)
             self.health.beat("safety")
             if plant.hazard is not None and now - self._hazard_tick_mono >= HAZARD_TICK_S:
@@ -404,7 +409,7 @@ class Gateway:
         reason = self.clock.sync_alarm(self.plant.clock_grace_s)
         for e in self.plant.alarms.set_system_alarm(SYSTEM_TAG, CLOCK, reason is not None, reason, now_mono=now,
                                               clear_reason=RESYNC_TEXT, priority=CLOCK_ALARM_PRIORITY):
-            self._log_event(e.to_record())
+            self.log_event(e.to_record())
 
     # ---- polling ----
 
@@ -476,15 +481,15 @@ class Gateway:
         rk = load_receiver_key(plant.cfg.resolve(up.receiver_key)) if up.receiver_key else None
         return Forwarder(self.store, batcher, uplink, idle_s=up.interval_ms / 1000, receiver_key=rk)
 
-    def _start_forwarder(self) -> None:
-        """Start the uploader task (self._fw_task) when there is a forwarder, none runs and the store is open.
+    def start_uploader(self) -> None:
+        """Start the uploader task (self.uploader_task) when there is a forwarder, none runs and the store is open.
         Called at start, after a reload, when a store that could not be opened at start opens, and by the
         record supervisor to restart an uploader that ended or hung (gateway.record_supervisor)."""
         if self.forwarder is None or not self.store.is_open or self._stopping:
             return
-        if self._fw_task is not None and not self._fw_task.done():
+        if self.uploader_task is not None and not self.uploader_task.done():
             return
-        self._fw_task = asyncio.create_task(self.forwarder.run(), name="forwarder")
+        self.uploader_task = asyncio.create_task(self.forwarder.run(), name="forwarder")
 
     async def _store_ready(self) -> None:
         """The store has just opened: seed the sample keys from it (Store.last_samples) and record a file
@@ -492,17 +497,17 @@ class Gateway:
         stored = await asyncio.to_thread(self.store.last_samples, list(self.plant.device_of))
         self._last_stored = {**stored, **self._last_stored}
         if self.store.moved_aside:
-            self._log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
+            self.log_event({"type": "store", "event": "corrupt_store_moved_aside", "path": str(self.store.moved_aside),
                              "ts": rfc3339(time.time())})
 
     async def on_store_opened(self, waited_s: float | None) -> None:
         """The record supervisor opened a store that could not be opened at start: seed, record how long it
         took (event store_opened), start the uploader. What was queued meanwhile is committed by the writer."""
         await self._store_ready()
-        self._log_event(opened_event(waited_s))
+        self.log_event(opened_event(waited_s))
         log.warning("store %s open after %.0f s; recording resumes with what waited in memory",
                     self.store.path, waited_s or 0.0)
-        self._start_forwarder()
+        self.start_uploader()
 
     async def _drain(self, bound_s: float) -> None:
         """At shutdown, keep uploading for at most bound_s while anything is unsent (nothing is lost
@@ -606,17 +611,17 @@ class Gateway:
             self.record.note_open_failed(exc)
         else:
             await self._store_ready()
-        self._log_event({"type": "gateway", "event": "start", "config_hash": self.cfg.config_hash,
+        self.log_event({"type": "gateway", "event": "start", "config_hash": self.cfg.config_hash,
                          "ts": rfc3339(time.time())})
         waiver = self.cfg.model.store.waiver_event()   # C16: a waived retention floor, on the record at each start
         if waiver is not None:
-            self._log_event({**waiver, "ts": rfc3339(time.time())})
+            self.log_event({**waiver, "ts": rfc3339(time.time())})
         restore_cmds = await self._restore_safety_state()  # before the first evaluate (no poll loop yet)
         for dev in self.devices:
             await dev.start()
         if restore_cmds:  # a restored trip: its outputs to the safe state again, confirmed by read-back
             self.outputs.apply(restore_cmds)
-        self.forwarder = self._build_forwarder()  # started once the store is open (_start_forwarder)
+        self.forwarder = self._build_forwarder()  # started once the store is open (start_uploader)
         plant = self.plant
         self._start_polling(plant)
         self._start_ticker(plant)
@@ -625,7 +630,7 @@ class Gateway:
         tasks.append(asyncio.create_task(self.record.run(lambda: self._stopping), name="record-supervisor"))
         self._aux_tasks = self._start_aux(plant)
         await self._start_control()
-        self._start_forwarder()
+        self.start_uploader()
         watch_gateway(self)  # heartbeats for the systemd watchdog (gateway.health)
         if ready:
             ready()
@@ -648,17 +653,17 @@ class Gateway:
             log.warning("outputs still being written at shutdown")
         await self.outputs.close()
         await self.safety_state.write_if_changed()  # the last resets / acks before the stop
-        self._log_event({"type": "gateway", "event": "stop", "ts": rfc3339(time.time())})
+        self.log_event({"type": "gateway", "event": "stop", "ts": rfc3339(time.time())})
         await asyncio.to_thread(self.store.flush)
         if self.forwarder is not None:
-            if self._fw_task is not None:
+            if self.uploader_task is not None:
                 await self._drain(DRAIN_ON_STOP_S)
             self.forwarder.stop()
             try:
-                if self._fw_task is not None:
-                    await asyncio.wait_for(self._fw_task, 5.0)
+                if self.uploader_task is not None:
+                    await asyncio.wait_for(self.uploader_task, 5.0)
             except (TimeoutError, asyncio.TimeoutError):
-                self._fw_task.cancel()
+                self.uploader_task.cancel()
             aclose = getattr(self.forwarder.uplink, "aclose", None)
             if aclose:
                 await aclose()

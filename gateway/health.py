@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.registry import link_key as registry_link_key
+
 log = logging.getLogger("hazard_gateway.health")
 
 #: the store writer may commit nothing for this long while records wait before it counts as hung
@@ -132,14 +134,11 @@ class Health:
 
 
 def link_key(d: Any) -> tuple:
-    """The link a config device is polled over: Modbus TCP (host, port) and Modbus RTU serial port are
-    shared by every device on them (requests are serialised), an OPC UA device has its own session."""
-    proto = getattr(d, "protocol", "")
-    if proto == "modbus_tcp":
-        return (proto, d.host, d.port)
-    if proto == "modbus_rtu":
-        return (proto, d.port)
-    return (proto, d.name)
+    """The link a config device is polled over, (protocol, link id) from its protocol's entry in
+    drivers.registry: devices on one shared link (a Modbus TCP host:port, an RTU serial port) have the same
+    key and their requests are serialised; a device with a link of its own (an OPC UA session) is keyed by
+    its name."""
+    return registry_link_key(d)
 
 
 def poll_limits(devices: list[Any], floor_s: float) -> dict[str, float]:
@@ -194,7 +193,7 @@ def store_writer_check(store: Any, stall_s: float) -> Callable[[float], str | No
 
 
 def uploader_check(gw: Any, floor_s: float) -> Callable[[float], str | None]:
-    """A Health check for the uploader of a gateway.Gateway (``gw.forwarder``, ``gw._fw_task``).
+    """A Health check for the uploader of a gateway.Gateway (``gw.forwarder``, ``gw.uploader_task``).
 
     Read through ``gw`` on every call, so a forwarder rebuilt by a SIGHUP reload is the one
     watched. Not making progress: the task has ended while the forwarder was not stopped (an
@@ -204,7 +203,7 @@ def uploader_check(gw: Any, floor_s: float) -> Callable[[float], str | None]:
     """
     def check(now: float) -> str | None:
         fw = getattr(gw, "forwarder", None)
-        task = getattr(gw, "_fw_task", None)
+        task = getattr(gw, "uploader_task", None)
         if fw is None or task is None or getattr(fw, "stopped", False):
             return None
         if task.done():

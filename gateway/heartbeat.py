@@ -7,9 +7,10 @@ Modbus device::
     heartbeat: {address: 40101, interval_ms: 1000, mode: count}   # or {table: coil, address: 8}, toggle
 
 mode ``count`` writes 1, 2, 3 ... 65535, 0, 1 ... to a holding register (FC6, Modbus Application
-Protocol V1.1b3 6.6); mode ``toggle`` alternates 0 / 1 (FC6, or FC5 on a coil, 6.5). The echo of the
-write must repeat address and value (Modbus spec: the normal response to FC5/FC6 is an echo of the
-request), else the beat counts as failed. There is no read-back: the PLC itself is the judge.
+Protocol V1.1b3 6.6); mode ``toggle`` alternates 0 / 1 (FC6, or FC5 on a coil, 6.5). The write itself
+is the device's: ``Device.beat(value)`` (drivers.modbus.ModbusDevice.beat checks the echo repeats address
+and value, the normal response to FC5/FC6); a beat that raises counts as failed. There is no read-back:
+the PLC itself is the judge. A protocol without heartbeats has no ``heartbeat:`` section in its config.
 
 The heartbeat proves more than a running process: it is written only while the gateway's safety path
 is alive (``alive()``: the alarm tick ran recently, and every poll loop that feeds an interlock input
@@ -35,29 +36,25 @@ COUNT_MODULO = 0x10000
 class Heartbeat:
     """One device's watchdog register.
 
-    device: device name (messages). link: the device's drivers.modbus link (shared TCP/RTU link).
-    unit_id: Modbus unit id. table: "holding_register" or "coil"; address: 0-based PDU address;
-    reference: the address as configured (e.g. "40101") for messages. interval_s: seconds between
-    beats (> 0). mode: "count" (holding register only) or "toggle". alive: callable answering
-    whether the safety path is running (None: always). why: optional callable giving the one-line
-    reason when ``alive()`` is False (for the log and ``status``). Raises ValueError for a bad
-    combination.
+    device: device name (messages). target: the built device (drivers.base.Device) whose ``beat(value)``
+    writes the watchdog point and raises when the device did not take it. interval_s: seconds between
+    beats (> 0). mode: "count" (1, 2 ... 65535, 0 ...; the device refuses it for a point that only holds
+    0 / 1) or "toggle". reference: the point as configured, for messages (default: the device's
+    ``heartbeat_reference``). alive: callable answering whether the safety path is running (None: always).
+    why: optional callable giving the one-line reason when ``alive()`` is False (for the log and
+    ``status``). Raises ValueError for a bad mode or interval.
     """
 
-    def __init__(self, device: str, link: Any, unit_id: int, table: str, address: int, interval_s: float,
-                 mode: str = "count", *, reference: str | None = None,
+    def __init__(self, device: str, target: Any, interval_s: float, mode: str = "count", *,
+                 reference: str | None = None,
                  alive: Callable[[], bool] | None = None, why: Callable[[], str | None] | None = None) -> None:
-        if table not in ("holding_register", "coil"):
-            raise ValueError(f"{device}: heartbeat must be a holding register or a coil, not {table}")
         if mode not in ("count", "toggle"):
             raise ValueError(f"{device}: heartbeat mode must be count or toggle, not {mode!r}")
-        if mode == "count" and table != "holding_register":
-            raise ValueError(f"{device}: heartbeat mode count needs a holding register")
         if not interval_s > 0:
             raise ValueError(f"{device}: heartbeat interval must be > 0")
-        self.device, self.link, self.unit_id = device, link, unit_id
-        self.table, self.address, self.interval_s, self.mode = table, address, float(interval_s), mode
-        self.reference = reference or f"{table} {address}"
+        self.device, self.target = device, target
+        self.interval_s, self.mode = float(interval_s), mode
+        self.reference = reference or getattr(target, "heartbeat_reference", None) or device
         self.alive = alive
         self.why = why
         self.held_reason: str | None = None
@@ -87,14 +84,7 @@ class Heartbeat:
         self.held, self.held_reason = False, None
         v = self.next_value()
         try:
-            if self.table == "coil":
-                echo = await self.link.write_coil(self.unit_id, self.address, bool(v))
-                expect = (self.address, 0xFF00 if v else 0x0000)
-            else:
-                echo = await self.link.write_register(self.unit_id, self.address, v)
-                expect = (self.address, v)
-            if tuple(echo) != expect:
-                raise ValueError(f"echo {tuple(echo)} differs from {expect}")
+            await self.target.beat(v)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # timeout, link down, exception reply, malformed echo: a missed beat
@@ -136,8 +126,9 @@ class Heartbeat:
 
 def build_heartbeats(cfg: Any, devices: list[Any], alive: Callable[[], bool] | None = None,
                      why: Callable[[], str | None] | None = None) -> list[Heartbeat]:
-    """One Heartbeat per enabled Modbus device with a ``heartbeat:`` section (cfg: LoadedConfig;
-    devices: the built driver objects, matched by name; alive / why: see Heartbeat)."""
+    """One Heartbeat per enabled device with a ``heartbeat:`` section (cfg: LoadedConfig; devices: the
+    built driver objects, matched by name, each writing its own heartbeat point; alive / why: see
+    Heartbeat). Raises ValueError for a device that has a heartbeat section but no heartbeat point."""
     by_name = {d.name: d for d in devices}
     out = []
     for d in cfg.model.devices:
@@ -145,8 +136,7 @@ def build_heartbeats(cfg: Any, devices: list[Any], alive: Callable[[], bool] | N
         dev = by_name.get(d.name)
         if hb is None or dev is None or not d.enabled:
             continue
-        table, address = hb.table_address()
-        ref = hb.address if isinstance(hb.address, (int, str)) else f"{table} {address}"
-        out.append(Heartbeat(d.name, dev.link, d.unit_id, table, address, hb.interval_ms / 1000, hb.mode,
-                             reference=str(ref), alive=alive, why=why))
+        if getattr(dev, "heartbeat_reference", None) is None:
+            raise ValueError(f"{d.name}: protocol {dev.protocol} has no heartbeat point")
+        out.append(Heartbeat(d.name, dev, hb.interval_ms / 1000, hb.mode, alive=alive, why=why))
     return out

@@ -14,12 +14,14 @@ Output, one line per tag (plain text, columns aligned)::
     plant_ua  AT301.H2S   nsu=urn:...;s=...H2S    Good       0       mg/m3 good
     far_plc   P1          holding 9 (40010)       -          -       bar   bad (comm fault: cannot connect ...)
 
-address: the Modbus table and 0-based protocol (PDU) address with the
-1-based reference in brackets (Modicon convention, Modbus Application
-Protocol v1.1b3 section 4.4: "register 1 is addressed as 0"; 5-digit
-references up to 9999, 6-digit beyond), or the OPC UA node id as
-configured. raw: the registers (hex words) or bits as read, for OPC UA the
-status code name; "-" when nothing was read.
+address: where the point lives, as the device's driver describes it
+(``Device.describe``): the Modbus table and 0-based protocol (PDU) address
+with the 1-based reference in brackets (Modicon convention, Modbus
+Application Protocol v1.1b3 section 4.4: "register 1 is addressed as 0";
+5-digit references up to 9999, 6-digit beyond), or the OPC UA node id as
+configured. raw: what the device sent (``Device.format_raw``): the registers
+(hex words) or bits as read, for OPC UA the status code name; "-" when
+nothing was read.
 quality: good / uncertain / bad, with the reason of a non-good reading
 (timeout, exception NN name, sentinel, nan, comm fault, out of range: NAMUR NE 43
 or a tag's valid_range ...).
@@ -38,24 +40,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from drivers.modbus import ModbusLinks
-from gateway.config import LoadedConfig, ModbusTag, OpcUaTag
+from drivers.registry import Links
 from gateway.build import build_devices, valid_ranges
+from gateway.config import LoadedConfig
 from gateway.gateway import check_valid_range
 from gateway.model import Quality, Reading
 
-__all__ = ["ProbeRow", "reference", "probe", "format_table", "run_probe"]
-
-_TABLE_WORD = {"coil": "coil", "discrete_input": "discrete", "input_register": "input",
-               "holding_register": "holding"}
-_TABLE_DIGIT = {"coil": "0", "discrete_input": "1", "input_register": "3", "holding_register": "4"}
-
-
-def reference(table: str, address: int) -> str:
-    """0-based table address -> 1-based reference notation: holding 0 -> '40001', coil 16 -> '00017',
-    holding 9999 -> '410000' (6 digits once the 4-digit register number would overflow)."""
-    n = address + 1
-    return f"{_TABLE_DIGIT[table]}{n:04d}" if n <= 9999 else f"{_TABLE_DIGIT[table]}{n:05d}"
+__all__ = ["ProbeRow", "probe", "format_table", "run_probe"]
 
 
 @dataclass
@@ -73,28 +64,6 @@ class ProbeRow:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _address(tag_cfg: Any) -> str:
-    if isinstance(tag_cfg, ModbusTag):
-        table, address = tag_cfg.table_address()
-        return f"{_TABLE_WORD[table]} {address} ({reference(table, address)})"
-    if isinstance(tag_cfg, OpcUaTag):
-        return tag_cfg.node_id
-    return "?"
-
-
-def _raw(r: Reading, tag_cfg: Any) -> str:
-    """Registers as hex words, coils / discrete inputs as bits, OPC UA as the status code name."""
-    raw = getattr(r, "raw", None)
-    if raw is None or raw == [] or raw == ():
-        return "-"
-    if isinstance(raw, dict):  # OPC UA: {"status": code, "status_name": name}
-        return str(raw.get("status_name", raw.get("status", "-")))
-    if isinstance(raw, (list, tuple)) and all(isinstance(x, int) for x in raw):
-        bits = isinstance(tag_cfg, ModbusTag) and tag_cfg.table_address()[0] in ("coil", "discrete_input")
-        return " ".join(str(int(x)) if bits else f"{x:04X}" for x in raw)
-    return str(raw)
 
 
 def _value(r: Reading) -> str:
@@ -120,7 +89,7 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
 
     Raises ValueError (one line) when ``device`` names no enabled device. Never raises for a
     device fault: an unreachable device gives BAD rows."""
-    links = ModbusLinks()
+    links = Links()
     devices = build_devices(cfg, links)
     names = [d.name for d in devices]
     if device is not None:
@@ -129,7 +98,6 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
                 await d.close()
             raise ValueError(f"no enabled device {device!r} in {cfg.path} (devices: {', '.join(names)})")
         devices = [d for d in devices if d.name == device]
-    tag_cfg = {name: tc for name, (_dc, tc) in cfg.all_tags().items()}
 
     async def one(dev: Any) -> list[Reading]:
         try:
@@ -146,9 +114,8 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
     ranges = valid_ranges(cfg)
     for dev, readings in zip(devices, results):
         for r in check_valid_range(readings, ranges):  # as the daemon judges them (valid_range)
-            tc = tag_cfg.get(r.tag)
-            rows.append(ProbeRow(dev.name, r.tag, _address(tc), _raw(r, tc), _value(r), r.unit or "", _quality(r),
-                                 r.quality is Quality.GOOD))
+            rows.append(ProbeRow(dev.name, r.tag, dev.describe(r.tag), dev.format_raw(r), _value(r), r.unit or "",
+                                 _quality(r), r.quality is Quality.GOOD))
     return rows
 
 

@@ -162,11 +162,11 @@ class RecordSupervisor:
 
     def _uplink_pass(self, now: float) -> tuple[str | None, str | None]:
         gw = self.gw
-        fw, task = gw.forwarder, gw._fw_task
+        fw, task = gw.forwarder, gw.uploader_task
         if fw is None or getattr(fw, "stopped", False) or not gw.store.is_open:
             return None, None
         if task is None:
-            gw._start_forwarder()
+            gw.start_uploader()
             return None, None
         problem = self._uplink(now)
         if problem and task.done():
@@ -175,8 +175,8 @@ class RecordSupervisor:
             elif now >= self._uplink_restart_mono:
                 log.error("uplink: restarting the uploader (%s)", problem)
                 self._uplink_restart_mono = None
-                gw._fw_task = None
-                gw._start_forwarder()
+                gw.uploader_task = None
+                gw.start_uploader()
             return "uploader stopped, restarting / 上传程序已停止", problem
         if problem:
             beat = getattr(fw, "last_beat_mono", None)
@@ -184,9 +184,9 @@ class RecordSupervisor:
             if beat is not None and now - beat > UPLINK_HUNG_RESTARTS_AFTER * limit:
                 log.error("uplink: uploader hung (%s); cancelling and restarting it", problem)
                 task.cancel()
-                gw._fw_task = None
+                gw.uploader_task = None
                 fw.last_beat_mono = now
-                gw._start_forwarder()
+                gw.start_uploader()
             return "uploader hung / 上传程序无响应", problem
         self._uplink_restart_mono = None
         if getattr(fw, "refused", False):
@@ -217,7 +217,7 @@ class RecordSupervisor:
                                                  None if reason is None else f"{text} / {reason}",
                                                  now_mono=now, clear_reason=ok_text,
                                                  priority=RECORD_ALARM_PRIORITY):
-            self.gw._log_event(e.to_record())
+            self.gw.log_event(e.to_record())
 
     async def step(self) -> None:
         """One supervision pass (the loop calls it every SUPERVISE_EVERY_S; tests may call it directly)."""

@@ -215,10 +215,10 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         gw.store.max_bytes = s.max_bytes
         gw.store.retention_floor_s = s.retention_days * 86400
         gw.store.floor_waived = s.retention_floor.waive
-        gw._log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
+        gw.log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
                        "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
         if (waiver := s.waiver_event()) is not None:   # C16: a waived retention floor, on the record again
-            gw._log_event({**waiver, "ts": rfc3339(time.time())})
+            gw.log_event({**waiver, "ts": rfc3339(time.time())})
         if plant.hazard is not None:  # a grade changes only with its design basis: record each change
             for ev in basis_events(old.hazard, plant.hazard, time.time()):
                 gw._log_hazard_event(ev)
@@ -244,7 +244,7 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         watch_gateway(gw)
         paused = time.monotonic() - t0
         # -- 4. the forwarder, last: stopping the old one may wait on the network (bounded)
-        old_fw, old_fw_task = gw.forwarder, gw._fw_task
+        old_fw, old_fw_task = gw.forwarder, gw.uploader_task
         if old_fw is not None:
             old_fw.stop()
             if old_fw_task is not None:
@@ -257,8 +257,8 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
             if aclose:
                 await _bounded(aclose(), FORWARDER_STOP_S, "closing the old uplink")
         gw.forwarder = new_fw
-        gw._fw_task = None
-        gw._start_forwarder()
+        gw.uploader_task = None
+        gw.start_uploader()
         log.info("SIGHUP: config %s applied (was %s) in %.1f s, polling paused %.2f s: %d devices, %d tags",
                  new_cfg.config_hash[:12], old_hash[:12], time.monotonic() - t0, paused, len(plant.devices),
                  len(plant.device_of))

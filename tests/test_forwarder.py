@@ -750,14 +750,14 @@ async def test_health_sees_a_dead_or_hung_uploader() -> None:
     async def boom():
         raise RuntimeError("prev is not a base64url SHA-256")
 
-    gw = SimpleNamespace(forwarder=fw, _fw_task=asyncio.create_task(boom()))
+    gw = SimpleNamespace(forwarder=fw, uploader_task=asyncio.create_task(boom()))
     await asyncio.sleep(0)
     check = uploader_check(gw, 1.0)
     assert "uploader task has ended (RuntimeError" in check(time.monotonic())
-    gw._fw_task = asyncio.create_task(asyncio.sleep(10))
+    gw.uploader_task = asyncio.create_task(asyncio.sleep(10))
     fw.last_beat_mono = 100.0
     assert check(105.0) is None
     assert "no loop iteration for 7.0 s" in check(107.0)
     fw.stopped = True                            # shutdown / reload: not a fault
     assert check(107.0) is None
-    gw._fw_task.cancel()
+    gw.uploader_task.cancel()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus import TcpLink
+from drivers.modbus import HeartbeatPoint, ModbusDevice, ModbusPoint, TcpLink
 from gateway.config import ConfigError, load_config
 from gateway.gateway import Gateway
 from gateway.heartbeat import Heartbeat
@@ -85,35 +85,98 @@ async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
         await asyncio.wait_for(task, 20)
 
 
+def _plc(link, address: int, table: str = "holding_register", mode: str = "count", ref: str | None = None,
+         name: str = "tank_plc") -> ModbusDevice:
+    """A ModbusDevice on ``link`` whose heartbeat point is ``table`` ``address`` (what gateway.build makes
+    of a ``heartbeat:`` section)."""
+    point = ModbusPoint(tag=f"{name}.x", unit_id=1, table="holding_register", address=0, dtype="uint16")
+    return ModbusDevice(name, link, 1, [point], "modbus_tcp", heartbeat=HeartbeatPoint(table, address, mode, ref))
+
+
 @pytest.mark.e2e
 async def test_toggle_mode_and_a_failed_write_is_a_missed_beat(plc):
     link = TcpLink("127.0.0.1", plc.port, timeout_s=1.0)
     try:
-        hb = Heartbeat("tank_plc", link, 1, "holding_register", 100, 0.1, "toggle", reference="40101")
+        hb = Heartbeat("tank_plc", _plc(link, 100, mode="toggle", ref="40101"), 0.1, "toggle")
+        assert hb.reference == "40101"
         seen = []
         for _ in range(4):
             assert await hb.beat()
             seen.append(plc.heartbeat)
         assert seen == [1, 0, 1, 0]
-        bad = Heartbeat("tank_plc", link, 1, "holding_register", 101, 0.1, "count", reference="40102")
+        bad = Heartbeat("tank_plc", _plc(link, 101, ref="40102"), 0.1, "count")
         assert not await bad.beat()  # the PLC has no register 101: exception 02
         st = bad.status()
         assert st["state"] == "failing" and st["errors"] == 1 and "02" in st["last_error"]
-        held = Heartbeat("tank_plc", link, 1, "holding_register", 100, 0.1, alive=lambda: False)
+        held = Heartbeat("tank_plc", _plc(link, 100), 0.1, alive=lambda: False)
         before = plc.heartbeat
         assert not await held.beat() and plc.heartbeat == before and held.status()["state"] == "held"
     finally:
         await link.close()
 
 
+async def test_a_beat_is_the_devices_fc5_fc6_write_and_its_echo_is_checked():
+    """ModbusDevice.beat: FC6 on a holding register, FC5 (FF00 / 0000) on a coil; an echo that differs
+    from the request is a failed beat."""
+    class Link:
+        name = "h:502"
+
+        def __init__(self, echo=None):
+            self.calls, self.echo = [], echo
+
+        async def write_register(self, unit, address, value):
+            self.calls.append(("fc6", unit, address, value))
+            return self.echo or (address, value)
+
+        async def write_coil(self, unit, address, on):
+            self.calls.append(("fc5", unit, address, on))
+            return self.echo or (address, 0xFF00 if on else 0x0000)
+
+    reg = Link()
+    hb = Heartbeat("d", _plc(reg, 100, name="d"), 1.0, "count")
+    assert await hb.beat() and await hb.beat()
+    assert reg.calls == [("fc6", 1, 100, 1), ("fc6", 1, 100, 2)] and hb.reference == "holding_register 100"
+    coil = Link()
+    hb = Heartbeat("d", _plc(coil, 8, table="coil", mode="toggle", name="d"), 1.0, "toggle")
+    assert await hb.beat() and await hb.beat()
+    assert coil.calls == [("fc5", 1, 8, True), ("fc5", 1, 8, False)]
+    wrong = Link(echo=(100, 7))
+    hb = Heartbeat("d", _plc(wrong, 100, name="d"), 1.0, "count")
+    assert not await hb.beat()
+    assert hb.status()["state"] == "failing" and "differs from (100, 1)" in hb.status()["last_error"]
+
+
+async def test_a_protocol_without_heartbeats_is_refused():
+    """The base Device has no heartbeat point: beat() raises NotImplementedError (a missed beat)."""
+    from drivers.base import Device
+
+    class NoBeat(Device):
+        name, protocol = "ua", "opcua"
+        tags = []
+
+        async def start(self): ...
+        async def read(self): return []
+        async def write(self, tag, value): ...
+        async def close(self): ...
+
+    hb = Heartbeat("ua", NoBeat(), 1.0, "toggle")
+    assert not await hb.beat() and "no heartbeat" in hb.status()["last_error"]
+    with pytest.raises(NotImplementedError, match="no heartbeat"):
+        await NoBeat().beat(1)
+
+
 def test_count_wraps_and_bad_combinations_are_refused():
-    hb = Heartbeat("d", None, 1, "holding_register", 100, 1.0, "count")
+    hb = Heartbeat("d", None, 1.0, "count")
     hb.value = 65535
     assert hb.next_value() == 0
     with pytest.raises(ValueError, match="needs a holding register"):
-        Heartbeat("d", None, 1, "coil", 0, 1.0, "count")
+        _plc(None, 0, table="coil", mode="count", name="d")
     with pytest.raises(ValueError, match="holding register or a coil"):
-        Heartbeat("d", None, 1, "input_register", 0, 1.0, "toggle")
+        _plc(None, 0, table="input_register", mode="toggle", name="d")
+    with pytest.raises(ValueError, match="count or toggle"):
+        Heartbeat("d", None, 1.0, "sawtooth")
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        Heartbeat("d", None, 0, "count")
 
 
 @pytest.mark.e2e

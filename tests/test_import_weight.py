@@ -34,3 +34,29 @@ def test_check_of_a_site_with_every_protocol_loads_no_protocol_stack(tmp_path: P
     r = subprocess.run([sys.executable, "-c", PROBE, str(site)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out == {"rc": 0, "asyncua": False, "pymodbus": False}, (out, r.stderr[-2000:])
+
+
+BUILD = """
+import json, sys
+from gateway.config import load_config
+from gateway.build import build_plant
+plant = build_plant(load_config(sys.argv[1]))
+print(json.dumps({"devices": sorted(d.protocol for d in plant.devices), "asyncua": "asyncua" in sys.modules,
+                  "opcua_driver": "drivers.opcua" in sys.modules}))
+"""
+
+
+def test_building_a_modbus_only_config_imports_no_asyncua(tmp_path: Path) -> None:
+    """drivers.registry imports a protocol's driver only for a device of that protocol: a Modbus-only plant
+    (build_plant, as the daemon and a reload build it) never loads the OPC UA stack."""
+    from conftest import tank_overfill_config
+    from gateway.signing import keygen
+
+    keygen(tmp_path / "keys")
+    site = tmp_path / "gw.yaml"
+    site.write_text(tank_overfill_config(1502, gateway_id="mb-only", store="{max_bytes: 1099511627776}",
+                                         store_at_end=True, heartbeat="heartbeat: {address: 40101}"))
+    r = subprocess.run([sys.executable, "-c", BUILD, str(site)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"devices": ["modbus_tcp"], "asyncua": False, "opcua_driver": False}, (out, r.stderr[-2000:])

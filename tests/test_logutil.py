@@ -201,7 +201,7 @@ def test_a_blocked_log_stream_never_blocks_the_caller_and_drops_are_counted(bloc
 
 
 def test_a_blocked_log_stream_does_not_delay_an_interlock_trip(tmp_path: Path, blocked_log):
-    """S1: Gateway._log_event logs every alarm / interlock event at INFO inside the safety step. With the
+    """S1: Gateway.log_event logs every alarm / interlock event at INFO inside the safety step. With the
     log's stream blocked (a full pipe nobody reads), the safety step still runs at once and trips."""
     import asyncio
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.probe import format_table, probe, reference
+from drivers.modbus import reference
+from gateway.probe import format_table, probe
 from hil.gas_detectors import GasBus
 from hil.opcua_plant import OpcUaPlant
 from hil.tank_plc import TankPlc

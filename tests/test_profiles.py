@@ -16,7 +16,7 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
 from drivers.codec import Scaling, decode_value, encode
-from drivers.modbus import ModbusLinks, crc_ok, parse_reference
+from drivers.modbus import crc_ok, parse_reference
 from gateway.config import ConfigError, load_config
 from gateway.device_profiles import BUILTIN_DIR, builtin_profiles, load_profile
 from gateway.model import Quality
@@ -237,6 +237,7 @@ def test_duplicate_key_in_profile(tmp_path: Path):
 
 @pytest.mark.e2e
 async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
+    from drivers.registry import Links
     from gateway.gateway import build_devices
 
     regs = [0x00C1, 0x0102] + encode(12.5, "float32", "CDAB") + [125, 0, 0b1000, 23, 4000, 7, 480]
@@ -247,7 +248,7 @@ async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
     server = ModbusTcpServer([sim], address=("127.0.0.1", 0))
     await server.serve_forever(background=True)
     port = server.transport.sockets[0].getsockname()[1]
-    links = ModbusLinks()
+    links = Links()
     try:
         f = cfg_with(tmp_path, f"  - name: midas1\n    protocol: modbus_tcp\n    host: 127.0.0.1\n    port: {port}\n"
                                "    unit_id: 1\n    timeout_ms: 1000\n    profile: honeywell_midas\n"
