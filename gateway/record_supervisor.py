@@ -24,7 +24,8 @@ in a thread):
   iteration for its limit (gateway.health.uploader_check) - cancelled and started again after
   :data:`UPLINK_HUNG_RESTARTS_AFTER` limits; the receiver refuses the gateway (401/403); the receiver
   refuses a batch's content without a rejection signed by ``uplink.receiver_key`` (the batch is held and
-  retried, never set aside: ``Forwarder.held``).
+  retried, never set aside: ``Forwarder.held``); the receiver's chain disagrees (409: e.g. a fresh store
+  or a restored old copy sends seqs the receiver holds with other bytes; ``Forwarder.chain_conflict``).
 
 Each condition raises the system alarm ``system.STORE`` (记录存储故障) or ``system.UPLINK`` (数据上传故障)
 with a reason that stays the same while the condition lasts (a changed reason is a new transition, ISA-18.2),
@@ -191,6 +192,8 @@ class RecordSupervisor:
         self._uplink_restart_mono = None
         if getattr(fw, "refused", False):
             return "receiver refuses this gateway / 平台拒绝本网关", fw.last_error
+        if getattr(fw, "chain_conflict", None):
+            return "receiver's chain disagrees (409), uploads held / 平台数据链冲突, 暂停上传", fw.chain_conflict
         if getattr(fw, "held", None):
             return "receiver refuses a batch, held without a signed rejection / 平台拒收数据, 已保留重试", fw.held
         return None, None

@@ -323,6 +323,8 @@ class Forwarder:
         self.refused = False
         #: why the current batch is held after a content refusal without a valid signed rejection (else None)
         self.held: str | None = None
+        #: the receiver's chain disagrees (409) since the last ack: its one-line answer, else None
+        self.chain_conflict: str | None = None
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_ack_mono: float | None = None
@@ -426,6 +428,7 @@ class Forwarder:
                                       "expected_seq": exc.expected_seq, "reason": str(exc)[:300]})
             self.consecutive_failures += 1
             self.last_error = str(exc)
+            self.chain_conflict = f"batch {batch.seq}: {str(exc)[:300]}"
             log.error("uplink: batch %d: receiver chain disagrees (%s); holding uploads, retry in %.0f s",
                       batch.seq, exc, self.max_backoff_s)
             await self._sleep(self.max_backoff_s)
@@ -460,6 +463,7 @@ class Forwarder:
         if self.held is not None:
             self.held = None
             log.warning("uplink: batch %d acknowledged; the held batch went through", batch.seq)
+        self.chain_conflict = None
 
     async def _refused_content(self, batch: Batch, exc: PermanentError) -> None:
         """400/413/422 (or a PUBACK refusal): set the batch aside only on a valid signed rejection

@@ -52,6 +52,7 @@ A malformed file raises :class:`ScenarioError` whose str() is one line,
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,10 +159,16 @@ COIL_NAMES = ("XV101", "XV102", "XV100", "beacon")
 SLAVE_IDS = (1, 2, 3)
 
 
+#: the latest a step may run (seconds from the start): a day; a demo or HIL run is minutes
+MAX_AT_S = 86400.0
+
+
 def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"expected a number, got {v!r}"
+        if not math.isfinite(v):   # .inf / .nan / 1e999: a step that never runs, or a run that never ends
+            return f"expected a finite number, got {v!r}"
         if lo is not None and (v <= lo if lo_open else v < lo):
             return f"{v} is below the allowed range ({'>' if lo_open else '>='} {lo})"
         if hi is not None and v > hi:
@@ -320,7 +327,7 @@ def parse_scenario(text: str, source: str = "<string>", default_name: str = "sce
             raise fail(line, f"step {i + 1} must be a mapping like {{at_s: 2, set_lel: {{slave: 1, pct: 12}}}}, got {node!r}")
         if "at_s" not in node:
             raise fail(line, f"step {i + 1}: missing 'at_s' (seconds from the start)")
-        err = _num(0)(node["at_s"])
+        err = _num(0, MAX_AT_S)(node["at_s"])
         if err:
             raise fail(_line_of(node, "at_s", line), f"step {i + 1}: at_s: {err}")
         actions = [k for k in node if k != "at_s"]

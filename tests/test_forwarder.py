@@ -591,6 +591,7 @@ async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Pat
         seqs, values = delivered(rx)
     assert seqs == [1] and values == Counter(range(5))
     assert s["batches_dead_letter"] == 0 and s["batches_unacked"] == 1 and "409" in fwd.last_error
+    assert fwd.chain_conflict is not None and fwd.chain_conflict.startswith("batch "), fwd.chain_conflict
     assert [k for (k,) in kinds] == ["uplink_chain_conflict"]
 
 

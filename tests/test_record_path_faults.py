@@ -443,3 +443,57 @@ async def test_a_store_file_deleted_while_running_raises_the_store_alarm(tmp_pat
             proc.kill()
             proc.wait(10)
         await plc.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_chain_conflict_at_the_receiver_raises_the_uplink_alarm(tmp_path):
+    """The gateway's state directory is lost (a replaced SD card) and the gateway starts a fresh chain under
+    the same gateway id: the receiver answers 409 (seq 1 is stored with other bytes). Uploads are held -
+    nothing is overwritten or dropped - and system.UPLINK (平台数据链冲突) tells the operator, where before
+    only the log did."""
+    import shutil
+
+    from gateway.receiver import BackgroundReceiver
+
+    plc = await quiet_plc()
+    kid = keygen(tmp_path / "keys")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / f"{kid}.jwk").write_bytes((tmp_path / "keys" / f"{kid}.jwk").read_bytes())
+    rx = BackgroundReceiver(tmp_path / "rx", trust)
+    rx.start()
+    state = tmp_path / "state"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(CONFIG.format(port=plc.port, busy=2000)
+                   + f"uplink: {{url: '{rx.url}/v1/batches', ca_file: '{rx.cafile}', interval_ms: 100}}\n")
+    proc = None
+
+    def run(log_name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / log_name
+        with open(log, "ab") as logf:
+            return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=logf, stderr=logf,
+                                    cwd=REPO), log
+    try:
+        proc, log = run("gateway.log")
+        await _until(lambda: rx.receiver.store.last_seq("stall-gw") >= 2, 30, "batches accepted", proc, log)
+        proc.terminate()
+        assert proc.wait(30) == 0
+        shutil.rmtree(state)              # the SD card is replaced: store, chain position, safety state gone
+        proc, log = run("gateway2.log")
+        uplink = lambda: next((a for a in _status(state).get("alarms", [])  # noqa: E731
+                               if a.get("id") == "system.UPLINK"), None)
+        alarm = await _until(lambda: (a := uplink()) and a.get("active") and a, 30, "system.UPLINK raised",
+                             proc, log)
+        assert "平台数据链冲突" in alarm["reason"] and "409" in alarm["reason"], alarm
+        proc.terminate()
+        assert proc.wait(30) == 0
+        proc = None
+        assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]   # held, never set aside
+        assert _rows(state, "SELECT count(*) FROM batches WHERE acked_at IS NULL")[0][0] >= 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        rx.stop()
+        await plc.stop()
