@@ -44,6 +44,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.composer import Composer
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MantissaNoDotYAML1_1Warning, MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
@@ -156,6 +157,23 @@ class _BoundedComposer(Composer):
         return node
 
 
+class _MarkedConstructor(RoundTripConstructor):
+    """ruamel's round-trip constructor, but a value that cannot be built (``!!int zz``, ``!!timestamp
+    2024-13-45``, an integer of more digits than Python converts) is reported at its own line and
+    column, not at 1:1."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as exc:
+            value = node.value if isinstance(node.value, str) else type(node.value).__name__
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            text = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if "digits" in text and "int" in text:   # Python's int/str conversion limit (CVE-2020-10735)
+                text = f"an integer of {len(value)} digits (at most 4300 are read)"
+            raise _Limit(node.start_mark, f"cannot read the value {shown!r}: {text}") from None
+
+
 def _line_col(text: str, index: int) -> tuple[int, int]:
     """1-based (line, column) of character ``index`` of ``text``."""
     index = max(0, min(index, len(text)))
@@ -204,6 +222,7 @@ def parse_yaml(text: str, shown: str) -> Any:
     never another exception."""
     yaml = YAML(typ="rt")
     yaml.Composer = _BoundedComposer
+    yaml.Constructor = _MarkedConstructor
     try:
         return yaml.load(text)
     except _Limit as exc:

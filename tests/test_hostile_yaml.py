@@ -52,6 +52,9 @@ EXPECT = {
     "merge_scalar.yaml": (6, 5, "a merge key (<<:) takes a mapping or a list of mappings"),
     "undefined_alias.yaml": (4, 10, "found undefined alias 'nowhere'"),
     "two_documents.yaml": (6, 1, "expected a single document in the stream"),
+    "bad_int_tag.yaml": (5, 74, "cannot read the value 'zz': invalid literal for int()"),
+    "bad_timestamp.yaml": (4, 9, "cannot read the value '2024-13-45': month must be in 1..12"),
+    "huge_integer.yaml": (4, 8, "an integer of 5000 digits (at most 4300 are read)"),
 }
 
 #: a config that loads (no secret files: `check` would still refuse it, load_config and demo take it)
