@@ -67,6 +67,9 @@ SERIAL_KEYS = {"baudrate", "parity", "stopbits", "bytesize"}
 #: short config (10,000 one-line devices naming a 100-tag profile) would otherwise expand to millions of
 #: tags (minutes and gigabytes of validation); a gateway polls far fewer
 MAX_PROFILE_TAGS = 20_000
+#: profile files one config reads, in all (bytes): each file is bounded by gateway.yamlload, and this bounds
+#: an include: directory of many (a real site's profiles are tens of KiB)
+MAX_PROFILE_BYTES = 2 << 20
 
 
 # --- source map: where every key of the validation tree came from ----------------------------------
@@ -287,6 +290,7 @@ class ProfileLibrary:
         self.files: list[tuple[Path, str]] = []
         self._stack: list[Path] = []
         self.profile_tags = 0          # tags devices took from profiles so far (MAX_PROFILE_TAGS)
+        self.bytes_read = 0            # of profile files so far (MAX_PROFILE_BYTES)
         self.too_many_tags = False     # MAX_PROFILE_TAGS was passed (reported once)
 
     # ---- files ----
@@ -305,9 +309,24 @@ class ProfileLibrary:
         shown = _shown(path)
         if not path.is_file():
             if ref is not None:
-                self.problems.append(Problem(ref.file, ref.line, ref.col, ref.path, f"no such profile file {shown}"))
+                what = (f"profile file {shown} is not a regular file" if path.exists()
+                        else f"no such profile file {shown}")
+                self.problems.append(Problem(ref.file, ref.line, ref.col, ref.path, what))
             self.by_path[path] = None
             return None
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0   # read_yaml says why
+        if self.bytes_read + size > MAX_PROFILE_BYTES:
+            if ref is not None:
+                self.problems.append(Problem(ref.file, ref.line, ref.col, ref.path,
+                                             f"profile file {shown}: the profiles of this config would pass "
+                                             f"{MAX_PROFILE_BYTES >> 10} KiB in all ({self.bytes_read + size} "
+                                             "bytes); include only the profiles the devices use"))
+            self.by_path[path] = None
+            return None
+        self.bytes_read += size
         self._stack.append(path)
         try:
             prof = self._load(path, shown)

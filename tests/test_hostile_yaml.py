@@ -282,3 +282,33 @@ def test_config_errors_from_the_loader_are_config_errors(tmp_path: Path):
     (tmp_path / "dir.yaml").mkdir()
     with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'dir.yaml'}:1:1: not a regular file")):
         load_config(tmp_path / "dir.yaml")
+
+
+def test_an_include_directory_of_many_large_profiles_is_bounded_in_all(tmp_path, monkeypatch):
+    """Each profile file is bounded (1 MiB), but an include: directory of many such files made check read
+    them all (12 files: 99 s). The profiles of one config are bounded in all (MAX_PROFILE_BYTES, 2 MiB):
+    the file that would pass it is refused at the include line, and no further file is read. Shown here
+    with the bound lowered to 64 KiB, so the test reads little."""
+    from gateway import device_profiles
+    from gateway.config import ConfigError, load_config
+
+    monkeypatch.setattr(device_profiles, "MAX_PROFILE_BYTES", 64 << 10)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    tags = "".join(f"  - {{key: t{i:05d}, address: {30001 + 2 * i}, type: float32, unit: m}}\n" for i in range(300))
+    body = "profile: {name: big%02d, vendor: test, model: m}\ntags:\n" + tags
+    n = (64 << 10) // len(body) + 3
+    for k in range(n):
+        (lib / f"big{k:02d}.yaml").write_text(body % k)
+    read: list[str] = []
+    real = device_profiles.read_yaml
+    monkeypatch.setattr(device_profiles, "read_yaml", lambda p, shown=None: (read.append(str(p)), real(p, shown))[1])
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("gateway: {id: t, state_dir: state}\nkeys: {private_key: k.pem}\ninclude: [lib]\n"
+                   "devices:\n  - {name: plc, protocol: modbus_tcp, host: 127.0.0.1,\n"
+                   "     tags: [{name: a, address: 30001, type: uint16}]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    msgs = [str(p) for p in err.value.problems]
+    assert any(m.startswith(f"{cfg}:3:") and "would pass 64 KiB in all" in m for m in msgs), msgs
+    assert len(read) == (64 << 10) // len(body) < n   # the files past the bound are never read
