@@ -96,7 +96,9 @@ async def test_C18_cadence_stays_on_the_monotonic_clock_through_wall_steps(tmp_p
     # 1. cadence: 1 s +- 100 ms between requests, before, across and after every step
     gaps = [b - a for a, b in zip(requests, requests[1:])]
     assert len(gaps) >= 9, requests
-    assert all(0.9 <= g <= 1.1 for g in gaps), [round(g, 3) for g in gaps]
+    # (the first read may leave late while the connection is made on a loaded machine; the schedule is
+    # anchored at the loop start, so only the first gap can be short then: it is never long)
+    assert gaps[0] <= 1.1 and all(0.9 <= g <= 1.1 for g in gaps[1:]), [round(g, 3) for g in gaps]
     # 2. sample timestamps follow the new wall clock (RFC 3339 UTC, 'Z')
     db = sqlite3.connect(tmp_path / "state" / "store.sqlite")
     ts = [(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp(), q) for t, q in db.execute(
