@@ -36,6 +36,13 @@ class Device(ABC):
         protocol and link_id wait for each other. Default: the device's own name (a link of its own)."""
         return self.name
 
+    def link_state(self) -> dict[str, Any]:
+        """{"state": "up" | "down", "error": the last link error or None, "offline": bool} for the operator's
+        status (control socket, ``hazard-gateway status``). Default: the device's own ``connected`` and
+        ``last_error`` attributes, never offline."""
+        return {"state": "up" if getattr(self, "connected", None) else "down",
+                "error": getattr(self, "last_error", None), "offline": False}
+
     def describe(self, tag: str) -> str:
         """Where point ``tag`` lives on the device, as a technician reads it from the device's manual
         (commissioning probe); "?" for a tag the device does not have."""

@@ -1268,6 +1268,17 @@ class ModbusDevice(Device):
         """The shared link's name: "host:port" (TCP) or the serial port (RTU)."""
         return str(self.link.name)
 
+    def link_state(self) -> dict[str, Any]:
+        """The shared link's state (TCP connected / serial port open) and last error; "offline" while this
+        device's unit is on the slow retry schedule (then the state is "down" too)."""
+        link = self.link
+        up = getattr(link, "connected", None)
+        if up is None:
+            up = getattr(link, "is_open", None)
+        offline = bool(self.unit_offline())
+        return {"state": "up" if up and not offline else "down", "error": getattr(link, "last_error", None),
+                "offline": offline}
+
     def describe(self, tag: str) -> str:
         """"holding 0 (40001)": the table, the 0-based protocol (PDU) address and the 1-based reference
         (Modicon convention, Modbus Application Protocol v1.1b3 section 4.4)."""

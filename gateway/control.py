@@ -339,18 +339,6 @@ def interlocks_fed_by(gw: Any, alarm_id: str) -> list[str]:
 
 # --------------------------------------------------------------------------- status snapshot
 
-def link_state(dev: Any) -> dict[str, Any]:
-    """{"state": "up" | "down", "error": last link error or None, "offline": unit on the slow schedule}."""
-    link = getattr(dev, "link", None)
-    obj = link if link is not None else dev
-    up = getattr(obj, "connected", None)
-    if up is None:
-        up = getattr(obj, "is_open", None)
-    offline = bool(dev.unit_offline()) if hasattr(dev, "unit_offline") else False
-    return {"state": "up" if up and not offline else "down", "error": getattr(obj, "last_error", None),
-            "offline": offline}
-
-
 async def snapshot(gw: Any) -> dict[str, Any]:
     """Gateway.status() plus link states, heartbeats, annunciators and hidden (shelved) alarms.
 
@@ -365,7 +353,7 @@ async def snapshot(gw: Any) -> dict[str, Any]:
     snap = gw.status(stats)
     devices = {name: dict(d) for name, d in (snap.get("devices") or {}).items()}  # copies: never the live counters
     for dev in gw.devices:
-        devices.setdefault(dev.name, {}).update(link_state(dev))
+        devices.setdefault(dev.name, {}).update(dev.link_state())
     snap["devices"] = devices
     snap["alarms_hidden"] = [a.to_record() for a in gw.alarms.active(include_hidden=True) if a.state != a.base_state]
     hbs = getattr(gw, "heartbeats", None) or []
