@@ -635,6 +635,9 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create directory: {e.strerror}") from None
+        if self.path.exists() and not self.path.is_file():   # a directory, a FIFO: no database, and not ours
+            raise StoreError(f"{self.path}: is not a regular file (a directory?); the buffer database cannot "
+                             "be opened there")                  # to move aside: the supervisor retries
         self.journal.open()   # before SQLite: a store that cannot be opened still notes what waits
         if not self._journal_taken:
             self.lost_at_stop = self.journal.take()

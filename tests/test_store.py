@@ -353,3 +353,20 @@ def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_p
                          cwd=root, timeout=60)
     assert chk.returncode == 0, chk.stderr
     assert not (tmp_path / "fresh").exists()          # check probes, it does not create
+
+
+def test_a_directory_where_the_store_file_should_be_is_refused_not_moved_aside(tmp_path: Path) -> None:
+    """A directory at the store's path is no corrupt database: open() refuses it in one line (the gateway's
+    record supervisor alarms and retries) and leaves it where it is, rather than renaming it as corrupt."""
+    from gateway.store import StoreError
+
+    path = tmp_path / "store.sqlite"
+    path.mkdir()
+    (path / "keep.txt").write_text("someone's files")
+    st = Store(path)
+    with pytest.raises(StoreError) as err:
+        st.open()
+    assert str(err.value) == f"{path}: is not a regular file (a directory?); the buffer database cannot be opened there"
+    assert (path / "keep.txt").read_text() == "someone's files"
+    assert not list(tmp_path.glob("store.sqlite.corrupt-*"))
+    st.close()
