@@ -477,6 +477,22 @@ class GroupState:
 
 _ALARM_STATE = tuple(f.name for f in fields(AlarmState))
 _TAG_STATE = tuple(f.name for f in fields(TagState))
+
+
+def adopt_fields(states: dict[str, Any], targets: dict[str, Any], names: tuple[str, ...], what: str,
+                 lost: str) -> list[str]:
+    """Copy the allow-listed fields ``names`` of each ``states[key]`` onto ``targets[key]`` (the adopt
+    step of AlarmEngine and InterlockEngine). Returns one line ``"<what> <key>: not configured; <lost>"``
+    per key that has no target (its state is dropped)."""
+    notes: list[str] = []
+    for key, state in states.items():
+        target = targets.get(key)
+        if target is None:
+            notes.append(f"{what} {key}: not configured; {lost}")
+            continue
+        for n in names:
+            setattr(target, n, getattr(state, n))
+    return notes
 _alarm_state = operator.attrgetter(*_ALARM_STATE)   # _Alarm -> the AlarmState field values, in order
 _tag_state = operator.attrgetter(*_TAG_STATE)
 
@@ -1086,21 +1102,8 @@ class AlarmEngine:
 
         Returns one line per alarm or tag of ``snapshot`` that is not configured here (its state is
         dropped); [] when everything was adopted. Raises nothing."""
-        notes: list[str] = []
-        for tag, t in snapshot.tags.items():
-            ts = self._tags.get(tag)
-            if ts is None:
-                notes.append(f"tag {tag}: not configured; its last value was not adopted")
-                continue
-            for n in _TAG_STATE:
-                setattr(ts, n, getattr(t, n))
-        for aid, st in snapshot.alarms.items():
-            a = self._alarms.get(aid)
-            if a is None:
-                notes.append(f"alarm {aid}: not configured; its state was not adopted")
-                continue
-            for n in _ALARM_STATE:
-                setattr(a, n, getattr(st, n))
+        notes = [*adopt_fields(snapshot.tags, self._tags, _TAG_STATE, "tag", "its last value was not adopted"),
+                 *adopt_fields(snapshot.alarms, self._alarms, _ALARM_STATE, "alarm", "its state was not adopted")]
         for grp, g in snapshot.groups.items():
             if g.first_out not in self._alarms:
                 continue

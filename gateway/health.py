@@ -182,7 +182,7 @@ def store_writer_check(store: Any, stall_s: float) -> Callable[[float], str | No
         if done != state["done"] or all(d >= q for d, q in zip(done, queued)):
             state["done"], state["since"] = done, now
             return None
-        if getattr(store, "_writer_error", None):
+        if store.writer_error:
             state["since"] = now
             return None
         if now - state["since"] > stall_s:

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
-from gateway.alarms import AlarmEngine
+from gateway.alarms import AlarmEngine, adopt_fields
 from gateway.model import rfc3339
 
 _VOTE_RE = re.compile(r"^(\d+)oo(\d+)$")
@@ -504,15 +504,7 @@ class InterlockEngine:
         Returns one line per interlock of ``snapshot`` not configured here (its state is dropped; a reload
         refuses that beforehand for a tripped or bypassed one, gateway.reload.dropped_safety_state); [] when
         everything was adopted. Raises nothing."""
-        notes: list[str] = []
-        for name, state in snapshot.interlocks.items():
-            st = self._s.get(name)
-            if st is None:
-                notes.append(f"interlock {name}: not configured; its state was not adopted")
-                continue
-            for n in _INTERLOCK_STATE:
-                setattr(st, n, getattr(state, n))
-        return notes
+        return adopt_fields(snapshot.interlocks, self._s, _INTERLOCK_STATE, "interlock", "its state was not adopted")
 
     def snapshot_from_saved(self, saved: dict[str, dict[str, Any]], now_mono: float | None = None,
                             wall: float | None = None) -> tuple[InterlockSnapshot, list[str]]:

@@ -126,7 +126,7 @@ class RecordSupervisor:
             await asyncio.to_thread(st.note_waiting, "the store cannot be opened")
             return ("cannot open the buffer database / 缓存数据库无法打开",
                     f"{self._open_error}; retry in {max(0.0, self._next_open_mono - now):.0f} s")
-        corrupt = getattr(st, "corrupt", None)
+        corrupt = st.corrupt
         if corrupt:
             if not self._recovering:
                 self._recovering = True
@@ -140,21 +140,19 @@ class RecordSupervisor:
                 finally:
                     self._recovering = False
             return CORRUPT_REASON, str(corrupt)
-        gone = st.file_problem() if hasattr(st, "file_problem") else None
+        gone = st.file_problem()
         if gone:
             return ("buffer database file deleted or replaced / 缓存数据库文件被删除或替换",
                     f"{gone}; records go on into the open file and are uploaded; what is not uploaded when "
                     f"the gateway stops is lost (a gap row at the next start)")
         stall = self._stall(now)
         if stall:
-            th = getattr(st, "_thread", None)
-            if th is not None and not th.is_alive() and hasattr(st, "restart_writer"):
-                st.restart_writer()
+            st.restart_writer()   # a no-op unless the writer thread has died
             return "store writer stalled / 写入停滞", stall
-        err = getattr(st, "_writer_error", None)
+        err = st.writer_error
         if err:
             return "store cannot commit / 无法写入", err
-        full = getattr(st, "full_reason", None)
+        full = st.full_reason
         if full:
             return "store full / 存储已满", full
         return None, None
@@ -164,7 +162,7 @@ class RecordSupervisor:
     def _uplink_pass(self, now: float) -> tuple[str | None, str | None]:
         gw = self.gw
         fw, task = gw.forwarder, gw.uploader_task
-        if fw is None or getattr(fw, "stopped", False) or not gw.store.is_open:
+        if fw is None or fw.stopped or not gw.store.is_open:
             return None, None
         if task is None:
             gw.start_uploader()
@@ -180,7 +178,7 @@ class RecordSupervisor:
                 gw.start_uploader()
             return "uploader stopped, restarting / 上传程序已停止", problem
         if problem:
-            beat = getattr(fw, "last_beat_mono", None)
+            beat = fw.last_beat_mono
             limit = STORE_STALL_FLOOR_S + fw.max_iteration_s()
             if beat is not None and now - beat > UPLINK_HUNG_RESTARTS_AFTER * limit:
                 log.error("uplink: uploader hung (%s); cancelling and restarting it", problem)
@@ -190,11 +188,11 @@ class RecordSupervisor:
                 gw.start_uploader()
             return "uploader hung / 上传程序无响应", problem
         self._uplink_restart_mono = None
-        if getattr(fw, "refused", False):
+        if fw.refused:
             return "receiver refuses this gateway / 平台拒绝本网关", fw.last_error
-        if getattr(fw, "chain_conflict", None):
+        if fw.chain_conflict:
             return "receiver's chain disagrees (409), uploads held / 平台数据链冲突, 暂停上传", fw.chain_conflict
-        if getattr(fw, "held", None):
+        if fw.held:
             return "receiver refuses a batch, held without a signed rejection / 平台拒收数据, 已保留重试", fw.held
         return None, None
 

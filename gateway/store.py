@@ -600,6 +600,7 @@ class Store:
         #: the note the previous run left in the journal (records it had taken and never committed), or None
         self.lost_at_stop: dict[str, Any] | None = None
         self._journal_taken = False   # the previous run's note is read once per process, never a note of this run
+        self._inode: int | None = None   # of the database file at open (file_problem)
 
     # ------------------------------------------------------------------ open / close
     def _connect(self) -> sqlite3.Connection:
@@ -672,7 +673,7 @@ class Store:
         Raises sqlite3.Error."""
         self._wconn = self._connect()
         try:
-            self._inode: int | None = os.stat(self.path).st_ino   # file_problem(): deleted or replaced later
+            self._inode = os.stat(self.path).st_ino   # file_problem(): deleted or replaced later
         except OSError:
             self._inode = None
         mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -702,12 +703,18 @@ class Store:
         """True once open() has succeeded (the writer runs), until close()."""
         return self._thread is not None
 
+    @property
+    def writer_error(self) -> str | None:
+        """Why the writer's last commit failed (disk full, read-only, I/O error, locked); None once one
+        succeeds."""
+        return self._writer_error
+
     def file_problem(self) -> str | None:
         """One line when the database file of the open store was deleted or replaced by another file (a
         person's rm, a restore over it), else None. The open connections still write the old file (its
         inode lives while open) and the uploader still reads it; what is unsent when the process stops
         is lost with it (the next start seeds a fresh file from the chain position: a store_missing gap)."""
-        if self._thread is None or getattr(self, "_inode", None) is None:
+        if self._thread is None or self._inode is None:
             return None
         try:
             ino = os.stat(self.path).st_ino
@@ -1072,13 +1079,7 @@ class Store:
                 self.note_waiting("the store could not be opened", force=True)
             self.journal.close()
             with self._block:
-                for conn in (self._bconn, self._wconn):
-                    if conn is not None:
-                        try:
-                            conn.close()
-                        except sqlite3.Error:
-                            pass
-                self._bconn = self._wconn = None
+                self._close_connections()
 
     def __enter__(self) -> "Store":
         return self.open()

@@ -30,31 +30,19 @@ import pytest
 from gateway.signing import keygen
 from hil.bench.record_stall import LOCK_HOLDER
 from hil.tank_plc import TankPlc
+from conftest import tank_overfill_config, wait_for
+from hil.rig import make_keys
 from notify_socket import NotifySocket
 
 REPO = Path(__file__).resolve().parent.parent
 
-CONFIG = """\
-gateway: {{id: stall-gw, state_dir: state}}
-keys: {{private_key: keys/private.pem}}
-store: {{path: store.sqlite, commit_interval_ms: 100, busy_timeout_ms: {busy}, max_bytes: 8589934592}}
-devices:
-  - name: tank_plc
-    protocol: modbus_tcp
-    host: 127.0.0.1
-    port: {port}
-    poll_interval_ms: 100
-    timeout_ms: 500
-    tags:
-      - {{name: T101.level, address: 30001, type: float32, unit: m,
-         alarms: {{HH: {{setpoint: 11.0, deadband: 0.1, latching: true}}}}}}
-      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
-interlocks:
-  - name: T101_overfill
-    inputs: [{{tag: T101.level, condition: HH}}]
-    vote: 1oo1
-    actions: [{{output: XV101, value: 0}}]
-"""
+def config_text(plc_port: int, busy_ms: int = 2000) -> str:
+    """The tank PLC site (conftest.tank_overfill_config) with a 100 ms commit interval and ``busy_ms``
+    SQLite busy timeout."""
+    return tank_overfill_config(plc_port, gateway_id="stall-gw", timeout_ms=500, vote="1oo1",
+                                store=f"{{path: store.sqlite, commit_interval_ms: 100, busy_timeout_ms: {busy_ms}, "
+                                      "max_bytes: 8589934592}",
+                                alarms="{HH: {setpoint: 11.0, deadband: 0.1, latching: true}}")
 
 def _status(state: Path) -> dict:
     try:
@@ -64,24 +52,24 @@ def _status(state: Path) -> dict:
 
 
 async def _until(pred, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{what}: {'daemon exited' if proc.poll() is not None else 'timed out'}\n"
-                                 + log.read_text(errors="replace")[-3000:])
-        await asyncio.sleep(0.05)
+    """conftest.wait_for on the daemon ``proc`` (fails at once if it exits), its log tail in the failure."""
+    return await wait_for(pred, timeout_s, what, step_s=0.05, proc=proc, log=log)
 
 
-def start_daemon(tmp_path: Path, plc_port: int, busy_ms: int = 2000, env: dict | None = None,
-                 log_name: str = "gateway.log") -> tuple[subprocess.Popen, Path]:
-    """Start `hazard-gateway run` on the CONFIG (keys made on first use); returns (process, log path)."""
+def write_config(tmp_path: Path, plc_port: int, busy_ms: int = 2000, extra: str = "") -> Path:
+    """tmp_path/gw.yaml: config_text() + ``extra``; the signing key made on first use."""
     if not (tmp_path / "keys").exists():
         keygen(tmp_path / "keys")
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text(CONFIG.format(port=plc_port, busy=busy_ms))
+    cfg.write_text(config_text(plc_port, busy_ms) + extra)
+    return cfg
+
+
+def start_daemon(tmp_path: Path, plc_port: int, busy_ms: int = 2000, env: dict | None = None,
+                 log_name: str = "gateway.log", extra: str = "") -> tuple[subprocess.Popen, Path]:
+    """Start `hazard-gateway run` on config_text() + ``extra`` (more top-level YAML, e.g. an uplink), keys
+    made on first use; returns (process, log path)."""
+    cfg = write_config(tmp_path, plc_port, busy_ms, extra)
     log = tmp_path / log_name
     with open(log, "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
@@ -99,8 +87,13 @@ async def quiet_plc() -> TankPlc:
     return plc
 
 
+def _system_alarm(state: Path, kind: str) -> dict | None:
+    """system.<kind> (STORE, UPLINK) from the daemon's status.json, or None."""
+    return next((a for a in _status(state).get("alarms", []) if a.get("id") == f"system.{kind}"), None)
+
+
 def _store_alarm(state: Path) -> dict | None:
-    return next((a for a in _status(state).get("alarms", []) if a.get("id") == "system.STORE"), None)
+    return _system_alarm(state, "STORE")
 
 
 @pytest.mark.timeout(150)
@@ -357,36 +350,28 @@ async def test_a_batch_refused_without_a_signed_rejection_is_held_under_the_upli
     from gateway.receiver import BackgroundReceiver, ReceiverLimits
 
     plc = await quiet_plc()
-    kid = keygen(tmp_path / "keys")
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    (trust / f"{kid}.jwk").write_bytes((tmp_path / "keys" / f"{kid}.jwk").read_bytes())
+    key, trust = make_keys(tmp_path)
     rx_kid = keygen(tmp_path / "rxkeys")        # the receiver's own key: the gateway trusts its rejections only
     rx = BackgroundReceiver(tmp_path / "rx", trust, limits=ReceiverLimits(max_body=600))
     rx.start()
     state = tmp_path / "state"
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(CONFIG.format(port=plc.port, busy=2000) + f"""\
+    uplink = f"""\
 uplink:
   url: {rx.url}/v1/batches
   ca_file: {rx.cafile}
   receiver_key: {tmp_path / 'rxkeys' / f'{rx_kid}.jwk'}
   batch_max_readings: 50
   interval_ms: 100
-""")
+"""
     from gateway.config import load_config
     from gateway.gateway import Gateway
     from gateway.signing import Signer
-    gw = Gateway(load_config(cfg), Signer.from_file(tmp_path / "keys" / "private.pem"))
+    gw = Gateway(load_config(write_config(tmp_path, plc.port, extra=uplink)), Signer.from_file(key))
     assert set(gw._build_forwarder().receiver_key) == {rx_kid}   # the one key whose rejections count
-    log = tmp_path / "gateway.log"
     proc = None
     try:
-        with open(log, "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=logf, stderr=logf, cwd=REPO)
-        uplink_alarm = lambda: next((a for a in _status(state).get("alarms", [])  # noqa: E731
-                                     if a.get("id") == "system.UPLINK"), None)
+        proc, log = start_daemon(tmp_path, plc.port, extra=uplink)
+        uplink_alarm = lambda: _system_alarm(state, "UPLINK")  # noqa: E731
         alarm = await _until(lambda: (a := uplink_alarm()) and a.get("active") and a, 30, "system.UPLINK raised",
                              proc, log)
         assert "数据上传故障" in alarm["reason"] and "平台拒收数据" in alarm["reason"], alarm
@@ -456,35 +441,21 @@ async def test_a_chain_conflict_at_the_receiver_raises_the_uplink_alarm(tmp_path
     from gateway.receiver import BackgroundReceiver
 
     plc = await quiet_plc()
-    kid = keygen(tmp_path / "keys")
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    (trust / f"{kid}.jwk").write_bytes((tmp_path / "keys" / f"{kid}.jwk").read_bytes())
+    _, trust = make_keys(tmp_path)
     rx = BackgroundReceiver(tmp_path / "rx", trust)
     rx.start()
     state = tmp_path / "state"
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(CONFIG.format(port=plc.port, busy=2000)
-                   + f"uplink: {{url: '{rx.url}/v1/batches', ca_file: '{rx.cafile}', interval_ms: 100}}\n")
+    uplink = f"uplink: {{url: '{rx.url}/v1/batches', ca_file: '{rx.cafile}', interval_ms: 100}}\n"
     proc = None
-
-    def run(log_name: str) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / log_name
-        with open(log, "ab") as logf:
-            return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=logf, stderr=logf,
-                                    cwd=REPO), log
     try:
-        proc, log = run("gateway.log")
+        proc, log = start_daemon(tmp_path, plc.port, extra=uplink)
         await _until(lambda: rx.receiver.store.last_seq("stall-gw") >= 2, 30, "batches accepted", proc, log)
         proc.terminate()
         assert proc.wait(30) == 0
         shutil.rmtree(state)              # the SD card is replaced: store, chain position, safety state gone
-        proc, log = run("gateway2.log")
-        uplink = lambda: next((a for a in _status(state).get("alarms", [])  # noqa: E731
-                               if a.get("id") == "system.UPLINK"), None)
-        alarm = await _until(lambda: (a := uplink()) and a.get("active") and a, 30, "system.UPLINK raised",
-                             proc, log)
+        proc, log = start_daemon(tmp_path, plc.port, extra=uplink, log_name="gateway2.log")
+        alarm = await _until(lambda: (a := _system_alarm(state, "UPLINK")) and a.get("active") and a, 30,
+                             "system.UPLINK raised", proc, log)
         assert "平台数据链冲突" in alarm["reason"] and "409" in alarm["reason"], alarm
         proc.terminate()
         assert proc.wait(30) == 0
