@@ -20,7 +20,7 @@ from pymodbus.simulator.simutils import DataType
 
 from drivers.codec import encode
 from gateway.config import ConfigError, load_config
-from conftest import free_port
+from conftest import free_port, wait_exit
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ store: {{max_bytes: 1099511627776}}
             assert metric(text, "hazard_gateway_readings_total") >= 1
         finally:
             proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=20)
+            rc = await wait_exit(proc, 20)   # the loop keeps serving the devices while it stops
             await server.shutdown()
     assert rc == 0
     # config warnings (FILE:LINE:COL, printed before the daemon starts), then the daemon's own lines

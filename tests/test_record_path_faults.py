@@ -30,7 +30,7 @@ import pytest
 from gateway.signing import keygen
 from hil.bench.record_stall import LOCK_HOLDER
 from hil.tank_plc import TankPlc
-from conftest import tank_overfill_config, wait_for
+from conftest import tank_overfill_config, wait_exit, wait_for
 from hil.rig import make_keys
 from notify_socket import NotifySocket
 
@@ -150,7 +150,7 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
                      proc, log)
         assert proc.poll() is None
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         db = sqlite3.connect(state / "store.sqlite")
         assert db.execute("SELECT count(*) FROM gaps").fetchone()[0] == 0, db.execute("SELECT * FROM gaps").fetchall()
@@ -232,7 +232,7 @@ async def test_a_store_that_cannot_be_opened_at_start_does_not_stop_polling_or_t
         holder = None
         await _until(lambda: (a := _store_alarm(state)) and not a.get("active"), 60, "the store opened", proc, log)
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         assert _rows(state, "SELECT count(*) FROM gaps") == [(0,)], _rows(state, "SELECT * FROM gaps")
         first = _rows(state, "SELECT min(ts) FROM readings WHERE tag='T101.level'")[0][0]
@@ -315,7 +315,7 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
         await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
                      "polling after the second restart", proc, log)
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         gaps = _rows(state, "SELECT reason, tags, first_ts, last_ts, count FROM gaps ORDER BY id")
         assert [g[0] for g in gaps] == ["uncommitted_at_stop"] * 2, gaps
@@ -385,7 +385,7 @@ uplink:
         await _until(lambda: (a := uplink_alarm()) and not a.get("active"), 30, "system.UPLINK cleared", proc, log)
         await _until(lambda: rx.receiver.store.get("stall-gw", 1) is not None, 20, "batch 1 delivered", proc, log)
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]
         assert "Traceback" not in log.read_text(errors="replace")
@@ -417,7 +417,7 @@ async def test_a_store_file_deleted_while_running_raises_the_store_alarm(tmp_pat
         plc.set_level("T101", 11.5)
         await _until(lambda: plc.coil("XV101") is False, 5, "the trip after the deletion", proc, log)
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         text = log.read_text(errors="replace")
         assert "Traceback" not in text
@@ -451,14 +451,14 @@ async def test_a_chain_conflict_at_the_receiver_raises_the_uplink_alarm(tmp_path
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink)
         await _until(lambda: rx.receiver.store.last_seq("stall-gw") >= 2, 30, "batches accepted", proc, log)
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         shutil.rmtree(state)              # the SD card is replaced: store, chain position, safety state gone
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink, log_name="gateway2.log")
         alarm = await _until(lambda: (a := _system_alarm(state, "UPLINK")) and a.get("active") and a, 30,
                              "system.UPLINK raised", proc, log)
         assert "平台数据链冲突" in alarm["reason"] and "409" in alarm["reason"], alarm
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
         assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]   # held, never set aside
         assert _rows(state, "SELECT count(*) FROM batches WHERE acked_at IS NULL")[0][0] >= 1

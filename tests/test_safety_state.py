@@ -22,6 +22,7 @@ from gateway.alarms import AlarmActionError, AlarmEngine, LimitSpec, TagAlarmCon
 from gateway.interlocks import InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Quality, Reading
 from gateway.safety_state import SafetyStateError, SafetyStatePersister, load, write_atomic
+from conftest import wait_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 WALL = 1_700_000_000.0
@@ -374,7 +375,7 @@ async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
         await _until(lambda: not (load(state / "safety-state.json") or {}).get("interlocks"), 5,
                      "the reset in safety-state.json", gw, log)
         gw.send_signal(signal.SIGTERM)
-        assert gw.wait(30) == 0
+        assert await wait_exit(gw, 30) == 0   # off the loop's back: it serves the simulated PLC
         events = [json.loads(d) for (d,) in __import__("sqlite3").connect(state / "store.sqlite").execute(
             "SELECT data FROM events ORDER BY id")]
         kinds = [(e.get("event"), e.get("interlock")) for e in events if e.get("type") == "interlock"]
