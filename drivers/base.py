@@ -59,7 +59,7 @@ class Device(ABC):
         return str(raw)
 
     async def beat(self, value: int) -> None:
-        """Write heartbeat ``value`` to the device's heartbeat point (gateway.heartbeat) and check that the
+        """Write heartbeat ``value`` to the device's heartbeat point (gateway.safety.heartbeat) and check that the
         device took it; raise (any exception, one line) when it did not. A protocol without heartbeats
         raises NotImplementedError."""
         raise NotImplementedError(f"{self.name}: protocol {self.protocol} has no heartbeat")

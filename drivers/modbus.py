@@ -1180,7 +1180,7 @@ class _FaultState:
 
 @dataclass(frozen=True)
 class HeartbeatPoint:
-    """The watchdog point a PLC watches (gateway.heartbeat): table "holding_register" or "coil", 0-based
+    """The watchdog point a PLC watches (gateway.safety.heartbeat): table "holding_register" or "coil", 0-based
     PDU address, mode "count" (holding register only: 0..65535) or "toggle" (0 / 1), reference: the
     address as configured (e.g. "40101") for messages."""
 

@@ -1,6 +1,6 @@
 """Protocol name -> how to build its devices: the one place the core learns which protocols exist.
 
-gateway.build.build_devices loops over the enabled device sections of a config and hands each to the entry of
+gateway.runtime.build.build_devices loops over the enabled device sections of a config and hands each to the entry of
 its ``protocol``. An entry imports its driver module only when it builds a device of that protocol, so a
 config without OPC UA never imports asyncua and one without Modbus never imports drivers.modbus.
 

@@ -41,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.config import load_config
-    from gateway.daemon import run_daemon
+    from gateway.runtime.daemon import run_daemon
 
     from gateway.config import ConfigError, check_secrets
 
@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     kid = keygen(args.out)
     print(kid)
@@ -63,7 +63,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from gateway import receiver
+    from gateway.regulator import receiver
 
     if args.action == "export":
         if not args.store or not args.out:
@@ -80,7 +80,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.verify import run_verify
+    from gateway.regulator.verify import run_verify
 
     return run_verify(args.trust, args.files)
 
@@ -179,8 +179,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    """Lay the systemd unit, sysusers/tmpfiles, the user, directories and a starter config (gateway.install)."""
-    from gateway.install import InstallError, install_service
+    """Lay the systemd unit, sysusers/tmpfiles, the user, directories and a starter config (gateway.ops.install)."""
+    from gateway.ops.install import InstallError, install_service
 
     try:
         lines = install_service(args.prefix, args.config_dir, dry_run=args.dry_run, exec_path=args.exec_path)
@@ -193,9 +193,9 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Read every configured tag once and print a table (gateway.probe). Exit 0 all good, 1 any bad."""
+    """Read every configured tag once and print a table (gateway.ops.probe). Exit 0 all good, 1 any bad."""
     from gateway.config import ConfigError, check_secrets, load_config
-    from gateway.probe import run_probe
+    from gateway.ops.probe import run_probe
 
     cfg = load_config(args.config)
     # the device secrets probe opens (OPC UA key, password file) pass the same owner-only check as `run`
@@ -206,7 +206,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.ops.demo import run_demo
 
     return run_demo(config=args.config, workdir=args.workdir, json_out=args.json, scenario=args.scenario)
 
@@ -217,7 +217,7 @@ def _control_socket_of(config: str) -> Path:
     path is then read from the raw YAML (control.socket, else gateway.state_dir/control.sock), and the
     config's errors are only mentioned. Raises ConfigError when not even that can be read."""
     from gateway.config import ConfigError, load_config, read_yaml
-    from gateway.control import SOCKET_NAME, socket_path
+    from gateway.ops.control import SOCKET_NAME, socket_path
 
     try:
         return socket_path(load_config(config))
@@ -235,8 +235,8 @@ def _control_socket_of(config: str) -> Path:
 
 def cmd_control(args: argparse.Namespace) -> int:
     """status | ack | reset | shelve | unshelve | bypass | silence over the daemon's control socket
-    (gateway.control). Exit 0 done, 1 refused (one line why), 2 daemon not running or usage error."""
-    from gateway.control import ControlError, render_status, request, socket_path
+    (gateway.ops.control). Exit 0 done, 1 refused (one line why), 2 daemon not running or usage error."""
+    from gateway.ops.control import ControlError, render_status, request, socket_path
 
     if args.socket:
         path = Path(args.socket)

@@ -17,7 +17,7 @@ Shape (see config/example-site.yaml for a commented template)::
     alarm_policy: {gas_on_delay_cap_s, clock_unsync_grace_s, oxygen: {over, under}}   (docs/alarm-presets.md)
     (a Modbus device may carry heartbeat: {address, interval_ms, mode: count|toggle})
     include:    [profile files or directories]   (device profiles, gateway.device_profiles)
-    metrics:    {listen: 127.0.0.1:9108, allow_remote}   (Prometheus, gateway.metrics)
+    metrics:    {listen: 127.0.0.1:9108, allow_remote}   (Prometheus, gateway.ops.metrics)
     (a Modbus device may take its tags from a profile: {profile, select, tag_prefix, overrides})
     Secrets (keys.private_key, uplink.client_key, security.key / password_file) are file paths only;
     check_secrets() refuses missing ones and ones group/others can access.
@@ -41,10 +41,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from drivers.codec import normalise_order, register_count
-from gateway.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
+from gateway.safety.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
                             setpoint_warnings)
-from gateway.clock import DEFAULT_UNSYNC_GRACE_S
-from gateway.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
+from gateway.record.clock import DEFAULT_UNSYNC_GRACE_S
+from gateway.safety.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from gateway.yamlload import YamlError, load_yaml
 from drivers.modbus import parse_reference
 from drivers.opcua_node_ids import parse_node_id
@@ -167,7 +167,7 @@ class UplinkSection(Strict):
                                  "(mqtt:// without TLS only to a loopback broker)")
     topic: str = Field("hazard/{gateway_id}/batches", description="mqtt: topic of the batches ({gateway_id} filled in)")
     keepalive_s: int = Field(30, ge=5, le=3600, description="mqtt: keep-alive interval (MQTT 5 s.3.1.2.10)")
-    profile: str = Field("jws", description="platform envelope (gateway.profiles): jws = the compact JWS as is")
+    profile: str = Field("jws", description="platform envelope (gateway.record.envelopes): jws = the compact JWS as is")
     ca_file: str | None = Field(None, description="CA (or self-signed certificate) that the receiver's certificate must chain to")
     client_cert: str | None = Field(None, description="client certificate PEM for mutual TLS (holds the key too "
                                                       "when client_key is not given)")
@@ -188,14 +188,14 @@ class UplinkSection(Strict):
         if transport == "https" and not v.startswith("https://"):
             raise ValueError("transport https needs an https:// url (TLS only)")
         if transport == "mqtt":
-            from gateway.uplink_mqtt import parse_broker_url   # ValueError with the reason
+            from gateway.record.uplink_mqtt import parse_broker_url   # ValueError with the reason
             parse_broker_url(v)
         return v
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, v: str) -> str:
-        from gateway.profiles import get_profile   # ValueError listing the known names
+        from gateway.record.envelopes import get_profile   # ValueError listing the known names
         get_profile(v)
         return v
 
@@ -215,7 +215,7 @@ LimitValue = Union[float, LimitCfg]
 
 
 class AlarmsCfg(Strict):
-    """A tag's alarms: a GB/T 50493-2019 5.5.2 gas preset (gateway.gas; docs/alarm-presets.md) and/or explicit
+    """A tag's alarms: a GB/T 50493-2019 5.5.2 gas preset (gateway.safety.gas; docs/alarm-presets.md) and/or explicit
     limits over it. The preset must fit the tag's unit (check refuses it otherwise, at the ``gas`` value)."""
 
     gas: Literal["combustible", "combustible_open_path", "toxic", "oxygen"] | None = Field(
@@ -589,7 +589,7 @@ class OxygenPolicyCfg(Strict):
 
 
 class AlarmPolicySection(Strict):
-    """Site-wide alarm settings (gateway.alarms, gateway.clock; docs/alarm-presets.md)."""
+    """Site-wide alarm settings (gateway.safety.alarms, gateway.record.clock; docs/alarm-presets.md)."""
 
     gas_on_delay_cap_s: float = Field(GAS_ON_DELAY_CAP_S, ge=0, le=GAS_DETECTION_BUDGET_S, description=(
         "the longest on-delay a gas alarm gets, seconds: the gateway's delay adds to the detector's own response "
@@ -614,7 +614,7 @@ class HazardSection(Strict):
 
 
 class MetricsSection(Strict):
-    """Prometheus metrics over HTTP (gateway.metrics; text exposition format 0.0.4). Loopback only unless
+    """Prometheus metrics over HTTP (gateway.ops.metrics; text exposition format 0.0.4). Loopback only unless
     allow_remote: the endpoint has no authentication."""
 
     allow_remote: bool = Field(False, description="allow a non-loopback listen address (no authentication!)")
@@ -965,7 +965,7 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
 
 
 #: estimated bytes one stored reading takes in the buffer (row + indexes; measured ~87 B for a
-#: float with a 10-character tag name in gateway.store, rounded up)
+#: float with a 10-character tag name in gateway.record.store, rounded up)
 BYTES_PER_READING = 100
 
 
@@ -991,7 +991,7 @@ def _article(word: str) -> str:
 
 
 def limit_spec(kind: str, v: LimitValue, base: LimitSpec | None) -> LimitSpec:
-    """A configured limit over a preset default (gateway.alarms.gas_preset): the config's fields win, the
+    """A configured limit over a preset default (gateway.safety.alarms.gas_preset): the config's fields win, the
     preset fills the rest; without a preset HH/LL get priority 1, H/L priority 3."""
     if isinstance(v, LimitCfg):
         fields: dict[str, Any] = {"setpoint": v.setpoint, "deadband": v.deadband, "on_delay_s": v.on_delay_s,
@@ -1045,7 +1045,7 @@ def _legacy_oel(a: AlarmsCfg, unit: str | None, raw_unit: str) -> float | None:
 
 
 def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPreset | None:
-    """The GB/T 50493-2019 5.5.2 preset of a tag (gateway.gas.gas_setpoints, in the tag's unit), or None: no
+    """The GB/T 50493-2019 5.5.2 preset of a tag (gateway.safety.gas.gas_setpoints, in the tag's unit), or None: no
     ``gas:``, or a toxic gas with neither an OEL / IDLH nor a %OEL / %IDLH unit but explicit H/HH (those
     limits alone then apply). policy: the config's alarm_policy (the oxygen mapping).
 
@@ -1081,10 +1081,10 @@ def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPrese
 
 def tag_alarm_config(t: Any, stale_after_s: float | None = None,
                      policy: AlarmPolicySection | None = None) -> TagAlarmConfig:
-    """The gateway.alarms.TagAlarmConfig of one tag's ``alarms:``: its GB/T 50493-2019 5.5.2 preset in the tag's
+    """The gateway.safety.alarms.TagAlarmConfig of one tag's ``alarms:``: its GB/T 50493-2019 5.5.2 preset in the tag's
     unit (tag_gas_preset), then the explicit limits over it (limit_spec); ``ceilings`` are the preset's set
     points, which the configured limits must not be looser than. t: the tag's config (TagBase).
-    The one translation used by the running gateway (gateway.gateway.alarm_configs) and by `check`
+    The one translation used by the running gateway (gateway.runtime.gateway.alarm_configs) and by `check`
     (_limit_kinds, _preset_warnings), so what check accepts is what runs. Raises GasPresetError where
     check refuses the tag."""
     a: AlarmsCfg = t.alarms
@@ -1110,7 +1110,7 @@ def _limit_kinds(t: Any, policy: AlarmPolicySection | None = None) -> set[str] |
 
 
 def _preset_warnings(t: Any, policy: AlarmPolicySection) -> list[str]:
-    """gateway.alarms.setpoint_warnings of the tag's alarms as configured (GB/T 50493-2019 5.5.2 ceilings in the
+    """gateway.safety.alarms.setpoint_warnings of the tag's alarms as configured (GB/T 50493-2019 5.5.2 ceilings in the
     tag's unit, the alarm_policy.gas_on_delay_cap_s cap, latching and level ordering of gas alarms), without
     the tag prefix (the warning is placed at the tag's ``alarms`` key)."""
     cfg = tag_alarm_config(t, policy=policy)
@@ -1141,7 +1141,7 @@ def _shared_output_checks(m: Config, at: Any) -> None:
 def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
     """A gas tag must be detected within GAS_DETECTION_BUDGET_S (30 s, the detector response budget of the
     commissioning rules; docs/domain.md, Response times): warn when its device's poll interval + timeout
-    alone exceed it, or when stale_after_s is set above it (gateway.gateway.alarm_configs caps the derived
+    alone exceed it, or when stale_after_s is set above it (gateway.runtime.gateway.alarm_configs caps the derived
     stale time of gas tags at it)."""
     out = []
     cycle = (d.poll_interval_ms + d.timeout_ms) / 1000
@@ -1313,7 +1313,7 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
     """Secret files must exist, be regular files and be readable by their owner only (no group or
     other permission bits: chmod 600); the signing key (keys.private_key) must not be a symbolic
     link, as the daemon refuses one. Certificates and uplink.receiver_key must exist (any mode); the receiver
-    key must be one public Ed25519 JWK (gateway.rejection.load_receiver_key). One Problem per bad file, at the
+    key must be one public Ed25519 JWK (gateway.chain.rejection.load_receiver_key). One Problem per bad file, at the
     value's FILE:LINE:COL."""
     import stat
 
@@ -1337,7 +1337,7 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
             bad(loc, f"secret file {value}: cannot stat: {exc.strerror}")
             continue
         if loc == ("keys", "private_key") and path.is_symlink():  # type: ignore[union-attr]
-            # the daemon opens the signing key with O_NOFOLLOW (gateway.signing.Signer.from_file)
+            # the daemon opens the signing key with O_NOFOLLOW (gateway.chain.signing.Signer.from_file)
             bad(loc, f"secret file {value} is a symbolic link (to {path.readlink()}); the signing key is "  # type: ignore[union-attr]
                      "opened without following links: put the key file itself there (chmod 600)")
         elif not stat.S_ISREG(st.st_mode):
@@ -1357,8 +1357,8 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
                 ssl.create_default_context(cafile=str(path))
             except (OSError, ssl.SSLError) as exc:
                 bad(loc, f"CA file {value} holds no usable PEM certificate ({exc})")
-        elif loc == ("uplink", "receiver_key"):  # one public Ed25519 JWK (gateway.rejection)
-            from gateway.rejection import load_receiver_key
+        elif loc == ("uplink", "receiver_key"):  # one public Ed25519 JWK (gateway.chain.rejection)
+            from gateway.chain.rejection import load_receiver_key
             try:
                 load_receiver_key(path)  # type: ignore[arg-type]
             except ValueError as exc:  # KeyFileError: one line naming the file
@@ -1398,7 +1398,7 @@ def public_file_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tu
 def check_state_dirs(cfg: LoadedConfig) -> list[Problem]:
     """Can the daemon create (or write in) ``gateway.state_dir`` and the store's directory?
 
-    ``run`` creates both (gateway.gateway.Gateway.run, gateway.store.Store.open); here the nearest
+    ``run`` creates both (gateway.runtime.gateway.Gateway.run, gateway.record.store.Store.open); here the nearest
     existing ancestor of each is probed by creating and removing a temporary directory in it, so a
     path under a virtual file system (/proc), a read-only mount or below a regular file is caught
     by ``check``. One Problem at the value's FILE:LINE:COL: an error, or a warning when only the

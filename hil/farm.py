@@ -21,7 +21,7 @@ Scenario steps (:mod:`hil.scenario`) call the farm's methods by name:
 set_inflow, set_outflow, set_level, set_coil, set_lel, ramp_lel, set_fault,
 set_h2s, ramp_h2s, watch, log, link_down, clock_step (the OPC UA plant's
 clock); power_loss acts on the gateway, so it calls the hook its runner
-sets (``power_hook(down_s)``, async; gateway/demo.py sets it).
+sets (``power_hook(down_s)``, async; gateway/ops/demo.py sets it).
 
 Every event (threshold crossings, client coil writes, detector register
 writes, scenario steps, ESD strokes) is kept in ``events`` and, when an
@@ -92,7 +92,7 @@ class TankFarm:
         self._scenario_task: asyncio.Task | None = None
         self._last_trip_cmd: bool | None = None
         self._background: set[asyncio.Task] = set()  # link_down / power_loss tasks
-        #: set by the gateway's runner (gateway/demo.py): async power_hook(down_s)
+        #: set by the gateway's runner (gateway/ops/demo.py): async power_hook(down_s)
         self.power_hook: Any = None
         self.clock_offset_s = 0.0  # OPC UA plant clock minus true time (clock_step)
 

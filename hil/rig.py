@@ -78,7 +78,7 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout_s: float 
 
 def make_keys(directory: Path) -> tuple[Path, Path]:
     """(private key PEM, trust directory with the public JWK) under ``directory``."""
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     kid = keygen(directory / "keys")
     trust = directory / "trust"

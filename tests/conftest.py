@@ -127,7 +127,7 @@ def interlock_status(gw: Any, name: str) -> dict:
 
 
 async def run_forwarder(fwd: Any, until: Callable[[], Any], timeout_s: float) -> None:
-    """Run ``fwd`` (a gateway.uplink.Forwarder) until ``until()`` (called in a thread: it may read SQLite)
+    """Run ``fwd`` (a gateway.record.uplink.Forwarder) until ``until()`` (called in a thread: it may read SQLite)
     holds, then stop it and wait for it to end."""
     task = asyncio.create_task(fwd.run())
     try:
@@ -179,7 +179,7 @@ def tank_overfill_config(port: int, *, gateway_id: str, store: str | None = None
 @pytest.fixture()
 def signing_keys(tmp_path: Path):
     """(Signer of a fresh key in tmp_path/keys, tmp_path/trust holding its public JWK)."""
-    from gateway.signing import Signer
+    from gateway.chain.signing import Signer
 
     private, trust = make_keys(tmp_path)
     return Signer.from_file(private), trust

@@ -24,7 +24,7 @@ def make_site_secrets(keys: Path, keygen_cmd: list[str] | None = None) -> None:
         r = subprocess.run(keygen_cmd, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
     else:
-        from gateway.signing import keygen
+        from gateway.chain.signing import keygen
 
         keygen(keys)
     for name in SECRETS:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.alarms import (AlarmActionError, AlarmEngine, LimitSpec, STATES, TagAlarmConfig, gas_preset,
+from gateway.safety.alarms import (AlarmActionError, AlarmEngine, LimitSpec, STATES, TagAlarmConfig, gas_preset,
                             setpoint_warnings)
 from gateway.model import Quality, Reading
 
@@ -515,7 +515,7 @@ def test_first_out_sequence_keeps_each_activation_and_survives_a_restart():
     [g] = e.first_out_sequence()
     assert [(a["id"], a["state"]) for a in g["alarms"]] == [("A.H", "unacked"), ("B.H", "unacked"), ("B.H", "unacked")]
     # a chattering alarm: the first alarm and the latest SEQUENCE_MAX - 1 stay listed, all are counted
-    from gateway.alarms import SEQUENCE_MAX
+    from gateway.safety.alarms import SEQUENCE_MAX
     for i in range(SEQUENCE_MAX + 10):
         e.update(good("B", 0), 5 + 2 * i)
         e.update(good("B", 2), 6 + 2 * i)

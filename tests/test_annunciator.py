@@ -1,4 +1,4 @@
-"""Beacons and horns (gateway.annunciator) and output faults as alarms (docs/design.md, Fail safe).
+"""Beacons and horns (gateway.safety.annunciator) and output faults as alarms (docs/design.md, Fail safe).
 
 The logic is checked by tables over a real AlarmEngine; the outputs are checked on the HIL tank
 PLC (pymodbus TCP): its own event log of client coil writes is the witness of flash rate, silence
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alarms import AlarmEngine, LimitSpec, TagAlarmConfig
-from gateway.annunciator import AnnunciatorLogic, AnnunciatorSpec
+from gateway.safety.alarms import AlarmEngine, LimitSpec, TagAlarmConfig
+from gateway.safety.annunciator import AnnunciatorLogic, AnnunciatorSpec
 from gateway.config import ConfigError, load_config
-from gateway.gateway import Gateway
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
 from hil.tank_plc import TankPlc
 from conftest import run_cli as cli, wait_for
@@ -145,7 +145,7 @@ def test_disabled_indicator_follows_disabled_gas_points_only():
 
 async def test_uncertain_read_back_does_not_confirm_an_annunciator_write():
     """S7: only a GOOD read-back confirms an output write, for annunciators as for interlock outputs."""
-    from gateway.annunciator import Annunciators
+    from gateway.safety.annunciator import Annunciators
 
     async def write(tag, value):
         return Reading(tag, value, "", Quality.UNCERTAIN, time.time(), reason="status UncertainLastUsableValue")

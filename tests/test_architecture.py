@@ -1,14 +1,15 @@
 """The import contract of the code base (docs/design.md, "Dependency direction", "Two paths", "Layout").
 
-Every module of gateway/ (gateway/*.py, gateway/hazard/), drivers/ and hil/ is parsed with ``ast`` (nothing is
-imported or run), and every import it makes is collected, the ones inside functions too (``deferred``). The
-arrows that must hold:
+Every module of gateway/, drivers/ and hil/ is parsed with ``ast`` (nothing is imported or run), and every import
+it makes is collected, the ones inside functions too (``deferred``). The packages name the parts (gateway/safety,
+gateway/record, gateway/chain, gateway/regulator, gateway/runtime, gateway/ops, gateway/hazard); the arrows that
+must hold:
 
 (a) drivers/ imports nothing from gateway/ except gateway.model;
-(b) the safety path (SAFETY_PATH) never imports the record path (RECORD_PATH) nor the regulator side
-    (REGULATOR_SIDE), not even inside a function;
-(c) the regulator side imports only the chain (CHAIN), the model and itself (besides the standard library and
-    third-party packages), never an edge module;
+(b) the safety path (gateway.safety, gateway.hazard) never imports the record path (gateway.record) nor the
+    regulator side (gateway.regulator), not even inside a function;
+(c) the regulator side imports only the chain (gateway.chain), what both ends of the wire share (SHARED: the
+    model and the TLS helpers) and itself (besides the standard library and third-party packages);
 (d) gateway/ and drivers/ never import hil/ at module level (the rigs are not part of the shipped daemon);
 (e) there is no import cycle among modules at module level; a deferred import (inside a function) that would
     close a cycle if it were at module level is listed in DEFERRED_CYCLES;
@@ -32,39 +33,34 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "drivers", "hil")
 
-#: The safety path (docs/design.md, "Safety path" and "Fail safe"): alarm engine and its gas set points,
-#: interlocks, outputs, annunciator, heartbeat, the persisted safety state, the hazard engine (pure, in memory),
-#: and gateway.gateway, which today holds the tick (Gateway._safety_step, the alarm ticker) and input validity
-#: (check_valid_range, staleness). When the tick and validity move into modules of their own, put those here and
-#: take gateway.gateway out (its entries on ALLOW["b"] go with it).
-SAFETY_PATH = frozenset({
-    "gateway.alarms", "gateway.gas", "gateway.interlocks", "gateway.outputs", "gateway.annunciator",
-    "gateway.heartbeat", "gateway.safety_state", "gateway.gateway",
-    "gateway.hazard", "gateway.hazard.engine", "gateway.hazard.grading", "gateway.hazard.substances",
-    "gateway.hazard.volume",
-})
-#: The record path (docs/design.md, "Record path", "Record path supervision", "Clock"): store, batches, uplinks
-#: and platform profiles (envelopes), report-by-exception, the clock-step watch, supervisor, journal, chain position.
-RECORD_PATH = frozenset({
-    "gateway.store", "gateway.batches", "gateway.uplink", "gateway.uplink_mqtt", "gateway.profiles",
-    "gateway.report", "gateway.clock", "gateway.record_supervisor", "gateway.record_journal",
-    "gateway.chain_position",
-})
+#: The safety path (docs/design.md, "Safety path" and "Fail safe"): the tick, input validity, the alarm engine and
+#: its gas set points, interlocks, outputs, annunciators, the PLC heartbeat, the persisted safety state; and the
+#: hazard engine (GB 18218-2018, pure, in memory).
+SAFETY_PATH = ("gateway.safety", "gateway.hazard")
+#: The record path (docs/design.md, "Record path", "Record path supervision", "Clock"): store, batches, uplinks and
+#: platform envelopes, report-by-exception, the clock-step watch, supervisor, journal, chain position.
+RECORD_PATH = ("gateway.record",)
 #: The regulator's side: the reference receiver and the offline verifier.
-REGULATOR_SIDE = frozenset({"gateway.receiver", "gateway.verify"})
-#: The chain both sides share: Ed25519 JWS signing and chain hash, and the signed batch rejection (a JWS format
-#: made with gateway.signing only).
-CHAIN = frozenset({"gateway.signing", "gateway.rejection"})
+REGULATOR_SIDE = ("gateway.regulator",)
+#: The chain both sides share: Ed25519 JWS signing and chain hash, and the signed batch rejection.
+CHAIN = ("gateway.chain",)
 MODEL = "gateway.model"
-#: Every other module of gateway/: the edge daemon's wiring (gateway.build: config -> the runtime parts, constructors
-#: only, run at start and reload, never on the tick), configuration, operator and commissioning tools.
-#: A new module of gateway/ goes in one of these groups (test_every_gateway_module_is_placed).
-EDGE_OTHER = frozenset({
-    "gateway", "gateway.build", "gateway.cli", "gateway.config", "gateway.control", "gateway.daemon", "gateway.demo",
-    "gateway.device_profiles", "gateway.filemode", "gateway.hazard.__main__", "gateway.health", "gateway.install",
-    "gateway.logutil", "gateway.metrics", "gateway.probe", "gateway.reload", "gateway.schema", "gateway.shipped",
-    "gateway.tlsutil", "gateway.yamlload",
+#: What the regulator side may take from the edge's tree besides the chain: the model, and the TLS helpers both
+#: ends of the wire use (contexts, a self-signed certificate for a receiver or a test).
+SHARED = (MODEL, "gateway.tlsutil")
+#: The edge's other rooms: the runtime shell (build, the Gateway, reload, daemon, health) and operations for people.
+EDGE_PACKAGES = ("gateway.runtime", "gateway.ops")
+#: The top-level modules of gateway/: configuration (its YAML loader, schema, device profiles), the command line,
+#: the shared leaves. A new module goes in a package above or on this list (test_every_gateway_module_is_placed).
+TOP_LEVEL = frozenset({
+    "gateway", "gateway.cli", "gateway.config", "gateway.device_profiles", "gateway.filemode", "gateway.model",
+    "gateway.schema", "gateway.shipped", "gateway.tlsutil", "gateway.yamlload",
 })
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(_in(module, p) for p in packages)
+
 
 RULES = {
     "a": "drivers/ imports nothing from gateway/ except gateway.model",
@@ -78,22 +74,10 @@ RULES = {
 #: Today's violations, one exact arrow each: (importer, imported, why). Later steps delete them.
 ALLOW: dict[str, list[tuple[str, str, str]]] = {
     "a": [],
-    "b": [   # gateway.gateway holds the tick and also wires the record path; the tick moving out ends these
-        ("gateway.gateway", "gateway.store", "the Gateway object that runs the tick also opens the store"),
-        ("gateway.gateway", "gateway.record_supervisor",
-         "the tick's module also builds the record supervisor (opened_event, RecordSupervisor)"),
-        ("gateway.gateway", "gateway.clock", "the tick's module also runs the clock-step watch (ClockMonitor)"),
-        ("gateway.gateway", "gateway.batches", "deferred: the tick's module also builds the batcher"),
-        ("gateway.gateway", "gateway.uplink", "deferred: the tick's module also builds the forwarder and HTTPS uplink"),
-        ("gateway.gateway", "gateway.uplink_mqtt", "deferred: the tick's module also builds the MQTT uplink"),
-        ("gateway.gateway", "gateway.profiles", "deferred: the tick's module also picks the platform profile"),
-    ],
-    "c": [
-        ("gateway.receiver", "gateway.tlsutil",
-         "make_self_signed for the receiver's own certificate; tlsutil is an edge helper, not the chain"),
-    ],
+    "b": [],
+    "c": [],
     "d": [
-        ("gateway.demo", "hil.rig", "stop_process at module level; the demo drives the HIL farm"),
+        ("gateway.ops.demo", "hil.rig", "stop_process at module level; the demo drives the HIL farm"),
     ],
     "e": [],
     "f": [
@@ -109,7 +93,7 @@ ALLOW: dict[str, list[tuple[str, str, str]]] = {
 DEFERRED_CYCLES: list[tuple[str, str, str]] = [
     ("gateway.config", "gateway.device_profiles",
      "device_profiles builds on config's models; config expands profiles while loading"),
-    ("gateway.uplink", "gateway.profiles",
+    ("gateway.record.uplink", "gateway.record.envelopes",
      "profiles imports Ack from uplink; the HTTPS uplink takes JwsProfile as its default"),
 ]
 
@@ -307,11 +291,9 @@ def violations(imports: list[Import]) -> list[Violation]:
             continue
         if _in(src, "drivers") and _in(dst, "gateway") and dst != MODEL:
             add("a", imp)
-        if src in SAFETY_PATH and (dst in RECORD_PATH or dst in REGULATOR_SIDE):
+        if _within(src, SAFETY_PATH) and _within(dst, RECORD_PATH + REGULATOR_SIDE):
             add("b", imp)
-        if src in REGULATOR_SIDE and _in(dst, "gateway") and dst not in CHAIN | REGULATOR_SIDE | {MODEL}:
-            add("c", imp)
-        if src in REGULATOR_SIDE and not _in(dst, "gateway"):
+        if _within(src, REGULATOR_SIDE) and not (dst in SHARED or _within(dst, CHAIN + REGULATOR_SIDE)):
             add("c", imp)
         if (_in(src, "gateway") or _in(src, "drivers")) and _in(dst, "hil") and not imp.deferred:
             add("d", imp)
@@ -358,22 +340,20 @@ def _repo() -> tuple[dict[str, Path], list[Import]]:
 
 # ---------------------------------------------------------------------------------------------- the contract
 
-def test_the_groups_name_existing_modules_and_do_not_overlap():
+def test_the_packages_and_the_top_level_modules_exist():
     mods, _ = _repo()
-    groups = {"SAFETY_PATH": SAFETY_PATH, "RECORD_PATH": RECORD_PATH, "REGULATOR_SIDE": REGULATOR_SIDE,
-              "CHAIN": CHAIN, "MODEL": {MODEL}, "EDGE_OTHER": EDGE_OTHER}
-    for group, names in groups.items():
-        assert not sorted(set(names) - set(mods)), f"{group} names modules that do not exist (renamed? moved?)"
-    names = [n for g in groups.values() for n in g]
-    assert len(names) == len(set(names)), "a module is in two groups"
+    for pkg in SAFETY_PATH + RECORD_PATH + REGULATOR_SIDE + CHAIN + EDGE_PACKAGES:
+        assert pkg in mods, f"{pkg} is not a package (renamed? moved?)"
+    assert not sorted(TOP_LEVEL - set(mods)), "TOP_LEVEL names modules that do not exist (renamed? moved?)"
+    assert not sorted(m for m in TOP_LEVEL if m.count(".") > 1), "TOP_LEVEL holds modules of gateway/ itself only"
 
 
 def test_every_gateway_module_is_placed():
-    """A new module of gateway/ must be put in a group, so the rules know which side it is on."""
+    """A new module of gateway/ goes in a package, or on TOP_LEVEL, so the rules know which side it is on."""
     mods, _ = _repo()
-    placed = SAFETY_PATH | RECORD_PATH | REGULATOR_SIDE | CHAIN | EDGE_OTHER | {MODEL}
-    missing = sorted(m for m in mods if _in(m, "gateway") and m not in placed)
-    assert not missing, f"place these modules in a group at the top of {Path(__file__).name}: {missing}"
+    rooms = SAFETY_PATH + RECORD_PATH + REGULATOR_SIDE + CHAIN + EDGE_PACKAGES
+    missing = sorted(m for m in mods if _in(m, "gateway") and m not in TOP_LEVEL and not _within(m, rooms))
+    assert not missing, f"put these modules in a package, or on TOP_LEVEL in {Path(__file__).name}: {missing}"
 
 
 def test_the_chain_stands_alone():
@@ -381,7 +361,7 @@ def test_the_chain_stands_alone():
     and itself."""
     _, imports = _repo()
     bad = sorted({(i.importer, i.imported) for i in imports
-                  if i.importer in CHAIN and i.imported not in CHAIN | {MODEL} and i.imported != i.importer})
+                  if _within(i.importer, CHAIN) and not (i.imported == MODEL or _within(i.imported, CHAIN))})
     assert not bad, bad
     model = sorted({i.imported for i in imports if i.importer == MODEL and i.imported != MODEL})
     assert not model, f"gateway.model is the leaf everything shares; it imports {model}"
@@ -424,9 +404,9 @@ def test_the_scan_sees_the_known_arrows():
     _, imports = _repo()
     arrows = {(i.importer, i.imported, i.deferred) for i in imports if i.name is None or not _is_private(i.name)}
     assert ("drivers.modbus", "gateway.model", False) in arrows
-    assert ("gateway.gateway", "gateway.alarms", False) in arrows
-    assert ("gateway.gateway", "gateway.uplink", True) in arrows          # built in a method
-    assert ("gateway.cli", "gateway.daemon", True) in arrows              # the command line loads lazily
+    assert ("gateway.runtime.gateway", "gateway.safety.alarms", False) in arrows
+    assert ("gateway.runtime.gateway", "gateway.record.uplink", True) in arrows          # built in a method
+    assert ("gateway.cli", "gateway.runtime.daemon", True) in arrows              # the command line loads lazily
     # from gateway.hazard import substances: an import of the module, not of a name
     assert ("gateway.hazard.engine", "gateway.hazard.substances", False) in arrows
 
@@ -446,21 +426,22 @@ def _with(tmp_path: Path, module: str, source: str, *, replace: bool = False) ->
 
 @pytest.mark.parametrize("module, source, rule, imported", [
     ("drivers.gpio", "from gateway.config import load_config\n", "a", "gateway.config"),
-    ("drivers.modbus", "def f():\n    import gateway.store\n", "a", "gateway.store"),
-    ("gateway.interlocks", "def f():\n    from gateway.store import Store\n", "b", "gateway.store"),
-    ("gateway.alarms", "from . import uplink\n", "b", "gateway.uplink"),
-    ("gateway.hazard.engine", "from ..record_supervisor import STORE\n", "b", "gateway.record_supervisor"),
-    ("gateway.outputs", "import gateway.receiver as rx\n", "b", "gateway.receiver"),
-    ("gateway.gateway", "from gateway.verify import run_verify\n", "b", "gateway.verify"),
-    ("gateway.verify", "from gateway.uplink import Forwarder\n", "c", "gateway.uplink"),
-    ("gateway.receiver", "def f():\n    from gateway.config import load_config\n", "c", "gateway.config"),
-    ("gateway.receiver", "from drivers.codec import decode\n", "c", "drivers.codec"),
+    ("drivers.modbus", "def f():\n    import gateway.record.store\n", "a", "gateway.record.store"),
+    ("gateway.safety.interlocks", "def f():\n    from gateway.record.store import Store\n", "b", "gateway.record.store"),
+    ("gateway.safety.alarms", "from ..record import uplink\n", "b", "gateway.record.uplink"),
+    ("gateway.hazard.engine", "from ..record.supervisor import STORE\n", "b", "gateway.record.supervisor"),
+    ("gateway.safety.outputs", "import gateway.regulator.receiver as rx\n", "b", "gateway.regulator.receiver"),
+    ("gateway.safety.tick", "from gateway.regulator.verify import run_verify\n", "b", "gateway.regulator.verify"),
+    ("gateway.regulator.receiver", "from gateway.ops.logutil import setup_logging\n", "c", "gateway.ops.logutil"),
+    ("gateway.regulator.verify", "from gateway.record.uplink import Forwarder\n", "c", "gateway.record.uplink"),
+    ("gateway.regulator.receiver", "def f():\n    from gateway.config import load_config\n", "c", "gateway.config"),
+    ("gateway.regulator.receiver", "from drivers.codec import decode\n", "c", "drivers.codec"),
     ("drivers.opcua", "from hil.tank_plc import TankPlc\n", "d", "hil.tank_plc"),
-    ("gateway.probe", "import hil.farm\n", "d", "hil.farm"),
-    ("gateway.model", "from gateway.alarms import AlarmEngine\n", "e", "gateway.alarms"),
-    ("gateway.outputs", "from gateway.interlocks import _private_helper\n", "f", "gateway.interlocks._private_helper"),
-    ("gateway.control", "import gateway.store as s\n\ndef f():\n    return s._SCHEMA\n", "f", "gateway.store._SCHEMA"),
-    ("gateway.metrics", "import drivers.codec\nX = drivers.codec._word_order\n", "f", "drivers.codec._word_order"),
+    ("gateway.ops.probe", "import hil.farm\n", "d", "hil.farm"),
+    ("gateway.model", "from gateway.safety.alarms import AlarmEngine\n", "e", "gateway.safety.alarms"),
+    ("gateway.safety.outputs", "from gateway.safety.interlocks import _private_helper\n", "f", "gateway.safety.interlocks._private_helper"),
+    ("gateway.ops.control", "import gateway.record.store as s\n\ndef f():\n    return s._SCHEMA\n", "f", "gateway.record.store._SCHEMA"),
+    ("gateway.ops.metrics", "import drivers.codec\nX = drivers.codec._word_order\n", "f", "drivers.codec._word_order"),
 ])
 def test_a_new_forbidden_import_is_reported(tmp_path, module, source, rule, imported):
     new = _with(tmp_path, module, source)
@@ -469,35 +450,35 @@ def test_a_new_forbidden_import_is_reported(tmp_path, module, source, rule, impo
 
 
 def test_a_cycle_reports_both_arrows_of_the_loop(tmp_path):
-    new = _with(tmp_path, "gateway.model", "from gateway.alarms import AlarmEngine\n")
+    new = _with(tmp_path, "gateway.model", "from gateway.safety.alarms import AlarmEngine\n")
     assert {(v.importer, v.imported) for v in new if v.rule == "e"} == \
-        {("gateway.model", "gateway.alarms"), ("gateway.alarms", "gateway.model")}, new
+        {("gateway.model", "gateway.safety.alarms"), ("gateway.safety.alarms", "gateway.model")}, new
 
 
 def test_a_deferred_import_is_allowed_where_the_rule_is_about_module_level(tmp_path):
     assert _with(tmp_path, "drivers.opcua", "def f():\n    from hil.tank_plc import TankPlc\n") == []
-    assert _with(tmp_path, "gateway.model", "def f():\n    from gateway.alarms import AlarmEngine\n") == []
+    assert _with(tmp_path, "gateway.model", "def f():\n    from gateway.safety.alarms import AlarmEngine\n") == []
     mods, imports = _repo()
     path = tmp_path / "gateway" / "model.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(mods[MODEL].read_text(encoding="utf-8")
-                    + "\ndef f():\n    from gateway.alarms import AlarmEngine\n")
+                    + "\ndef f():\n    from gateway.safety.alarms import AlarmEngine\n")
     closers = deferred_cycle_closers(scan({**mods, MODEL: path}))
-    assert ("gateway.model", "gateway.alarms") in {(a, b) for a, b, _ in closers}
+    assert ("gateway.model", "gateway.safety.alarms") in {(a, b) for a, b, _ in closers}
 
 
 def test_allowed_imports_stay_quiet(tmp_path):
     assert _with(tmp_path, "drivers.gpio", "from gateway.model import Reading\nfrom drivers.base import Device\n") == []
-    assert _with(tmp_path, "gateway.verify", "from gateway.signing import chain_hash\nimport json\nimport httpx\n") \
+    assert _with(tmp_path, "gateway.regulator.verify", "from gateway.chain.signing import chain_hash\nimport json\nimport httpx\n") \
         == []
     # the record path may use the safety path's types; the rule is one way
-    assert _with(tmp_path, "gateway.store", "from gateway.interlocks import InterlockEngine\n") == []
-    assert _with(tmp_path, "gateway.alarms", "import os\nos._exit\n") == []                 # not one of our modules
+    assert _with(tmp_path, "gateway.record.store", "from gateway.safety.interlocks import InterlockEngine\n") == []
+    assert _with(tmp_path, "gateway.safety.alarms", "import os\nos._exit\n") == []                 # not one of our modules
 
 
 def test_a_stale_allow_list_entry_is_reported():
     _, imports = _repo()
     found = violations(imports)
-    assert stale(found, {"d": [("gateway.demo", "hil.farm", "deferred there: not a violation")]}) == \
-        [("d", "gateway.demo", "hil.farm")]
+    assert stale(found, {"d": [("gateway.ops.demo", "hil.farm", "deferred there: not a violation")]}) == \
+        [("d", "gateway.ops.demo", "hil.farm")]
     assert stale(found) == []

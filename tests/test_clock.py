@@ -1,4 +1,4 @@
-"""C18: wall-clock steps neither stall nor burst polling (gateway.clock + the Gateway's timers).
+"""C18: wall-clock steps neither stall nor burst polling (gateway.record.clock + the Gateway's timers).
 
 The wall clock is injected by replacing ``time.time`` for the whole process with the real
 clock plus an offset that the test steps by -1 h, +1 h and +30 days (as libfaketime or an
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import ClockMonitor, kernel_synchronised
+from gateway.record.clock import ClockMonitor, kernel_synchronised
 from gateway.config import load_config
-from gateway.gateway import Gateway
-from gateway.receiver import BackgroundReceiver
-from gateway.signing import Signer
+from gateway.runtime.gateway import Gateway
+from gateway.regulator.receiver import BackgroundReceiver
+from gateway.chain.signing import Signer
 from hil.rig import make_keys, payload, receiver_batches, tank_plc_config
 from hil.tank_plc import TankPlc
 
@@ -123,7 +123,7 @@ async def test_C18_cadence_stays_on_the_monotonic_clock_through_wall_steps(tmp_p
 # ------------------------------------------------------------------- the CLOCK alarm (系统时钟未同步)
 
 def test_clock_alarm_grace_defaults_to_60_s() -> None:
-    from gateway.clock import DEFAULT_UNSYNC_GRACE_S
+    from gateway.record.clock import DEFAULT_UNSYNC_GRACE_S
     from gateway.config import AlarmPolicySection
     assert DEFAULT_UNSYNC_GRACE_S == 60.0 and AlarmPolicySection().clock_unsync_grace_s == 60.0
     t = {"mono": 0.0}

@@ -104,7 +104,7 @@ def test_reference_notation_resolves_to_protocol_address(tmp_path: Path):
 
 @pytest.mark.e2e
 def test_daemon_refuses_private_key_readable_by_others(tmp_path: Path):
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     keys = tmp_path / "keys"
     keygen(keys)
@@ -145,10 +145,10 @@ interlocks:
 
 
 def test_reset_value_from_config_is_written_after_a_reset(tmp_path: Path):
-    """A2: actions[].reset_value reaches gateway.interlocks.OutputAction; a reset writes it (beacon off)."""
-    from gateway.alarms import AlarmEngine
-    from gateway.gateway import alarm_configs, interlock_specs
-    from gateway.interlocks import InterlockEngine
+    """A2: actions[].reset_value reaches gateway.safety.interlocks.OutputAction; a reset writes it (beacon off)."""
+    from gateway.safety.alarms import AlarmEngine
+    from gateway.runtime.gateway import alarm_configs, interlock_specs
+    from gateway.safety.interlocks import InterlockEngine
     from gateway.model import Quality, Reading
 
     f = tmp_path / "gw.yaml"
@@ -185,7 +185,7 @@ def test_check_refuses_one_output_with_two_safe_or_reset_values(tmp_path: Path):
 
 
 def test_check_uses_the_alarm_engines_presets_and_warnings(tmp_path: Path):
-    """A1: `check` judges alarms with gateway.alarms (gas_preset, setpoint_warnings), the same translation
+    """A1: `check` judges alarms with gateway.safety.alarms (gas_preset, setpoint_warnings), the same translation
     the running gateway uses (config.tag_alarm_config), not a copy with its own numbers."""
     f = tmp_path / "a1.yaml"
     head = ("gateway: {id: s}\nkeys: {private_key: k}\ndevices:\n"

@@ -1,4 +1,4 @@
-"""Operator actions over the control socket (gateway.control) against a running in-process Gateway.
+"""Operator actions over the control socket (gateway.ops.control) against a running in-process Gateway.
 
 The peer is the HIL tank PLC (pymodbus TCP on loopback); the client is the real `hazard-gateway`
 CLI as a child process, or a raw unix socket where the test needs to send what the CLI never would.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alarms import AlarmEngine, TagAlarmConfig, gas_preset
+from gateway.safety.alarms import AlarmEngine, TagAlarmConfig, gas_preset
 from gateway.config import ConfigError, load_config
-from gateway.control import ControlServer, ControlStartError, render_status, request
-from gateway.gateway import Gateway
+from gateway.ops.control import ControlServer, ControlStartError, render_status, request
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
 from hil.tank_plc import TankPlc
 from conftest import run_cli as cli, tank_overfill_config, wait_for
@@ -301,7 +301,7 @@ def test_render_status_orders_gas_alarms_and_marks_first_out():
 def test_render_status_shows_later_alarms_in_time_order_and_points_disabled():
     """GB 16808: the first alarm, then later alarms in time order (not priority order), and the disabled
     gas points (屏蔽) shown and counted."""
-    from gateway.gateway import points_disabled
+    from gateway.safety.validity import points_disabled
 
     eng = AlarmEngine([
         TagAlarmConfig("GD1.gas", gas_preset("combustible"), gas="combustible", group="gas"),

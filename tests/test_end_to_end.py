@@ -45,7 +45,7 @@ def _received(wd: Path) -> list[str]:
 
 def test_demo_counts_lost_and_duplicated_readings_as_multisets():
     """Two distinct samples of one tag in the same millisecond are two readings, not one (no demo run)."""
-    from gateway.demo import _reading_key, reading_counts
+    from gateway.ops.demo import _reading_key, reading_counts
 
     a, b = _reading_key("T1", "2025-01-01T00:00:00.000Z", 1.0, "good"), _reading_key("T1", "2025-01-01T00:00:00.000Z",
                                                                                        2.0, "good")

@@ -1,8 +1,8 @@
 """Engine-owned state that carries over: AlarmEngine / InterlockEngine snapshot() and adopt().
 
-A SIGHUP reload (gateway.reload) and a restart (gateway.safety_state) carry the alarm and interlock state
+A SIGHUP reload (gateway.runtime.reload) and a restart (gateway.safety.safety_state) carry the alarm and interlock state
 by one mechanism: the running engine's snapshot, adopted by the engine built from the (new) config. The
-snapshots are ALLOW-LISTS (gateway.alarms.AlarmState / TagState, gateway.interlocks.InterlockState): a field
+snapshots are ALLOW-LISTS (gateway.safety.alarms.AlarmState / TagState, gateway.safety.interlocks.InterlockState): a field
 carries only when it is named there. So that a new field can never silently keep (or lose) its value,
 every field of the engines' per-alarm, per-tag and per-interlock records is classified here, by
 introspection, as carried or rebuilt from the config; an unclassified field fails the test.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alarms import (AlarmEngine, AlarmSnapshot, AlarmState, GroupState, LimitSpec, TagAlarmConfig, TagState,
+from gateway.safety.alarms import (AlarmEngine, AlarmSnapshot, AlarmState, GroupState, LimitSpec, TagAlarmConfig, TagState,
                             _Alarm, _TagState)
-from gateway.interlocks import (InterlockEngine, InterlockInput, InterlockSnapshot, InterlockSpec, InterlockState,
+from gateway.safety.interlocks import (InterlockEngine, InterlockInput, InterlockSnapshot, InterlockSpec, InterlockState,
                                 OutputAction, _State)
 from gateway.model import Quality, Reading
-from gateway.safety_state import export, load, write_atomic
+from gateway.safety.safety_state import export, load, write_atomic
 
 WALL = 1_700_000_000.0
 
@@ -36,8 +36,8 @@ WALL = 1_700_000_000.0
 #
 # CARRIED: the fields of the allow-listed state dataclasses (read by introspection below).
 # REBUILT: identity and configuration, built from the config by the new engine; never carried.
-# A new field of _Alarm / _TagState / _State must go into the state dataclass (gateway/alarms.py,
-# gateway/interlocks.py) or into the REBUILT set here, with a reason.
+# A new field of _Alarm / _TagState / _State must go into the state dataclass (gateway/safety/alarms.py,
+# gateway/safety/interlocks.py) or into the REBUILT set here, with a reason.
 
 ALARM_REBUILT = {"id", "tag", "kind", "spec", "cfg"}
 TAG_REBUILT = {"cfg"}
@@ -97,9 +97,9 @@ def attributes(obj) -> set[str]:
 
 
 @pytest.mark.parametrize("record, state_cls, rebuilt, where", [
-    (0, AlarmState, ALARM_REBUILT, "gateway.alarms._Alarm"),
-    (1, TagState, TAG_REBUILT, "gateway.alarms._TagState"),
-    (2, InterlockState, INTERLOCK_REBUILT, "gateway.interlocks._State"),
+    (0, AlarmState, ALARM_REBUILT, "gateway.safety.alarms._Alarm"),
+    (1, TagState, TAG_REBUILT, "gateway.safety.alarms._TagState"),
+    (2, InterlockState, INTERLOCK_REBUILT, "gateway.safety.interlocks._State"),
 ], ids=["alarm", "tag", "interlock"])
 def test_every_field_of_the_engine_records_is_carried_or_rebuilt(record, state_cls, rebuilt, where):
     obj = fresh_records()[record]
@@ -355,11 +355,11 @@ async def wait_for(pred, timeout_s: float, what: str):
 
 
 def test_a_gateway_holds_its_plant_and_its_live_parts_only(tmp_path):
-    from gateway.build import Plant
+    from gateway.runtime.build import Plant
     from gateway.config import load_config
-    from gateway.gateway import LIVE, Gateway
+    from gateway.runtime.gateway import LIVE, Gateway
 
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     keygen(tmp_path / "keys")
     path = tmp_path / "gw.yaml"
@@ -378,9 +378,9 @@ def test_a_gateway_holds_its_plant_and_its_live_parts_only(tmp_path):
 @pytest.mark.timeout(60)
 async def test_a_reload_swaps_the_plant_keeps_ack_latch_and_trip_and_applies_the_new_set_point(tmp_path: Path):
     from gateway.config import load_config
-    from gateway.gateway import Gateway
-    from gateway.reload import reload_from_file
-    from gateway.signing import keygen
+    from gateway.runtime.gateway import Gateway
+    from gateway.runtime.reload import reload_from_file
+    from gateway.chain.signing import keygen
     from hil.tank_plc import TankPlc
 
     plc = TankPlc()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
-from gateway.safety_state import write_atomic
-from gateway.store import Store
+from gateway.safety.safety_state import write_atomic
+from gateway.record.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""gateway.batches + gateway.uplink: chain, resend, and the Forwarder over real HTTPS (C14, C15)."""
+"""gateway.record.batches + gateway.record.uplink: chain, resend, and the Forwarder over real HTTPS (C14, C15)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from starlette.responses import JSONResponse, Response
 
-from gateway.batches import Batcher
+from gateway.record.batches import Batcher
 from gateway.model import Quality, Reading, rfc3339
-from gateway.receiver import BackgroundReceiver, ReceiverLimits
-from gateway.rejection import (REJECTION_JWS_TYP, body_sha256, load_receiver_key, rejection_claims,
+from gateway.regulator.receiver import BackgroundReceiver, ReceiverLimits
+from gateway.chain.rejection import (REJECTION_JWS_TYP, body_sha256, load_receiver_key, rejection_claims,
                                verify_rejection)
-from gateway.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
-from gateway.store import Store, StoreError
-from gateway.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
+from gateway.chain.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
+from gateway.record.store import Store, StoreError
+from gateway.record.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
                             parse_retry_after)
 
 T0 = 1_760_000_000.0
@@ -64,7 +64,7 @@ def other_gw(tmp_path: Path, keys) -> Signer:
 
 class PoisonBatcher(Batcher):
     """Batch ``poison`` (when it carries readings) announces a key that the receiver binds to another
-    gateway: a real content refusal (400 announce_binding, gateway.receiver) of a batch the receiver can
+    gateway: a real content refusal (400 announce_binding, gateway.regulator.receiver) of a batch the receiver can
     name, so with a signing key it answers a signed rejection. The tombstone (no readings) is clean."""
 
     def __init__(self, *args, poison: int, other: Signer, **kwargs) -> None:
@@ -664,7 +664,7 @@ async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path
 
 async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_path: Path, keys, rx_key) -> None:
     """R1: a fault while building the tombstone is logged and retried; run() never dies of it."""
-    from gateway.uplink import Ack
+    from gateway.record.uplink import Ack
 
     signer, _ = keys
     _, rx_signer, receiver_key = rx_key
@@ -700,10 +700,10 @@ async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_pa
 
 
 async def test_mqtt_puback_refusal_holds_never_dead_letters(tmp_path: Path, keys, rx_key) -> None:
-    """A PUBACK 0x90/0x95/0x99 (gateway.uplink_mqtt raises PermanentError without a rejection: a PUBACK cannot
+    """A PUBACK 0x90/0x95/0x99 (gateway.record.uplink_mqtt raises PermanentError without a rejection: a PUBACK cannot
     carry a signed body) holds the batch with one alarm even with a receiver_key, until the broker takes it.
     (mosquitto cannot be made to answer these codes: over its size limit it disconnects, which is retryable.)"""
-    from gateway.uplink import Ack
+    from gateway.record.uplink import Ack
 
     signer, _ = keys
     _, _, receiver_key = rx_key
@@ -741,10 +741,10 @@ async def test_mqtt_puback_refusal_holds_never_dead_letters(tmp_path: Path, keys
 
 
 async def test_health_sees_a_dead_or_hung_uploader() -> None:
-    """R1: gateway.health.uploader_check reports an uploader task that ended and one that stopped beating."""
+    """R1: gateway.runtime.health.uploader_check reports an uploader task that ended and one that stopped beating."""
     from types import SimpleNamespace
 
-    from gateway.health import uploader_check
+    from gateway.runtime.health import uploader_check
 
     fw = SimpleNamespace(stopped=False, last_beat_mono=None, max_iteration_s=lambda: 5.0)
 

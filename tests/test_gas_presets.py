@@ -1,8 +1,8 @@
-"""Gas presets in the tag's unit (gateway.gas; GB/T 50493-2019 5.5.2; docs/alarm-presets.md).
+"""Gas presets in the tag's unit (gateway.safety.gas; GB/T 50493-2019 5.5.2; docs/alarm-presets.md).
 
-Pure tables over gateway.gas, then `check` (gateway.config.load_config and the CLI) on small config files:
+Pure tables over gateway.safety.gas, then `check` (gateway.config.load_config and the CLI) on small config files:
 a preset that does not fit the tag's unit is refused at the ``alarms.gas`` value with FILE:LINE:COL, and what
-`check` accepts is what the running gateway's alarm engine gets (gateway.gateway.alarm_configs).
+`check` accepts is what the running gateway's alarm engine gets (gateway.runtime.gateway.alarm_configs).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alarms import gas_preset, setpoint_warnings
+from gateway.safety.alarms import gas_preset, setpoint_warnings
 from gateway.config import ConfigError, load_config
-from gateway.gas import (MOLAR_MASS_G_MOL, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints, mg_m3_to_ppm,
+from gateway.safety.gas import (MOLAR_MASS_G_MOL, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints, mg_m3_to_ppm,
                          molar_mass, ppm_to_mg_m3)
-from gateway.gateway import Gateway, alarm_configs
+from gateway.runtime.gateway import Gateway, alarm_configs
 from gateway.model import Quality, Reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def test_oxygen_mapping_is_configurable():
 def test_alarms_gas_preset_wraps_it_and_warnings_use_the_ceilings_in_the_tags_unit():
     lims = gas_preset("toxic", unit="ppm", oel_mg_m3=10.0, gas_name="H2S")
     assert [(x.kind, round(x.setpoint, 3), x.latching) for x in lims] == [("H", 7.054, True), ("HH", 14.108, True)]
-    from gateway.alarms import LimitSpec, TagAlarmConfig
+    from gateway.safety.alarms import LimitSpec, TagAlarmConfig
     cfg = TagAlarmConfig("AT1", [LimitSpec("H", 10.0, level=1, latching=True)], gas="toxic",
                          ceilings={"H": 7.054, "HH": 14.108})
     assert any("H set point 10 is looser than the GB/T 50493-2019 5.5.2 limit 7.054" in w

@@ -105,7 +105,7 @@ def check(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_demo_hazard_unit_is_valid(tmp_path):
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     f = _demo_with(tmp_path, "hazard:", "hazard:")
     keygen(tmp_path / "keys")  # the demo's signing key (a checked secret file)

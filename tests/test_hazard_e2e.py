@@ -27,10 +27,10 @@ from jwcrypto import jwk, jws
 from ruamel.yaml import YAML
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
-from gateway.receiver import BackgroundReceiver
-from gateway.signing import Signer, keygen
+from gateway.regulator.receiver import BackgroundReceiver
+from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import IR_ADDRESS, TankPlc
 from conftest import b64url, wait_for
 
@@ -216,8 +216,8 @@ async def test_filling_tank_moves_the_inventory_not_the_design_grade_events_uplo
 
 def test_readings_carry_point_codes_in_the_uploaded_batch(tmp_path: Path):
     """Gateway._reading_record adds the point code; it must survive the store into the signed batch."""
-    from gateway.batches import Batcher
-    from gateway.signing import decode_unverified
+    from gateway.record.batches import Batcher
+    from gateway.chain.signing import decode_unverified
 
     kid = keygen(tmp_path / "keys")
     cafile = tmp_path / "ca.pem"
@@ -239,7 +239,7 @@ def test_readings_carry_point_codes_in_the_uploaded_batch(tmp_path: Path):
 
 
 def test_level2_gas_alarm_of_a_unit_tag_raises_the_colour_and_is_recorded(tmp_path: Path):
-    """The alarm-state mapping in the tick (Gateway._sync_hazard_alarm_state), fed with readings directly:
+    """The alarm-state mapping in the tick (SafetyTick.sync_hazard_alarm_state), fed with readings directly:
     a level-2 combustible alarm (50 %LEL, GB/T 50493-2019 5.5.2) on a tag in the unit's alarm_tags raises
     the colour one step (demo colour_map level2_alarm: raise); a level-1 alarm does not."""
     cafile = tmp_path / "ca.pem"

@@ -1,4 +1,4 @@
-"""Heartbeat to the PLC watchdog register (gateway.heartbeat) against the HIL tank PLC (pymodbus TCP).
+"""Heartbeat to the PLC watchdog register (gateway.safety.heartbeat) against the HIL tank PLC (pymodbus TCP).
 
 The tank PLC keeps holding register 100 (40101) for the heartbeat and reports ``heartbeat_age_s``,
 the time since the register last changed: what a PLC watchdog would trip on.
@@ -16,8 +16,8 @@ import pytest
 
 from drivers.modbus import HeartbeatPoint, ModbusDevice, ModbusPoint, TcpLink
 from gateway.config import ConfigError, load_config
-from gateway.gateway import Gateway
-from gateway.heartbeat import Heartbeat
+from gateway.runtime.gateway import Gateway
+from gateway.safety.heartbeat import Heartbeat
 from hil.tank_plc import TankPlc
 from conftest import tank_overfill_config
 
@@ -74,8 +74,8 @@ async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
             await asyncio.sleep(0.02)
         assert plc.heartbeat >= 3
         # Simulate a stuck safety path: the safety step no longer runs.
-        gw._safety_step = lambda events, now: None
-        gw.last_safety_mono = time.monotonic() - 10
+        gw.tick.step = lambda events, now: None
+        gw.tick.last_mono = time.monotonic() - 10
         await asyncio.sleep(0.5)
         last = plc.heartbeat
         await asyncio.sleep(0.5)
@@ -87,7 +87,7 @@ async def test_heartbeat_stops_when_the_safety_path_stalls(tmp_path, plc):
 
 def _plc(link, address: int, table: str = "holding_register", mode: str = "count", ref: str | None = None,
          name: str = "tank_plc") -> ModbusDevice:
-    """A ModbusDevice on ``link`` whose heartbeat point is ``table`` ``address`` (what gateway.build makes
+    """A ModbusDevice on ``link`` whose heartbeat point is ``table`` ``address`` (what gateway.runtime.build makes
     of a ``heartbeat:`` section)."""
     point = ModbusPoint(tag=f"{name}.x", unit_id=1, table="holding_register", address=0, dtype="uint16")
     return ModbusDevice(name, link, 1, [point], "modbus_tcp", heartbeat=HeartbeatPoint(table, address, mode, ref))
@@ -181,7 +181,7 @@ def test_count_wraps_and_bad_combinations_are_refused():
 
 @pytest.mark.e2e
 def test_check_warns_when_an_interlock_output_has_no_heartbeat(tmp_path):
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     keygen(tmp_path / "keys")  # `check` also checks the key file
     (tmp_path / "gw.yaml").write_text(cfg_text(502, heartbeat=None))

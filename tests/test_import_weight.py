@@ -39,7 +39,7 @@ def test_check_of_a_site_with_every_protocol_loads_no_protocol_stack(tmp_path: P
 BUILD = """
 import json, sys
 from gateway.config import load_config
-from gateway.build import build_plant
+from gateway.runtime.build import build_plant
 plant = build_plant(load_config(sys.argv[1]))
 print(json.dumps({"devices": sorted(d.protocol for d in plant.devices), "asyncua": "asyncua" in sys.modules,
                   "opcua_driver": "drivers.opcua" in sys.modules}))
@@ -50,7 +50,7 @@ def test_building_a_modbus_only_config_imports_no_asyncua(tmp_path: Path) -> Non
     """drivers.registry imports a protocol's driver only for a device of that protocol: a Modbus-only plant
     (build_plant, as the daemon and a reload build it) never loads the OPC UA stack."""
     from conftest import tank_overfill_config
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     keygen(tmp_path / "keys")
     site = tmp_path / "gw.yaml"

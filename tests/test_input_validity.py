@@ -17,9 +17,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config import load_config
-from gateway.gateway import Gateway, alarm_configs, fresh_windows
+from gateway.runtime.gateway import Gateway, alarm_configs, fresh_windows
 from gateway.model import Quality
-from gateway.probe import probe
+from gateway.ops.probe import probe
 from hil.tank_plc import TankPlc
 from conftest import interlock_status as interlock, tank_overfill_config, wait_for
 
@@ -121,7 +121,7 @@ async def test_broken_4_20ma_loop_is_bad_and_trips_a_1oo1_interlock_on_fault(tmp
 @pytest.mark.e2e
 async def test_valid_range_makes_an_implausible_value_bad_and_trips_on_fault(tmp_path):
     """S2: valid_range [lo, hi] (engineering units): a reading outside it is BAD "out of range", applied
-    in Gateway.on_readings before the safety step; the probe judges it the same way."""
+    in the safety tick (gateway.safety.tick) before the alarms; the probe judges it the same way."""
     async with AnalogCard() as card:
         text = card_config(card.port, valid_range="[-5, 105]")
         gw, stop, task = await run_gateway(tmp_path, text)
@@ -245,7 +245,7 @@ async def test_hung_poll_loop_makes_the_input_stale_trips_and_withholds_the_plc_
             held_at = plc.heartbeat
             await asyncio.sleep(0.5)
             assert plc.heartbeat == held_at                    # the PLC's watchdog now runs down
-            assert gw.last_safety_mono is not None and time.monotonic() - gw.last_safety_mono < 0.5  # ticker runs
+            assert gw.tick.age_s() is not None and gw.tick.age_s() < 0.5  # ticker runs
             hang.set()
         finally:
             stop.set()

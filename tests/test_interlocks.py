@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.alarms import AlarmEngine, LimitSpec, TagAlarmConfig, gas_preset
-from gateway.interlocks import (InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction,
+from gateway.safety.alarms import AlarmEngine, LimitSpec, TagAlarmConfig, gas_preset
+from gateway.safety.interlocks import (InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction,
                                 parse_vote)
 from gateway.model import Quality, Reading
 

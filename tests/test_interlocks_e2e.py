@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
+from gateway.runtime.gateway import Gateway
 from hil.farm import TankFarm
 from conftest import free_port as closed_port   # free a moment ago: nobody listens there
 from conftest import interlock_status as interlock, run_cli as cli, wait_for
@@ -87,7 +87,7 @@ async def rig(tmp_path: Path, **cfg_kw):
     try:
         signer = None
         if cfg_kw.get("uplink_port"):
-            from gateway.signing import Signer, keygen
+            from gateway.chain.signing import Signer, keygen
 
             keygen(tmp_path / "keys")
             signer = Signer.from_file(tmp_path / "keys" / "private.pem")

@@ -1,4 +1,4 @@
-"""gateway.logutil: one line per event, sd-daemon prefixes only under journald, rate limiting."""
+"""gateway.ops.logutil: one line per event, sd-daemon prefixes only under journald, rate limiting."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logutil import OneLineFormatter, RateLimitingHandler, setup_logging
+from gateway.ops.logutil import OneLineFormatter, RateLimitingHandler, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_one_line_per_event_with_exception():
 def test_journald_detection_in_a_process(tmp_path: Path, journal):
     out = tmp_path / "err.log"
     code = ("import logging, os, sys\n"
-            "from gateway.logutil import setup_logging\n"
+            "from gateway.ops.logutil import setup_logging\n"
             "st = os.fstat(2)\n"
             f"j = {journal!r}\n"
             "if j == 'match': os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
@@ -206,7 +206,7 @@ def test_a_blocked_log_stream_does_not_delay_an_interlock_trip(tmp_path: Path, b
     import asyncio
 
     from gateway.config import load_config
-    from gateway.gateway import Gateway
+    from gateway.runtime.gateway import Gateway
     from gateway.model import Quality, Reading
 
     pipe, handler = blocked_log

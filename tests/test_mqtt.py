@@ -1,9 +1,9 @@
-"""MQTT 5 uplink (gateway.uplink_mqtt) against a real mosquitto broker started by the tests.
+"""MQTT 5 uplink (gateway.record.uplink_mqtt) against a real mosquitto broker started by the tests.
 
 The broker runs from a mosquitto.conf written into tmp_path: a plain listener and a TLS
 listener (certificate from gateway.tlsutil.make_self_signed) on 127.0.0.1, anonymous,
 no persistence. A paho subscriber in the test hands every message it receives to the
-reference receiver's verification core (gateway.receiver.Receiver: signature, seq,
+reference receiver's verification core (gateway.regulator.receiver.Receiver: signature, seq,
 chain, dedup), so "exactly once" is judged by the same strict code as over HTTPS.
 """
 
@@ -26,15 +26,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.batches import Batcher
+from gateway.record.batches import Batcher
 from gateway.config import ConfigError, load_config
 from gateway.model import Quality, Reading
-from gateway.receiver import Receiver
-from gateway.signing import decode_unverified
-from gateway.store import Store
+from gateway.regulator.receiver import Receiver
+from gateway.chain.signing import decode_unverified
+from gateway.record.store import Store
 from gateway.tlsutil import make_self_signed
-from gateway.uplink import AuthError, Forwarder, PermanentError, RetryableError
-from gateway.uplink_mqtt import MqttUplink, parse_broker_url
+from gateway.record.uplink import AuthError, Forwarder, PermanentError, RetryableError
+from gateway.record.uplink_mqtt import MqttUplink, parse_broker_url
 from conftest import free_port, wait_for as _wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -316,7 +316,7 @@ async def test_mqtt_not_authorized_holds_and_is_not_dead_lettered(tmp_path: Path
 
 
 def test_platform_profiles_registry_and_config(tmp_path: Path) -> None:
-    from gateway.profiles import PROFILES, JwsProfile, get_profile
+    from gateway.record.envelopes import PROFILES, JwsProfile, get_profile
 
     p = get_profile("jws")
     assert isinstance(p, JwsProfile) and set(PROFILES) == {"jws"}        # only our own format ships

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from gateway.interlocks import TripCommand
+from gateway.safety.interlocks import TripCommand
 from gateway.model import Quality, Reading, WriteError
-from gateway.outputs import OutputManager, values_match
+from gateway.safety.outputs import OutputManager, values_match
 
 
 class Coils:
@@ -154,7 +154,7 @@ async def test_uncertain_readback_is_not_confirmation():
 
 
 def test_readback_problem_only_good_and_matching_confirms():
-    from gateway.outputs import readback_problem
+    from gateway.safety.outputs import readback_problem
     good = Reading("XV100", 0, "", Quality.GOOD, time.time())
     assert readback_problem("XV100", good, 0) is None
     assert "differs" in readback_problem("XV100", good, 1)
@@ -236,8 +236,8 @@ def test_values_match(rb, cmd_v, ok):
 
 async def test_safety_path_end_to_end_reading_to_confirmed_trip():
     """Reading -> AlarmEngine -> InterlockEngine (2oo3) -> OutputManager -> confirmed read-back, with latency."""
-    from gateway.alarms import AlarmEngine, TagAlarmConfig, gas_preset
-    from gateway.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
+    from gateway.safety.alarms import AlarmEngine, TagAlarmConfig, gas_preset
+    from gateway.safety.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 
     tags = ["GD1.gas", "GD2.gas", "GD3.gas"]
     alarms = AlarmEngine([TagAlarmConfig(t, gas_preset("combustible"), gas="combustible", group="area1") for t in tags])

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.config import load_config
 from drivers.modbus import reference
-from gateway.probe import format_table, probe
+from gateway.ops.probe import format_table, probe
 from hil.gas_detectors import GasBus
 from hil.opcua_plant import OpcUaPlant
 from hil.tank_plc import TankPlc

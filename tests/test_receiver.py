@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.model import Quality, Reading
-from gateway.receiver import (BackgroundReceiver, ReceiverError, ReceiverStore, export_batches, make_self_signed,
+from gateway.regulator.receiver import (BackgroundReceiver, ReceiverError, ReceiverStore, export_batches, make_self_signed,
                               run_receiver, signed_request_headers)
-from gateway.signing import Signer, build_payload, chain_hash, keygen
-from gateway.verify import run_verify, verify_files
+from gateway.chain.signing import Signer, build_payload, chain_hash, keygen
+from gateway.regulator.verify import run_verify, verify_files
 
 JOSE = {"content-type": "application/jose"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def test_subprocess_receiver_serves_https_and_stops_cleanly_on_sigterm(tmp_path,
     cert, key = make_self_signed(tmp_path / "tls")
     store = tmp_path / "rx.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.receiver", "--listen", "127.0.0.1:0", "--store", str(store),
+        [sys.executable, "-m", "gateway.regulator.receiver", "--listen", "127.0.0.1:0", "--store", str(store),
          "--trust", str(trust), "--cert", str(cert), "--key", str(key)],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

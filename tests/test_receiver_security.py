@@ -1,7 +1,7 @@
 """Receiver security over real HTTPS on 127.0.0.1: keys bound to gateways, key rotation with proof
 of possession, signed status requests, bounded JSON, and bounded connections, time and memory.
 
-Every peer is real: the receiver is gateway.receiver (in a thread, or as a child process for the
+Every peer is real: the receiver is gateway.regulator.receiver (in a thread, or as a child process for the
 memory measurement), clients are httpx or asyncio/ssl streams pinned to its self-signed certificate.
 """
 
@@ -26,10 +26,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.model import Quality, Reading
-from gateway.receiver import (BackgroundReceiver, Receiver, ReceiverError, ReceiverLimits, export_batches,
+from gateway.regulator.receiver import (BackgroundReceiver, Receiver, ReceiverError, ReceiverLimits, export_batches,
                               make_self_signed, signed_request_headers)
-from gateway.signing import JWS_TYP, Signer, build_payload, chain_hash, key_proof_claims
-from gateway.verify import run_verify
+from gateway.chain.signing import JWS_TYP, Signer, build_payload, chain_hash, key_proof_claims
+from gateway.regulator.verify import run_verify
 
 JOSE = {"content-type": "application/jose"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def cjson(obj) -> bytes:
 
 
 def raw_jws(priv: Ed25519PrivateKey, header: bytes | dict, payload: bytes | dict) -> str:
-    """A compact JWS built by hand (no validation by gateway.signing): for batches the signer refuses."""
+    """A compact JWS built by hand (no validation by gateway.chain.signing): for batches the signer refuses."""
     h = header if isinstance(header, bytes) else cjson(header)
     p = payload if isinstance(payload, bytes) else cjson(payload)
     signing_input = b64(h) + "." + b64(p)
@@ -143,7 +143,7 @@ def test_a_key_of_another_gateway_is_refused_401_counted_and_logged(tmp_path, ke
     trust = bound_trust(tmp_path, keys, layout)
     A, B = keys["A"][1], keys["B"][1]
     a = chain(A, "gw-01", 1, 2)
-    caplog.set_level(logging.WARNING, logger="gateway.receiver")
+    caplog.set_level(logging.WARNING, logger="gateway.regulator.receiver")
     with BackgroundReceiver(tmp_path / "rx", trust) as rx, client_for(rx) as c:
         # B's key has never signed anything: no first use to go by; the trust directory says gw-02
         r = post(c, chain(B, "gw-01", 1, 1)[0])
@@ -195,7 +195,7 @@ def test_cli_receiver_refuses_unbound_keys_with_require_bound_keys(tmp_path, key
     trust = bound_trust(tmp_path, keys)
     write_jwk(trust / f"{keys['C'][1].kid}.jwk", keys["C"][1])   # one legacy unbound key
     store = tmp_path / "rx.sqlite"
-    res = subprocess.run([sys.executable, "-m", "gateway.receiver", "--listen", "127.0.0.1:0", "--store", str(store),
+    res = subprocess.run([sys.executable, "-m", "gateway.regulator.receiver", "--listen", "127.0.0.1:0", "--store", str(store),
                           "--trust", str(trust), "--require-bound-keys"], cwd=ROOT, capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 2 and "key is not bound to a gateway" in res.stderr, res.stderr
@@ -495,7 +495,7 @@ async def test_oversized_bodies_are_refused_in_bounded_memory_and_the_honest_gat
     A = keys["A"][1]
     cert, key = make_self_signed(tmp_path / "tls")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.receiver", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "rx.sqlite"),
+        [sys.executable, "-m", "gateway.regulator.receiver", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "rx.sqlite"),
          "--trust", str(trust), "--cert", str(cert), "--key", str(key)],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

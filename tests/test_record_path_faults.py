@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signing import keygen
+from gateway.chain.signing import keygen
 from hil.bench.record_stall import LOCK_HOLDER
 from hil.tank_plc import TankPlc
 from conftest import tank_overfill_config, wait_exit, wait_for
@@ -347,7 +347,7 @@ async def test_a_batch_refused_without_a_signed_rejection_is_held_under_the_upli
     without a rejection signed by uplink.receiver_key: the daemon holds the batch (nothing set aside, no
     tombstone), raises system.UPLINK 数据上传故障 with the reason, and once the receiver accepts the same
     batch the alarm clears and the stored bytes are delivered."""
-    from gateway.receiver import BackgroundReceiver, ReceiverLimits
+    from gateway.regulator.receiver import BackgroundReceiver, ReceiverLimits
 
     plc = await quiet_plc()
     key, trust = make_keys(tmp_path)
@@ -364,8 +364,8 @@ uplink:
   interval_ms: 100
 """
     from gateway.config import load_config
-    from gateway.gateway import Gateway
-    from gateway.signing import Signer
+    from gateway.runtime.gateway import Gateway
+    from gateway.chain.signing import Signer
     gw = Gateway(load_config(write_config(tmp_path, plc.port, extra=uplink)), Signer.from_file(key))
     assert set(gw._build_forwarder().receiver_key) == {rx_kid}   # the one key whose rejections count
     proc = None
@@ -438,7 +438,7 @@ async def test_a_chain_conflict_at_the_receiver_raises_the_uplink_alarm(tmp_path
     only the log did."""
     import shutil
 
-    from gateway.receiver import BackgroundReceiver
+    from gateway.regulator.receiver import BackgroundReceiver
 
     plc = await quiet_plc()
     _, trust = make_keys(tmp_path)

@@ -1,4 +1,4 @@
-"""Signed batch rejections (gateway.rejection): the receiver signs the content refusals it can name, over
+"""Signed batch rejections (gateway.chain.rejection): the receiver signs the content refusals it can name, over
 real HTTPS; the gateway's uplink.receiver_key is checked by `check` as one FILE:LINE:COL line; person-made
 mistakes with the receiver's --signing-key end in one line, never a traceback."""
 
@@ -15,10 +15,10 @@ import pytest
 
 from gateway.config import check_secrets, load_config
 from gateway.model import Quality, Reading
-from gateway.receiver import BackgroundReceiver, ReceiverLimits
-from gateway.rejection import (MAX_REJECTION_CHARS, REJECTION_JWS_TYP, REJECTION_TYP, RejectionError,
+from gateway.regulator.receiver import BackgroundReceiver, ReceiverLimits
+from gateway.chain.rejection import (MAX_REJECTION_CHARS, REJECTION_JWS_TYP, REJECTION_TYP, RejectionError,
                                body_sha256, load_receiver_key, rejection_claims, sign_rejection, verify_rejection)
-from gateway.signing import KeyFileError, Signer, b64url_encode, build_payload, decode_unverified, keygen
+from gateway.chain.signing import KeyFileError, Signer, b64url_encode, build_payload, decode_unverified, keygen
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,7 +185,7 @@ def test_check_reports_a_bad_receiver_key_as_one_line(tmp_path: Path, what: str,
     assert line.startswith(f"{site}:6:17: uplink.receiver_key: ") and want in line, line
 
 
-@pytest.mark.parametrize("entry", [["-m", "gateway.cli", "receiver"], ["-m", "gateway.receiver"]])
+@pytest.mark.parametrize("entry", [["-m", "gateway.cli", "receiver"], ["-m", "gateway.regulator.receiver"]])
 def test_receiver_signing_key_mistakes_are_one_line(tmp_path: Path, setup, entry: list[str]) -> None:
     _, trust, rx_pem, _, rx_jwk = setup
     loose = tmp_path / "loose.pem"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
-from gateway.reload import reload_from_file
-from gateway.signing import Signer, keygen
+from gateway.runtime.gateway import Gateway
+from gateway.runtime.reload import reload_from_file
+from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
 
 pytestmark = pytest.mark.timeout(90)
@@ -117,7 +117,7 @@ async def test_a_reload_that_cannot_be_applied_keeps_the_uploader_and_the_next_r
     capacity check) and an uplink.ca_file of garbage (the new uploader failed after the old one was stopped,
     so uploads ended without an alarm). Each is refused with FILE:LINE or the file named, the running
     uploader goes on, and a later good reload is applied."""
-    from gateway.receiver import BackgroundReceiver
+    from gateway.regulator.receiver import BackgroundReceiver
 
     caplog.set_level(logging.INFO, logger="hazard_gateway")
     plc = TankPlc()

@@ -1,4 +1,4 @@
-"""SIGHUP reload (gateway.reload) and the safety state: a tripped or bypassed interlock cannot be dropped by
+"""SIGHUP reload (gateway.runtime.reload) and the safety state: a tripped or bypassed interlock cannot be dropped by
 a reload, and the swap keeps the poll/safety gap short even when the uplink hangs.
 
 A Gateway runs in this process against the HIL tank PLC (hil.tank_plc.TankPlc, pymodbus TCP); the
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
-from gateway.reload import reload_from_file
-from gateway.signing import Signer, keygen
+from gateway.runtime.gateway import Gateway
+from gateway.runtime.reload import reload_from_file
+from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
 
 pytestmark = pytest.mark.timeout(90)

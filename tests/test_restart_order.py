@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.verify import verify_files
+from gateway.regulator.verify import verify_files
 from hil.rig import (GatewayProc, ReceiverProc, drained, integrity, make_keys, payload, receiver_batches,
                      receiver_readings, store_readings, tank_plc_config)
 from hil.tank_plc import TankPlc

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.gateway import Gateway
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
-from gateway.report import ReportFilter, ReportRule
-from gateway.store import Store
+from gateway.record.report import ReportFilter, ReportRule
+from gateway.record.store import Store
 from conftest import sql_rows as rows
 
 T0 = 1_760_000_000.0
@@ -65,8 +65,8 @@ def test_C16_stop_polling_keeps_everything_stored_and_records_the_refusal(tmp_pa
 
 
 def test_C16_stop_polling_frees_only_acked_records_past_the_floor(tmp_path: Path) -> None:
-    from gateway.batches import Batcher
-    from gateway.signing import Signer, keygen
+    from gateway.record.batches import Batcher
+    from gateway.chain.signing import Signer, keygen
 
     keygen(tmp_path / "k")
     signer = Signer.from_file(tmp_path / "k" / "private.pem")
@@ -134,7 +134,7 @@ def cfg_text(max_bytes: int, ntags: int = 10, on_full: str = "drop_oldest", extr
 @pytest.mark.e2e
 def test_C16_check_refuses_a_max_bytes_that_cannot_hold_the_retention_floor(tmp_path: Path) -> None:
     from gateway.config import ConfigError
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
     keygen(tmp_path / "k")
     f = tmp_path / "g.yaml"
     f.write_text(cfg_text(50 * 1024 * 1024))              # 10 tags at 1 Hz for 30 days: ~2.6 GB needed

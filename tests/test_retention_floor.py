@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-import gateway.store as store_mod
+import gateway.record.store as store_mod
 from gateway.config import ConfigError, load_config
 from gateway.model import Quality, Reading, rfc3339
-from gateway.store import Store
+from gateway.record.store import Store
 from conftest import sql_rows as rows
 
 DAY = 86400.0
@@ -90,8 +90,8 @@ def test_drop_oldest_keeps_readings_younger_than_the_floor_and_stops_taking_new_
 
 def test_drop_oldest_frees_acked_then_unsent_telemetry_then_events_past_the_floor_never_younger(
         tmp_path: Path) -> None:
-    from gateway.batches import Batcher
-    from gateway.signing import Signer, keygen
+    from gateway.record.batches import Batcher
+    from gateway.chain.signing import Signer, keygen
 
     keygen(tmp_path / "k")
     signer = Signer.from_file(tmp_path / "k" / "private.pem")
@@ -192,7 +192,7 @@ WAIVER = '  retention_floor: {waive: true, reason: "lab bench: simulated devices
 
 
 def write_cfg(tmp_path: Path, max_bytes: int = SMALL, days: str = "30", floor: str = "") -> Path:
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
     if not (tmp_path / "k").exists():
         keygen(tmp_path / "k")
     tags = "".join(f"      - {{name: T{i}, address: {30001 + 2 * i}, type: float32}}\n" for i in range(10))
@@ -262,7 +262,7 @@ def test_check_refuses_retention_days_below_30_unless_waived(tmp_path: Path) -> 
 
 @pytest.mark.e2e
 async def test_each_gateway_start_with_a_waiver_records_a_retention_floor_waived_event(tmp_path: Path) -> None:
-    from gateway.gateway import Gateway
+    from gateway.runtime.gateway import Gateway
 
     f = write_cfg(tmp_path, floor=WAIVER)
     db = tmp_path / "state" / "store.sqlite"

@@ -1,4 +1,4 @@
-"""Safety state across restarts (gateway.safety_state): a restart is not a reset.
+"""Safety state across restarts (gateway.safety.safety_state): a restart is not a reset.
 
 Unit tests of InterlockEngine / AlarmEngine export_state() / restore_state() and of the state file;
 then a real daemon process over the HIL tank PLC: trip on HH, SIGKILL, restart -> still tripped (the
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alarms import AlarmActionError, AlarmEngine, LimitSpec, TagAlarmConfig
-from gateway.interlocks import InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction
+from gateway.safety.alarms import AlarmActionError, AlarmEngine, LimitSpec, TagAlarmConfig
+from gateway.safety.interlocks import InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Quality, Reading
-from gateway.safety_state import SafetyStateError, SafetyStatePersister, load, write_atomic
+from gateway.safety.safety_state import SafetyStateError, SafetyStatePersister, load, write_atomic
 from conftest import wait_exit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,7 +304,7 @@ def _epoch(rfc3339_ts: str) -> float:
 
 
 async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
     from hil.tank_plc import TankPlc
 
     plc = TankPlc()

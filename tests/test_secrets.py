@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, check_secrets, load_config
-from gateway.logutil import OneLineFormatter, redact
-from gateway.signing import keygen
+from gateway.ops.logutil import OneLineFormatter, redact
+from gateway.chain.signing import keygen
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def test_run_refuses_before_starting(site: Path):
 
 @pytest.mark.e2e
 def test_check_refuses_a_symlinked_signing_key_as_run_does(site: Path):
-    """run opens the signing key with O_NOFOLLOW (gateway.signing.Signer.from_file): check must not pass a
+    """run opens the signing key with O_NOFOLLOW (gateway.chain.signing.Signer.from_file): check must not pass a
     key file that run then refuses; both say so as the same FILE:LINE:COL line before anything starts."""
     keys = site.parent / "keys"
     (keys / "private.pem").rename(keys / "real.pem")   # still 0600: only the link is wrong

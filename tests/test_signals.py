@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from gateway.demo import REPO_CONFIG, _free_port, _render_config, _wait_port
-from gateway.signing import keygen
+from gateway.ops.demo import REPO_CONFIG, _free_port, _render_config, _wait_port
+from gateway.chain.signing import keygen
 from gateway.tlsutil import make_self_signed
 from hil.farm import TankFarm
 
@@ -304,11 +304,11 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
 
 
 def test_every_gateway_attribute_is_classified_for_reload(tmp_path):
-    """A reload swaps one attribute, the Plant built from the new config (gateway.build), and keeps the
-    Gateway's live parts (gateway.gateway.LIVE). A new attribute must be put in LIVE or in the Plant, or a
+    """A reload swaps one attribute, the Plant built from the new config (gateway.runtime.build), and keeps the
+    Gateway's live parts (gateway.runtime.gateway.LIVE). A new attribute must be put in LIVE or in the Plant, or a
     SIGHUP would silently keep a stale part (or drop live state)."""
     from gateway.config import load_config
-    from gateway.gateway import LIVE, Gateway
+    from gateway.runtime.gateway import LIVE, Gateway
 
     keygen(tmp_path / "keys")
     cfg = tmp_path / "g.yaml"
@@ -317,5 +317,5 @@ def test_every_gateway_attribute_is_classified_for_reload(tmp_path):
                    "     tags: [{name: a, address: 30001, type: uint16}]}\n")
     gw = Gateway(load_config(cfg))
     unclassified = set(vars(gw)) - {"plant"} - LIVE
-    assert not unclassified, f"classify in gateway/gateway.py LIVE, or build it in the Plant: {sorted(unclassified)}"
+    assert not unclassified, f"classify in gateway/runtime/gateway.py LIVE, or build it in the Plant: {sorted(unclassified)}"
     assert "plant" not in LIVE

@@ -1,4 +1,4 @@
-"""gateway.signing: keys, JWS format and verification, checked against jwcrypto (independent JOSE library)."""
+"""gateway.chain.signing: keys, JWS format and verification, checked against jwcrypto (independent JOSE library)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
 
 from gateway.model import Quality, Reading
-from gateway.signing import (JWS_TYP, BatchError, KeyFileError, Signer, b64url_decode, b64url_encode,
+from gateway.chain.signing import (JWS_TYP, BatchError, KeyFileError, Signer, b64url_decode, b64url_encode,
                              build_payload, chain_hash, keygen, load_trust_dir, verify_batch)
 
 TS = "2025-03-01T08:00:00.000Z"

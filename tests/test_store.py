@@ -1,4 +1,4 @@
-"""gateway.store: durability, corrupt/locked database (C17), bounded buffer (C16)."""
+"""gateway.record.store: durability, corrupt/locked database (C17), bounded buffer (C16)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.model import Quality, Reading, TimeSource
-from gateway.store import Store
+from gateway.record.store import Store
 from conftest import sql_rows as rows
 
 T0 = 1_760_000_000.0
@@ -209,7 +209,7 @@ def test_C16_max_bytes_drops_oldest_telemetry_first(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from gateway.store import Store
+    from gateway.record.store import Store
     st = Store(sys.argv[1], commit_interval_s=0.02).open()
     i = 0
     print("ready", flush=True)
@@ -310,7 +310,7 @@ def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_p
     import subprocess
     import sys
 
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
 
     root = Path(__file__).resolve().parents[1]
     keygen(tmp_path / "k")
@@ -358,7 +358,7 @@ def test_E1_store_path_that_cannot_be_created_is_one_line_in_run_and_check(tmp_p
 def test_a_directory_where_the_store_file_should_be_is_refused_not_moved_aside(tmp_path: Path) -> None:
     """A directory at the store's path is no corrupt database: open() refuses it in one line (the gateway's
     record supervisor alarms and retries) and leaves it where it is, rather than renaming it as corrupt."""
-    from gateway.store import StoreError
+    from gateway.record.store import StoreError
 
     path = tmp_path / "store.sqlite"
     path.mkdir()

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.batches import Batch, Batcher
-from gateway.chain_position import ChainPosition, ChainPositionError, position_path
+from gateway.record.batches import Batch, Batcher
+from gateway.record.chain_position import ChainPosition, ChainPositionError, position_path
 from gateway.model import Quality, Reading, rfc3339
-from gateway.receiver import BackgroundReceiver, export_batches
-from gateway.signing import chain_hash, decode_unverified
-from gateway.store import Store, StoreError, is_corruption
-from gateway.uplink import Forwarder, HttpsUplink
-from gateway.verify import run_verify
+from gateway.regulator.receiver import BackgroundReceiver, export_batches
+from gateway.chain.signing import chain_hash, decode_unverified
+from gateway.record.store import Store, StoreError, is_corruption
+from gateway.record.uplink import Forwarder, HttpsUplink
+from gateway.regulator.verify import run_verify
 from conftest import run_forwarder
 
 T0 = 1_760_000_000.0

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.health import Health, poll_limits, status_line, store_writer_check, watchdog_interval_s
-from gateway.signing import keygen
-from gateway.store import Store
+from gateway.runtime.health import Health, poll_limits, status_line, store_writer_check, watchdog_interval_s
+from gateway.chain.signing import keygen
+from gateway.record.store import Store
 from hil.tank_plc import TankPlc
 from notify_socket import NotifySocket
 from conftest import wait_exit as _wait_exit
@@ -292,7 +292,7 @@ def test_install_service_lays_everything_and_is_idempotent(tmp_path):
 
 
 def test_install_service_custom_config_dir_and_starter_template_passes_check(tmp_path, monkeypatch):
-    import gateway.install as inst
+    import gateway.ops.install as inst
 
     monkeypatch.setattr(inst, "EXAMPLE_SITE", tmp_path / "absent.yaml")  # the built-in template path
     lines = inst.install_service(str(tmp_path), "/srv/hg", exec_path="/opt/hazard-gateway/bin/hazard-gateway")

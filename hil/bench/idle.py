@@ -106,7 +106,7 @@ def _config(tags: int, poll_ms: int, port: int, wd: Path, receiver_url: str, ca:
 
 
 async def _run_one(tags: int, poll_ms: int, duration_s: float, warmup_s: float, wd: Path) -> dict[str, Any]:
-    from gateway.signing import keygen
+    from gateway.chain.signing import keygen
     from gateway.tlsutil import make_self_signed
 
     keygen(wd / "keys")

@@ -56,7 +56,7 @@ c.execute("ROLLBACK")
 async def _run(tags: int, poll_ms: int, baseline_s: float, stall_s: float, interlocks: int,
                seed: int) -> dict[str, Any]:
     from gateway.config import load_config
-    from gateway.gateway import Gateway
+    from gateway.runtime.gateway import Gateway
 
     logging.getLogger("hazard_gateway").setLevel(logging.CRITICAL)
     rng = random.Random(seed)

@@ -231,7 +231,7 @@ def _r(x: float | None) -> float | None:
 
 async def _run(tags: int, poll_ms: int, duration_s: float, interlocks: int, seed: int) -> dict[str, Any]:
     from gateway.config import load_config
-    from gateway.gateway import Gateway
+    from gateway.runtime.gateway import Gateway
 
     logging.getLogger("hazard_gateway").setLevel(logging.WARNING)
     rng = random.Random(seed)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Quality, Reading, rfc3339
-from gateway.store import Store
+from gateway.record.store import Store
 
 TAGS = [f"T{i:03d}.value" for i in range(10)]
 

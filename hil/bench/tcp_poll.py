@@ -6,7 +6,7 @@ fast as each can, for the same time, in alternating slices (A B A B) so that
 machine noise hits both alike:
 
 * gateway: :class:`drivers.modbus.ModbusDevice` on a :class:`TcpLink`, as
-  gateway.gateway.build_devices makes it (block planner, 125 registers per
+  gateway.runtime.gateway.build_devices makes it (block planner, 125 registers per
   request, float32 ABCD decode, one :class:`Reading` per tag, quality);
 * ceiling: ``AsyncModbusTcpClient.read_input_registers`` over exactly the
   blocks the planner chose, results discarded (no decode): the cost of the

@@ -1,0 +1,508 @@
+"""Operator actions over a local unix socket: ack, reset, shelve, unshelve, bypass, silence, status.
+
+Protocol: a unix stream socket (default ``state_dir/control.sock``), one JSON object per line each
+way. A request is ``{"action": ..., ...}``; the answer is ``{"ok": true, "message": ..., ...}`` or
+``{"ok": false, "error": "<one line>"}``. Requests and their fields:
+
+=========  ============================================  =====================================
+action     fields                                        does
+=========  ============================================  =====================================
+status     -                                             the status snapshot (``status`` key)
+ack        id, reason?                                   AlarmEngine.ack (ISA-18.2 acknowledge)
+reset      target (alarm id or interlock), reason?       InterlockEngine.reset / AlarmEngine.reset
+shelve     id, minutes, reason (required)                AlarmEngine.shelve (ISA-18.2 shelving)
+unshelve   id, reason?                                   AlarmEngine.unshelve
+bypass     interlock, minutes, reason (required), end?   InterlockEngine.bypass / end_bypass
+silence    reason?                                       silence horns (GB 16808: a new alarm
+                                                         sounds again)
+=========  ============================================  =====================================
+
+Who may act is decided by the operating system: the socket file gets ``control.mode`` (0660)
+and ``control.group``, so only the daemon's user and members of that group can connect. The
+server identifies the peer with SO_PEERCRED (unix(7)): uid -> user name via pwd. A user name sent
+by the client is never read. Every action, accepted or refused, is an event
+``{"type": "operator", "action", "target", "user", "uid", "pid", "reason", "result", "error"}`` in
+the store (persisted and uploaded); the alarm / interlock transitions it causes are events too,
+carrying the same user and reason (ISA-18.2 / IEC 62682 audit trail).
+
+The handlers run on the gateway's event loop and touch only memory (alarm, interlock and output
+state), except ``status``, which reads store counters in a thread with a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from gateway.safety.alarms import AlarmActionError
+from gateway.safety.interlocks import InterlockActionError
+from gateway.model import rfc3339
+
+log = logging.getLogger("hazard_gateway.control")
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 64 * 1024
+REQUEST_TIMEOUT_S = 10.0
+STORE_STATS_TIMEOUT_S = 2.0
+ACTIONS = ("status", "ack", "reset", "shelve", "unshelve", "bypass", "silence")
+#: exit codes of the client commands
+EXIT_OK, EXIT_REFUSED, EXIT_NOT_RUNNING = 0, 1, 2
+
+
+class ControlError(Exception):
+    """A client-side failure; ``exit_code`` 1 (refused / not permitted) or 2 (daemon not running)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def socket_path(cfg: Any) -> Path:
+    """The control socket of a LoadedConfig: control.socket (relative to the config file) or state_dir/control.sock."""
+    p = cfg.model.control.socket
+    return cfg.resolve(p) if p else cfg.state_dir / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _sun_path(path: Path) -> Iterator[str]:
+    """A name for bind/connect that fits sockaddr_un (108 bytes, unix(7)): a long path is reached
+    through /proc/self/fd/N/NAME of its directory (Linux)."""
+    s = os.fspath(path)
+    if len(os.fsencode(s)) < 100:
+        yield s
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def peer_user(sock: socket.socket) -> tuple[str, int, int]:
+    """(user name, uid, pid) of the process at the other end of a unix socket (SO_PEERCRED, unix(7)).
+
+    The name comes from the password database; an unknown uid reads "uid N"."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return name, uid, pid
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return (str(msg).splitlines() or [type(exc).__name__])[0]
+
+
+# --------------------------------------------------------------------------- server
+
+class ControlStartError(Exception):
+    """The control socket could not be created (one line naming the path)."""
+
+
+class ControlServer:
+    """The daemon side. gw: the running gateway.Gateway. path: socket file. mode: permission bits.
+    group: group name owning the socket (None: the daemon's). max_shelve_s: longest shelve.
+
+    start() raises ControlStartError (one line) when the socket cannot be made: another daemon
+    listens on it, the path exists and is no socket, the group is unknown or not ours to give."""
+
+    def __init__(self, gw: Any, path: Path, mode: int = 0o660, group: str | None = None,
+                 max_shelve_s: float = 8 * 3600.0) -> None:
+        self.gw = gw
+        self.path = Path(path)
+        self.mode = mode
+        self.group = group
+        self.max_shelve_s = max_shelve_s
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task] = set()
+        self.requests = 0
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        gid = -1
+        if self.group is not None:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise ControlStartError(f"control socket {self.path}: group {self.group!r} does not exist") from None
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _sun_path(self.path) as name:
+                sock.bind(name)  # not listening yet: nobody can connect before mode and group are set
+                os.chmod(name, self.mode)
+                if gid != -1:
+                    os.chown(name, -1, gid)
+            sock.listen(16)
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise ControlStartError(f"control socket {self.path}: {exc.strerror or exc}") from None
+        log.info("control socket %s (mode %04o%s)", self.path, self.mode, f", group {self.group}" if self.group else "")
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlStartError(f"control socket {self.path}: exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            with _sun_path(self.path) as name:
+                probe.connect(name)
+        except OSError:
+            self.path.unlink()  # left behind by a daemon that died: nobody listens
+            return
+        finally:
+            probe.close()
+        raise ControlStartError(f"control socket {self.path}: another gateway is listening on it")
+
+    async def close(self) -> None:
+        """Stop accepting, drop open connections, remove the socket file; idempotent."""
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._conns):
+                t.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        try:
+            user, uid, pid = peer_user(writer.get_extra_info("socket"))
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await self._send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    return
+                if not line:
+                    return
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    await self._send(writer, {"ok": False, "error": f"bad request (one JSON object per line): {exc}"})
+                    continue
+                self.requests += 1
+                await self._send(writer, await self.handle(req, user, uid, pid))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if task is not None:
+                self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+        writer.write(json.dumps(obj, default=str).encode() + b"\n")
+        await writer.drain()
+
+    # ---- actions ----
+
+    async def handle(self, req: dict[str, Any], user: str, uid: int = -1, pid: int = 0) -> dict[str, Any]:
+        """Answer one request for ``user`` (already authenticated by SO_PEERCRED). Never raises."""
+        action = req.get("action")
+        if action == "status":
+            return {"ok": True, "status": await snapshot(self.gw)}
+        if action not in ACTIONS:
+            return {"ok": False, "error": f"unknown action {action!r}; one of {', '.join(ACTIONS)}"}
+        reason = req.get("reason")
+        reason = str(reason).strip() if reason is not None and str(reason).strip() else None
+        target = req.get("id") or req.get("target") or req.get("interlock")
+        try:
+            message = self._act(action, req, target, user, reason)
+        except (AlarmActionError, InterlockActionError, KeyError, ValueError, TypeError) as exc:
+            error = _one_line(exc)
+            self._audit(action, target, user, uid, pid, reason, "refused", error, req)
+            return {"ok": False, "error": error}
+        self._audit(action, target, user, uid, pid, reason, "ok", None, req)
+        return {"ok": True, "message": message, "user": user}
+
+    def _audit(self, action: str, target: Any, user: str, uid: int, pid: int, reason: str | None, result: str,
+               error: str | None, req: dict[str, Any]) -> None:
+        rec = {"type": "operator", "action": action, "target": target, "user": user, "uid": uid, "pid": pid,
+               "reason": reason, "result": result, "error": error, "ts": rfc3339(time.time())}
+        if "minutes" in req:
+            rec["minutes"] = req.get("minutes")
+        self.gw.log_event(rec)
+
+    def _events(self, events: list[Any]) -> None:
+        for e in events:
+            if e is not None:
+                self.gw.log_event(e.to_record())
+
+    @staticmethod
+    def _minutes(req: dict[str, Any]) -> float:
+        try:
+            m = float(req.get("minutes"))
+        except (TypeError, ValueError):
+            raise ValueError("minutes must be a number") from None
+        if not m > 0:
+            raise ValueError(f"minutes must be > 0, got {m:g}")
+        return m
+
+    def _act(self, action: str, req: dict[str, Any], target: Any, user: str, reason: str | None) -> str:
+        gw = self.gw
+        now = time.monotonic()
+        if action == "silence":
+            ann = getattr(gw, "annunciators", None)
+            n = ann.silence(user, reason) if ann is not None else 0
+            return f"silenced {n} sounding alarm(s)" if n else "nothing sounding"
+        if not target or not isinstance(target, str):
+            raise ValueError(f"{action}: which alarm or interlock? (give its id)")
+        interlocks = {s["name"] for s in gw.interlocks.status()}
+        if action == "ack":
+            self._events(gw.alarms.ack(target, user, reason, now_mono=now))
+            return f"{target} acknowledged"
+        if action == "reset":
+            if target in interlocks:
+                cmds, events = gw.interlocks.reset(target, user, reason, alarms=gw.alarms, now_mono=now)
+                self._events(events)
+                if cmds:
+                    gw.outputs.apply(cmds)
+                return f"interlock {target} reset" + (f"; writing {', '.join(c.tag for c in cmds)}" if cmds else
+                                                      "; outputs stay in the safe state until restarted locally")
+            self._events(gw.alarms.reset(target, user, reason, now_mono=now))
+            return f"{target} reset"
+        if action == "shelve":
+            if reason is None:
+                raise ValueError(f"{target}: shelve needs a reason")
+            minutes = self._minutes(req)
+            feeds = interlocks_fed_by(gw, target)
+            if feeds:
+                raise ValueError(
+                    f"{target} is an input of interlock {', '.join(feeds)}: shelving it would quiet the annunciator "
+                    f"while the interlock can still trip; bypass the interlock first (hazard-gateway bypass "
+                    f"{feeds[0]} --reason ...), with its own reason")
+            self._events(gw.alarms.shelve(target, user, reason, minutes * 60.0, self.max_shelve_s, now_mono=now))
+            return f"{target} shelved for {minutes:g} min"
+        if action == "unshelve":
+            self._events(gw.alarms.unshelve(target, user, reason, now_mono=now))
+            return f"{target} unshelved"
+        if action == "bypass":
+            if target not in interlocks:
+                raise KeyError(f"no interlock {target!r}")
+            if req.get("end"):
+                self._events([gw.interlocks.end_bypass(target, user, reason, now_mono=now)])
+                return f"bypass of {target} ended"
+            if reason is None:
+                raise ValueError(f"interlock {target}: bypass needs a reason")
+            minutes = self._minutes(req)
+            self._events([gw.interlocks.bypass(target, user, reason, minutes * 60.0, now_mono=now)])
+            return f"interlock {target} bypassed for {minutes:g} min"
+        raise ValueError(f"unknown action {action!r}")
+
+
+def interlocks_fed_by(gw: Any, alarm_id: str) -> list[str]:
+    """The interlocks, not bypassed, that alarm ``alarm_id`` (f"{tag}.{condition}") is a voting input of.
+
+    Shelving such an alarm (ISA-18.2 shelving) would silence the operator's annunciation of a condition
+    that still trips the plant: the operator would see a trip without its cause. It is refused unless the
+    interlock is bypassed first, which is its own audited action with its own reason (docs/design.md,
+    Fail safe, Bypass)."""
+    bypassed = {s["name"] for s in gw.interlocks.status() if s.get("state") == "bypassed"}
+    out = []
+    for il in gw.cfg.model.interlocks:
+        if il.name not in bypassed and any(f"{i.tag}.{i.condition}" == alarm_id for i in il.inputs):
+            out.append(il.name)
+    return out
+
+
+# --------------------------------------------------------------------------- status snapshot
+
+async def snapshot(gw: Any) -> dict[str, Any]:
+    """Gateway.status() plus link states, heartbeats, annunciators and hidden (shelved) alarms.
+
+    Store counters come from SQLite in a thread, bounded by STORE_STATS_TIMEOUT_S (a locked store
+    reads {"error": ...} instead of delaying the answer)."""
+    try:
+        stats = await asyncio.wait_for(asyncio.to_thread(gw.store.stats), STORE_STATS_TIMEOUT_S)
+    except (asyncio.TimeoutError, TimeoutError):
+        stats = {"error": f"store busy (no answer within {STORE_STATS_TIMEOUT_S:g} s)"}
+    except Exception as exc:
+        stats = {"error": _one_line(exc)}
+    snap = gw.status(stats)
+    devices = {name: dict(d) for name, d in (snap.get("devices") or {}).items()}  # copies: never the live counters
+    for dev in gw.devices:
+        devices.setdefault(dev.name, {}).update(dev.link_state())
+    snap["devices"] = devices
+    snap["alarms_hidden"] = [a.to_record() for a in gw.alarms.active(include_hidden=True) if a.state != a.base_state]
+    hbs = getattr(gw, "heartbeats", None) or []
+    snap["heartbeats"] = [h.status() for h in hbs]
+    ann = getattr(gw, "annunciators", None)
+    snap["annunciators"] = ann.status() if ann is not None else []
+    return snap
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """The status snapshot as text for a terminal (one section per part; alarms in priority order,
+    level 2 before level 1, toxic before combustible, then time; '*' marks first-out). Below the list:
+    the disabled gas points (屏蔽, GB 16808) and, per first-out group, the first alarm and the later alarms
+    in time order (GB 16808-2008 5.3)."""
+    out: list[str] = []
+    w = out.append
+    w(f"gateway {s.get('gateway_id')}  up {s.get('uptime_s')} s  config {str(s.get('config_hash'))[:12]}  "
+      f"at {s.get('time')}")
+    w("")
+    w("DEVICES")
+    for name, d in (s.get("devices") or {}).items():
+        err = f"  ({d['error']})" if d.get("error") and d.get("state") != "up" else ""
+        w(f"  {name:<14} {d.get('protocol', ''):<11} link {d.get('state', '?'):<5} polls {d.get('polls', 0):<7} "
+          f"bad readings {d.get('bad', 0)}{err}")
+    w("")
+    w("TAGS")
+    for tag, t in (s.get("tags") or {}).items():
+        reason = f"  {t['reason']}" if t.get("reason") else ""
+        w(f"  {tag:<18} {_fmt_value(t.get('value')):>10} {t.get('unit') or '':<7} {t.get('quality'):<9} "
+          f"age {t.get('age_s')} s{reason}")
+    alarms = s.get("alarms") or []
+    w("")
+    w(f"ALARMS ({len(alarms)} active; * first-out)")
+    for a in alarms:
+        lvl = f" L{a['level']}" if a.get("level") else ""
+        detail = f"value {_fmt_value(a.get('value'))} limit {_fmt_value(a.get('limit'))}" if a.get("limit") is not None \
+            else (a.get("reason") or "")
+        w(f"  {'*' if a.get('first_out') else ' '} {a['id']:<22} {a['state']:<11} P{a['priority']}{lvl:<3} "
+          f"{detail}  since {a.get('since') or '-'}")
+    hidden = s.get("alarms_hidden") or []
+    if hidden:
+        w(f"  hidden: " + ", ".join(f"{a['id']} ({a['state']}"
+                                     + (f" until {a['shelved_until']}" if a.get("shelved_until") else "") + ")"
+                                     for a in hidden))
+    pd = s.get("points_disabled") or {}
+    if pd.get("active"):  # GB 16808 屏蔽: disabled gas points are shown and counted
+        w(f"  POINTS DISABLED (屏蔽): {pd.get('count')} gas point(s): {', '.join(pd.get('points') or [])}")
+    for g in s.get("alarm_sequence") or []:  # GB 16808: the first alarm, then later alarms in time order
+        w(f"  group {g['group']}: first alarm, then later alarms in time order ({g.get('count')} activation(s))")
+        for i, a in enumerate(g.get("alarms") or [], 1):
+            lvl = f" L{a['level']}" if a.get("level") else ""
+            w(f"    {i:>3}. {'*' if a.get('first_out') else ' '} {a['id']:<22} at {a['since']}  {a['state']:<11}"
+              f" P{a['priority']}{lvl}")
+    w("")
+    w("INTERLOCKS")
+    for il in s.get("interlocks") or []:
+        v = il.get("votes") or {}
+        votes = f"votes {v.get('process', 0)} alarm + {v.get('fault', 0)} fault, {v.get('needed')} of {v.get('of')}" \
+            if v else "not evaluated"
+        cause = f" ({il['cause']})" if il.get("cause") else ""
+        w(f"  {il['name']:<18} {il['state']}{cause:<10} {il['vote']}  {votes}"
+          + ("  DEGRADED" if il.get("degraded") else ""))
+        b = il.get("bypass")
+        if b:
+            w(f"    BYPASSED by {b['user']} until {b['until']}: {b['reason']}")
+    w("")
+    w("OUTPUTS")
+    for o in s.get("outputs") or []:
+        state = "confirmed" if o.get("confirmed") else ("FAULT" if o.get("fault") else "unconfirmed")
+        err = f"  {o['last_error']}" if o.get("last_error") and not o.get("confirmed") else ""
+        w(f"  {o['tag']:<18} commanded {o.get('commanded')!s:<6} {state}{err}")
+    for h in s.get("heartbeats") or []:
+        w(f"  heartbeat {h['device']} {h['address']} ({h['mode']} every {h['interval_ms']} ms): "
+          f"value {h['value']}, {h['state']}" + (f" ({h['last_error']})" if h.get("last_error") else "")
+          + (f" ({h['held_reason']})" if h.get("held_reason") else ""))
+    for an in s.get("annunciators") or []:
+        w(f"  {an['kind']} {an['output']}: {an['mode']}"
+          + (f", silenced {an['silenced']}" if an.get("silenced") else "")
+          + ("" if an.get("confirmed", True) else f", UNCONFIRMED ({an.get('last_error')})"))
+    st = s.get("store") or {}
+    w("")
+    if "error" in st:
+        w(f"STORE  {st['error']}")
+    else:
+        w(f"STORE  queue {st.get('queue_depth')}  readings {st.get('readings_total')}  unsent "
+          f"{st.get('readings_unsent')}  oldest unsent {st.get('oldest_unsent_ts') or '-'}  dropped {st.get('dropped')}"
+          + (f"  WRITER ERROR {st['writer_error']}" if st.get("writer_error") else ""))
+    rec = s.get("record_path") or {}
+    if rec.get("store"):
+        w(f"STORE  FAULT {rec['store']}")
+    up = s.get("uplink")
+    if rec.get("uplink"):
+        w(f"UPLINK FAULT {rec['uplink']}")
+    if up is None:
+        w("UPLINK none configured")
+    else:
+        state = "ok" if not up.get("consecutive_failures") else f"failing x{up['consecutive_failures']}"
+        w(f"UPLINK {state}  sent {up.get('sent')}  last acked seq {st.get('last_acked_seq')}"
+          + (f"  last error {up['last_error']}" if up.get("last_error") and up.get("consecutive_failures") else ""))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- client
+
+def request(path: str | os.PathLike[str], req: dict[str, Any], timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    """Send one request to the daemon at ``path`` and return its answer (a dict with "ok").
+
+    Raises ControlError: exit_code 2 when the daemon is not running (socket missing or nobody
+    listening) or does not answer; exit_code 1 when the socket's mode/group does not let us in."""
+    p = Path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            with _sun_path(p) as name:
+                sock.connect(name)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"the gateway is not running (no one listens on {p})", EXIT_NOT_RUNNING) from None
+        except PermissionError:
+            raise ControlError(f"not permitted to use {p} (the socket's mode and group decide who may act; "
+                               "ask to be added to its group)", EXIT_REFUSED) from None
+        except OSError as exc:
+            raise ControlError(f"cannot reach the gateway at {p}: {exc.strerror or exc}", EXIT_NOT_RUNNING) from None
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except (socket.timeout, TimeoutError):
+            raise ControlError(f"the gateway did not answer within {timeout_s:g} s ({p})", EXIT_NOT_RUNNING) from None
+        except OSError as exc:
+            raise ControlError(f"connection to the gateway lost: {exc.strerror or exc}", EXIT_NOT_RUNNING) from None
+    finally:
+        sock.close()
+    try:
+        ans = json.loads(buf)
+    except ValueError:
+        raise ControlError(f"the gateway closed the connection without an answer ({p})", EXIT_NOT_RUNNING) from None
+    if not isinstance(ans, dict):
+        raise ControlError("malformed answer from the gateway", EXIT_NOT_RUNNING)
+    return ans
