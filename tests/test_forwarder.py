@@ -741,10 +741,10 @@ async def test_mqtt_puback_refusal_holds_never_dead_letters(tmp_path: Path, keys
 
 
 async def test_health_sees_a_dead_or_hung_uploader() -> None:
-    """R1: gateway.runtime.health.uploader_check reports an uploader task that ended and one that stopped beating."""
+    """R1: gateway.record.supervisor.uploader_check reports an uploader task that ended and one that stopped beating."""
     from types import SimpleNamespace
 
-    from gateway.runtime.health import uploader_check
+    from gateway.record.supervisor import uploader_check
 
     fw = SimpleNamespace(stopped=False, last_beat_mono=None, max_iteration_s=lambda: 5.0)
 

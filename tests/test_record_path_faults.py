@@ -367,7 +367,7 @@ uplink:
     from gateway.runtime.gateway import Gateway
     from gateway.chain.signing import Signer
     gw = Gateway(load_config(write_config(tmp_path, plc.port, extra=uplink)), Signer.from_file(key))
-    assert set(gw._build_forwarder().receiver_key) == {rx_kid}   # the one key whose rejections count
+    assert set(gw.build_forwarder().receiver_key) == {rx_kid}   # the one key whose rejections count
     proc = None
     try:
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.runtime.health import Health, poll_limits, status_line, store_writer_check, watchdog_interval_s
+from gateway.record.supervisor import store_writer_check
+from gateway.runtime.health import Health, poll_limits, status_line, watchdog_interval_s
 from gateway.chain.signing import keygen
 from gateway.record.store import Store
 from hil.tank_plc import TankPlc
@@ -135,17 +136,21 @@ def test_store_writer_check_stale_only_when_queued_records_are_not_committed(tmp
 
 
 def test_status_line_summarises_devices_alarms_and_the_store():
-    from types import SimpleNamespace as NS
-
-    from gateway.model import Quality, Reading
-
-    good = Reading(tag="a", value=1.0, unit="m", quality=Quality.GOOD, ts=time.time())
-    bad = Reading.bad("b", "", "timeout")
-    gw = NS(devices=[NS(tags=["a"]), NS(tags=["b"])], values={"a": good, "b": bad},
-            alarms=NS(active=lambda: [1, 2]))
-    line = status_line(gw, {"readings_unsent": 120, "last_acked_seq": 45, "writer_error": None})
-    assert line == "devices 1/2 ok, 2 alarms active, 120 readings unsent, last acked seq 45"
+    """The STATUS= line is read off the status snapshot (Gateway.status): a device is ok when every one of its
+    tags was delivered usable; a store that did not answer leaves its part out."""
+    snap = {"devices": {"plc": {"tags": 1}, "gas": {"tags": 1}, "slow": {"tags": 2}},
+            "tags": {"a": {"quality": "good", "value": 1.0, "device": "plc"},
+                     "b": {"quality": "bad", "value": None, "device": "gas"},
+                     "c": {"quality": "uncertain", "value": 3.0, "device": "slow"}},   # its second tag: not yet
+            "alarms": [{"id": "a.H"}, {"id": "c.L"}],
+            "store": {"readings_unsent": 120, "last_acked_seq": 45, "writer_error": None},
+            "record_path": {"store": None, "uplink": None}}
+    line = status_line(snap)
+    assert line == "devices 1/3 ok, 2 alarms active, 120 readings unsent, last acked seq 45"
     assert "\n" not in line
+    snap["store"] = {"error": "store busy (no answer within 2 s)"}
+    snap["record_path"] = {"store": "写入停滞 (记录存储故障)", "uplink": None}
+    assert status_line(snap) == "devices 1/3 ok, 2 alarms active, store fault: 写入停滞 (记录存储故障)"
 
 
 # ---------------------------------------------------------------------------- the unit files

@@ -48,6 +48,7 @@ from typing import Any, Iterator
 from gateway.safety.alarms import AlarmActionError
 from gateway.safety.interlocks import InterlockActionError
 from gateway.model import rfc3339
+from gateway.runtime.ports import OperatorTarget, StatusSource
 
 log = logging.getLogger("hazard_gateway.control")
 
@@ -114,13 +115,13 @@ class ControlStartError(Exception):
 
 
 class ControlServer:
-    """The daemon side. gw: the running gateway.Gateway. path: socket file. mode: permission bits.
+    """The daemon side. gw: the running gateway (gateway.runtime.ports.OperatorTarget). path: socket file. mode: permission bits.
     group: group name owning the socket (None: the daemon's). max_shelve_s: longest shelve.
 
     start() raises ControlStartError (one line) when the socket cannot be made: another daemon
     listens on it, the path exists and is no socket, the group is unknown or not ours to give."""
 
-    def __init__(self, gw: Any, path: Path, mode: int = 0o660, group: str | None = None,
+    def __init__(self, gw: OperatorTarget, path: Path, mode: int = 0o660, group: str | None = None,
                  max_shelve_s: float = 8 * 3600.0) -> None:
         self.gw = gw
         self.path = Path(path)
@@ -322,7 +323,7 @@ class ControlServer:
         raise ValueError(f"unknown action {action!r}")
 
 
-def interlocks_fed_by(gw: Any, alarm_id: str) -> list[str]:
+def interlocks_fed_by(gw: OperatorTarget, alarm_id: str) -> list[str]:
     """The interlocks, not bypassed, that alarm ``alarm_id`` (f"{tag}.{condition}") is a voting input of.
 
     Shelving such an alarm (ISA-18.2 shelving) would silence the operator's annunciation of a condition
@@ -339,28 +340,12 @@ def interlocks_fed_by(gw: Any, alarm_id: str) -> list[str]:
 
 # --------------------------------------------------------------------------- status snapshot
 
-async def snapshot(gw: Any) -> dict[str, Any]:
-    """Gateway.status() plus link states, heartbeats, annunciators and hidden (shelved) alarms.
-
-    Store counters come from SQLite in a thread, bounded by STORE_STATS_TIMEOUT_S (a locked store
-    reads {"error": ...} instead of delaying the answer)."""
-    try:
-        stats = await asyncio.wait_for(asyncio.to_thread(gw.store.stats), STORE_STATS_TIMEOUT_S)
-    except (asyncio.TimeoutError, TimeoutError):
-        stats = {"error": f"store busy (no answer within {STORE_STATS_TIMEOUT_S:g} s)"}
-    except Exception as exc:
-        stats = {"error": _one_line(exc)}
-    snap = gw.status(stats)
-    devices = {name: dict(d) for name, d in (snap.get("devices") or {}).items()}  # copies: never the live counters
-    for dev in gw.devices:
-        devices.setdefault(dev.name, {}).update(dev.link_state())
-    snap["devices"] = devices
-    snap["alarms_hidden"] = [a.to_record() for a in gw.alarms.active(include_hidden=True) if a.state != a.base_state]
-    hbs = getattr(gw, "heartbeats", None) or []
-    snap["heartbeats"] = [h.status() for h in hbs]
-    ann = getattr(gw, "annunciators", None)
-    snap["annunciators"] = ann.status() if ann is not None else []
-    return snap
+async def snapshot(gw: StatusSource) -> dict[str, Any]:
+    """The status snapshot (Gateway.snapshot: alarms, interlocks, outputs, devices with link state, tags,
+    heartbeats, annunciators, hidden alarms, store and uplink). Store counters come from SQLite in a
+    thread, bounded by STORE_STATS_TIMEOUT_S (a locked store reads {"error": ...} instead of delaying the
+    answer)."""
+    return await gw.snapshot(STORE_STATS_TIMEOUT_S)
 
 
 def _fmt_value(v: Any) -> str:

@@ -6,8 +6,8 @@ refuses a non-loopback address unless ``allow_remote: true`` (gateway.config
 MetricsSection).
 
 The scrape thread never touches the gateway's live objects: :func:`serve_metrics`
-takes a snapshot on the event loop once a second (store statistics in a worker
-thread, as the status file does) and the collector serves the latest one.
+reads the gateway's latest status snapshot (the one status.json holds, taken once a
+second with the store statistics in a worker thread) and the collector serves it.
 
 Metrics (all prefixed ``hazard_gateway_``):
 
@@ -32,6 +32,8 @@ import logging
 import time
 from typing import Any
 
+from gateway.runtime.ports import StatusSource
+
 log = logging.getLogger("hazard_gateway.metrics")
 
 PREFIX = "hazard_gateway_"
@@ -45,20 +47,23 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def snapshot(gw: Any, store_stats: dict[str, Any] | None) -> dict[str, Any]:
-    """What the collector serves, taken on the event loop: polls per device, alarm counts per priority,
-    readings taken, and the store / uplink figures."""
+def from_status(status: dict[str, Any]) -> dict[str, Any]:
+    """What the collector serves, from a status snapshot (Gateway.status; gateway.runtime.ports): polls and
+    bad readings per device, active alarm counts per priority, readings queued, the store counters (none
+    when the store did not answer) and the uplink's consecutive failures (None without an uplink)."""
     prio: dict[str, int] = {}
-    for a in gw.alarms.active():
-        p = str(getattr(a, "priority", "") or "")
+    for a in status.get("alarms") or []:
+        p = str(a.get("priority", "") or "")
         prio[p] = prio.get(p, 0) + 1
-    fw = getattr(gw, "forwarder", None)
+    store = status.get("store") or {}
+    uplink = status.get("uplink")
     return {
-        "devices": {name: dict(st) for name, st in gw.polls.items()},
+        "devices": {name: {k: st.get(k) for k in ("protocol", "polls", "bad")}
+                    for name, st in (status.get("devices") or {}).items()},
         "alarms": prio,
-        "readings_queued": gw.readings_queued,
-        "store": dict(store_stats or {}),
-        "uplink_failures": None if fw is None else fw.consecutive_failures,
+        "readings_queued": status.get("readings_queued", 0),
+        "store": {} if "error" in store else dict(store),
+        "uplink_failures": None if uplink is None else uplink.get("consecutive_failures"),
         "taken_at": time.time(),
     }
 
@@ -115,8 +120,9 @@ class GatewayCollector:
             yield g
 
 
-async def serve_metrics(gw: Any, listen: str, every_s: float = 1.0) -> None:
-    """Serve /metrics on ``listen`` until cancelled, refreshing the snapshot every ``every_s``.
+async def serve_metrics(gw: StatusSource, listen: str, every_s: float = 1.0) -> None:
+    """Serve /metrics on ``listen`` until cancelled, refreshing what it serves every ``every_s`` from the
+    latest status snapshot (``gw.last_status``, the one status.json holds).
 
     A port that cannot be bound is logged (one line) and the gateway runs on without metrics."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -133,11 +139,12 @@ async def serve_metrics(gw: Any, listen: str, every_s: float = 1.0) -> None:
     log.info("metrics on http://%s/metrics", listen)
     try:
         while True:
-            try:
-                stats = await asyncio.to_thread(gw.store.stats)
-            except Exception:  # the store is not open yet (or closing): serve what we have
-                stats = (collector.snap or {}).get("store")
-            collector.snap = snapshot(gw, stats)
+            snap = gw.last_status
+            if snap is not None:
+                fresh = from_status(snap)
+                if not fresh["store"] and collector.snap:   # the store did not answer: serve its last counters
+                    fresh["store"] = collector.snap["store"]
+                collector.snap = fresh
             await asyncio.sleep(every_s)
     finally:
         server.shutdown()

@@ -614,6 +614,24 @@ class Store:
         conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         return conn
 
+    def progress(self) -> tuple[bool | None, tuple[int, int], tuple[int, int]]:
+        """The writer's progress since open: (writer thread alive, or None while the store is not open;
+        records enqueued as (readings, events); records committed as (readings, events)). Read by the
+        record supervisor's stall check (gateway.record.supervisor.store_writer_check)."""
+        th = self._thread
+        return (None if th is None else th.is_alive()), (self._in[0], self._in[1]), (self._done[0], self._done[1])
+
+    def retune(self, *, commit_interval_s: float, max_bytes: int | None, retention_floor_s: float,
+               floor_waived: bool) -> None:
+        """Apply the settings a SIGHUP reload may change (the same meaning as in the constructor) to the open
+        store, from its next commit on. Raises ValueError for commit_interval_s <= 0, changing nothing."""
+        if commit_interval_s <= 0:
+            raise ValueError("commit_interval_s must be > 0")
+        self.commit_interval_s = float(commit_interval_s)
+        self.max_bytes = max_bytes
+        self.retention_floor_s = float(retention_floor_s)
+        self.floor_waived = bool(floor_waived)
+
     def open(self) -> "Store":
         """Open (or create) the database, check it, start the writer thread.
 

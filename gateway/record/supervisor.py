@@ -16,12 +16,12 @@ in a thread):
 * **store corrupt** (``Store.corrupt``, SQLITE_CORRUPT / SQLITE_NOTADB while running): the file is set
   aside and a fresh store carries the chain on (``Store.recover_corrupt``, in a thread).
 * **store writer not committing**: ``writer_error`` (disk full, read-only, I/O error, locked), or the
-  stall check (gateway.runtime.health.store_writer_check: the thread died, or nothing committed while records
+  stall check (store_writer_check: the thread died, or nothing committed while records
   wait); a dead writer thread is started again (``Store.restart_writer``).
 * **store file deleted or replaced** while open (``Store.file_problem``): alarmed (no repair in process).
 * **store full** at its cap with records younger than the retention floor (``Store.full_reason``).
 * **uploader**: its task ended (an exception escaped) - started again after a backoff; no loop
-  iteration for its limit (gateway.runtime.health.uploader_check) - cancelled and started again after
+  iteration for its limit (uploader_check) - cancelled and started again after
   :data:`UPLINK_HUNG_RESTARTS_AFTER` limits; the receiver refuses the gateway (401/403); the receiver
   refuses a batch's content without a rejection signed by ``uplink.receiver_key`` (the batch is held and
   retried, never set aside: ``Forwarder.held``); the receiver's chain disagrees (409: e.g. a fresh store
@@ -38,11 +38,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Protocol
 
-from gateway.safety.alarms import SYSTEM_TAG
-from gateway.runtime.health import STORE_STALL_FLOOR_S, store_writer_check, uploader_check
 from gateway.model import rfc3339
+from gateway.safety.alarms import SYSTEM_TAG
 
 log = logging.getLogger("hazard_gateway.record")
 
@@ -68,16 +67,96 @@ OPEN_RETRY_MAX_S = 60.0
 UPLINK_RESTART_S = 5.0
 #: a hung uploader loop is cancelled and started again after this many of its limits
 UPLINK_HUNG_RESTARTS_AFTER = 2
+#: the store writer may commit nothing for this long while records wait before it counts as hung
+STORE_STALL_FLOOR_S = 10.0
+
+
+class SupervisedGateway(Protocol):
+    """What the supervisor watches and acts on (gateway.runtime.gateway.Gateway implements it): the store, the
+    forwarder and its task, the alarm engine for system.STORE / system.UPLINK, and the record."""
+
+    store: Any                          # gateway.record.store.Store
+    forwarder: Any                      # gateway.record.uplink.Forwarder, or None without an uplink
+    uploader_task: asyncio.Task | None
+
+    @property
+    def alarms(self) -> Any: ...        # gateway.safety.alarms.AlarmEngine of the running plant
+
+    def log_event(self, rec: dict[str, Any]) -> None: ...
+
+    def start_uploader(self) -> None: ...
+
+    async def on_store_opened(self, waited_s: float | None) -> None: ...
+
+
+def store_writer_check(store: Any, stall_s: float) -> Callable[[float], str | None]:
+    """A check of the store's writer thread (gateway.record.store.Store.progress): called with
+    time.monotonic(), returns a one-line problem or None.
+
+    Not making progress: the writer thread has died, or records have been queued and not one
+    was committed for ``stall_s`` seconds while the writer reports no error. A writer that
+    reports an error (``writer_error``: a locked database, a full disk) is retrying and is
+    alive: a restart would not cure it, and it would interrupt the safety path, so it is left
+    to the STATUS line and the logs instead.
+    """
+    state = {"done": None, "since": None}
+
+    def check(now: float) -> str | None:
+        alive, queued, done = store.progress()
+        if alive is None:
+            return None  # not opened yet, or closed at shutdown
+        if not alive:
+            return "store writer thread has died"
+        if done != state["done"] or all(d >= q for d, q in zip(done, queued)):
+            state["done"], state["since"] = done, now
+            return None
+        if store.writer_error:
+            state["since"] = now
+            return None
+        if now - state["since"] > stall_s:
+            return f"nothing committed for {now - state['since']:.1f} s with {sum(queued) - sum(done)} records queued"
+        return None
+
+    return check
+
+
+def uploader_check(gw: SupervisedGateway, floor_s: float) -> Callable[[float], str | None]:
+    """A check of the uploader of a gateway (``gw.forwarder``, ``gw.uploader_task``; SupervisedGateway):
+    called with time.monotonic(), returns a one-line problem or None.
+
+    Read through ``gw`` on every call, so a forwarder rebuilt by a SIGHUP reload is the one
+    watched. Not making progress: the task has ended while the forwarder was not stopped (an
+    exception escaped run()), or ``last_beat_mono`` (set at the start of every loop iteration) is
+    older than ``floor_s`` + the forwarder's own worst iteration (Forwarder.max_iteration_s).
+    No uplink configured, a stopped forwarder, or one not yet running: nothing to report.
+    """
+    def check(now: float) -> str | None:
+        fw = getattr(gw, "forwarder", None)
+        task = getattr(gw, "uploader_task", None)
+        if fw is None or task is None or getattr(fw, "stopped", False):
+            return None
+        if task.done():
+            exc = None if task.cancelled() else task.exception()
+            return f"uploader task has ended ({type(exc).__name__ + ': ' + str(exc) if exc else 'returned'})"
+        beat = getattr(fw, "last_beat_mono", None)
+        if beat is None:
+            return None   # created, its first iteration not begun yet
+        limit = floor_s + fw.max_iteration_s()
+        if now - beat > limit:
+            return f"no loop iteration for {now - beat:.1f} s (limit {limit:g} s)"
+        return None
+
+    return check
 
 
 class RecordSupervisor:
-    """Watches ``gw`` (a gateway.runtime.gateway.Gateway; read through on every pass, so the parts a SIGHUP
+    """Watches ``gw`` (SupervisedGateway; read through on every pass, so the parts a SIGHUP
     reload rebuilt are the ones watched) and acts as the module docstring says.
 
     ``problems()``: {"store": one line or None, "uplink": one line or None}, the detail of the last pass.
     """
 
-    def __init__(self, gw: Any) -> None:
+    def __init__(self, gw: SupervisedGateway) -> None:
         self.gw = gw
         self._store_problem: str | None = None
         self._uplink_problem: str | None = None

@@ -299,7 +299,7 @@ class Forwarder:
     valid signed rejection; None again at the next ack or when the batch is set aside), and
     ``last_beat_mono``: time.monotonic() at the start of every loop iteration of run() (None
     before run() and after it returned), so gateway.runtime.health can tell a live uploader from a dead
-    or hung one (:func:`gateway.runtime.health.uploader_check`; one iteration takes at most
+    or hung one (:func:`gateway.record.supervisor.uploader_check`; one iteration takes at most
     :meth:`max_iteration_s`).
     """
 

@@ -37,6 +37,14 @@ CLOCK_ALARM_PRIORITY = 3  # system.CLOCK: a fault of the record (alarm and sampl
 STATUS_FILE = "status.json"
 
 
+def store_settings(cfg: LoadedConfig) -> dict[str, Any]:
+    """The store settings of ``cfg`` that a reload may change: keyword arguments of Store and Store.retune
+    (commit interval in s, the cap in bytes or None, the retention floor in s, whether it is waived)."""
+    s = cfg.model.store
+    return {"commit_interval_s": s.commit_interval_ms / 1000, "max_bytes": s.max_bytes,
+            "retention_floor_s": s.retention_days * 86400, "floor_waived": s.retention_floor.waive}
+
+
 def build_devices(cfg: LoadedConfig, links: Links) -> list[Device]:
     """One driver object per enabled device, built by its protocol's entry in drivers.registry (which imports
     the protocol's driver only when a device uses it); links shared per physical link (Modbus: per

@@ -32,7 +32,7 @@ from typing import Any
 
 from drivers.base import Device
 from gateway.safety.alarms import CLOCK, SYSTEM_TAG, AlarmEngine
-from gateway.runtime.build import CLOCK_ALARM_PRIORITY, Plant, build_plant
+from gateway.runtime.build import CLOCK_ALARM_PRIORITY, Plant, build_plant, store_settings
 # the config-to-runtime builders live in gateway.runtime.build; these names stay importable from here
 from gateway.runtime.build import (STALE_POLL_PERIODS, STALE_TIMEOUTS_PER_DEVICE, alarm_configs,  # noqa: F401
                            build_devices, build_hazard, derived_stale_after_s, fresh_windows, interlock_specs,
@@ -55,6 +55,7 @@ log = logging.getLogger("hazard_gateway")
 
 STATUS_EVERY_S = 1.0
 DRAIN_ON_STOP_S = 5.0  # bound of the final upload at SIGTERM
+FORWARDER_STOP_S = 5.0  # bound of stopping the forwarder (its task, then its uplink), at SIGTERM and at a reload
 OUTPUT_RETRY_S = 5.0  # an output write still unconfirmed after its attempts is retried this often (docs/design.md, Fail safe)
 SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for this long
 
@@ -67,7 +68,7 @@ SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for thi
 #: attribute of a Gateway is ``plant`` or one of these.
 LIVE = frozenset({"store", "outputs", "tick", "_last_stored", "readings_queued", "forwarder", "started_at",
                   "_stopping", "health", "_poll_tasks", "_ticker_task", "uploader_task", "_aux_tasks", "_reload_lock",
-                  "clock", "control", "safety_state", "record"})
+                  "clock", "control", "safety_state", "record", "last_status"})
 
 
 def _from_plant(name: str) -> property:
@@ -106,12 +107,8 @@ class Gateway:
         self.plant: Plant = self.plant_for(cfg, signer)
         self.outputs = OutputManager(self._write_output, on_event=self._record_output_event,
                                      retry_after_fault_s=OUTPUT_RETRY_S)
-        self.store = Store(cfg.store_path, commit_interval_s=cfg.model.store.commit_interval_ms / 1000,
-                           max_bytes=cfg.model.store.max_bytes,
-                           busy_timeout_ms=cfg.model.store.busy_timeout_ms,
-                           retention_floor_s=cfg.model.store.retention_days * 86400,
-                           on_full=cfg.model.store.on_full,
-                           floor_waived=cfg.model.store.retention_floor.waive)
+        self.store = Store(cfg.store_path, busy_timeout_ms=cfg.model.store.busy_timeout_ms,
+                           on_full=cfg.model.store.on_full, **store_settings(cfg))
         self.tick = SafetyTick(lambda: self.plant, self.outputs, self.log_event)  # the safety step, in memory
         self._last_stored: dict[str, tuple] = {}
         self.clock = ClockMonitor()                      # wall-clock steps (C18), clock state per batch
@@ -121,6 +118,7 @@ class Gateway:
         self.forwarder: Any = None
         self.started_at = time.time()
         self._stopping = False
+        self.last_status: dict[str, Any] | None = None   # the latest snapshot written to status.json
         self.health = Health()  # progress of the poll loops and the safety path (systemd watchdog)
         self.record = RecordSupervisor(self)  # the store writer and the uploader, supervised in process
         # tasks of the plant (each ends when self.plant is no longer the plant it runs for) and the uploader
@@ -359,7 +357,7 @@ class Gateway:
 
     # ---- record path ----
 
-    def _build_forwarder(self, plant: Plant | None = None) -> Any:
+    def build_forwarder(self, plant: Plant | None = None) -> Any:
         """The uploader for ``plant`` (default: the running one), not started; None without an uplink.
         Raises ValueError (one line) when its TLS files or the receiver key cannot be loaded."""
         plant = plant or self.plant
@@ -398,6 +396,71 @@ class Gateway:
         if self.uploader_task is not None and not self.uploader_task.done():
             return
         self.uploader_task = asyncio.create_task(self.forwarder.run(), name="forwarder")
+
+    async def _stop_forwarder(self, bound_s: float) -> None:
+        """Stop the running forwarder, if any: its task gets ``bound_s`` to end (then it is cancelled), then its
+        uplink's connections are closed (bounded too). An unacknowledged batch stays in the store: resent."""
+        fw, task = self.forwarder, self.uploader_task
+        if fw is None:
+            return
+        fw.stop()
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, bound_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        aclose = getattr(fw.uplink, "aclose", None)
+        if aclose:
+            try:
+                await asyncio.wait_for(aclose(), bound_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                log.warning("closing the uplink took longer than %.1f s; abandoned", bound_s)
+
+    # ---- reload: gateway.runtime.reload drives these steps, in its order (gateway.runtime.ports.ReloadTarget) ----
+
+    @property
+    def stopping(self) -> bool:
+        """True once shutdown has begun (set under ``reload_lock``)."""
+        return self._stopping
+
+    @property
+    def reload_lock(self) -> asyncio.Lock:
+        """Held by a reload's swap and by shutdown, so they never interleave."""
+        return self._reload_lock
+
+    def swap_plant(self, plant: Plant) -> list[asyncio.Task]:
+        """Make ``plant`` the running one in one assignment; its safety ticker ticks at once (the time-based
+        safety parts never pause). Returns the old plant's tasks (poll loops, heartbeats, annunciators, its
+        ticker): each ends by itself once it sees it is no longer the gateway's plant; the caller bounds that."""
+        old_ticker = self._ticker_task
+        old = [*self._poll_tasks, *self._aux_tasks, *([old_ticker] if old_ticker is not None else [])]
+        self.plant = plant
+        if old_ticker is not None:
+            self._start_ticker(plant, first_s=0.0)
+        return old
+
+    def forget_tags(self, keep: Any) -> None:
+        """Drop the last value and the last sample key of every tag not in ``keep`` (a container of tag names;
+        after a reload, the new plant's ``device_of``)."""
+        for d in (self.tick.values, self._last_stored):
+            for tag in [t for t in d if t not in keep]:
+                del d[tag]
+
+    def start_plant_tasks(self, plant: Plant) -> None:
+        """Every device of ``plant`` starts and polls in its own task (a slow device delays only its own loop);
+        heartbeats and annunciators start; the watchdog's beats are registered for the new device set."""
+        self._start_polling(plant, start_devices=True)
+        self._aux_tasks = self._start_aux(plant)
+        watch_gateway(self)
+
+    async def replace_forwarder(self, forwarder: Any, bound_s: float) -> None:
+        """Stop the running forwarder (bounded by ``bound_s``, see _stop_forwarder), then start ``forwarder``
+        (None: no uplink). The old one is fully stopped first, so no seq is built twice."""
+        await self._stop_forwarder(bound_s)
+        self.forwarder = forwarder
+        self.uploader_task = None
+        self.start_uploader()
 
     async def _store_ready(self) -> None:
         """The store has just opened: seed the sample keys from it (Store.last_samples) and record a file
@@ -438,11 +501,22 @@ class Gateway:
     # ---- status ----
 
     def status(self, store_stats: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A JSON-able snapshot for `status` and the demo summary (call on the event loop;
-        store_stats comes from Store.stats(), which touches SQLite and so runs in a thread)."""
+        """The status snapshot (call on the event loop; ``store_stats`` is Store.stats(), which touches SQLite
+        and so is taken in a thread by :meth:`snapshot`). A JSON-able dict:
+
+        gateway_id, config_hash, time (RFC 3339), uptime_s, readings_queued, readings_taken (committed since
+        the store was opened; None without store counters); devices: name -> poll counters (polls, bad,
+        last_poll) with the driver's link state (Device.link_state) and ``tags`` (how many it reads); tags:
+        tag -> value, unit, quality, reason, age_s, protocol, device; alarms (active, priority order),
+        alarms_hidden (shelved / suppressed / out of service), alarm_sequence (GB 16808 first-out and later
+        alarms in time order), points_disabled (屏蔽), interlocks, outputs, trips, heartbeats, annunciators,
+        hazard (per unit: design grade and live inventory), store (Store.stats, or {"error": ...}),
+        record_path (the supervisor's one line per faulty part), uplink (forwarder counters, or None).
+        """
         now = time.time()
         fw = self.forwarder
         plant = self.plant
+        alarms = plant.alarms
         return {
             "gateway_id": plant.cfg.model.gateway.id,
             "config_hash": plant.cfg.config_hash,
@@ -451,18 +525,24 @@ class Gateway:
             "readings_queued": self.readings_queued,
             # taken = committed to SQLite since the store was opened (Store.stats)
             "readings_taken": None if store_stats is None else store_stats.get("readings_committed"),
-            "devices": plant.polls,
+            # copies, never the live counters; the driver says what its link is (drivers.base.Device.link_state)
+            "devices": {dev.name: {**plant.polls.get(dev.name, {}), **dev.link_state(), "tags": len(dev.tags)}
+                        for dev in plant.devices},
             "tags": {t: {"value": r.value, "unit": r.unit, "quality": r.quality.value, "reason": r.reason,
-                         "age_s": round(now - r.ts, 3), "protocol": plant.protocol_of.get(t)}
+                         "age_s": round(now - r.ts, 3), "protocol": plant.protocol_of.get(t),
+                         "device": getattr(plant.device_of.get(t), "name", None)}
                      for t, r in self.values.items()},
-            "alarms": [a.to_record() for a in plant.alarms.active()],
+            "alarms": [a.to_record() for a in alarms.active()],
+            "alarms_hidden": [a.to_record() for a in alarms.active(include_hidden=True) if a.state != a.base_state],
             # GB 16808: the first alarm, then the later alarms in time order, per first-out group
-            "alarm_sequence": plant.alarms.first_out_sequence(),
+            "alarm_sequence": alarms.first_out_sequence(),
             # GB 16808 屏蔽: shelved / suppressed / out-of-service gas points, shown and counted
-            "points_disabled": points_disabled(plant.alarms),
+            "points_disabled": points_disabled(alarms),
             "interlocks": plant.interlocks.status(),
             "outputs": self.outputs.states(),
             "trips": [t.to_record() for t in self.outputs.trip_records()],
+            "heartbeats": [h.status() for h in plant.heartbeats],
+            "annunciators": plant.annunciators.status(),
             "hazard": plant.hazard.status() if plant.hazard is not None else [],
             "store": store_stats,
             # the record path's supervision (gateway.record.supervisor): one line per faulty part, or None
@@ -472,6 +552,19 @@ class Gateway:
                                                "last_error": fw.last_error},
         }
 
+    async def snapshot(self, stats_timeout_s: float | None = None) -> dict[str, Any]:
+        """:meth:`status` with the store counters, taken from SQLite in a thread; with ``stats_timeout_s`` a
+        store that does not answer in time reads {"error": "store busy ..."} instead of delaying the answer.
+        A store that is not open, locked or corrupt reads {"error": one line}. The one status snapshot of
+        `status`, status.json, the STATUS line and metrics (gateway.runtime.ports)."""
+        try:
+            stats = await asyncio.wait_for(asyncio.to_thread(self.store.stats), stats_timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            stats = {"error": f"store busy (no answer within {stats_timeout_s:g} s)"}
+        except Exception as exc:  # not open, locked, corrupt: the status goes on without its counters
+            stats = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        return self.status(stats)
+
     def _write_json(self, snapshot: dict[str, Any]) -> None:
         path = self.plant.status_path
         tmp = path.with_suffix(".tmp")
@@ -480,12 +573,11 @@ class Gateway:
         os.replace(tmp, path)
 
     async def write_status(self) -> None:
-        """Write state_dir/status.json atomically (SQLite and file I/O off the event loop)."""
-        try:
-            stats = await asyncio.to_thread(self.store.stats)
-        except Exception as exc:  # not open, locked, corrupt: the status is written without its counters
-            stats = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-        await asyncio.to_thread(self._write_json, self.status(stats))
+        """Take the status snapshot, keep it as ``last_status`` and write state_dir/status.json atomically
+        (SQLite and file I/O off the event loop)."""
+        snap = await self.snapshot()
+        self.last_status = snap
+        await asyncio.to_thread(self._write_json, snap)
 
     async def _status_loop(self) -> None:
         while not self._stopping:
@@ -529,7 +621,7 @@ class Gateway:
             await dev.start()
         if restore_cmds:  # a restored trip: its outputs to the safe state again, confirmed by read-back
             self.outputs.apply(restore_cmds)
-        self.forwarder = self._build_forwarder()  # started once the store is open (start_uploader)
+        self.forwarder = self.build_forwarder()  # started once the store is open (start_uploader)
         plant = self.plant
         self._start_polling(plant)
         self._start_ticker(plant)
@@ -563,18 +655,9 @@ class Gateway:
         await self.safety_state.write_if_changed()  # the last resets / acks before the stop
         self.log_event({"type": "gateway", "event": "stop", "ts": rfc3339(time.time())})
         await asyncio.to_thread(self.store.flush)
-        if self.forwarder is not None:
-            if self.uploader_task is not None:
-                await self._drain(DRAIN_ON_STOP_S)
-            self.forwarder.stop()
-            try:
-                if self.uploader_task is not None:
-                    await asyncio.wait_for(self.uploader_task, 5.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                self.uploader_task.cancel()
-            aclose = getattr(self.forwarder.uplink, "aclose", None)
-            if aclose:
-                await aclose()
+        if self.forwarder is not None and self.uploader_task is not None:
+            await self._drain(DRAIN_ON_STOP_S)
+        await self._stop_forwarder(FORWARDER_STOP_S)
         for dev in self.devices:
             await dev.close()
         await self.links.close_all()

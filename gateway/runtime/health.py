@@ -17,9 +17,9 @@ only while every part of the **safety path** is making progress (:class:`Health`
 The record path is deliberately not watched by systemd (docs/design.md, "Two paths, never
 coupled"): a restart would cure neither a hung fsync nor a full disk, and it would interrupt the
 interlocks; after StartLimitBurst restarts the plant would have no layer at all. The store writer
-(:func:`store_writer_check`) and the uploader (:func:`uploader_check`; a receiver that is down is not
-a hang, a task that died or a loop stuck for good is) are supervised inside the process instead:
-gateway.record.supervisor restarts them and raises the system.STORE / system.UPLINK alarms.
+and the uploader (a receiver that is down is not a hang, a task that died or a loop stuck for good
+is) are supervised inside the process instead: gateway.record.supervisor checks them
+(store_writer_check, uploader_check), restarts them and raises the system.STORE / system.UPLINK alarms.
 
 Each heartbeat has its own limit in seconds; the limits of the poll loops come from
 :func:`poll_limits` so that a device that merely stops answering (every request ends in
@@ -39,12 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.registry import link_key as registry_link_key
+from gateway.runtime.ports import StatusSource, WatchedGateway
 
 log = logging.getLogger("hazard_gateway.health")
-
-#: the store writer may commit nothing for this long while records wait before it counts as hung
-STORE_STALL_FLOOR_S = 10.0
-
 
 def watchdog_interval_s(env: dict[str, str] | None = None, pid: int | None = None) -> float | None:
     """The systemd watchdog timeout in seconds, or None when the watchdog is off for this process.
@@ -160,90 +157,34 @@ def poll_limits(devices: list[Any], floor_s: float) -> dict[str, float]:
     return {d.name: d.poll_interval_ms / 1000 + max(floor_s, worst[link_key(d)]) for d in enabled}
 
 
-def store_writer_check(store: Any, stall_s: float) -> Callable[[float], str | None]:
-    """A Health check for the store's writer thread (gateway.record.store.Store).
+def status_line(status: dict[str, Any]) -> str:
+    """The one-line STATUS= summary of a status snapshot (Gateway.status; gateway.runtime.ports): devices ok,
+    active alarms, unsent readings, last acked seq, and a record-path fault the supervisor reports
+    (gateway.record.supervisor: "store fault: ...").
 
-    Not making progress: the writer thread has died, or records have been queued and not one
-    was committed for ``stall_s`` seconds while the writer reports no error. A writer that
-    reports an error (``writer_error``: a locked database, a full disk) is retrying and is
-    alive: a restart would not cure it, and it would interrupt the safety path, so it is left
-    to the STATUS line and the logs instead.
-    """
-    state = {"done": None, "since": None}
-
-    def check(now: float) -> str | None:
-        th = getattr(store, "_thread", None)
-        if th is None:
-            return None  # not opened yet, or closed at shutdown
-        if not th.is_alive():
-            return "store writer thread has died"
-        done = tuple(store._done)
-        queued = tuple(store._in)
-        if done != state["done"] or all(d >= q for d, q in zip(done, queued)):
-            state["done"], state["since"] = done, now
-            return None
-        if store.writer_error:
-            state["since"] = now
-            return None
-        if now - state["since"] > stall_s:
-            return f"nothing committed for {now - state['since']:.1f} s with {sum(queued) - sum(done)} records queued"
-        return None
-
-    return check
-
-
-def uploader_check(gw: Any, floor_s: float) -> Callable[[float], str | None]:
-    """A Health check for the uploader of a gateway.Gateway (``gw.forwarder``, ``gw.uploader_task``).
-
-    Read through ``gw`` on every call, so a forwarder rebuilt by a SIGHUP reload is the one
-    watched. Not making progress: the task has ended while the forwarder was not stopped (an
-    exception escaped run()), or ``last_beat_mono`` (set at the start of every loop iteration) is
-    older than ``floor_s`` + the forwarder's own worst iteration (Forwarder.max_iteration_s).
-    No uplink configured, a stopped forwarder, or one not yet running: nothing to report.
-    """
-    def check(now: float) -> str | None:
-        fw = getattr(gw, "forwarder", None)
-        task = getattr(gw, "uploader_task", None)
-        if fw is None or task is None or getattr(fw, "stopped", False):
-            return None
-        if task.done():
-            exc = None if task.cancelled() else task.exception()
-            return f"uploader task has ended ({type(exc).__name__ + ': ' + str(exc) if exc else 'returned'})"
-        beat = getattr(fw, "last_beat_mono", None)
-        if beat is None:
-            return None   # created, its first iteration not begun yet
-        limit = floor_s + fw.max_iteration_s()
-        if now - beat > limit:
-            return f"no loop iteration for {now - beat:.1f} s (limit {limit:g} s)"
-        return None
-
-    return check
-
-
-def status_line(gw: Any, store_stats: dict[str, Any] | None) -> str:
-    """The one-line STATUS= summary: devices ok, active alarms, unsent readings, last acked seq, and a
-    record-path fault the supervisor reports (gateway.record.supervisor: "store fault: ...").
-
-    A device is ok when every tag it delivered in its last read was usable (good or uncertain).
+    A device is ok when it delivered every one of its tags in its last read, each usable (good or
+    uncertain, with a value). A store that did not answer (``{"error": ...}``) leaves its part out.
     Example: ``devices 5/5 ok, 2 alarms active, 120 readings unsent, last acked seq 45``.
     """
-    ok = 0
-    for dev in gw.devices:
-        rs = [gw.values.get(t) for t in dev.tags]
-        if rs and all(r is not None and r.usable for r in rs):
-            ok += 1
-    n_alarms = len(gw.alarms.active())
-    parts = [f"devices {ok}/{len(gw.devices)} ok", f"{n_alarms} alarm{'s' if n_alarms != 1 else ''} active"]
-    if store_stats:
-        parts.append(f"{store_stats.get('readings_unsent', 0)} readings unsent")
-        seq = store_stats.get("last_acked_seq")
+    usable: dict[str, int] = {}
+    for t in (status.get("tags") or {}).values():
+        if t.get("quality") != "bad" and t.get("value") is not None and t.get("device"):
+            usable[t["device"]] = usable.get(t["device"], 0) + 1
+    devices = status.get("devices") or {}
+    ok = sum(1 for name, d in devices.items() if d.get("tags") and usable.get(name, 0) >= d["tags"])
+    n_alarms = len(status.get("alarms") or [])
+    parts = [f"devices {ok}/{len(devices)} ok", f"{n_alarms} alarm{'s' if n_alarms != 1 else ''} active"]
+    store = status.get("store") or {}
+    if store and "error" not in store:
+        parts.append(f"{store.get('readings_unsent', 0)} readings unsent")
+        seq = store.get("last_acked_seq")
         parts.append(f"last acked seq {seq if seq is not None else '-'}")
-    rec = getattr(getattr(gw, "record", None), "problems", lambda: {})()
+    rec = status.get("record_path") or {}
     for part in ("store", "uplink"):
         if rec.get(part):
             parts.append(f"{part} fault: {rec[part]}")
-    if store_stats and store_stats.get("writer_error") and not rec.get("store"):
-        parts.append(f"store error: {store_stats['writer_error']}")
+    if store.get("writer_error") and not rec.get("store"):
+        parts.append(f"store error: {store['writer_error']}")
     return ", ".join(parts)
 
 
@@ -270,22 +211,19 @@ async def watchdog_loop(health: Health, notify: Callable[[str], Any], interval_s
             pass
 
 
-async def status_notify_loop(gw: Any, notify: Callable[[str], Any], stop: asyncio.Event,
+async def status_notify_loop(gw: StatusSource, notify: Callable[[str], Any], stop: asyncio.Event,
                              every_s: float = 2.0) -> None:
-    """Refresh ``STATUS=`` (sd_notify(3)) when the summary changes, at most every ``every_s``.
-
-    Store statistics touch SQLite and run in a thread; this loop is separate from the watchdog
-    ticker, so a slow database can delay the STATUS line but never a WATCHDOG ping."""
+    """Refresh ``STATUS=`` (sd_notify(3)) when the summary changes, at most every ``every_s``, from the
+    latest status snapshot (``gw.last_status``, taken about once per second off the event loop): a slow
+    database can delay the STATUS line but never a WATCHDOG ping, which has its own ticker."""
     last = None
     while not stop.is_set():
-        try:
-            stats = await asyncio.to_thread(gw.store.stats)
-        except Exception:  # store not open (yet) or closing: a summary without the store part
-            stats = None
-        line = status_line(gw, stats)
-        if line != last:
-            notify("STATUS=" + line)
-            last = line
+        snap = gw.last_status
+        if snap is not None:
+            line = status_line(snap)
+            if line != last:
+                notify("STATUS=" + line)
+                last = line
         try:
             await asyncio.wait_for(stop.wait(), timeout=every_s)
         except (TimeoutError, asyncio.TimeoutError):
@@ -296,8 +234,9 @@ async def status_notify_loop(gw: Any, notify: Callable[[str], Any], stop: asynci
 DEFAULT_FLOOR_S = 30.0
 
 
-def watch_gateway(gw: Any, floor_s: float | None = None) -> None:
-    """(Re)register the heartbeats of the safety path of a running gateway.Gateway in ``gw.health``: one
+def watch_gateway(gw: WatchedGateway, floor_s: float | None = None) -> None:
+    """(Re)register the heartbeats of the safety path of a running gateway (gateway.runtime.ports.WatchedGateway)
+    in ``gw.health``: one
     per poll loop (limits from :func:`poll_limits`) and the safety path ticker. (The store writer and the
     uploader are supervised by gateway.record.supervisor, never by the systemd watchdog.)
     floor_s: the smallest limit; default the systemd watchdog interval (WatchdogSec), else 30 s.

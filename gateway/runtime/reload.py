@@ -59,6 +59,8 @@ from typing import Any
 from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.hazard.engine import basis_events
 from gateway.model import rfc3339
+from gateway.runtime.build import store_settings
+from gateway.runtime.ports import ReloadTarget
 
 log = logging.getLogger("hazard_gateway.reload")
 
@@ -66,7 +68,7 @@ log = logging.getLogger("hazard_gateway.reload")
 OLD_LOOPS_S = 1.0       # an old poll loop's read in flight; then it is cancelled (its device is being closed)
 OUTPUTS_IDLE_S = 0.5    # confirmed writes in flight on the old links; an unfinished one retries on the new
 DEVICE_CLOSE_S = 1.0    # closing one old device, and the old links
-FORWARDER_STOP_S = 5.0  # the old forwarder (after polling has resumed)
+FORWARDER_STOP_S = 5.0  # the old forwarder: its task, then its uplink (after polling has resumed)
 
 
 def restart_needed(old: LoadedConfig, new: LoadedConfig) -> list[str]:
@@ -113,7 +115,7 @@ def _signer_for(cfg: LoadedConfig) -> Any:
     return Signer.from_file(cfg.resolve(cfg.model.keys.private_key))
 
 
-async def reload_from_file(gw: Any, path: Any = None) -> bool:
+async def reload_from_file(gw: ReloadTarget, path: Any = None) -> bool:
     """Re-read the config file (default: the one the gateway runs on) and apply it.
 
     Returns True when applied; False when rejected (each problem logged as one ERROR line,
@@ -156,8 +158,9 @@ async def _bounded(aw: Any, bound_s: float, what: str) -> None:
         log.warning("SIGHUP: %s: %s", what, exc)
 
 
-async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[str]:
-    """Apply a validated config to a running gateway.Gateway (see the module docstring).
+async def reload_gateway(gw: ReloadTarget, new_cfg: LoadedConfig, signer: Any) -> list[str]:
+    """Apply a validated config to a running gateway (gateway.runtime.ports.ReloadTarget; see the module
+    docstring).
     Returns problems (one line each) when the config cannot be applied; then nothing changed.
 
     Order of the swap (the poll/safety gap is only steps 2-3, bounded by OLD_LOOPS_S + OUTPUTS_IDLE_S +
@@ -175,8 +178,6 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
     4. only then the forwarder is swapped (the uplink may take seconds on a bad network; the old
        forwarder is fully stopped before the new one starts, so no seq is built twice).
     """
-    from gateway.runtime.health import watch_gateway
-
     problems = restart_needed(gw.cfg, new_cfg)
     if problems:
         return problems
@@ -184,12 +185,12 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         plant = gw.plant_for(new_cfg, signer)  # constructors only: validates drivers, engines, hazard units
         # the new uploader too (TLS files, receiver key), before anything is swapped: a file that cannot be
         # loaded refuses the reload and the running uploader goes on
-        new_fw = gw._build_forwarder(plant)
+        new_fw = gw.build_forwarder(plant)
     except (ValueError, KeyError, OSError) as exc:
         return [f"{new_cfg.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]
-    async with gw._reload_lock:
+    async with gw.reload_lock:
         old = gw.plant
-        problems = (["the gateway is shutting down"] if gw._stopping
+        problems = (["the gateway is shutting down"] if gw.stopping
                     else dropped_safety_state(old.interlocks, plant.interlocks, new_cfg))
         if problems:
             aclose = getattr(getattr(new_fw, "uplink", None), "aclose", None)
@@ -203,20 +204,13 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         for name in plant.polls:
             if name in old.polls:
                 plant.polls[name] = old.polls[name]
-        old_ticker = gw._ticker_task
-        old_tasks = [*gw._poll_tasks, *gw._aux_tasks, *([old_ticker] if old_ticker is not None else [])]
-        gw.plant = plant
-        if old_ticker is not None:  # the time-based safety parts never pause: the new ticker ticks at once
-            gw._start_ticker(plant, first_s=0.0)
+        old_tasks = gw.swap_plant(plant)
         for n in notes:
             log.debug("SIGHUP: %s", n)
+        gw.store.retune(**store_settings(new_cfg))
         s = new_cfg.model.store
-        gw.store.commit_interval_s = s.commit_interval_ms / 1000
-        gw.store.max_bytes = s.max_bytes
-        gw.store.retention_floor_s = s.retention_days * 86400
-        gw.store.floor_waived = s.retention_floor.waive
         gw.log_event({"type": "gateway", "event": "config_reloaded", "config_hash": new_cfg.config_hash,
-                       "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
+                      "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
         if (waiver := s.waiver_event()) is not None:   # C16: a waived retention floor, on the record again
             gw.log_event({**waiver, "ts": rfc3339(time.time())})
         if plant.hazard is not None:  # a grade changes only with its design basis: record each change
@@ -235,30 +229,12 @@ async def reload_gateway(gw: Any, new_cfg: LoadedConfig, signer: Any) -> list[st
         for dev in old.devices:
             await _bounded(dev.close(), DEVICE_CLOSE_S, f"closing device {dev.name}")
         await _bounded(old.links.close_all(), DEVICE_CLOSE_S, "closing the old links")
-        for d in (gw.values, gw._last_stored):  # after the old loops' last tick
-            for tag in [t for t in d if t not in plant.device_of]:
-                del d[tag]
+        gw.forget_tags(plant.device_of)  # after the old loops' last tick
         # -- 3. start the new parts: every device polls as soon as it has started
-        gw._start_polling(plant, start_devices=True)
-        gw._aux_tasks = gw._start_aux(plant)
-        watch_gateway(gw)
+        gw.start_plant_tasks(plant)
         paused = time.monotonic() - t0
         # -- 4. the forwarder, last: stopping the old one may wait on the network (bounded)
-        old_fw, old_fw_task = gw.forwarder, gw.uploader_task
-        if old_fw is not None:
-            old_fw.stop()
-            if old_fw_task is not None:
-                try:
-                    await asyncio.wait_for(old_fw_task, FORWARDER_STOP_S)
-                except (TimeoutError, asyncio.TimeoutError):
-                    old_fw_task.cancel()
-                    await asyncio.gather(old_fw_task, return_exceptions=True)
-            aclose = getattr(old_fw.uplink, "aclose", None)
-            if aclose:
-                await _bounded(aclose(), FORWARDER_STOP_S, "closing the old uplink")
-        gw.forwarder = new_fw
-        gw.uploader_task = None
-        gw.start_uploader()
+        await gw.replace_forwarder(new_fw, FORWARDER_STOP_S)
         log.info("SIGHUP: config %s applied (was %s) in %.1f s, polling paused %.2f s: %d devices, %d tags",
                  new_cfg.config_hash[:12], old_hash[:12], time.monotonic() - t0, paused, len(plant.devices),
                  len(plant.device_of))

@@ -36,9 +36,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hil.bench import free_port, machine_info, percentile, versions
+
+if TYPE_CHECKING:
+    from gateway.runtime.gateway import Gateway
 
 UNIT_ID = 1
 NORMAL = 10.0
@@ -145,7 +148,7 @@ class TripSample:
     error: str | None
 
 
-async def trip_cycle(gw: Any, plc: LatencyPlc, idx: int, step: int, poll_ms: int, rng: random.Random,
+async def trip_cycle(gw: Gateway, plc: LatencyPlc, idx: int, step: int, poll_ms: int, rng: random.Random,
                      arrivals: dict[str, float]) -> TripSample:
     """Trip interlock ``idx`` once through the PLC simulator and bring it back (the module docstring's
     sample): random phase, tag to HIGH, wait for the confirmed trip, tag back to NORMAL, operator reset
@@ -185,7 +188,7 @@ async def trip_cycle(gw: Any, plc: LatencyPlc, idx: int, step: int, poll_ms: int
     return sample
 
 
-async def trip_cycles(gw: Any, plc: LatencyPlc, seconds: float, min_trips: int, interlocks: int, step: int,
+async def trip_cycles(gw: Gateway, plc: LatencyPlc, seconds: float, min_trips: int, interlocks: int, step: int,
                       poll_ms: int, rng: random.Random, arrivals: dict[str, float], k0: int,
                       errors: list[str]) -> tuple[list[TripSample], int]:
     """trip_cycle() over the interlocks in turn (from cycle ``k0``) for ``seconds`` and until ``min_trips``
@@ -206,7 +209,7 @@ async def trip_cycles(gw: Any, plc: LatencyPlc, seconds: float, min_trips: int, 
     return out, k
 
 
-def arrival_hook(gw: Any, tags: int, interlocks: int, arrivals: dict[str, float]) -> None:
+def arrival_hook(gw: Gateway, tags: int, interlocks: int, arrivals: dict[str, float]) -> None:
     """Wrap ``gw.on_readings`` to note when the crossing reading of an interlock input arrived."""
     step = tags // interlocks
     inputs = {f"T{k * step:04d}" for k in range(interlocks)}
