@@ -11,6 +11,13 @@ share), and returns the Device. ``link_id(section)`` names the physical link a c
 over without building anything (the same string as the built device's ``Device.link_id``; used by the
 watchdog and staleness windows, which work on config sections). Adding a protocol: drivers/README.md,
 "Adding a protocol".
+
+An entry also says what its config section holds: ``device_fields`` and ``tag_fields`` (pydantic models of the
+protocol's own keys, drivers/*_section.py), which gateway.config joins with the keys every device and tag has
+into the device models of the config (their JSON Schema names: ``device_model`` and ``tag_model``);
+``profiles`` (its devices may take their tags from a register-map profile, gateway.device_profiles) and
+``check`` (checks across its devices that a single field cannot make). The section modules are light (pydantic
+and the codec), so the registry imports them at once; the driver stacks stay lazy.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from drivers import modbus_section, opcua_section
 from drivers.base import Device
 
 
@@ -50,14 +58,28 @@ class BuildContext:
     links: Links = field(default_factory=Links)
 
 
+def _no_checks(devices: list[tuple[int, Any]], report: Callable[[tuple, str], None]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """One protocol: ``build(section, ctx) -> Device`` (imports the driver module lazily) and
-    ``link_id(section) -> str`` (pure: no driver module imported)."""
+    """One protocol: ``build(section, ctx) -> Device`` (imports the driver module lazily),
+    ``link_id(section) -> str`` (pure: no driver module imported), and its config section: ``device_fields`` /
+    ``tag_fields`` (pydantic models, gateway.model.STRICT) named ``device_model`` / ``tag_model`` once joined
+    with the common keys; ``profiles``: its devices may use register-map profiles (then a device needs tags:
+    or a profile:, else tags:); ``check(devices, report)``: (index, section) of each of its devices in a config,
+    ``report(location, message)`` for a problem across them."""
 
     name: str
     build: Callable[[Any, BuildContext], Device]
     link_id: Callable[[Any], str]
+    device_fields: type
+    tag_fields: type
+    device_model: str
+    tag_model: str
+    profiles: bool = False
+    check: Callable[[list[tuple[int, Any]], Callable[[tuple, str], None]], None] = _no_checks
 
 
 def _build_modbus(section: Any, ctx: BuildContext) -> Device:
@@ -76,9 +98,14 @@ def _own_link(section: Any) -> str:
 
 #: protocol name (a device section's ``protocol``) -> its entry
 PROTOCOLS: dict[str, Protocol] = {
-    "modbus_tcp": Protocol("modbus_tcp", _build_modbus, lambda d: f"{d.host}:{d.port}"),   # one TCP connection
-    "modbus_rtu": Protocol("modbus_rtu", _build_modbus, lambda d: str(d.port)),            # one serial bus
-    "opcua": Protocol("opcua", _build_opcua, _own_link),                                    # its own session
+    "modbus_tcp": Protocol("modbus_tcp", _build_modbus, lambda d: f"{d.host}:{d.port}",   # one TCP connection
+                           modbus_section.ModbusTcpFields, modbus_section.ModbusTagFields, "ModbusTcpDevice",
+                           "ModbusTag", profiles=True, check=modbus_section.check_devices),
+    "modbus_rtu": Protocol("modbus_rtu", _build_modbus, lambda d: str(d.port),            # one serial bus
+                           modbus_section.ModbusRtuFields, modbus_section.ModbusTagFields, "ModbusRtuDevice",
+                           "ModbusTag", profiles=True, check=modbus_section.check_devices),
+    "opcua": Protocol("opcua", _build_opcua, _own_link,                                    # its own session
+                      opcua_section.OpcUaFields, opcua_section.OpcUaTagFields, "OpcUaDeviceCfg", "OpcUaTag"),
 }
 
 

@@ -8,7 +8,8 @@ Shape (see config/example-site.yaml for a commented template)::
                  retention_floor: {waive, reason}}   (the 30-day floor is hard unless waived)
     uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, receiver_key,
                  timeout_ms, batch_max_readings, interval_ms}
-    devices:    [{name, protocol: modbus_tcp|modbus_rtu|opcua, ..., tags: [...]}]
+    devices:    [{name, protocol, ..., tags: [...]}]   (a protocol of drivers.registry: modbus_tcp|modbus_rtu|opcua;
+                 its own keys come from its section, drivers/*_section.py)
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
     hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, docs/domain.md)
     control:    {socket, mode, group, max_shelve_minutes}   (operator socket)
@@ -31,26 +32,25 @@ column of every key and value.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from drivers.codec import normalise_order, register_count
+from drivers.registry import PROTOCOLS
 from gateway.safety.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
                             setpoint_warnings)
 from gateway.record.clock import DEFAULT_UNSYNC_GRACE_S
 from gateway.safety.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from gateway.yamlload import YamlError, load_yaml
-from drivers.modbus import parse_reference
-from drivers.opcua_node_ids import parse_node_id
+from gateway.model import STRICT, SecretPath
 
 LIMIT_KINDS = ("HH", "H", "L", "LL")
-TABLES = ("coil", "discrete_input", "input_register", "holding_register")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
@@ -80,9 +80,8 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    # allow_inf_nan=False: .inf / .nan (and 1e999) are refused where they are written, FILE:LINE, for every
-    # float of the config (a set point, a retention, a range, a time) - none has a meaning there
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # gateway.model.STRICT: unknown keys, .inf / .nan are errors where they are written; sections are frozen
+    model_config = STRICT
 
 
 # --- sections ---------------------------------------------------------------
@@ -95,16 +94,6 @@ class GatewaySection(Strict):
         "joins enterprise code, major-hazard code and tag into a point code (gateway.hazard.point_code); "
         "default none, as provinces fix the field lengths"))
     state_dir: str = Field("state", description="directory for the store and status files (relative to the config)")
-
-
-def _secret_path(v: Any) -> Any:
-    """A secret is given as a file path, never inline (docs/design.md, Secrets): refuse PEM / multi-line key material."""
-    if isinstance(v, str) and ("-----BEGIN" in v or "\n" in v.strip()):
-        raise ValueError("key material must not be inline: put it in a file (chmod 600) and give the file's path")
-    return v
-
-
-SecretPath = Annotated[str, AfterValidator(_secret_path)]
 
 
 class KeysSection(Strict):
@@ -253,11 +242,6 @@ class AlarmsCfg(Strict):
     group: str | None = Field(None, description="first-out group (default: every gas detector is in the group 'gas')")
 
 
-class ModbusAddress(Strict):
-    table: Literal["coil", "discrete_input", "input_register", "holding_register"]
-    address: int = Field(ge=0, le=65535, description="0-based protocol (PDU) address")
-
-
 class ReportCfg(Strict):
     """Report by exception on the record path (the safety path still sees every reading)."""
 
@@ -285,82 +269,6 @@ class TagBase(Strict):
         return v
 
 
-class ModbusTag(TagBase):
-    address: Union[ModbusAddress, int, str] = Field(
-        description="reference notation (40001, 30001, 400002 ...) or {table, address} (0-based)")
-    type: str = Field("uint16", description="bool, bit, int16, uint16, int32, uint32, float32, int64, uint64, "
-                                            "float64, string")
-    order: str = Field("ABCD", description="register order of multi-register values: ABCD (high word first), "
-                                           "CDAB (word-swapped), BADC, DCBA")
-    length: int = Field(1, ge=1, le=125, description="array of this many consecutive values")
-    bit: int | None = Field(None, ge=0, le=15, description="type bit: bit number, 0 = least significant")
-    str_len: int | None = Field(None, ge=1, le=250, description="type string: characters")
-    scale: float = Field(1.0, description="engineering = raw * scale + offset")
-    offset: float = Field(0.0, description="engineering = raw * scale + offset")
-    raw_range: tuple[float, float] | None = Field(None, description="[raw_lo, raw_hi] mapped linearly onto "
-                                                                    "eng_range, e.g. 4-20 mA counts [4000, 20000]")
-    eng_range: tuple[float, float] | None = Field(None, description="[eng_lo, eng_hi] for raw_range")
-    sentinels: list[Union[int, str]] = Field(default_factory=list, description="raw 'not available' values, e.g. 0xFFFF")
-    write_single_as_fc16: bool = Field(False, description="write one register with FC16 (devices refusing FC6)")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: Any) -> Any:
-        if isinstance(v, ModbusAddress):
-            return v
-        parse_reference(v)  # raises ValueError with the reason (C05: a bare 0-based number is ambiguous)
-        return v
-
-    @field_validator("type")
-    @classmethod
-    def _type(cls, v: str) -> str:
-        register_count(v, 1, 1)
-        return v
-
-    @field_validator("order")
-    @classmethod
-    def _order(cls, v: str, info: Any) -> str:
-        normalise_order(v, info.data.get("type", "uint16"))
-        return v
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "ModbusTag":
-        if (self.raw_range is None) != (self.eng_range is None):
-            raise ValueError("raw_range and eng_range go together")
-        return self
-
-    def table_address(self) -> tuple[str, int]:
-        if isinstance(self.address, ModbusAddress):
-            return self.address.table, self.address.address
-        return parse_reference(self.address)
-
-    def sentinel_values(self) -> tuple[int, ...]:
-        return tuple(int(s, 0) if isinstance(s, str) else int(s) for s in self.sentinels)
-
-    @field_validator("sentinels")
-    @classmethod
-    def _sentinels(cls, v: list) -> list:
-        for s in v:
-            if isinstance(s, str):
-                try:
-                    int(s, 0)
-                except ValueError:
-                    raise ValueError(f"sentinel {s!r} is not an integer (write 0xFFFF or 65535)") from None
-        return v
-
-
-class OpcUaTag(TagBase):
-    node_id: str = Field(description="ns=2;s=..., nsu=URI;s=..., i=/s=/g=/b= forms")
-    subscribe: bool = Field(True, description="monitored item (subscription) rather than polled reads")
-    deadband: float = Field(0.0, ge=0, description="absolute data-change deadband of the subscription")
-
-    @field_validator("node_id")
-    @classmethod
-    def _node_id(cls, v: str) -> str:
-        parse_node_id(v)  # ValueError: whitespace, unknown form (OPC UA Part 6 5.3.1.10)
-        return v
-
-
 class DeviceBase(Strict):
     name: str = Field(pattern=NAME_RE, description="device name, unique; used in every message about it")
     poll_interval_ms: int = Field(1000, ge=20, le=3_600_000, description="read every tag this often")
@@ -368,40 +276,9 @@ class DeviceBase(Strict):
     enabled: bool = Field(True, description="false: configured but not polled")
 
 
-class HeartbeatCfg(Strict):
-    """Watchdog register the gateway writes every interval_ms so the PLC can trip by itself when the
-    gateway stops (docs/design.md, Fail safe). mode count: a holding register counts 0..65535 and
-    wraps; mode toggle: a holding register or a coil alternates 0/1."""
-
-    address: Union[ModbusAddress, int, str] = Field(
-        description="holding register (e.g. 40101) or, for mode toggle, a coil; reference notation or {table, address}")
-    interval_ms: int = Field(1000, ge=50, le=60_000)
-    mode: Literal["count", "toggle"] = "count"
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: Any) -> Any:
-        if not isinstance(v, ModbusAddress):
-            parse_reference(v)
-        return v
-
-    def table_address(self) -> tuple[str, int]:
-        if isinstance(self.address, ModbusAddress):
-            return self.address.table, self.address.address
-        return parse_reference(self.address)
-
-    @model_validator(mode="after")
-    def _table(self) -> "HeartbeatCfg":
-        table, _ = self.table_address()
-        if table not in ("holding_register", "coil"):
-            raise ValueError(f"a heartbeat is written: it must be a holding register or a coil, not {table.replace('_', ' ')}")
-        if self.mode == "count" and table != "holding_register":
-            raise ValueError("mode count needs a holding register (a coil can only toggle)")
-        return self
-
-
-class ModbusDeviceBase(DeviceBase):
-    """Fields every Modbus device has: a register-map profile (gateway.device_profiles) and its own tags."""
+class ProfileDeviceBase(DeviceBase):
+    """Fields of a device of a protocol that takes register-map profiles (drivers.registry.Protocol.profiles,
+    gateway.device_profiles): a profile and its own tags."""
 
     profile: str | None = Field(None, description="device profile: a name (config/profiles/NAME.yaml, include:) "
                                                   "or a path; its tags are added to this device's tags")
@@ -413,75 +290,47 @@ class ModbusDeviceBase(DeviceBase):
         None, description="per profile tag key, tag keys that replace the profile's (unit, alarms, address ...)")
 
     @model_validator(mode="after")
-    def _needs_tags(self) -> "ModbusDeviceBase":
+    def _needs_tags(self) -> "ProfileDeviceBase":
         if not self.tags:  # type: ignore[attr-defined]
             raise ValueError("a device needs tags: or a profile:")
         return self
 
 
-class ModbusTcpDevice(ModbusDeviceBase):
-    protocol: Literal["modbus_tcp"]
-    host: str = Field(description="IP address or host name of the PLC / gateway")
-    port: int = Field(502, ge=1, le=65535, description="TCP port (Modbus: 502)")
-    unit_id: int = Field(1, ge=0, le=255, description="MBAP unit identifier (255 or 1 for most PLCs; the slave "
-                                                       "id behind a TCP-to-RTU gateway)")
-    max_registers_per_read: int = Field(125, ge=1, le=125)
-    max_bits_per_read: int = Field(2000, ge=1, le=2000)
-    heartbeat: HeartbeatCfg | None = None
-    tags: list[ModbusTag] = Field(default_factory=list, description="this device's points (profile tags are "
-                                                                   "appended)")
+def _protocol_models() -> tuple[dict[str, type], dict[str, type]]:
+    """The tag model and the device model of every protocol of the registry (drivers.registry.PROTOCOLS): the
+    protocol's own keys (its ``tag_fields`` / ``device_fields``) joined with the keys every tag (TagBase) and
+    device (DeviceBase, or ProfileDeviceBase for a protocol that takes profiles) has. Keyed by protocol name."""
+    by_fields: dict[type, type] = {}
+    tags: dict[str, type] = {}
+    devices: dict[str, type] = {}
+    for name, proto in PROTOCOLS.items():
+        tag = by_fields.get(proto.tag_fields)
+        if tag is None:
+            tag = by_fields[proto.tag_fields] = create_model(proto.tag_model, __base__=(proto.tag_fields, TagBase),
+                                                             __module__=__name__)
+        if proto.profiles:
+            base: type = ProfileDeviceBase
+            tags_field: Any = (list[tag], Field(default_factory=list, description="this device's points (profile "
+                                                                                   "tags are appended)"))
+        else:
+            base, tags_field = DeviceBase, (list[tag], ...)
+        tags[name] = tag
+        devices[name] = create_model(proto.device_model, __base__=(proto.device_fields, base), __module__=__name__,
+                                     protocol=(Literal[name], ...), tags=tags_field)  # type: ignore[call-overload]
+    return tags, devices
 
 
-class ModbusRtuDevice(ModbusDeviceBase):
-    protocol: Literal["modbus_rtu"]
-    port: str = Field(description="serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    baudrate: int = Field(9600, ge=300, le=921600, description="bit/s; every device on one port shares it")
-    parity: Literal["N", "E", "O"] = Field("N", description="N, E or O (Modbus over serial line: E is the default "
-                                                            "of the standard, many devices use N)")
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    local_echo: bool = Field(False, description="the 2-wire RS-485 adapter echoes what it sends: read and check "
-                                                "the echo of each request; every device on one port shares it")
-    unit_id: int = Field(ge=1, le=247, description="slave address 1..247")
-    max_registers_per_read: int = Field(125, ge=1, le=125)
-    max_bits_per_read: int = Field(2000, ge=1, le=2000)
-    heartbeat: HeartbeatCfg | None = None
-    tags: list[ModbusTag] = Field(default_factory=list, description="this device's points (profile tags are "
-                                                                   "appended)")
+#: protocol name -> its tag model / device model (the JSON Schema names ModbusTag, ModbusTcpDevice, ...)
+TAG_MODELS, DEVICE_MODELS = _protocol_models()
+DeviceCfg = Annotated[Union[tuple(DEVICE_MODELS.values())], Field(discriminator="protocol")]  # type: ignore[misc]
 
 
-class OpcUaSecurity(Strict):
-    """OPC UA Part 2 / Part 7 security: policy + mode with a client certificate, and/or a user token."""
-
-    policy: Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] | None = None
-    mode: Literal["Sign", "SignAndEncrypt"] | None = None
-    cert: str | None = Field(None, description="client certificate (DER or PEM) file")
-    key: SecretPath | None = Field(None, description="client private key file (mode 0600)")
-    server_cert: str | None = Field(None, description="trusted server certificate file")
-    username: str | None = None
-    password_file: SecretPath | None = Field(None, description="file holding the password (mode 0600; never inline)")
-
-    @model_validator(mode="after")
-    def _pairs(self) -> "OpcUaSecurity":
-        if (self.policy is None) != (self.mode is None):
-            raise ValueError("policy and mode go together")
-        if self.policy and not (self.cert and self.key):
-            raise ValueError("a security policy needs cert and key files")
-        if (self.username is None) != (self.password_file is None):
-            raise ValueError("username and password_file go together")
-        return self
-
-
-class OpcUaDeviceCfg(DeviceBase):
-    protocol: Literal["opcua"]
-    endpoint: str = Field(pattern=r"^opc\.tcp://")
-    publishing_interval_ms: int = Field(250, ge=10)
-    watchdog_s: float = Field(5.0, gt=0, description="read ServerStatus/CurrentTime this often (C12)")
-    security: OpcUaSecurity | None = None
-    tags: list[OpcUaTag]
-
-
-DeviceCfg = Annotated[Union[ModbusTcpDevice, ModbusRtuDevice, OpcUaDeviceCfg], Field(discriminator="protocol")]
+def profile_tag_model() -> type:
+    """The tag model of the protocols whose devices take register-map profiles (gateway.device_profiles)."""
+    models = {TAG_MODELS[n] for n, p in PROTOCOLS.items() if p.profiles}
+    if len(models) != 1:
+        raise RuntimeError(f"profiles need one tag model, the registry gives {len(models)}")
+    return models.pop()
 
 
 class InterlockInputCfg(Strict):
@@ -759,21 +608,42 @@ def _message(err: dict) -> str:
         return f"missing required key '{err['loc'][-1]}'"
     if typ == "union_tag_invalid":
         ctx = err.get("ctx") or {}
-        return f"protocol must be one of {ctx.get('expected_tags', 'modbus_tcp, modbus_rtu, opcua')}"
+        return f"protocol must be one of {ctx.get('expected_tags', ', '.join(PROTOCOLS))}"
     if typ == "union_tag_not_found":
-        return "missing required key 'protocol' (modbus_tcp, modbus_rtu or opcua)"
+        return f"missing required key 'protocol' ({', '.join(list(PROTOCOLS)[:-1])} or {list(PROTOCOLS)[-1]})"
     msg = msg.removeprefix("Value error, ")
     return msg
 
 
-_PYDANTIC_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "tuple", "none",
-                      "modbus_tcp", "modbus_rtu", "opcua"}  # + discriminator tags
+_PYDANTIC_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "tuple", "none"} | set(PROTOCOLS)  # + tags
+
+
+@functools.lru_cache(maxsize=1)
+def _model_names() -> frozenset[str]:
+    """Names of every model of the config's grammar (ours and the protocols' sections), which pydantic writes
+    into a location as a union branch."""
+    out: set[str] = set()
+    todo: list[type] = [Strict, *(c for p in PROTOCOLS.values() for c in (p.device_fields, p.tag_fields))]
+    while todo:
+        c = todo.pop()
+        if c.__name__ not in out:
+            out.add(c.__name__)
+            todo.extend(c.__subclasses__())
+            for f in getattr(c, "model_fields", {}).values():   # nested sections (ModbusAddress, HeartbeatCfg ...)
+                todo.extend(t for t in _model_types(f.annotation))
+    return frozenset(out)
+
+
+def _model_types(annotation: Any) -> list[type]:
+    """The pydantic model classes an annotation names (through Optional, Union, list, tuple, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for a in getattr(annotation, "__args__", ()) for t in _model_types(a)]
 
 
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union branch names (e.g. 'modbus_tcp', 'float', 'LimitCfg') from a location."""
-    models = {c.__name__ for c in Strict.__subclasses__()} | {c.__name__ for c in TagBase.__subclasses__()} \
-        | {c.__name__ for c in DeviceBase.__subclasses__()}
+    models = _model_names()
     out = []
     for k in loc:
         if isinstance(k, str) and (k in models or k in _PYDANTIC_BRANCHES
@@ -893,28 +763,15 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
 
     seen_dev: dict[str, int] = {}
     seen_tag: dict[str, tuple[int, int]] = {}
-    serial: dict[str, tuple] = {}
     for di, d in enumerate(m.devices):
         if d.name in seen_dev:
             at(("devices", di, "name"), f"device name '{d.name}' also used by devices[{seen_dev[d.name]}]")
         seen_dev.setdefault(d.name, di)
-        if isinstance(d, ModbusRtuDevice):
-            settings = (d.baudrate, d.parity, d.stopbits, d.bytesize)
-            if d.port in serial and serial[d.port][0] != settings:
-                at(("devices", di, "baudrate"), f"port {d.port} is shared with devices[{serial[d.port][1]}] "
-                   "but with other serial settings (one bus, one baud rate)")
-            serial.setdefault(d.port, (settings, di))
         for ti, t in enumerate(d.tags):
             if t.name in seen_tag:
                 a, b = seen_tag[t.name]
                 at(("devices", di, "tags", ti, "name"), f"tag name '{t.name}' also used at devices[{a}].tags[{b}]")
             seen_tag.setdefault(t.name, (di, ti))
-            if isinstance(t, ModbusTag):
-                table, _ = t.table_address()
-                if t.writable and table in ("discrete_input", "input_register"):
-                    at(("devices", di, "tags", ti, "writable"), f"{_article(table)} {table.replace('_', ' ')} cannot be written")
-                if table in ("coil", "discrete_input") and t.type not in ("bool",):
-                    at(("devices", di, "tags", ti, "type"), f"{_article(table)} {table.replace('_', ' ')} holds bits: type must be bool")
             if t.alarms is not None:
                 loc = ("devices", di, "tags", ti, "alarms")
                 try:
@@ -930,6 +787,11 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 if t.alarms.gas is not None and d.enabled:
                     for w in _gas_freshness_warnings(d, t.alarms):
                         at(loc, w, warning=True)
+    by_protocol: dict[str, list[tuple[int, Any]]] = {}
+    for di, d in enumerate(m.devices):
+        by_protocol.setdefault(d.protocol, []).append((di, d))
+    for name, devs in by_protocol.items():   # checks across one protocol's devices (drivers.registry)
+        PROTOCOLS[name].check(devs, lambda loc, msg: at(loc, msg))
     waived = m.store.retention_floor.waive   # C16: the 30-day floor is hard unless waived with a reason
     retention = _retention_warning(m)
     if retention:
@@ -984,10 +846,6 @@ def _retention_warning(m: Config) -> str | None:
     return (f"max_bytes {m.store.max_bytes} holds about {days:.1f} days at {per_s:g} readings/s "
             f"(~{BYTES_PER_READING} B each), less than retention_days {m.store.retention_days:g}; "
             f"raise max_bytes to at least {math.ceil(need)} or poll less often")
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
 
 
 def limit_spec(kind: str, v: LimitValue, base: LimitSpec | None) -> LimitSpec:

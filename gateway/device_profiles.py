@@ -47,13 +47,14 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from gateway.shipped import shipped
-from gateway.config import NAME_RE, ConfigError, ModbusTag, Problem, Strict, read_yaml, validation_problems
+from drivers.registry import PROTOCOLS
+from gateway.config import NAME_RE, ConfigError, Problem, Strict, profile_tag_model, read_yaml, validation_problems
 
 #: profiles shipped with the gateway (gateway.shipped: the source tree, or the wheel's data directory)
 BUILTIN_DIR = shipped("config/profiles")
@@ -189,6 +190,11 @@ class SourceMap:
 
 # --- profile file models --------------------------------------------------------------------------
 
+def _profile_protocols() -> list[str]:
+    """The protocols whose devices take register-map profiles (drivers.registry.Protocol.profiles)."""
+    return [name for name, p in PROTOCOLS.items() if p.profiles]
+
+
 class ProfileHeader(Strict):
     """The ``profile:`` section of a profile file."""
 
@@ -196,14 +202,22 @@ class ProfileHeader(Strict):
     description: str | None = None
     manufacturer: str | None = None
     source: str | None = Field(None, description="the register map this profile was compiled from, and its citation")
-    protocols: list[Literal["modbus_tcp", "modbus_rtu"]] = Field(
-        default_factory=lambda: ["modbus_tcp", "modbus_rtu"], description="transports the device speaks")
+    protocols: list[str] = Field(default_factory=lambda: _profile_protocols(),
+                                 description="transports the device speaks (protocols that take profiles)")
     device_defaults: dict[str, Any] = Field(
         default_factory=dict, description=f"device keys filled in when the device does not set them: "
                                           f"{', '.join(sorted(DEVICE_DEFAULT_KEYS))}")
     select: list[str] = Field(default_factory=lambda: ["*"],
                               description="fnmatch patterns over tag keys a device gets when it has no select:")
     notes: str | None = None
+
+    @model_validator(mode="after")
+    def _protocols(self) -> "ProfileHeader":
+        bad = [p for p in self.protocols if p not in _profile_protocols()]
+        if bad:
+            raise ValueError(f"protocols: {', '.join(bad)} cannot take a register-map profile "
+                             f"(allowed: {', '.join(_profile_protocols())})")
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> "ProfileHeader":
@@ -214,7 +228,7 @@ class ProfileHeader(Strict):
         return self
 
 
-class ProfileTag(ModbusTag):
+class ProfileTag(profile_tag_model()):  # type: ignore[misc]
     """One register of a profile: a config Modbus tag with ``key`` instead of ``name``."""
 
     name: str = Field("", description="(not used in profiles: the device's tag_prefix + key names the tag)")
@@ -470,13 +484,19 @@ def expand(root: CommentedMap, shown: str, cfg_path: Path) -> Expanded:
     return Expanded(tree, smap, lib.problems, warnings, lib.files, failed)
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: SourceMap,
                    warnings: list[Problem]) -> bool:
     base = ("devices", di)
     ref_at = smap.problem((*base, "profile"), "", at_value=True)
-    if dev.get("protocol") == "opcua":
+    proto = PROTOCOLS.get(str(dev.get("protocol")))
+    if proto is not None and not proto.profiles:   # drivers.registry: which protocols take register maps
         lib.problems.append(Problem(ref_at.file, ref_at.line, ref_at.col, ref_at.path,
-                                    "a profile is a Modbus register map; an opcua device lists node ids under tags:"))
+                                    f"a profile is a Modbus register map; {_article(proto.name)} {proto.name} device "
+                                    "lists its points under tags:"))
         return False
     prof = lib.resolve(dev["profile"], ref_at)
     if prof is None:

@@ -1,5 +1,10 @@
 """Shared value types: the one module drivers/ may import from gateway/.
 
+Besides the values of a reading, two pieces of the config's grammar that the protocols' config sections
+(drivers/*_section.py) share with gateway.config: :data:`STRICT` (the pydantic settings of every config
+section: unknown keys, infinities and NaN are errors, sections are frozen) and :data:`SecretPath` (a secret is a
+file path, never inline).
+
 A :class:`Reading` is what every driver hands the core: a tag's value with its
 quality, the reason when it is not good, and when and by whose clock it was
 sampled. A value is never fabricated: bad quality means ``value is None``.
@@ -12,7 +17,26 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict
+
+#: the pydantic settings of every config section (gateway.config.Strict, drivers' sections): an unknown key is an
+#: error (a typo cannot disable an alarm); allow_inf_nan=False refuses .inf / .nan (and 1e999) where they are
+#: written, for every float of the config (none has a meaning there); a validated section is frozen
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _secret_path(v: Any) -> Any:
+    """A secret is given as a file path, never inline (docs/design.md, Secrets): refuse PEM / multi-line key material."""
+    if isinstance(v, str) and ("-----BEGIN" in v or "\n" in v.strip()):
+        raise ValueError("key material must not be inline: put it in a file (chmod 600) and give the file's path")
+    return v
+
+
+#: a config value naming a secret file (a private key, a password file); gateway.config.check_secrets checks
+#: that the file exists and is readable by its owner only
+SecretPath = Annotated[str, AfterValidator(_secret_path)]
 
 
 class Quality(str, Enum):
