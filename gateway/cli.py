@@ -75,6 +75,10 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     if not (args.listen and args.store and args.trust):
         _err("receiver needs --listen HOST:PORT --store PATH --trust DIR")
         return 2
+    missing = receiver.web_stack_missing()
+    if missing:
+        _err(missing)
+        return 2
     return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key,
                                  signing_key=args.signing_key) or 0
 

@@ -4,7 +4,9 @@ The wheel is built from the tracked files alone (copied out of the checkout, so 
 generated in the tree can make it pass), installed with its dependencies into a new venv, and run
 with a working directory outside the repository: ``--version`` (one source of truth: pyproject.toml),
 ``schema`` (the packaged config/schema.json), ``check`` on the packaged template (once its secret
-files exist, as a technician would make them), ``install-service --dry-run`` and the full ``demo``.
+files exist, as a technician would make them), ``install-service --dry-run``. The plain wheel carries the
+gateway without the regulator's web stack: ``receiver`` and ``demo`` say which extra to install (exit 2, one
+line); with ``[demo]`` installed the full ``demo`` runs.
 """
 
 from __future__ import annotations
@@ -100,8 +102,26 @@ def test_install_service_dry_run(installed):
     assert not root.exists() or not any(root.rglob("*.service"))  # a dry run writes nothing
 
 
+def test_the_plain_wheel_has_no_web_stack_and_says_which_extra(installed):
+    exe, work = installed
+    py = exe.parent / "python"
+    r = _run([str(py), "-c", "import importlib.util as u; print(u.find_spec('starlette'), u.find_spec('uvicorn'))"],
+             work)
+    assert r.stdout.strip() == "None None", r.stdout      # a plant installs no web server
+    r = _run([str(exe), "receiver", "--listen", "127.0.0.1:0", "--store", "rx.sqlite", "--trust", "."], work)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "hazard-gateway: the receiver needs starlette and uvicorn, which the plain gateway does not install: "
+        "pip install 'hazard-gateway[receiver]'"], (r.returncode, r.stderr)
+    r = _run([str(exe), "demo", "--workdir", str(work / "no-demo")], work)
+    assert r.returncode == 2 and "pip install 'hazard-gateway[demo]'" in r.stderr and "Traceback" not in r.stderr, \
+        (r.returncode, r.stderr)
+
+
 def test_demo(installed):
     exe, work = installed
+    wheel = next((exe.parent.parent.parent / "dist").glob("hazard_gateway-*.whl"))
+    r = _run([str(exe.parent / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[demo]"], work, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     out = work / "demo.json"
     r = _run([str(exe), "demo", "--workdir", str(work / "demo"), "--json", str(out)], work, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])

@@ -159,6 +159,13 @@ def chain_hash(compact_jws: str) -> str:
     return b64url_encode(hashlib.sha256(compact_jws.encode("ascii")).digest())
 
 
+def links_to(payload: dict[str, Any], previous_jws_hash: str) -> bool:
+    """The chain's link rule, one place for the receiver and the offline verifier: batch seq n (n > 1) links
+    to seq n-1 when its ``prev`` equals ``previous_jws_hash``, the chain_hash of seq n-1's compact JWS (seq 1
+    has ``prev`` null and links to nothing, validate_payload). ``payload``: a validated batch payload."""
+    return payload["prev"] == previous_jws_hash
+
+
 # ---------------------------------------------------------------- keys / JWK
 
 

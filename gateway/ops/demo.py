@@ -362,6 +362,12 @@ def run_demo(config: str | None = None, workdir: str | None = None, json_out: st
         print(f"hazard-gateway: demo config {cfg_path} not found (give --config)", file=sys.stderr)
         return 2
     load_config(cfg_path)  # a broken demo config is reported as FILE:LINE:COL before anything starts
+    from gateway.regulator.receiver import web_stack_missing
+
+    missing = web_stack_missing("demo")  # the demo runs the reference receiver
+    if missing:
+        print(f"hazard-gateway: demo: {missing}", file=sys.stderr)
+        return 2
     from hil.scenario import SCENARIO_DIR, ScenarioError, load_scenario, resolve_scenario_path
 
     if not resolve_scenario_path(scenario).exists():

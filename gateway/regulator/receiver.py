@@ -121,7 +121,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.model import rfc3339
 from gateway.chain.rejection import CONTENT_REFUSAL_STATUSES, sign_rejection
-from gateway.chain.signing import (BatchError, KeyFileError, Signer, batch_kid, canonical_json, chain_hash,
+from gateway.chain.signing import (BatchError, KeyFileError, Signer, batch_kid, canonical_json, chain_hash, links_to,
                              decode_unverified, public_key_from_jwk, verify_batch, verify_jws)
 from gateway.tlsutil import make_self_signed
 from gateway.regulator.verify import TrustedKey, load_trust
@@ -569,7 +569,7 @@ class Receiver:
                 return self._reject("gap", 409, f"gap: expected seq {last + 1}", {"expected_seq": last + 1})
             if seq > 1:
                 before = self.store.get(gid, seq - 1)
-                if before is None or payload["prev"] != before.hash:
+                if before is None or not links_to(payload, before.hash):
                     return self._reject("chain", 409, f"chain broken: prev of {where} is not the hash of seq "
                                                       f"{seq - 1}", {"expected_seq": last + 1})
                 if not self.store.key_established(gid, kid):
@@ -941,6 +941,23 @@ def _raise_fd_limit(limits: ReceiverLimits) -> None:
         if soft < want:
             log.warning("open-file limit %d is below %d (max_connections %d); raise LimitNOFILE", soft, want,
                         limits.max_connections)
+
+
+#: the extra that brings the receiver's web stack (starlette, uvicorn); the plain gateway does not install it
+WEB_EXTRA = "receiver"
+
+
+def web_stack_missing(extra: str = WEB_EXTRA) -> str | None:
+    """None when the receiver's web stack (starlette, uvicorn) is installed; else one line saying which extra
+    to install (``extra``: "receiver", or "demo" for the demo, which runs a receiver). The gateway itself never
+    needs it: a plant installs ``hazard-gateway``, a regulator ``hazard-gateway[receiver]``."""
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"the receiver needs {' and '.join(missing)}, which the plain gateway does not install: "
+            f"pip install 'hazard-gateway[{extra}]'")
 
 
 def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.PathLike[str],

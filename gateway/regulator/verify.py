@@ -47,8 +47,8 @@ from typing import Any, Iterable, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.chain.signing import (GATEWAY_ID_RE, BatchError, KeyFileError, chain_hash, decode_unverified, read_jwk,
-                             public_key_from_jwk, verify_batch)
+from gateway.chain.signing import (GATEWAY_ID_RE, BatchError, KeyFileError, chain_hash, decode_unverified, links_to,
+                                   public_key_from_jwk, read_jwk, verify_batch)
 
 __all__ = ["FileResult", "TrustedKey", "VerifyReport", "load_trust", "verify_files", "run_verify"]
 
@@ -294,7 +294,7 @@ def _check_sequence(gid: str, group: list[FileResult], report: VerifyReport, par
             if before is None:
                 res.notes.append(f"prev not checked: seq {s - 1} did not verify")
                 continue
-            if res.payload["prev"] != before.hash:
+            if not links_to(res.payload, before.hash):
                 res.faults.append(f"chain broken: prev is not the hash of seq {s - 1} ({before.path})")
             if _when(res.created_at) < _when(before.created_at):
                 res.notes.append(f"created_at {res.created_at} is earlier than seq {s - 1}'s "
