@@ -16,15 +16,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hazard-gateway demo $(DEMO_ARGS)
 
+# Bytecode is cached (__pycache__, ignored by git) even where the environment sets PYTHONDONTWRITEBYTECODE:
+# without the cache every worker and every daemon a test starts compiles the whole tree again (7 s per process).
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+
 # Most tests wait on real peers (sockets, ptys, timers), so four workers fit two cores; a file stays on one
 # worker (module-scoped servers). PYTEST_ARGS="-n 0" runs serially.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -q -n 4 --dist loadfile $(PYTEST_ARGS)
 
 # The fast lane: everything but the tests marked e2e (a daemon, a server or a broker, the command line as a child
 # process, or seconds of waiting; see tests/conftest.py). Under 30 s on two cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -q -n 2 -m "not e2e" $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
