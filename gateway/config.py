@@ -1064,7 +1064,7 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
     enterprise / major-hazard codes that make valid point codes (gateway.hazard.point_code)."""
     from gateway.hazard import HazardEngine, default_table, point_code, unit_from_dict
     from gateway.hazard.engine import resolve_substance
-    from gateway.hazard.engine import _PRESSURE_KPA, _TEMP_UNITS
+    from gateway.hazard.engine import PRESSURE_KPA, TEMP_UNITS
     from gateway.hazard.volume import LEVEL_UNITS
 
     m = cfg.model
@@ -1086,8 +1086,8 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
     tags = cfg.all_tags()
     table = default_table()
     names: dict[str, int] = {}
-    kinds = {"tag_level": ("level", {*LEVEL_UNITS, "%"}), "tag_temperature": ("temperature", _TEMP_UNITS),
-             "tag_pressure": ("pressure", {*_PRESSURE_KPA, ""})}
+    kinds = {"tag_level": ("level", {*LEVEL_UNITS, "%"}), "tag_temperature": ("temperature", TEMP_UNITS),
+             "tag_pressure": ("pressure", {*PRESSURE_KPA, ""})}
     for ui, d in enumerate(m.hazard.units):
         base = ("hazard", "units", ui)
         try:

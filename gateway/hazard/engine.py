@@ -68,8 +68,10 @@ COLOUR_SOURCE = "gateway-derived"
 
 R_KJ_KMOL_K = 8.314462618
 P_ATM_KPA = 101.325
-_PRESSURE_KPA = {"Pa": 0.001, "kPa": 1.0, "MPa": 1000.0, "bar": 100.0}
-_TEMP_UNITS = {"", "C", "degC", "°C", "℃", "K"}
+#: pressure units a hazard input may carry, and their factor to kPa (gateway.config checks tag units against it)
+PRESSURE_KPA = {"Pa": 0.001, "kPa": 1.0, "MPa": 1000.0, "bar": 100.0}
+#: temperature units a hazard input may carry (degrees Celsius; K is converted)
+TEMP_UNITS = {"", "C", "degC", "°C", "℃", "K"}
 _GEOMETRIES = (VerticalCylinder, HorizontalCylinder, Sphere, StrappingTable)
 
 
@@ -180,7 +182,7 @@ def _num(r: Reading) -> float | None:
 
 
 def _temp_c(inp: _Input) -> float | None:
-    if inp.value is None or inp.unit.strip() not in _TEMP_UNITS:
+    if inp.value is None or inp.unit.strip() not in TEMP_UNITS:
         return None
     return inp.value - 273.15 if inp.unit.strip() == "K" else inp.value
 
@@ -210,8 +212,8 @@ class _Item:
                     or not 0 < spec.max_fill <= 1:
                 raise ValueError(f"{where}: max_fill must be within (0, 1], got {spec.max_fill}")
         else:
-            if spec.pressure_unit not in _PRESSURE_KPA:
-                raise ValueError(f"{where}: pressure_unit must be one of {', '.join(_PRESSURE_KPA)}")
+            if spec.pressure_unit not in PRESSURE_KPA:
+                raise ValueError(f"{where}: pressure_unit must be one of {', '.join(PRESSURE_KPA)}")
             for k in ("volume_m3", "molar_mass_kg_kmol", "design_pressure", "z", "temperature_c", "min_temperature_c"):
                 v = getattr(spec, k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -254,7 +256,7 @@ class _Item:
 
     def _gas_t(self, p: float, unit: str, t_c: float) -> float:
         s = self.spec
-        p_kpa = p * _PRESSURE_KPA[unit] + (0.0 if s.absolute else P_ATM_KPA)
+        p_kpa = p * PRESSURE_KPA[unit] + (0.0 if s.absolute else P_ATM_KPA)
         if p_kpa <= 0:
             return 0.0
         kg = p_kpa * s.volume_m3 * s.molar_mass_kg_kmol / (s.z * R_KJ_KMOL_K * (t_c + 273.15))
@@ -321,8 +323,8 @@ class _Item:
             else:
                 rho = float(d)
             return vol * rho, ""
-        unit = inp.unit.strip() if inp.unit.strip() in _PRESSURE_KPA else s.pressure_unit
-        if inp.unit.strip() and inp.unit.strip() not in _PRESSURE_KPA:
+        unit = inp.unit.strip() if inp.unit.strip() in PRESSURE_KPA else s.pressure_unit
+        if inp.unit.strip() and inp.unit.strip() not in PRESSURE_KPA:
             return None, f"{tag}: pressure unit {inp.unit!r} unknown"
         if t_c is None:
             t_c = s.min_temperature_c if s.tag_temperature else s.temperature_c

@@ -39,7 +39,6 @@ from ruamel.yaml import YAML
 from gateway.config import load_config
 from gateway.shipped import shipped
 from gateway.yamlload import load_yaml
-from hil.rig import stop_process
 from gateway.model import rfc3339
 
 REPO_CONFIG = shipped("config/demo.yaml")
@@ -110,6 +109,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
     from gateway.chain.signing import keygen
     from gateway.tlsutil import make_self_signed
     from hil.farm import TankFarm
+    from hil.rig import stop_process
 
     keys, trust, tls = wd / "keys", wd / "trust", wd / "tls"
     if not (keys / "private.pem").exists():

@@ -53,11 +53,11 @@ def draw(doc: dict[str, Any], out: Path, stamp: str) -> dict[str, str]:
             ax.set_xlabel("latency, ms (dashed p50, dotted p99)")
             ax.set_ylabel("count")
         else:
-            from hil.bench.run import _latency
+            from hil.bench.run import latency_summary
 
             polls = list(series)
             for i, k in enumerate(("p50", "p99", "max")):
-                vals = [(_latency(series[p]) or {}).get(k) or 0 for p in polls]
+                vals = [(latency_summary(series[p]) or {}).get(k) or 0 for p in polls]
                 ax.bar([j + i * 0.27 for j in range(len(polls))], vals, width=0.27, label=k)
             ax.set_xticks([j + 0.27 for j in range(len(polls))], [f"poll {p} ms" for p in polls])
             ax.set_ylabel("latency, ms")

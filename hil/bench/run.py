@@ -99,7 +99,8 @@ def find_key(d: Any, key: str, depth: int = 3) -> Any:
     return None
 
 
-def _latency(res: dict) -> dict | None:
+def latency_summary(res: dict) -> dict | None:
+    """The safety_latency_ms figures of one benchmark result (found at any depth), or None."""
     v = find_key(res, "safety_latency_ms")
     if isinstance(v, dict):
         return v
@@ -113,10 +114,10 @@ def summarise(results: dict[str, dict], safety_polls: list[int]) -> dict[str, An
     saf = results.get("safety_latency") or {}
     by_poll = saf.get("by_poll_ms") or {}
     if by_poll:
-        s["safety_latency_ms"] = _latency(by_poll.get(str(safety_polls[0])) or next(iter(by_poll.values())))
-        s["safety_latency_ms_by_poll"] = {p: _latency(r) for p, r in by_poll.items()}
+        s["safety_latency_ms"] = latency_summary(by_poll.get(str(safety_polls[0])) or next(iter(by_poll.values())))
+        s["safety_latency_ms_by_poll"] = {p: latency_summary(r) for p, r in by_poll.items()}
     elif saf:
-        s["safety_latency_ms"] = _latency(saf)
+        s["safety_latency_ms"] = latency_summary(saf)
     stall = results.get("record_stall") or {}
     s["stall_p99_delta_ms"] = stall.get("p99_delta_ms")
     s["stall_readings_lost"] = stall.get("readings_lost")
