@@ -20,8 +20,7 @@ the daemon, a server (any listening socket on an IP address, 127.0.0.1 too) or a
 (``python -m gateway.cli``, ``hil.farm``, an installed wheel) as a child process, or takes a second or more. A
 short run of a system tool (systemd-analyze, ldconfig) or a ``python -c`` probe is not. A test that uses a
 module-scoped fixture which starts a server is e2e too. A test module marks itself (``pytestmark =
-pytest.mark.e2e``, or ``@pytest.mark.e2e`` per test); E2E_TESTS below marks the tests of files this change could
-not edit.
+pytest.mark.e2e``, or ``@pytest.mark.e2e`` per test).
 """
 
 from __future__ import annotations
@@ -184,68 +183,3 @@ def signing_keys(tmp_path: Path):
     private, trust = make_keys(tmp_path)
     return Signer.from_file(private), trust
 
-
-# ------------------------------------------------------------------------------------------------ the e2e marker
-
-#: Tests that start a daemon, a server or a broker (also on 127.0.0.1), run the command line as a child process, or
-#: take seconds, in the files this change was not free to edit (others were changing them): file name -> the test
-#: functions (every parameter of them), or None for the whole file. Found by timing, and by recording which tests
-#: listen on a socket or start a child process. When a file is next edited, move its marks into it
-#: (``pytestmark = pytest.mark.e2e`` or ``@pytest.mark.e2e``) and delete its entry here.
-E2E_TESTS: dict[str, frozenset[str] | None] = {
-    "test_bench_smoke.py": frozenset({      # the benchmarks on tiny sizes: daemons, servers, the runner (~40 s)
-        "test_farm_link_down_and_power_loss_hook", "test_idle_daemon_tiny", "test_record_stall_tiny",
-        "test_rtu_util_tiny", "test_runner_quick_writes_json_table_and_plot", "test_tagsim_vary_counts_requests",
-        "test_tcp_poll_tiny"}),
-    "test_crash.py": None,                  # SIGKILLs the daemon child process 30 times while the receiver bounces
-    "test_engine_state.py": frozenset({     # a running Gateway against the TCP PLC, reloaded
-        "test_a_reload_swaps_the_plant_keeps_ack_latch_and_trip_and_applies_the_new_set_point"}),
-    "test_forwarder.py": frozenset({        # a receiver served over HTTPS (a thread), retries and backoff for seconds
-        "test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_is_installed",
-        "test_C14_1000_readings_in_batches_of_10_arrive_exactly_once",
-        "test_C14_409_chain_conflict_holds_without_dead_lettering", "test_C14b_answer_after_timeout_resends_same_bytes",
-        "test_C14c_503_with_retry_after_twice_then_200", "test_C14c_permanent_4xx_dead_letters_and_later_batches_flow",
-        "test_content_refusal_without_signed_rejection_holds_then_the_same_bytes_go_through",
-        "test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive",
-        "test_mismatched_or_missing_rejection_holds_then_the_batch_goes_through", "test_rate_limit_spaces_sends",
-        "test_real_signed_rejection_the_gateway_cannot_trust_holds",
-        "test_retention_keeps_the_tombstone_prev_then_422_dead_letters", "test_uplink_transport_errors_are_retryable"}),
-    "test_receiver.py": frozenset({         # the receiver over HTTPS, in a thread or as a child process
-        "test_answer_lost_after_commit_then_resend_is_a_duplicate", "test_export_names_and_bytes_then_verify_ok",
-        "test_failed_commit_is_rolled_back_and_the_next_batch_is_accepted",
-        "test_in_order_accept_duplicate_and_each_rejection",
-        "test_key_rotation_by_announce_key_persists_across_restart",
-        "test_locked_store_answers_503_with_retry_after_then_recovers",
-        "test_reordered_batch_is_refused_with_the_expected_seq", "test_submit_runs_off_the_event_loop",
-        "test_subprocess_receiver_serves_https_and_stops_cleanly_on_sigterm", "test_tls_is_real_and_pinned",
-        "test_verify_rejects_flip_gap_broken_prev_wrong_key_and_equivocation"}),
-    "test_receiver_security.py": frozenset({  # the receiver over HTTPS; 24 x 15 MB bodies, 300 slow connections
-        "test_a_key_of_another_gateway_is_refused_401_counted_and_logged",
-        "test_announce_key_without_or_with_a_wrong_proof_is_refused_and_cannot_lock_out_the_owner",
-        "test_cli_receiver_refuses_unbound_keys_with_require_bound_keys",
-        "test_deeply_nested_or_oversized_json_in_header_or_payload_is_400_with_the_reason",
-        "test_honest_gateway_is_served_while_300_slow_connections_are_held_then_dropped",
-        "test_oversized_bodies_are_refused_in_bounded_memory_and_the_honest_gateway_is_served",
-        "test_rotation_with_proof_and_a_key_change_without_announcement",
-        "test_status_needs_a_fresh_request_signed_by_a_key_of_that_gateway",
-        "test_trust_directory_contradictions_and_unbound_keys_under_require_binding"}),
-    "test_record_path_faults.py": None,     # the daemon child process under a fake systemd, the store stalled ~20 s
-    "test_rejection.py": frozenset({        # the receiver over HTTPS, `check` as a child process
-        "test_check_reports_a_bad_receiver_key_as_one_line", "test_receiver_signing_key_mistakes_are_one_line",
-        "test_receiver_signs_the_content_refusals_it_can_name_and_no_others",
-        "test_receiver_without_a_signing_key_signs_nothing"}),
-    "test_reload_bounded.py": None,         # a running Gateway against the TCP PLC, reloads of hostile files
-    "test_reload_state.py": None,           # a running Gateway, SIGHUP reloads against a hung uplink server
-    "test_safety_state.py": frozenset({"test_a_trip_survives_sigkill_of_the_daemon"}),  # the daemon, SIGKILLed
-    "test_signals.py": frozenset({          # the daemon child process: SIGTERM, SIGHUP
-        "test_sighup_rejects_a_bad_config_then_applies_a_good_one",
-        "test_sigterm_finishes_flushes_closes_and_outputs_hold"}),
-}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in E2E_TESTS:
-            names = E2E_TESTS[item.path.name]
-            if names is None or getattr(item, "originalname", item.name) in names:
-                item.add_marker(pytest.mark.e2e)

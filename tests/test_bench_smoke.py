@@ -27,6 +27,7 @@ def test_percentile_table():
     assert percentile(list(range(101)), 99) == pytest.approx(99.0)
 
 
+@pytest.mark.e2e
 def test_tcp_poll_tiny():
     res = tcp_poll.run(tag_counts=[10, 130], duration_s=0.4)
     assert [x["tags"] for x in res["by_tags"]] == [10, 130]
@@ -37,6 +38,7 @@ def test_tcp_poll_tiny():
     assert res["tcp_ratio_to_ceiling"] == big["ratio"] > 0
 
 
+@pytest.mark.e2e
 def test_rtu_util_tiny():
     res = rtu_util.run(bauds=[9600, 115200], tags=4, duration_s=0.5)
     by = {b["baud"]: b for b in res["by_baud"]}
@@ -49,6 +51,7 @@ def test_rtu_util_tiny():
     assert 0 < res["rtu_bus_utilisation"]["115200"] < 1.5
 
 
+@pytest.mark.e2e
 def test_idle_daemon_tiny(tmp_path):
     res = idle.run(tags=12, poll_ms=[500], duration_s=2.5, warmup_s=0.5, workdir=str(tmp_path))
     r = res["runs"][0]
@@ -58,6 +61,7 @@ def test_idle_daemon_tiny(tmp_path):
     assert (tmp_path / "poll-500ms" / "state" / "status.json").exists()
 
 
+@pytest.mark.e2e
 async def test_tagsim_vary_counts_requests():
     from pymodbus.client import AsyncModbusTcpClient
 
@@ -93,6 +97,7 @@ def test_peer_runs_when_installed(tmp_path):
     assert res["peer"]["tags_per_s"] > 0 and res["peer_ratio"] is not None
 
 
+@pytest.mark.e2e
 def test_runner_quick_writes_json_table_and_plot(tmp_path, capsys):
     rc = bench_run.main(["--quick", "--out", str(tmp_path), "--only", "tcp_poll", "rtu_util", "store_bench",
                          "safety_latency", "--tcp-tags", "10", "40"])
@@ -156,6 +161,7 @@ def test_scenario_new_actions_validated():
         parse_scenario("- {at_s: 0, power_loss: {}}", "<s>")
 
 
+@pytest.mark.e2e
 async def test_farm_link_down_and_power_loss_hook(tmp_path):
     """link_down: the PLC refuses connects for for_s, then answers again on the same port with the level
     integrated over the outage; power_loss without a runner's hook is refused in one line; with one it calls it."""
@@ -206,6 +212,7 @@ async def test_farm_link_down_and_power_loss_hook(tmp_path):
         await farm.stop()
 
 
+@pytest.mark.e2e
 def test_record_stall_tiny():
     """The fault run: trips in both phases, a real write-lock stall held, and the record caught up after it."""
     from hil.bench import record_stall

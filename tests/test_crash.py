@@ -26,7 +26,7 @@ from hil.rig import (GatewayProc, ReceiverProc, drained, integrity, make_keys, p
                      receiver_readings, store_readings, tank_plc_config)
 from hil.tank_plc import TankPlc
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]   # e2e: daemons or servers, seconds of waiting
 
 KILLS = 30
 

@@ -375,6 +375,7 @@ def test_a_gateway_holds_its_plant_and_its_live_parts_only(tmp_path):
         gw.plant.alarms = None  # type: ignore[misc]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 async def test_a_reload_swaps_the_plant_keeps_ack_latch_and_trip_and_applies_the_new_set_point(tmp_path: Path):
     from gateway.config import load_config

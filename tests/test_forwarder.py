@@ -196,6 +196,7 @@ def test_uplink_refuses_plain_http() -> None:
         HttpsUplink("http://127.0.0.1:1")
 
 
+@pytest.mark.e2e
 async def test_uplink_transport_errors_are_retryable(tmp_path: Path, keys) -> None:
     signer, trust_dir = keys
     import socket
@@ -251,6 +252,7 @@ async def run_forwarder(fwd: Forwarder, until, timeout_s: float) -> None:
         await asyncio.wait_for(task, 5)
 
 
+@pytest.mark.e2e
 async def test_C14_1000_readings_in_batches_of_10_arrive_exactly_once(tmp_path: Path, keys) -> None:
     signer, trust_dir = keys
     rng = random.Random(14)
@@ -273,6 +275,7 @@ async def test_C14_1000_readings_in_batches_of_10_arrive_exactly_once(tmp_path: 
     assert s["last_acked_seq"] == 100 and s["batches_unacked"] == 0
 
 
+@pytest.mark.e2e
 async def test_C14b_answer_after_timeout_resends_same_bytes(tmp_path: Path, keys) -> None:
     signer, trust_dir = keys
     answers: list[tuple[int, str, str]] = []
@@ -297,6 +300,7 @@ async def test_C14b_answer_after_timeout_resends_same_bytes(tmp_path: Path, keys
     assert seqs == [1, 2, 3, 4, 5] and values == Counter(range(50))
 
 
+@pytest.mark.e2e
 async def test_C14c_503_with_retry_after_twice_then_200(tmp_path: Path, keys) -> None:
     signer, trust_dir = keys
     hits: list[float] = []
@@ -322,6 +326,7 @@ async def test_C14c_503_with_retry_after_twice_then_200(tmp_path: Path, keys) ->
     assert seqs == [1] and values == Counter(range(5))
 
 
+@pytest.mark.e2e
 async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: Path, keys, rx_key,
                                                                             other_gw) -> None:
     """(b) A receiver with --signing-key refuses batch 2's content (400: it announces a key of another
@@ -376,6 +381,7 @@ async def test_C14c_permanent_4xx_dead_letters_and_later_batches_flow(tmp_path: 
     assert [r["value"] for r in after["readings"]] == list(range(30, 40))
 
 
+@pytest.mark.e2e
 async def test_content_refusal_without_signed_rejection_holds_then_the_same_bytes_go_through(
         tmp_path: Path, keys, rx_key) -> None:
     """(a) A receiver without a signing key whose cap is below the batch answers 413 (a proxy's 413 looks
@@ -420,6 +426,7 @@ async def test_content_refusal_without_signed_rejection_holds_then_the_same_byte
     assert seqs[0] == 1 and values == Counter(range(30)) and fwd.held is None
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["foreign_key", "no_receiver_key"])
 async def test_real_signed_rejection_the_gateway_cannot_trust_holds(tmp_path: Path, keys, rx_key, other_gw,
                                                                     case) -> None:
@@ -461,6 +468,7 @@ FORGED = {   # case -> what the held line must say
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(FORGED))
 async def test_mismatched_or_missing_rejection_holds_then_the_batch_goes_through(tmp_path: Path, keys, rx_key,
                                                                                  case) -> None:
@@ -524,6 +532,7 @@ async def test_mismatched_or_missing_rejection_holds_then_the_batch_goes_through
     assert stored.jws == first.jws and fwd.held is None
 
 
+@pytest.mark.e2e
 async def test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_is_installed(tmp_path: Path,
                                                                                             keys) -> None:
     """A receiver that has not installed the gateway's key yet answers 401 (or 403): that refuses the
@@ -566,6 +575,7 @@ async def test_401_403_hold_with_one_alarm_and_deliver_everything_once_the_key_i
     assert "batch_dead_lettered" not in kinds
 
 
+@pytest.mark.e2e
 async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Path, keys) -> None:
     """A reset buffer (a fresh store without its chain position file, e.g. copied in by hand; after C17b
     the chain carries on instead) restarts at seq 1: the receiver answers 409
@@ -595,6 +605,7 @@ async def test_C14_409_chain_conflict_holds_without_dead_lettering(tmp_path: Pat
     assert [k for (k,) in kinds] == ["uplink_chain_conflict"]
 
 
+@pytest.mark.e2e
 async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
     signer, trust_dir = keys
     hits: list[float] = []
@@ -617,6 +628,7 @@ async def test_rate_limit_spaces_sends(tmp_path: Path, keys) -> None:
     assert min(b - a for a, b in zip(hits, hits[1:])) >= 0.05
 
 
+@pytest.mark.e2e
 async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path: Path, keys, rx_key) -> None:
     """R1: batches 1-2 acked, batch 3 unacked; the size cap then deletes acknowledged batches.
     Batch 2 (the prev of 3 and of its tombstone) must survive, so the 422 on 3 (with the receiver's
@@ -662,6 +674,7 @@ async def test_retention_keeps_the_tombstone_prev_then_422_dead_letters(tmp_path
     assert tomb["readings"] == [] and tomb["events"][0]["kind"] == "batch_dead_lettered"
 
 
+@pytest.mark.e2e
 async def test_dead_letter_failure_keeps_the_batch_and_the_uploader_alive(tmp_path: Path, keys, rx_key) -> None:
     """R1: a fault while building the tombstone is logged and retried; run() never dies of it."""
     from gateway.record.uplink import Ack

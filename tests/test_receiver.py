@@ -81,6 +81,7 @@ def post(client: httpx.Client, jws: str) -> httpx.Response:
     return client.post("/v1/batches", content=jws.encode(), headers=JOSE)
 
 
+@pytest.mark.e2e
 def test_in_order_accept_duplicate_and_each_rejection(rx, client, pki):
     _, s = pki
     b = chain(s["A"], "gw-01", 1, 4)
@@ -131,6 +132,7 @@ def test_in_order_accept_duplicate_and_each_rejection(rx, client, pki):
         assert sum(1 for _ in store.readings("gw-01")) == 12
 
 
+@pytest.mark.e2e
 def test_reordered_batch_is_refused_with_the_expected_seq(client, pki):
     _, s = pki
     b = chain(s["A"], "gw-01", 1, 3)
@@ -144,6 +146,7 @@ def test_reordered_batch_is_refused_with_the_expected_seq(client, pki):
                       headers=signed_request_headers(s["A"], "gw-01")).json()["last_seq"] == 3
 
 
+@pytest.mark.e2e
 def test_tls_is_real_and_pinned(rx):
     with httpx.Client(verify=True, timeout=5) as c:  # system CAs do not know the self-signed cert
         with pytest.raises(httpx.ConnectError):
@@ -155,6 +158,7 @@ def test_tls_is_real_and_pinned(rx):
             c.get(rx.url.replace("https://", "http://") + "/v1/health")
 
 
+@pytest.mark.e2e
 def test_key_rotation_by_announce_key_persists_across_restart(tmp_path, pki):
     trust, s = pki
     new = Signer(Ed25519PrivateKey.generate())
@@ -191,6 +195,7 @@ def _received(tmp_path, pki, n: int = 5) -> tuple[Path, list[str]]:
     return out, b
 
 
+@pytest.mark.e2e
 def test_export_names_and_bytes_then_verify_ok(tmp_path, pki):
     trust, _ = pki
     out, b = _received(tmp_path, pki)
@@ -208,6 +213,7 @@ def _verify(trust: Path, d: Path) -> tuple[int, str]:
     return code, buf.getvalue()
 
 
+@pytest.mark.e2e
 def test_verify_rejects_flip_gap_broken_prev_wrong_key_and_equivocation(tmp_path, pki):
     trust, s = pki
     out, b = _received(tmp_path, pki)
@@ -295,6 +301,7 @@ def test_run_receiver_refuses_unsafe_or_broken_setups(tmp_path, pki):
         export_batches(tmp_path / "missing.sqlite", tmp_path / "out")
 
 
+@pytest.mark.e2e
 def test_subprocess_receiver_serves_https_and_stops_cleanly_on_sigterm(tmp_path, pki):
     trust, s = pki
     cert, key = make_self_signed(tmp_path / "tls")
@@ -327,6 +334,7 @@ def test_subprocess_receiver_serves_https_and_stops_cleanly_on_sigterm(tmp_path,
         assert [x.jws for x in st.batches("gw-01")] == b
 
 
+@pytest.mark.e2e
 def test_locked_store_answers_503_with_retry_after_then_recovers(tmp_path, pki):
     import sqlite3
 
@@ -345,6 +353,7 @@ def test_locked_store_answers_503_with_retry_after_then_recovers(tmp_path, pki):
         assert post(c, b[0]).json()["status"] == "accepted"
 
 
+@pytest.mark.e2e
 def test_failed_commit_is_rolled_back_and_the_next_batch_is_accepted(tmp_path, pki):
     """R4: a COMMIT that fails (here, deterministically, a deferred foreign key violated by a trigger
     while a flag is set; SQLite keeps the transaction open after a failed COMMIT) answers 503, is
@@ -376,6 +385,7 @@ def test_failed_commit_is_rolled_back_and_the_next_batch_is_accepted(tmp_path, p
         assert r.receiver.store.last_seq("gw-01") == 2
 
 
+@pytest.mark.e2e
 async def test_submit_runs_off_the_event_loop(tmp_path, pki):
     """R4: a slow submit (SQLite, signature checks) does not block the receiver's event loop."""
     import asyncio
@@ -401,6 +411,7 @@ async def test_submit_runs_off_the_event_loop(tmp_path, pki):
             assert (await pending).json()["status"] == "accepted"
 
 
+@pytest.mark.e2e
 def test_answer_lost_after_commit_then_resend_is_a_duplicate(tmp_path, pki):
     """C14 (b): the receiver commits but answers after the client's timeout; the byte-identical
     resend is acknowledged as a duplicate and stored once."""

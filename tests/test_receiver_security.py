@@ -138,6 +138,7 @@ def verify_dir(trust: Path, d: Path) -> tuple[int, str]:
 # ---------------------------------------------------------------- 1. keys are bound to gateways
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout", ["dir", "member"])
 def test_a_key_of_another_gateway_is_refused_401_counted_and_logged(tmp_path, keys, layout, caplog):
     trust = bound_trust(tmp_path, keys, layout)
@@ -169,6 +170,7 @@ def test_a_key_of_another_gateway_is_refused_401_counted_and_logged(tmp_path, ke
     assert code == 1 and re.search(r"gw-01-3\.jws: binding: key \S+ is bound to gateway gw-02", text), text
 
 
+@pytest.mark.e2e
 def test_trust_directory_contradictions_and_unbound_keys_under_require_binding(tmp_path, keys):
     A, B = keys["A"][1], keys["B"][1]
     t1 = tmp_path / "t1"
@@ -191,6 +193,7 @@ def test_trust_directory_contradictions_and_unbound_keys_under_require_binding(t
         assert post(c, chain(B, "gw-03", 1, 1)[0]).status_code == 401
 
 
+@pytest.mark.e2e
 def test_cli_receiver_refuses_unbound_keys_with_require_bound_keys(tmp_path, keys):
     trust = bound_trust(tmp_path, keys)
     write_jwk(trust / f"{keys['C'][1].kid}.jwk", keys["C"][1])   # one legacy unbound key
@@ -204,6 +207,7 @@ def test_cli_receiver_refuses_unbound_keys_with_require_bound_keys(tmp_path, key
 # ---------------------------------------------------------------- 2. key rotation needs proof of possession
 
 
+@pytest.mark.e2e
 def test_announce_key_without_or_with_a_wrong_proof_is_refused_and_cannot_lock_out_the_owner(tmp_path, keys):
     trust = flat_trust(tmp_path, keys)   # the legacy layout: B is unbound until it first signs
     (pa, A), (pb, B) = keys["A"], keys["B"]
@@ -232,6 +236,7 @@ def test_announce_key_without_or_with_a_wrong_proof_is_refused_and_cannot_lock_o
         assert st["rejected_payload"] == 1 and st["rejected_key_proof"] == 2
 
 
+@pytest.mark.e2e
 def test_rotation_with_proof_and_a_key_change_without_announcement(tmp_path, keys):
     trust = bound_trust(tmp_path, keys, "member", with_a2=True)   # A2: a trusted key of gw-01, never announced
     A, A2 = keys["A"][1], keys["A2"][1]
@@ -287,6 +292,7 @@ def test_verify_refuses_a_key_change_without_a_proven_announcement(tmp_path, key
 # ---------------------------------------------------------------- 3. status needs the upload's trust
 
 
+@pytest.mark.e2e
 def test_status_needs_a_fresh_request_signed_by_a_key_of_that_gateway(tmp_path, keys):
     trust = bound_trust(tmp_path, keys, "member")
     A, B, C = keys["A"][1], keys["B"][1], keys["C"][1]
@@ -340,6 +346,7 @@ def _nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
+@pytest.mark.e2e
 def test_deeply_nested_or_oversized_json_in_header_or_payload_is_400_with_the_reason(tmp_path, keys):
     trust = bound_trust(tmp_path, keys, "member")
     pa, A = keys["A"]
@@ -395,6 +402,7 @@ async def _closed_within(reader: asyncio.StreamReader, timeout: float) -> bool:
         return True
 
 
+@pytest.mark.e2e
 async def test_honest_gateway_is_served_while_300_slow_connections_are_held_then_dropped(tmp_path, keys):
     trust = bound_trust(tmp_path, keys, "member")
     A = keys["A"][1]
@@ -487,6 +495,7 @@ async def _flood(port: int, ctx: ssl.SSLContext, total: int, chunked: bool) -> b
         w.close()
 
 
+@pytest.mark.e2e
 async def test_oversized_bodies_are_refused_in_bounded_memory_and_the_honest_gateway_is_served(tmp_path, keys):
     """24 concurrent 15 MB bodies (half declared, half chunked) against the receiver as its own process
     (default limits): each is refused (413, or 503 when the shared budget is spent) and the process's

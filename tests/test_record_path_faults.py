@@ -34,6 +34,9 @@ from conftest import tank_overfill_config, wait_exit, wait_for
 from hil.rig import make_keys
 from notify_socket import NotifySocket
 
+# e2e: a daemon, a server or a child process, or seconds of waiting (make test-fast leaves it out)
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 
 def config_text(plc_port: int, busy_ms: int = 2000) -> str:

@@ -43,6 +43,7 @@ def batch_payload(seq: int = 1, n: int = 3) -> dict:
     return build_payload(GW, seq, None if seq == 1 else "A" * 43, "cfg", recs, [], created_at=1.76e9)
 
 
+@pytest.mark.e2e
 def test_receiver_signs_the_content_refusals_it_can_name_and_no_others(tmp_path: Path, setup) -> None:
     signer, trust, rx_pem, _, rx_jwk = setup
     key = load_receiver_key(rx_jwk)
@@ -73,6 +74,7 @@ def test_receiver_signs_the_content_refusals_it_can_name_and_no_others(tmp_path:
     assert stats["rejection_signed"] == 1 and stats["rejection_unsigned"] == 3
 
 
+@pytest.mark.e2e
 def test_receiver_without_a_signing_key_signs_nothing(tmp_path: Path, setup) -> None:
     signer, trust, *_ = setup
     with BackgroundReceiver(tmp_path / "rx", trust) as rx, \
@@ -154,6 +156,7 @@ devices:
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("what,want", [
     ("good", None),
     ("missing", "file rx/missing.jwk does not exist"),
@@ -185,6 +188,7 @@ def test_check_reports_a_bad_receiver_key_as_one_line(tmp_path: Path, what: str,
     assert line.startswith(f"{site}:6:17: uplink.receiver_key: ") and want in line, line
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("entry", [["-m", "gateway.cli", "receiver"], ["-m", "gateway.regulator.receiver"]])
 def test_receiver_signing_key_mistakes_are_one_line(tmp_path: Path, setup, entry: list[str]) -> None:
     _, trust, rx_pem, _, rx_jwk = setup

@@ -23,7 +23,7 @@ from gateway.runtime.reload import reload_from_file
 from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]   # e2e: daemons or servers, seconds of waiting
 
 LOAD_BOUND_S = 10        # the refused reload returns well within this (it takes milliseconds)
 PEAK_BYTES = 64 << 20    # memory the refused reload may allocate (Python heap, tracemalloc)

@@ -25,7 +25,7 @@ from gateway.runtime.reload import reload_from_file
 from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]   # e2e: daemons or servers, seconds of waiting
 
 
 def config_text(plc_port: int, *, interlocks: str, uplink: str = "", extra_devices: str = "") -> str:

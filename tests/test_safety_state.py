@@ -303,6 +303,7 @@ def _epoch(rfc3339_ts: str) -> float:
     return datetime.fromisoformat(rfc3339_ts.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.e2e
 async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
     from gateway.chain.signing import keygen
     from hil.tank_plc import TankPlc

@@ -179,6 +179,7 @@ def _store_counts(wd: Path) -> tuple[int, int, str | None]:
         db.close()
 
 
+@pytest.mark.e2e
 async def test_sigterm_finishes_flushes_closes_and_outputs_hold(tmp_path):
     async with plant(tmp_path) as (farm, gw, cfg, log, notify):
         # make the overfill interlock trip first, so there is an output in its safe state to hold
@@ -222,6 +223,7 @@ def _edit(cfg: Path, fn) -> None:
     os.replace(tmp, cfg)
 
 
+@pytest.mark.e2e
 async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
     async with plant(tmp_path) as (farm, gw, cfg, log, notify):
         old_hash = hashlib.sha256(cfg.read_bytes()).hexdigest()
