@@ -240,7 +240,7 @@ def _control_socket_of(config: str) -> Path:
 def cmd_control(args: argparse.Namespace) -> int:
     """status | ack | reset | shelve | unshelve | bypass | silence over the daemon's control socket
     (gateway.ops.control). Exit 0 done, 1 refused (one line why), 2 daemon not running or usage error."""
-    from gateway.ops.control import ControlError, render_status, request, socket_path
+    from gateway.ops.control import ControlError, render_status, request
 
     if args.socket:
         path = Path(args.socket)

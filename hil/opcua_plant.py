@@ -28,10 +28,11 @@ import argparse
 import asyncio
 import json
 import logging
-import socket
 from datetime import datetime, timezone
 
 from asyncua import Server, ua
+
+from hil.rig import free_port
 
 NAMESPACE_URI = "urn:hazard-gateway:hil:plant"
 
@@ -42,13 +43,6 @@ XV100_TRIP = "ESD.XV100.TripCommand"
 HEARTBEAT = "Gateway.Heartbeat"
 
 _log = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _utc(ts: datetime | float | None) -> datetime:

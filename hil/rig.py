@@ -54,10 +54,11 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
 
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago (bound to port 0, read, closed): the one helper of the
+    rigs, the benches, the demo and the tests."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

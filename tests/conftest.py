@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import sqlite3
 import subprocess
@@ -41,8 +42,8 @@ from hil.rig import free_port, make_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "b64url", "free_port", "interlock_status", "open_fds", "run_cli", "run_forwarder", "sql_rows",
-           "tank_overfill_config", "wait_exit", "wait_for"]
+__all__ = ["ROOT", "b64url", "free_port", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
+           "sql_rows", "tank_overfill_config", "until_daemon", "wait_exit", "wait_for"]
 
 
 # ------------------------------------------------------------------------------------------------ waiting
@@ -70,6 +71,22 @@ async def wait_for(pred: Callable[[], Any], timeout_s: float, what: str = "condi
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {v!r})"
                                  + _more(detail, log))
         await asyncio.sleep(step_s)
+
+
+async def until_daemon(pred: Callable[[], Any], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+                       log: Path | None = None) -> Any:
+    """:func:`wait_for` on a daemon child process ``proc``: fails at once if it exits, with the tail of its
+    ``log`` in the message."""
+    return await wait_for(pred, timeout_s, what, step_s=0.05, proc=proc, log=log)
+
+
+def read_status(state_dir: Path) -> dict:
+    """``state_dir``/status.json of a running daemon (the status snapshot, gateway.runtime.gateway.Gateway.snapshot),
+    or {} while it is missing or being replaced."""
+    try:
+        return json.loads((Path(state_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _more(detail: Callable[[], str] | None, log: Path | None) -> str:

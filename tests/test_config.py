@@ -147,7 +147,7 @@ interlocks:
 def test_reset_value_from_config_is_written_after_a_reset(tmp_path: Path):
     """A2: actions[].reset_value reaches gateway.safety.interlocks.OutputAction; a reset writes it (beacon off)."""
     from gateway.safety.alarms import AlarmEngine
-    from gateway.runtime.gateway import alarm_configs, interlock_specs
+    from gateway.runtime.build import alarm_configs, interlock_specs
     from gateway.safety.interlocks import InterlockEngine
     from gateway.model import Quality, Reading
 

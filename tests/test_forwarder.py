@@ -21,6 +21,7 @@ from gateway.chain.rejection import (REJECTION_JWS_TYP, body_sha256, load_receiv
                                verify_rejection)
 from gateway.chain.signing import Signer, chain_hash, decode_unverified, keygen, load_trust_dir, verify_batch
 from gateway.record.store import Store, StoreError
+from conftest import run_forwarder, wait_for as _wait_for
 from gateway.record.uplink import (Forwarder, HttpsUplink, PermanentError, RetryableError,
                             parse_retry_after)
 
@@ -225,10 +226,8 @@ async def test_uplink_transport_errors_are_retryable(tmp_path: Path, keys) -> No
 
 
 async def wait_for(cond, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(cond):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+    """conftest.wait_for with ``cond`` called in a thread (it reads SQLite)."""
+    await _wait_for(cond, timeout_s, step_s=0.05, in_thread=True)
 
 
 def delivered(rx: BackgroundReceiver) -> tuple[list[int], Counter]:
@@ -243,13 +242,6 @@ def delivered(rx: BackgroundReceiver) -> tuple[list[int], Counter]:
     return [b.seq for b in batches], values
 
 
-async def run_forwarder(fwd: Forwarder, until, timeout_s: float) -> None:
-    task = asyncio.create_task(fwd.run())
-    try:
-        await wait_for(until, timeout_s)
-    finally:
-        fwd.stop()
-        await asyncio.wait_for(task, 5)
 
 
 @pytest.mark.e2e

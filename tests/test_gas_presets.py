@@ -17,7 +17,8 @@ from gateway.safety.alarms import gas_preset, setpoint_warnings
 from gateway.config import ConfigError, load_config
 from gateway.safety.gas import (MOLAR_MASS_G_MOL, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints, mg_m3_to_ppm,
                          molar_mass, ppm_to_mg_m3)
-from gateway.runtime.gateway import Gateway, alarm_configs
+from gateway.runtime.build import alarm_configs
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality, Reading
 
 ROOT = Path(__file__).resolve().parent.parent

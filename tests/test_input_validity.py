@@ -17,7 +17,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gateway.config import load_config
-from gateway.runtime.gateway import Gateway, alarm_configs, fresh_windows
+from gateway.runtime.build import alarm_configs, fresh_windows
+from gateway.runtime.gateway import Gateway
 from gateway.model import Quality
 from gateway.ops.probe import probe
 from hil.tank_plc import TankPlc

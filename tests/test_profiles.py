@@ -238,7 +238,7 @@ def test_duplicate_key_in_profile(tmp_path: Path):
 @pytest.mark.e2e
 async def test_profile_device_polls_pymodbus_server(tmp_path: Path):
     from drivers.registry import Links
-    from gateway.runtime.gateway import build_devices
+    from gateway.runtime.build import build_devices
 
     regs = [0x00C1, 0x0102] + encode(12.5, "float32", "CDAB") + [125, 0, 0b1000, 23, 4000, 7, 480]
     sim = SimDevice(id=1, simdata=(

@@ -30,7 +30,7 @@ import pytest
 from gateway.chain.signing import keygen
 from hil.bench.record_stall import LOCK_HOLDER
 from hil.tank_plc import TankPlc
-from conftest import tank_overfill_config, wait_exit, wait_for
+from conftest import read_status, tank_overfill_config, until_daemon, wait_exit
 from hil.rig import make_keys
 from notify_socket import NotifySocket
 
@@ -47,16 +47,8 @@ def config_text(plc_port: int, busy_ms: int = 2000) -> str:
                                       "max_bytes: 8589934592}",
                                 alarms="{HH: {setpoint: 11.0, deadband: 0.1, latching: true}}")
 
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
-async def _until(pred, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
-    """conftest.wait_for on the daemon ``proc`` (fails at once if it exits), its log tail in the failure."""
-    return await wait_for(pred, timeout_s, what, step_s=0.05, proc=proc, log=log)
 
 
 def write_config(tmp_path: Path, plc_port: int, busy_ms: int = 2000, extra: str = "") -> Path:
@@ -92,7 +84,7 @@ async def quiet_plc() -> TankPlc:
 
 def _system_alarm(state: Path, kind: str) -> dict | None:
     """system.<kind> (STORE, UPLINK) from the daemon's status.json, or None."""
-    return next((a for a in _status(state).get("alarms", []) if a.get("id") == f"system.{kind}"), None)
+    return next((a for a in read_status(state).get("alarms", []) if a.get("id") == f"system.{kind}"), None)
 
 
 def _store_alarm(state: Path) -> dict | None:
@@ -110,7 +102,7 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
     locker = None
     try:
         await ns.wait_for(lambda: ns.times("READY=1"), 30, proc, "READY=1")
-        await _until(lambda: (_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
+        await until_daemon(lambda: (read_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
                      proc, log)
 
         # -- the stall: another process holds the write lock; the writer waits in SQLite's busy handler
@@ -119,19 +111,19 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
         # off the loop: this loop also serves the simulated PLC, which must not stall with the test
         assert (await asyncio.to_thread(locker.stdout.readline)).strip() == "locked"
         stall_t0 = time.monotonic()
-        committed_at_stall = _status(state)["store"]["readings_committed"]
+        committed_at_stall = read_status(state)["store"]["readings_committed"]
 
-        alarm = await _until(lambda: (a := _store_alarm(state)) and a.get("active") and a, 30,
+        alarm = await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active") and a, 30,
                              "system.STORE raised", proc, log)
         assert "写入停滞" in alarm["reason"] and "记录存储故障" in alarm["reason"], alarm
-        rec = _status(state)["record_path"]["store"]
+        rec = read_status(state)["record_path"]["store"]
         assert rec and "stalled" in rec, rec
-        assert _status(state)["store"]["readings_committed"] <= committed_at_stall + 50   # one commit in flight
+        assert read_status(state)["store"]["readings_committed"] <= committed_at_stall + 50   # one commit in flight
 
         # -- a trip condition arrives during the stall: the interlock trips within its usual latency
         t_demand = time.monotonic()
         plc.set_level("T101", 11.5)
-        await _until(lambda: plc.coil("XV101") is False, 5, "XV101 closed by the trip during the stall", proc, log)
+        await until_daemon(lambda: plc.coil("XV101") is False, 5, "XV101 closed by the trip during the stall", proc, log)
         latency = time.monotonic() - t_demand
         assert latency < 1.5, latency   # poll 100 ms + tick 100 ms + one write: well under a second here
 
@@ -149,7 +141,7 @@ async def test_a_store_stall_raises_store_alarm_keeps_the_watchdog_fed_and_trips
         locker.stdin.close()
         await asyncio.to_thread(locker.wait, 10)
         locker = None
-        await _until(lambda: (a := _store_alarm(state)) and not a.get("active"), 20, "system.STORE cleared",
+        await until_daemon(lambda: (a := _store_alarm(state)) and not a.get("active"), 20, "system.STORE cleared",
                      proc, log)
         assert proc.poll() is None
         proc.terminate()
@@ -222,18 +214,18 @@ async def test_a_store_that_cannot_be_opened_at_start_does_not_stop_polling_or_t
     try:
         assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "held"
         proc, log = start_daemon(tmp_path, plc.port)
-        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30, "polling",
+        await until_daemon(lambda: read_status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30, "polling",
                      proc, log)
-        alarm = await _until(lambda: (a := _store_alarm(state)) and a.get("active") and a, 20,
+        alarm = await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active") and a, 20,
                              "system.STORE raised", proc, log)
-        assert "无法打开" in alarm["reason"] and "locked" in _status(state)["record_path"]["store"], alarm
+        assert "无法打开" in alarm["reason"] and "locked" in read_status(state)["record_path"]["store"], alarm
         plc.set_level("T101", 11.5)
-        await _until(lambda: plc.coil("XV101") is False, 5, "the trip without a store", proc, log)
+        await until_daemon(lambda: plc.coil("XV101") is False, 5, "the trip without a store", proc, log)
         await asyncio.sleep(3)
         holder.stdin.close()
         await asyncio.to_thread(holder.wait, 10)
         holder = None
-        await _until(lambda: (a := _store_alarm(state)) and not a.get("active"), 60, "the store opened", proc, log)
+        await until_daemon(lambda: (a := _store_alarm(state)) and not a.get("active"), 60, "the store opened", proc, log)
         proc.terminate()
         assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
@@ -273,24 +265,24 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
     hard = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)[1]
     full, unlimited = (16384, hard), (hard, hard)
     try:
-        await _until(lambda: (_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
+        await until_daemon(lambda: (read_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
                      proc, log)
         # -- fault 1: the disk is full; the alarm is raised; the fault ends; everything is committed
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, full)
-        alarm = await _until(lambda: (a := _store_alarm(state)) and a.get("active") and a, 20,
+        alarm = await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active") and a, 20,
                              "system.STORE raised", proc, log)
         assert "无法写入" in alarm["reason"], alarm
         plc.set_level("T101", 11.5)   # the safety path does not care
-        await _until(lambda: plc.coil("XV101") is False, 5, "the trip with a full disk", proc, log)
+        await until_daemon(lambda: plc.coil("XV101") is False, 5, "the trip with a full disk", proc, log)
         await asyncio.sleep(2)
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, unlimited)
-        await _until(lambda: (a := _store_alarm(state)) and not a.get("active"), 20, "system.STORE cleared",
+        await until_daemon(lambda: (a := _store_alarm(state)) and not a.get("active"), 20, "system.STORE cleared",
                      proc, log)
         assert _rows(state, "SELECT count(*) FROM gaps") == [(0,)]
 
         # -- fault 2: full again, then the power goes
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, full)
-        await _until(lambda: (a := _store_alarm(state)) and a.get("active"), 20, "system.STORE raised again",
+        await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active"), 20, "system.STORE raised again",
                      proc, log)
         t_fault = time.time()
         await asyncio.sleep(2)
@@ -301,21 +293,21 @@ async def test_recording_that_cannot_commit_is_alarmed_and_a_power_loss_leaves_a
 
         (state / "status.json").unlink()   # the killed run's: wait for the new run's own
         proc, log = start_daemon(tmp_path, plc.port, log_name="gateway2.log")
-        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
+        await until_daemon(lambda: read_status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
                      "polling after the restart", proc, log)
-        await _until(lambda: _rows(state, "SELECT count(*) FROM gaps")[0][0] == 1, 10, "the gap committed",
+        await until_daemon(lambda: _rows(state, "SELECT count(*) FROM gaps")[0][0] == 1, 10, "the gap committed",
                      proc, log)
         # -- fault 3: full again, then a SIGTERM (a systemctl stop): the stop does not hang on commits that
         # cannot succeed, and what could not be committed is a gap at the next start
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (16384, resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)[1]))
-        await _until(lambda: (a := _store_alarm(state)) and a.get("active"), 20, "system.STORE raised (3)", proc, log)
+        await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active"), 20, "system.STORE raised (3)", proc, log)
         t_term = time.monotonic()
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert time.monotonic() - t_term < 15, "the stop waited on commits that cannot succeed"
         (state / "status.json").unlink()
         proc, log = start_daemon(tmp_path, plc.port, log_name="gateway3.log")
-        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
+        await until_daemon(lambda: read_status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
                      "polling after the second restart", proc, log)
         proc.terminate()
         assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
@@ -375,18 +367,18 @@ uplink:
     try:
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink)
         uplink_alarm = lambda: _system_alarm(state, "UPLINK")  # noqa: E731
-        alarm = await _until(lambda: (a := uplink_alarm()) and a.get("active") and a, 30, "system.UPLINK raised",
+        alarm = await until_daemon(lambda: (a := uplink_alarm()) and a.get("active") and a, 30, "system.UPLINK raised",
                              proc, log)
         assert "数据上传故障" in alarm["reason"] and "平台拒收数据" in alarm["reason"], alarm
-        assert "held" in (_status(state).get("record_path") or {}).get("uplink", ""), _status(state)
+        assert "held" in (read_status(state).get("record_path") or {}).get("uplink", ""), read_status(state)
         assert rx.receiver.stats().get("rejected_body_too_large", 0) >= 1
         assert _rows(state, "SELECT count(*) FROM dead_letters") == [(0,)]
         # the cause is removed: the receiver takes bodies of any size again; the held batch goes through
         await asyncio.to_thread(rx.stop)
         rx.limits = ReceiverLimits()
         await asyncio.to_thread(rx.start)
-        await _until(lambda: (a := uplink_alarm()) and not a.get("active"), 30, "system.UPLINK cleared", proc, log)
-        await _until(lambda: rx.receiver.store.get("stall-gw", 1) is not None, 20, "batch 1 delivered", proc, log)
+        await until_daemon(lambda: (a := uplink_alarm()) and not a.get("active"), 30, "system.UPLINK cleared", proc, log)
+        await until_daemon(lambda: rx.receiver.store.get("stall-gw", 1) is not None, 20, "batch 1 delivered", proc, log)
         proc.terminate()
         assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
@@ -409,16 +401,16 @@ async def test_a_store_file_deleted_while_running_raises_the_store_alarm(tmp_pat
     state = tmp_path / "state"
     proc, log = start_daemon(tmp_path, plc.port)
     try:
-        await _until(lambda: (_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
+        await until_daemon(lambda: (read_status(state).get("store") or {}).get("readings_committed"), 20, "committing",
                      proc, log)
         for suffix in ("", "-wal", "-shm"):
             (state / f"store.sqlite{suffix}").unlink(missing_ok=True)
-        alarm = await _until(lambda: (a := _store_alarm(state)) and a.get("active") and a, 15,
+        alarm = await until_daemon(lambda: (a := _store_alarm(state)) and a.get("active") and a, 15,
                              "system.STORE raised", proc, log)
         assert "缓存数据库文件被删除或替换" in alarm["reason"], alarm
-        assert "deleted while open" in _status(state)["record_path"]["store"]
+        assert "deleted while open" in read_status(state)["record_path"]["store"]
         plc.set_level("T101", 11.5)
-        await _until(lambda: plc.coil("XV101") is False, 5, "the trip after the deletion", proc, log)
+        await until_daemon(lambda: plc.coil("XV101") is False, 5, "the trip after the deletion", proc, log)
         proc.terminate()
         assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         proc = None
@@ -452,12 +444,12 @@ async def test_a_chain_conflict_at_the_receiver_raises_the_uplink_alarm(tmp_path
     proc = None
     try:
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink)
-        await _until(lambda: rx.receiver.store.last_seq("stall-gw") >= 2, 30, "batches accepted", proc, log)
+        await until_daemon(lambda: rx.receiver.store.last_seq("stall-gw") >= 2, 30, "batches accepted", proc, log)
         proc.terminate()
         assert await wait_exit(proc, 30) == 0   # the loop keeps serving the PLC while it stops
         shutil.rmtree(state)              # the SD card is replaced: store, chain position, safety state gone
         proc, log = start_daemon(tmp_path, plc.port, extra=uplink, log_name="gateway2.log")
-        alarm = await _until(lambda: (a := _system_alarm(state, "UPLINK")) and a.get("active") and a, 30,
+        alarm = await until_daemon(lambda: (a := _system_alarm(state, "UPLINK")) and a.get("active") and a, 30,
                              "system.UPLINK raised", proc, log)
         assert "平台数据链冲突" in alarm["reason"] and "409" in alarm["reason"], alarm
         proc.terminate()

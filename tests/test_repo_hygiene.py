@@ -14,6 +14,7 @@ The patterns are built by concatenation so that this file does not match itself.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 

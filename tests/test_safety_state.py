@@ -22,7 +22,7 @@ from gateway.safety.alarms import AlarmActionError, AlarmEngine, LimitSpec, TagA
 from gateway.safety.interlocks import InterlockActionError, InterlockEngine, InterlockInput, InterlockSpec, OutputAction
 from gateway.model import Quality, Reading
 from gateway.safety.safety_state import SafetyStateError, SafetyStatePersister, load, write_atomic
-from conftest import wait_exit
+from conftest import read_status, until_daemon, wait_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 WALL = 1_700_000_000.0
@@ -267,27 +267,12 @@ interlocks:
     return path
 
 
-async def _until(pred, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{what}: {'daemon exited' if proc.poll() is not None else 'timed out'}\n"
-                                 + log.read_text(errors="replace")[-3000:])
-        await asyncio.sleep(0.05)
 
 
-def _status(state: Path) -> dict:
-    try:
-        return json.loads((state / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _interlock(state: Path) -> dict:
-    return next((i for i in _status(state).get("interlocks", []) if i["name"] == "T101_overfill"), {})
+    return next((i for i in read_status(state).get("interlocks", []) if i["name"] == "T101_overfill"), {})
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -333,12 +318,12 @@ async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
 
     try:
         gw = start()
-        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30, "polling",
+        await until_daemon(lambda: read_status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30, "polling",
                      gw, log)
         plc.set_level("T101", 11.5)
-        await _until(lambda: plc.coil("XV101") is False, 10, "XV101 closed by the trip", gw, log)
-        trip = await _until(lambda: _interlock(state).get("tripped_at") and _interlock(state), 10, "trip", gw, log)
-        saved = await _until(lambda: (load(state / "safety-state.json") or {}).get("interlocks", {}).get("T101_overfill")
+        await until_daemon(lambda: plc.coil("XV101") is False, 10, "XV101 closed by the trip", gw, log)
+        trip = await until_daemon(lambda: _interlock(state).get("tripped_at") and _interlock(state), 10, "trip", gw, log)
+        saved = await until_daemon(lambda: (load(state / "safety-state.json") or {}).get("interlocks", {}).get("T101_overfill")
                              and load(state / "safety-state.json"), 5, "the trip in safety-state.json", gw, log)
         # the trip is persisted as soon as it happens (the persister is poked by the trip event), not behind
         # the periodic 0.5 s check: the power-loss window is one atomic write
@@ -349,17 +334,17 @@ async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
         # -- restart while the level is still above HH: the same trip, not a new one; reset refused
         writes_before = sum(1 for e in plc.events if e.get("kind") == "coil_write")
         gw = start()
-        await _until(lambda: _status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
+        await until_daemon(lambda: read_status(state).get("devices", {}).get("tank_plc", {}).get("polls"), 30,
                      "polling after the restart", gw, log)
         il = _interlock(state)
         assert il["state"] == "tripped" and il["tripped_at"] == trip["tripped_at"] and il["cause"] == "process", il
         # the outputs were commanded to the safe state again, confirmed by read-back
-        await _until(lambda: any(o["tag"] == "XV101" and o["commanded"] in (0, False) and o["confirmed"]
-                                 for o in _status(state).get("outputs", [])), 10, "XV101 re-commanded", gw, log)
+        await until_daemon(lambda: any(o["tag"] == "XV101" and o["commanded"] in (0, False) and o["confirmed"]
+                                 for o in read_status(state).get("outputs", [])), 10, "XV101 re-commanded", gw, log)
         assert sum(1 for e in plc.events if e.get("kind") == "coil_write") > writes_before
         rc, out, err = await _cli("reset", "T101_overfill", "--socket", sock, "--reason", "after restart")
         assert rc == 1 and "condition persists" in err, (rc, out, err)
-        assert any(a["id"] == "T101.level.HH" and a["latched"] for a in _status(state)["alarms"])
+        assert any(a["id"] == "T101.level.HH" and a["latched"] for a in read_status(state)["alarms"])
         kill(gw)
 
         # -- while the gateway is down the level drops and someone opens the inlet in the field: after the
@@ -367,13 +352,13 @@ async def test_a_trip_survives_sigkill_of_the_daemon(tmp_path):
         plc.set_level("T101", 9.0)
         plc.set_coil("XV101", True)
         gw = start()
-        await _until(lambda: plc.coil("XV101") is False, 15, "XV101 closed again after the restart", gw, log)
-        await _until(lambda: _interlock(state).get("state") == "tripped_cleared", 15, "cleared, awaiting reset",
+        await until_daemon(lambda: plc.coil("XV101") is False, 15, "XV101 closed again after the restart", gw, log)
+        await until_daemon(lambda: _interlock(state).get("state") == "tripped_cleared", 15, "cleared, awaiting reset",
                      gw, log)
         assert _interlock(state)["tripped_at"] == trip["tripped_at"]
         rc, out, err = await _cli("reset", "T101_overfill", "--socket", sock, "--reason", "level back to 9 m")
         assert rc == 0, (out, err)
-        await _until(lambda: not (load(state / "safety-state.json") or {}).get("interlocks"), 5,
+        await until_daemon(lambda: not (load(state / "safety-state.json") or {}).get("interlocks"), 5,
                      "the reset in safety-state.json", gw, log)
         gw.send_signal(signal.SIGTERM)
         assert await wait_exit(gw, 30) == 0   # off the loop's back: it serves the simulated PLC

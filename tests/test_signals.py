@@ -28,10 +28,11 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from gateway.ops.demo import REPO_CONFIG, _free_port, _render_config, _wait_port
+from gateway.ops.demo import REPO_CONFIG, _render_config, _wait_port
 from gateway.chain.signing import keygen
 from gateway.tlsutil import make_self_signed
 from hil.farm import TankFarm
+from conftest import free_port, read_status, until_daemon, wait_exit
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parent.parent
@@ -42,32 +43,11 @@ def _cli(*args: str) -> list[str]:
 
 
 def _status(wd: Path) -> dict:
-    try:
-        return json.loads((wd / "state" / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_status(wd / "state")
 
 
-async def _until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({proc.returncode}) waiting for {what}\n"
-                                 + (log.read_text(errors="replace")[-3000:] if log else ""))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n" + (log.read_text(errors="replace")[-3000:]
-                                                                       if log else ""))
-        await asyncio.sleep(0.1)
 
 
-async def _wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return proc.poll()
 
 
 def _b64(data: bytes) -> str:
@@ -129,7 +109,7 @@ async def plant(wd: Path):
     for jwk in (wd / "keys").glob("*.jwk"):
         (trust / jwk.name).write_bytes(jwk.read_bytes())
     cert, key = make_self_signed(wd / "tls")
-    rport = _free_port()
+    rport = free_port()
     rlog = open(wd / "receiver.log", "wb")
     receiver = subprocess.Popen(_cli("receiver", "--listen", f"127.0.0.1:{rport}", "--store",
                                      str(wd / "receiver.sqlite"), "--trust", str(trust), "--cert", str(cert),
@@ -148,7 +128,7 @@ async def plant(wd: Path):
         await _wait_port(rport, receiver, "receiver")
         env = dict(os.environ, NOTIFY_SOCKET=notify.path)
         gw = subprocess.Popen(_cli("run", "--config", str(cfg)), stdout=glog, stderr=glog, cwd=REPO, env=env)
-        await _until(lambda: (st := _status(wd)) and st.get("devices") and
+        await until_daemon(lambda: (st := _status(wd)) and st.get("devices") and
                      all(d["polls"] > 0 for d in st["devices"].values()), 40, "every device polled", gw, glog_path)
         yield farm, gw, cfg, glog_path, notify
     finally:
@@ -184,14 +164,14 @@ async def test_sigterm_finishes_flushes_closes_and_outputs_hold(tmp_path):
     async with plant(tmp_path) as (farm, gw, cfg, log, notify):
         # make the overfill interlock trip first, so there is an output in its safe state to hold
         farm.set_level("T101", 11.5)
-        await _until(lambda: farm.plc.coil("XV101") is False, 15, "XV101 closed by T101_overfill", gw, log)
+        await until_daemon(lambda: farm.plc.coil("XV101") is False, 15, "XV101 closed by T101_overfill", gw, log)
         await asyncio.sleep(1.0)
         coils_before = {c: farm.plc.coil(c) for c in ("XV101", "XV102", "XV100", "beacon")}
         assert coils_before == {"XV101": False, "XV102": True, "XV100": True, "beacon": False}
         writes_before = sum(1 for e in farm.plc.events if e.get("kind") == "coil_write")
         t0 = time.monotonic()
         gw.send_signal(signal.SIGTERM)
-        rc = await _wait_exit(gw, 25)
+        rc = await wait_exit(gw, 25)
         took = time.monotonic() - t0
         text = log.read_text(errors="replace")
         assert rc == 0, text[-3000:]
@@ -228,8 +208,8 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
     async with plant(tmp_path) as (farm, gw, cfg, log, notify):
         old_hash = hashlib.sha256(cfg.read_bytes()).hexdigest()
         farm.set_level("T101", 11.5)  # a latched HH alarm and a tripped interlock that must survive the reload
-        await _until(lambda: farm.plc.coil("XV101") is False, 15, "XV101 closed", gw, log)
-        trip = await _until(lambda: next((i for i in _status(tmp_path).get("interlocks", [])
+        await until_daemon(lambda: farm.plc.coil("XV101") is False, 15, "XV101 closed", gw, log)
+        trip = await until_daemon(lambda: next((i for i in _status(tmp_path).get("interlocks", [])
                                           if i["name"] == "T101_overfill" and i["tripped_at"]), None),
                             10, "trip in status", gw, log)
         hh_since = next(a["since"] for a in _status(tmp_path)["alarms"] if a["id"] == "T101.level.HH")
@@ -242,10 +222,10 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
         cfg.write_text("\n".join(lines) + "\n")
         taken = _status(tmp_path)["readings_taken"]
         gw.send_signal(signal.SIGHUP)
-        await _until(lambda: "new config rejected" in log.read_text(errors="replace"), 15, "rejection", gw, log)
+        await until_daemon(lambda: "new config rejected" in log.read_text(errors="replace"), 15, "rejection", gw, log)
         text = log.read_text(errors="replace")
         assert re.search(rf"SIGHUP: {re.escape(str(cfg))}:{at + 1}:\d+: gateway\.bogus_key", text), text[-3000:]
-        await _until(lambda: _status(tmp_path)["readings_taken"] > taken + 20, 15, "polling on", gw, log)
+        await until_daemon(lambda: _status(tmp_path)["readings_taken"] > taken + 20, 15, "polling on", gw, log)
         assert _status(tmp_path)["config_hash"] == old_hash
         assert gw.poll() is None
 
@@ -261,8 +241,8 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
         new_hash = hashlib.sha256(cfg.read_bytes()).hexdigest()
         notify.drain()
         gw.send_signal(signal.SIGHUP)
-        await _until(lambda: _status(tmp_path).get("config_hash") == new_hash, 30, "new config applied", gw, log)
-        await _until(lambda: "T101.level_copy" in _status(tmp_path).get("tags", {}), 15, "new tag polled", gw, log)
+        await until_daemon(lambda: _status(tmp_path).get("config_hash") == new_hash, 30, "new config applied", gw, log)
+        await until_daemon(lambda: "T101.level_copy" in _status(tmp_path).get("tags", {}), 15, "new tag polled", gw, log)
         msgs = notify.drain()
         assert "RELOADING=1" in msgs and msgs.index("RELOADING=1") < len(msgs) - 1 - msgs[::-1].index("READY=1")
         st = _status(tmp_path)
@@ -282,7 +262,7 @@ async def test_sighup_rejects_a_bad_config_then_applies_a_good_one(tmp_path):
         else:
             await asyncio.sleep(3.0)  # some batches under the new config
         gw.send_signal(signal.SIGTERM)
-        assert await _wait_exit(gw, 25) == 0, log.read_text(errors="replace")[-3000:]
+        assert await wait_exit(gw, 25) == 0, log.read_text(errors="replace")[-3000:]
 
     text = log.read_text(errors="replace")
     for bad in ("Traceback", "Task was destroyed", "Unclosed"):

@@ -388,7 +388,7 @@ def render_status(s: dict[str, Any]) -> str:
           f"{detail}  since {a.get('since') or '-'}")
     hidden = s.get("alarms_hidden") or []
     if hidden:
-        w(f"  hidden: " + ", ".join(f"{a['id']} ({a['state']}"
+        w("  hidden: " + ", ".join(f"{a['id']} ({a['state']}"
                                      + (f" until {a['shelved_until']}" if a.get("shelved_until") else "") + ")"
                                      for a in hidden))
     pd = s.get("points_disabled") or {}

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -46,12 +44,6 @@ REPO_CONFIG = shipped("config/demo.yaml")
 # Simulator names of the demo tags (hil.farm watch names), for crossing times.
 SIM_NAME = {"T101.level": "T101.level", "T102.level": "T102.level", "GD1.gas": "LEL.1", "GD2.gas": "LEL.2",
             "GD3.gas": "LEL.3", "AT301.H2S": "H2S"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _say(msg: str) -> None:
@@ -109,7 +101,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
     from gateway.chain.signing import keygen
     from gateway.tlsutil import make_self_signed
     from hil.farm import TankFarm
-    from hil.rig import stop_process
+    from hil.rig import free_port, stop_process
 
     keys, trust, tls = wd / "keys", wd / "trust", wd / "tls"
     if not (keys / "private.pem").exists():
@@ -122,7 +114,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
         keygen(rx_keys)
     receiver_key = next(rx_keys.glob("*.jwk"))
     cert, key = make_self_signed(tls)
-    rport = _free_port()
+    rport = free_port()
     logs = {n: open(wd / f"{n}.log", "ab") for n in ("receiver", "gateway")}
     receiver = subprocess.Popen(_cli("receiver", "--listen", f"127.0.0.1:{rport}", "--store",
                                      str(wd / "receiver.sqlite"), "--trust", str(trust), "--cert", str(cert),

@@ -38,7 +38,6 @@ after seq 1 (e.g. verifying one day's export); its first prev is then unchecked.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -31,12 +31,8 @@ import time
 from typing import Any
 
 from drivers.base import Device
-from gateway.safety.alarms import CLOCK, SYSTEM_TAG, AlarmEngine
+from gateway.safety.alarms import CLOCK, SYSTEM_TAG
 from gateway.runtime.build import CLOCK_ALARM_PRIORITY, Plant, build_plant, store_settings
-# the config-to-runtime builders live in gateway.runtime.build; these names stay importable from here
-from gateway.runtime.build import (STALE_POLL_PERIODS, STALE_TIMEOUTS_PER_DEVICE, alarm_configs,  # noqa: F401
-                           build_devices, build_hazard, derived_stale_after_s, fresh_windows, interlock_specs,
-                           point_codes, valid_ranges)
 from gateway.config import LoadedConfig
 from gateway.ops.control import ControlServer, ControlStartError, socket_path
 from gateway.filemode import create_record_file

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import socket
 import struct
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+from hil.rig import free_port  # noqa: F401  (the benches take it from here)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 UNIT_ID = 1
@@ -83,12 +84,6 @@ def percentile(samples: list[float], p: float) -> float | None:
     lo = int(k)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ /proc

@@ -42,7 +42,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hil.bench import REPO, machine_info, versions
 
