@@ -2,7 +2,7 @@
 
 The schema is pydantic's ``Config.model_json_schema()`` (JSON Schema draft 2020-12),
 with every field's ``description`` from gateway.config, wrapped with ``$schema``,
-``$id`` and a title. config/schema.json is this output; tests/test_schema.py
+``$id`` and a title. config/schema.json is this output; tests/config/test_schema.py
 regenerates it and fails when it is out of date. Point an editor at it, e.g. the
 YAML language server::
 

@@ -60,7 +60,7 @@ SAFETY_ALIVE_S = 2.0  # heartbeats stop when the safety step has not run for thi
 
 #: the attributes a Gateway holds besides its ``plant``: the live parts that a SIGHUP reload keeps (the
 #: Gateway object is never replaced; a reload swaps ``plant`` only, gateway.runtime.reload). Whatever is derived
-#: from the config belongs in the Plant (gateway.runtime.build), not here; tests/test_signals.py checks that every
+#: from the config belongs in the Plant (gateway.runtime.build), not here; tests/runtime/test_signals.py checks that every
 #: attribute of a Gateway is ``plant`` or one of these.
 LIVE = frozenset({"store", "outputs", "tick", "_last_stored", "readings_queued", "forwarder", "started_at",
                   "_stopping", "health", "_poll_tasks", "_ticker_task", "uploader_task", "_aux_tasks", "_reload_lock",

@@ -2,7 +2,7 @@
 
 The control socket, the systemd STATUS line and watchdog, metrics and reload each take the port they need,
 never the Gateway object as ``Any`` and never its private members. gateway.runtime.gateway.Gateway implements
-all of them (tests/test_ports.py checks it structurally, member by member). The record supervisor declares its
+all of them (tests/runtime/test_ports.py checks it structurally, member by member). The record supervisor declares its
 own port beside it (gateway.record.supervisor.SupervisedGateway): the record path does not import the runtime.
 
 One status snapshot (``Gateway.snapshot``, the dict documented there) serves ``hazard-gateway status`` (the

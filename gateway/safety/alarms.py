@@ -416,7 +416,7 @@ class _Alarm:
 # (gateway.runtime.reload) and a restart (gateway.safety.safety_state) carry from one AlarmEngine to the next. Each class
 # names exactly the fields that carry; every other field of _Alarm / _TagState (identity and configuration)
 # comes from the config the new engine was built from. A field added to _Alarm or _TagState must be put here
-# or be config-derived: tests/test_engine_state.py fails until it is classified.
+# or be config-derived: tests/safety/test_engine_state.py fails until it is classified.
 
 
 @dataclass(slots=True)

@@ -205,7 +205,7 @@ class _State:
 # ALLOW-LIST: the runtime state of an interlock that a SIGHUP reload (gateway.runtime.reload) and a restart
 # (gateway.safety.safety_state) carry from one InterlockEngine to the next. Every other field of _State (the spec
 # and what is derived from it; the last vote, recomputed by the next evaluate) comes from the new engine.
-# A field added to _State must be put here or classified: tests/test_engine_state.py fails until it is.
+# A field added to _State must be put here or classified: tests/safety/test_engine_state.py fails until it is.
 
 
 @dataclass(slots=True)

@@ -3,7 +3,7 @@
 Each benchmark module has ``run(**sizes) -> dict`` (plain JSON-able data) and
 measures a figure side by side with its reference in the same run, so the
 ratios hold on a noisy 2-core machine. Benchmarks are measurements, not timed
-tests (docs/design.md); tests/test_bench_smoke.py only proves each one runs.
+tests (docs/design.md); tests/hil/test_bench_smoke.py only proves each one runs.
 
 Shared pieces here:
 

@@ -1,0 +1,169 @@
+"""`hazard-gateway probe` against the HIL tank PLC (Modbus TCP), the PT495 gas bus (Modbus RTU on a
+pty) and the OPC UA plant; the CLI runs as a real subprocess while the simulators serve in this loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from drivers.modbus import reference
+from gateway.ops.probe import format_table, probe
+from hil.gas_detectors import GasBus
+from hil.opcua_plant import OpcUaPlant
+from hil.tank_plc import TankPlc
+from conftest import free_port as closed_port   # free a moment ago: nobody listens there
+
+pytestmark = pytest.mark.timeout(60)
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp: Path, plc_port: int, gas_tty: str, ua_port: int, dead_port: int | None = None) -> Path:
+    dead = f"""
+  - name: far_plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: {dead_port}
+    timeout_ms: 200
+    tags:
+      - {{name: P1, address: 40010, type: int16, unit: bar}}
+      - {{name: P2, address: 40011, type: int16, unit: bar}}
+""" if dead_port else ""
+    text = f"""
+gateway: {{id: probe-test}}
+keys: {{private_key: keys/private.pem}}
+devices:
+  - name: tank_plc
+    protocol: modbus_tcp
+    host: 127.0.0.1
+    port: {plc_port}
+    timeout_ms: 500
+    tags:
+      - {{name: T101.level, address: 30001, type: float32, unit: m}}
+      - {{name: T102.level, address: 30007, type: float32, unit: m}}
+      - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true}}
+      - {{name: HB, address: 40101, type: uint16}}
+  - name: GD1
+    protocol: modbus_rtu
+    port: {gas_tty}
+    baudrate: 19200
+    unit_id: 1
+    timeout_ms: 300
+    tags:
+      - {{name: GD1.gas, address: 40001, type: uint16, scale: 0.1, unit: "%LEL", sentinels: [0xFFFF]}}
+  - name: GD2
+    protocol: modbus_rtu
+    port: {gas_tty}
+    baudrate: 19200
+    unit_id: 2
+    timeout_ms: 300
+    tags:
+      - {{name: GD2.gas, address: 40001, type: uint16, scale: 0.1, unit: "%LEL", sentinels: [0xFFFF]}}
+  - name: plant_ua
+    protocol: opcua
+    endpoint: opc.tcp://127.0.0.1:{ua_port}/hazard/
+    timeout_ms: 1000
+    tags:
+      - {{name: AT301.H2S, node_id: "nsu=urn:hazard-gateway:hil:plant;s=GasDetector.AT301.H2S", unit: mg/m3}}
+{dead}store: {{max_bytes: 1099511627776}}
+"""
+    path = tmp / "gw.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def sims():
+    plc = TankPlc(seed=3)
+    await plc.start()
+    bus = GasBus(19200)
+    gas_tty = await bus.start()
+    plant = OpcUaPlant(port=0)
+    await plant.start()
+    plc.set_level("T101", 7.25)
+    bus.set_lel(1, 12.5)
+    bus.set_lel(2, 31.0)
+    await plant.set_h2s(4.5)
+    yield plc, bus, gas_tty, plant
+    await plant.stop()
+    await bus.stop()
+    await plc.stop()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(*CLI, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, cwd=str(ROOT), env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_reference_notation():
+    assert reference("holding_register", 0) == "40001"
+    assert reference("input_register", 6) == "30007"
+    assert reference("coil", 16) == "00017"
+    assert reference("discrete_input", 0) == "10001"
+    assert reference("holding_register", 9998) == "49999"
+    assert reference("holding_register", 9999) == "410000"
+    assert reference("holding_register", 65535) == "465536"
+
+
+@pytest.mark.e2e
+async def test_probe_rows_all_good(sims, tmp_path):
+    plc, bus, gas_tty, plant = sims
+    cfg = load_config(write_config(tmp_path, plc.port, gas_tty, plant.port))
+    rows = {r.tag: r for r in await probe(cfg)}
+    assert list(rows) == ["T101.level", "T102.level", "XV101", "HB", "GD1.gas", "GD2.gas", "AT301.H2S"]
+    assert all(r.good for r in rows.values()), format_table(list(rows.values()))
+    lvl = rows["T101.level"]
+    assert lvl.address == "input 0 (30001)" and lvl.unit == "m" and lvl.quality == "good"
+    assert abs(float(lvl.value) - 7.25) < 0.05
+    assert len(lvl.raw.split()) == 2 and lvl.raw.split()[0] == "40E8"  # 7.25 = 0x40E80000 (ABCD)
+    assert rows["XV101"].address == "coil 0 (00001)" and rows["XV101"].value == "1" and rows["XV101"].raw == "1"
+    assert rows["HB"].address == "holding 100 (40101)"
+    assert rows["GD1.gas"].address == "holding 0 (40001)" and rows["GD1.gas"].value == "12.5"
+    assert rows["GD1.gas"].raw == "007D" and rows["GD2.gas"].raw == "0136"  # x10 per PT495 map
+    assert rows["AT301.H2S"].address.startswith("nsu=urn:hazard-gateway:hil:plant")
+    assert rows["AT301.H2S"].value == "4.5" and rows["AT301.H2S"].raw == "Good"
+    only = await probe(cfg, "GD2")
+    assert [r.tag for r in only] == ["GD2.gas"]
+    with pytest.raises(ValueError, match="no enabled device 'nope'"):
+        await probe(cfg, "nope")
+
+
+@pytest.mark.e2e
+async def test_probe_cli_exit_codes_and_comm_fault(sims, tmp_path):
+    plc, bus, gas_tty, plant = sims
+    good = write_config(tmp_path, plc.port, gas_tty, plant.port)
+    rc, out, err = await run_cli("probe", "--config", str(good), "--device", "tank_plc")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["device", "tag", "address", "raw", "value", "unit", "quality"]
+    assert len(lines) == 5 and "input 0 (30001)" in lines[1] and lines[1].rstrip().endswith("good")
+    assert "Traceback" not in err
+
+    bus.set_silent(2, True)  # a silent detector: its tag is BAD timeout, the others stay good
+    bad = tmp_path / "dead"
+    bad.mkdir()
+    cfg = write_config(bad, plc.port, gas_tty, plant.port, dead_port=closed_port())
+    rc, out, err = await run_cli("probe", "--config", str(cfg), "--json")
+    assert rc == 1 and "Traceback" not in err
+    rows = {r["tag"]: r for r in json.loads(out)}
+    assert rows["P1"]["quality"].startswith("bad (comm fault") and rows["P2"]["quality"].startswith("bad (comm fault")
+    assert rows["P1"]["address"] == "holding 9 (40010)" and rows["P1"]["value"] == "-" and rows["P1"]["raw"] == "-"
+    assert rows["GD2.gas"]["quality"] == "bad (timeout)" and not rows["GD2.gas"]["good"]
+    assert rows["GD1.gas"]["good"] and rows["T101.level"]["good"] and rows["AT301.H2S"]["good"]
+
+    rc, out, err = await run_cli("probe", "--config", str(cfg), "--device", "nope")
+    assert rc == 2 and err.count("\n") == 1 and "no enabled device 'nope'" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(good.read_text().replace("timeout_ms: 500", "timeout_ms: fast"))
+    rc, out, err = await run_cli("probe", "--config", str(broken))
+    assert rc == 2 and f"{broken}:" in err and "timeout_ms" in err and "Traceback" not in err
