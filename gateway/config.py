@@ -32,7 +32,6 @@ column of every key and value.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -618,7 +617,6 @@ def _message(err: dict) -> str:
 _PYDANTIC_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "tuple", "none"} | set(PROTOCOLS)  # + tags
 
 
-@functools.lru_cache(maxsize=1)
 def _model_names() -> frozenset[str]:
     """Names of every model of the config's grammar (ours and the protocols' sections), which pydantic writes
     into a location as a union branch."""

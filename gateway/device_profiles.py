@@ -484,10 +484,6 @@ def expand(root: CommentedMap, shown: str, cfg_path: Path) -> Expanded:
     return Expanded(tree, smap, lib.problems, warnings, lib.files, failed)
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
 def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: SourceMap,
                    warnings: list[Problem]) -> bool:
     base = ("devices", di)
@@ -495,8 +491,8 @@ def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: Sour
     proto = PROTOCOLS.get(str(dev.get("protocol")))
     if proto is not None and not proto.profiles:   # drivers.registry: which protocols take register maps
         lib.problems.append(Problem(ref_at.file, ref_at.line, ref_at.col, ref_at.path,
-                                    f"a profile is a Modbus register map; {_article(proto.name)} {proto.name} device "
-                                    "lists its points under tags:"))
+                                    f"a profile is a Modbus register map; {proto.name} devices list their "
+                                    "points under tags:"))
         return False
     prof = lib.resolve(dev["profile"], ref_at)
     if prof is None:

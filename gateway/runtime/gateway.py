@@ -412,6 +412,8 @@ class Gateway:
                 await asyncio.wait_for(aclose(), bound_s)
             except (TimeoutError, asyncio.TimeoutError):
                 log.warning("closing the uplink took longer than %.1f s; abandoned", bound_s)
+            except Exception as exc:  # closing is best effort: the new uplink (or the exit) does not depend on it
+                log.warning("closing the uplink: %s", exc)
 
     # ---- reload: gateway.runtime.reload drives these steps, in its order (gateway.runtime.ports.ReloadTarget) ----
 

@@ -65,7 +65,7 @@ def _mismatches(obj: object, port: type) -> list[str]:
             out.append(f"{port.__name__}.{name}: not a coroutine function")
         elif kind == "method" and (not callable(value) or inspect.iscoroutinefunction(value)):
             out.append(f"{port.__name__}.{name}: not a plain method")
-        elif kind == "property" and isinstance(inspect.getattr_static(obj, name), staticmethod):
+        elif kind in ("property", "attribute") and inspect.ismethod(value):
             out.append(f"{port.__name__}.{name}: not a value")
     return out
 
@@ -84,9 +84,13 @@ def test_the_port_check_reports_a_missing_or_wrong_member(gateway):
 
         def snapshot(self) -> dict: ...              # Gateway.snapshot is async
 
-    assert _members(Port) == {"no_such_part": "attribute", "status": "async", "snapshot": "method"}
+        @property
+        def start_uploader(self) -> bool: ...        # Gateway.start_uploader is a method
+
+    assert _members(Port) == {"no_such_part": "attribute", "status": "async", "snapshot": "method",
+                              "start_uploader": "property"}
     assert _mismatches(gateway, Port) == ["Port.no_such_part: missing", "Port.status: not a coroutine function",
-                                          "Port.snapshot: not a plain method"]
+                                          "Port.snapshot: not a plain method", "Port.start_uploader: not a value"]
 
 
 def test_no_module_takes_a_gateway_as_any():

@@ -22,6 +22,7 @@ from gateway.runtime.gateway import Gateway
 from gateway.runtime.reload import reload_from_file
 from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
+from conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]   # e2e: daemons or servers, seconds of waiting
 
@@ -48,16 +49,6 @@ devices:
 #: appended to the running config: 9 levels of 9 aliases (10**9 strings once expanded)
 BOMB = 'x-l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
     f"x-l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
-
-
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.mark.parametrize("hostile", ["bomb", "self_alias"])

@@ -24,6 +24,7 @@ from gateway.runtime.gateway import Gateway
 from gateway.runtime.reload import reload_from_file
 from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
+from conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]   # e2e: daemons or servers, seconds of waiting
 
@@ -62,16 +63,6 @@ class TimedGateway(Gateway):
         if any(r.tag == "T101.level" for r in readings):
             type(self).poll_times.append(time.monotonic())
         super().on_readings(readings)
-
-
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from gateway.safety.interlocks import (InterlockEngine, InterlockInput, Interloc
                                 OutputAction, _State)
 from gateway.model import Quality, Reading
 from gateway.safety.safety_state import export, load, write_atomic
+from conftest import wait_for
 
 WALL = 1_700_000_000.0
 
@@ -342,16 +342,6 @@ interlocks:
   - {{name: T101_overfill, inputs: [{{tag: T101.level, condition: HH}}], vote: 1oo1,
      actions: [{{output: XV101, value: 0}}]}}
 """
-
-
-async def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_a_gateway_holds_its_plant_and_its_live_parts_only(tmp_path):
