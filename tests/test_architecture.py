@@ -53,7 +53,7 @@ EDGE_PACKAGES = ("gateway.runtime", "gateway.ops")
 #: The top-level modules of gateway/: configuration (its YAML loader, schema, device profiles), the command line,
 #: the shared leaves. A new module goes in a package above or on this list (test_every_gateway_module_is_placed).
 TOP_LEVEL = frozenset({
-    "gateway", "gateway.cli", "gateway.config", "gateway.device_profiles", "gateway.filemode", "gateway.model",
+    "gateway", "gateway.cli", "gateway.config", "gateway.device_profiles", "gateway.filemode", "gateway.i18n", "gateway.model",
     "gateway.schema", "gateway.shipped", "gateway.tlsutil", "gateway.yamlload",
 })
 

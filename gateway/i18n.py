@@ -1,0 +1,118 @@
+"""Messages a person reads, in the person's language: English, or Chinese (zh_CN) when the locale says so.
+
+GNU gettext catalogs (GNU gettext manual, "The Format of PO Files" and "Locale Environment Variables"):
+``gateway/locale/<lang>/LC_MESSAGES/hazard_gateway.po``, extracted from the code with Babel
+(``pybabel extract``, keywords ``_``/``gettext``/``ngettext``) and compiled to the ``.mo`` beside it, which the
+wheel ships; tests/ops/test_i18n.py fails when a message in the code has no translation or a ``.mo`` is stale.
+
+Use: ``from gateway.i18n import gettext as _`` and ``_("text with {name}").format(name=...)``: the msgid is the
+English text, placeholders are named so a translation may reorder them. Terms come from the standards
+(docs/domain.md): 一级/二级报警 (GB/T 50493-2019 5.5.2), 联锁, 旁路, 重大危险源 and its 一级..四级 grade
+(GB 18218-2018 4.3).
+
+The language of the process is read once from the environment as gettext reads it (LANGUAGE, then LC_ALL,
+LC_MESSAGES, LANG; the first that is set): a value starting with ``zh`` selects zh_CN, anything else (or C,
+POSIX, unset) English. :func:`set_language` changes it (tests, the `--lang` of a command). A page served to a
+browser picks per request from Accept-Language (RFC 9110 12.5.4) with :func:`language_for_accept` and
+translates with :func:`translator`.
+"""
+
+from __future__ import annotations
+
+import gettext as _gettext
+import os
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+DOMAIN = "hazard_gateway"
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+ENGLISH = "en"
+CHINESE = "zh_CN"
+LANGUAGES = (ENGLISH, CHINESE)
+ENV_VARS = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+
+
+def language_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """``zh_CN`` or ``en`` from the first of LANGUAGE, LC_ALL, LC_MESSAGES, LANG that is set and not empty
+    (LANGUAGE may list several, colon-separated: the first one that names a language counts)."""
+    env = os.environ if environ is None else environ
+    for var in ENV_VARS:
+        value = env.get(var, "")
+        for part in value.split(":") if var == "LANGUAGE" else [value]:
+            part = part.strip()
+            if part:
+                return _normalise(part)
+    return ENGLISH
+
+
+def language_for_accept(header: str | None) -> str:
+    """``zh_CN`` or ``en`` from an HTTP Accept-Language header (RFC 9110 12.5.4): the language range with the
+    highest q among zh* and en* (zh wins a tie; q=0 excludes); English when neither is acceptable."""
+    best: tuple[float, int, str] = (0.0, 0, ENGLISH)
+    for item in (header or "").split(","):
+        tag, _, params = item.strip().partition(";")
+        tag = tag.strip().lower()
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.strip().partition("=")
+            if k.strip() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        if q <= 0 or not tag:
+            continue
+        lang = CHINESE if tag.startswith("zh") else ENGLISH if tag.startswith("en") else None
+        if lang is not None and (q, lang == CHINESE) > best[:2]:
+            best = (q, int(lang == CHINESE), lang)
+    return best[2]
+
+
+def _normalise(value: str) -> str:
+    return CHINESE if value.lower().startswith("zh") else ENGLISH
+
+
+@lru_cache(maxsize=None)
+def translations(lang: str) -> _gettext.NullTranslations:
+    """The catalog of ``lang`` (``en`` or ``zh_CN``; other values are normalised as the environment's are). English
+    is the msgids themselves (NullTranslations); so is a zh_CN catalog that is not installed (a broken install
+    speaks English rather than failing; tests/ops/test_i18n.py keeps the shipped catalog complete)."""
+    lang = _normalise(lang) if lang not in LANGUAGES else lang
+    if lang == ENGLISH:
+        return _gettext.NullTranslations()
+    return _gettext.translation(DOMAIN, localedir=str(LOCALE_DIR), languages=[lang], fallback=True)
+
+
+def translator(lang: str) -> Callable[[str], str]:
+    """``gettext`` of one language, for text that is not in the process's language (a page per request)."""
+    return translations(lang).gettext
+
+
+_current: list[_gettext.NullTranslations] = []
+
+
+def set_language(lang: str) -> None:
+    """Make ``lang`` (``en``, ``zh_CN``, or a locale name such as ``zh_CN.UTF-8``) the process's language."""
+    _current[:] = [translations(lang)]
+
+
+def current_language() -> str:
+    """The process's language: ``en`` or ``zh_CN``."""
+    return ENGLISH if type(_active()) is _gettext.NullTranslations else CHINESE
+
+
+def _active() -> _gettext.NullTranslations:
+    if not _current:
+        set_language(language_from_env())
+    return _current[0]
+
+
+def gettext(message: str) -> str:
+    """``message`` in the process's language (the msgid itself where the catalog has no entry)."""
+    return _active().gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    """The singular or plural form for ``n`` in the process's language (Chinese has one form)."""
+    return _active().ngettext(singular, plural, n)
