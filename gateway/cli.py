@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from gateway.shipped import version
@@ -89,7 +90,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return run_verify(args.trust, args.files)
 
 
+ALL_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")  # the four register/byte orders of 32/64-bit values (drivers.codec)
+# the smallest normal IEEE 754 binary32 / binary64 magnitudes: below them (and not 0) a value is subnormal, which a
+# wrong word order makes of a real measurement far more often than an instrument reports it
+MIN_NORMAL = {"float32": 1.1754943508222875e-38, "float64": 2.2250738585072014e-308}
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
+    """`decode`: registers (hex words) to a value; ``--order all`` prints one line per distinct order
+    (``ORDER value`` or ``ORDER not a value: reason``) so a technician sees which order is plausible, and
+    exits 0 when at least one order gives a value."""
     from drivers import codec
 
     try:
@@ -105,14 +115,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
         if per == 0 or len(regs) % per:
             _err(f"{args.type} takes {per} register(s) per value; {len(regs)} given")
             return 2
-        scaling = codec.Scaling(scale=args.scale, offset=args.offset)
-        values = []
-        for i in range(0, len(regs), per):
-            raw = codec.decode(regs[i:i + per], args.type, args.order, 1)
-            codec.check_value(raw)
-            if isinstance(raw, str) and args.str_len is not None:
-                raw = raw[:args.str_len]
-            values.append(scaling.to_eng(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw)
+        if args.order.strip().lower() == "all":
+            orders: dict[str, str] = {}
+            for order in ALL_ORDERS:  # 16-bit types and strings have no word order: CDAB is ABCD there
+                orders.setdefault(codec.normalise_order(order, args.type), order)
+            good = 0
+            for order in orders.values():
+                try:
+                    vals, subnormal = _decode_values(codec, regs, per, args, order)
+                except codec.CodecError as exc:
+                    print(f"{order}  not a value: {exc}")
+                    continue
+                note = "  (subnormal: implausible)" if subnormal else ""
+                print(f"{order}  {json.dumps(vals[0] if len(vals) == 1 else vals)}{note}")
+                good += 1
+            return 0 if good else 1
+        values, _subnormal = _decode_values(codec, regs, per, args, args.order)
     except codec.CodecError as exc:
         _err(f"{' '.join(f'{r:04X}' for r in regs)} as {args.type} {args.order}: {exc} "
              "(not a value: a gateway reading would be bad quality)")
@@ -122,6 +140,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(values[0] if len(values) == 1 else values))
     return 0
+
+
+def _decode_values(codec: Any, regs: list[int], per: int, args: argparse.Namespace,
+                   order: str) -> tuple[list[Any], bool]:
+    """(each value of ``per`` registers in ``order``, checked by codec.check_value and scaled; True when a raw
+    float is subnormal, IEEE 754-2019 3.4). Raises codec.CodecError for a value that is not one (NaN,
+    infinity), ValueError for a bad order."""
+    scaling = codec.Scaling(scale=args.scale, offset=args.offset)
+    values, subnormal = [], False
+    for i in range(0, len(regs), per):
+        raw = codec.decode(regs[i:i + per], args.type, order, 1)
+        codec.check_value(raw)
+        subnormal = subnormal or (isinstance(raw, float) and 0 < abs(raw) < MIN_NORMAL.get(args.type, 0.0))
+        if isinstance(raw, str) and args.str_len is not None:
+            raw = raw[:args.str_len]
+        values.append(scaling.to_eng(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw)
+    return values, subnormal
 
 
 def _parse_value(text: str, dtype: str, scaled: bool) -> object:
@@ -355,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("encode", cmd_encode, "encode a value to registers (hex)")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--type", required=True, help="bool, int16, uint16, int32, uint32, int64, uint64, float32, float64, string")
-        s.add_argument("--order", default="ABCD", help="ABCD, CDAB, BADC, DCBA (or 8-letter forms for 64-bit)")
+        s.add_argument("--order", default="ABCD", help="ABCD, CDAB, BADC, DCBA (or 8-letter forms for 64-bit)"
+                       + ("; all: one line per order" if name == "decode" else ""))
         s.add_argument("--scale", type=float, default=1.0)
         s.add_argument("--offset", type=float, default=0.0)
         s.add_argument("--str-len", type=int, default=None, help="string length in characters")

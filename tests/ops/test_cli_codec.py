@@ -30,6 +30,27 @@ def test_C01_decode_float32_orders(order, regs, value):
     assert json.loads(r.stdout) == pytest.approx(value)
 
 
+def test_C01_decode_order_all_shows_every_order_and_marks_the_implausible():
+    # 12.5 as a device in CDAB sends it: the technician does not know the order yet
+    r = cli("decode", "--type", "float32", "--order", "all", "0000", "4148")
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split("  ", 1) for line in r.stdout.splitlines())
+    assert list(lines) == ["ABCD", "CDAB", "BADC", "DCBA"]
+    assert json.loads(lines["CDAB"]) == 12.5
+    assert lines["ABCD"] == "2.3418499935796343e-41  (subnormal: implausible)"    # a wrong word order
+    assert lines["BADC"] == "2.591981769461614e-41  (subnormal: implausible)"
+    assert json.loads(lines["DCBA"]) == 197632.0                                    # normal: not marked
+    # one order gives NaN: said as not a value, the others still shown
+    r = cli("decode", "--type", "float32", "--order", "all", "7FC0", "0000")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "ABCD  not a value: nan", r.stdout
+    # no order gives a value: exit 1
+    r = cli("decode", "--type", "float32", "--order", "all", "FFFF", "FFFF")
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 4 and "value:" not in r.stdout.replace("not a value:", "")
+    # a 16-bit type has no word order, so only ABCD and BADC are distinct
+    r = cli("decode", "--type", "int16", "--order", "all", "FF38")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["ABCD  -200", "BADC  14591"], r.stdout
+
+
 def test_C01_decode_array_keeps_order():
     r = cli("decode", "--type", "float32", "--order", "CDAB", "0000", "3FC0", "0000", "4040")
     assert json.loads(r.stdout) == [1.5, 3.0]
