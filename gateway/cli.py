@@ -22,20 +22,36 @@ def _err(msg: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
+    """`check FILE`: exit 0 and "FILE: ok (...)" with warnings on stderr, or exit 2 and one FILE:LINE:COL line per
+    problem on stderr. With --json one object on stdout either way: {"file", "ok", "devices", "tags", "interlocks"
+    (null when not ok), "problems": [{"file", "line", "col", "path", "message", "warning"}]}, the same exit code."""
+    from dataclasses import asdict
 
-    from gateway.config import ConfigError, check_secrets, check_state_dirs
+    from gateway.config import ConfigError, check_secrets, check_state_dirs, load_config
 
-    cfg = load_config(args.file)
-    secrets = check_secrets(cfg)  # docs/design.md, Secrets: secret files exist and are readable by the owner only
-    dirs = check_state_dirs(cfg)  # state_dir and the store directory can be created (run creates them)
-    errors = secrets + [p for p in dirs if not p.warning]
-    if errors:
-        raise ConfigError(errors)
-    for w in [*cfg.warnings, *dirs]:
-        print(w, file=sys.stderr)
+    try:
+        cfg = load_config(args.file)
+        secrets = check_secrets(cfg)  # docs/design.md, Secrets: secret files exist and are readable by the owner only
+        dirs = check_state_dirs(cfg)  # state_dir and the store directory can be created (run creates them)
+        errors = secrets + [p for p in dirs if not p.warning]
+        if errors:
+            raise ConfigError(errors)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"file": args.file, "ok": False, "devices": None, "tags": None, "interlocks": None,
+                          "problems": [asdict(p) for p in exc.problems]}, ensure_ascii=False))
+        return 2
     m = cfg.model
     ntags = sum(len(d.tags) for d in m.devices)
+    warnings = [*cfg.warnings, *dirs]
+    if args.json:
+        print(json.dumps({"file": args.file, "ok": True, "devices": len(m.devices), "tags": ntags,
+                          "interlocks": len(m.interlocks), "problems": [asdict(w) for w in warnings]},
+                         ensure_ascii=False))
+        return 0
+    for w in warnings:
+        print(w, file=sys.stderr)
     print(f"{args.file}: ok ({len(m.devices)} devices, {ntags} tags, {len(m.interlocks)} interlocks)")
     return 0
 
@@ -328,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="validate a config file (FILE:LINE:COL errors, exit 2)")
     s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="print the result and every problem as one JSON object")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("grade", help="GB 18218-2018: S, R, grade and major_hazard of one unit as JSON")

@@ -5,6 +5,7 @@ the logs never carry key material or passwords."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -190,3 +191,21 @@ def test_missing_certificate_file_is_an_error_at_its_line(site: Path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (err,) = r.stderr.strip().splitlines()
     assert err.startswith(f"{site}:6:16: uplink.client_cert: file keys/client.pem does not exist")
+
+
+@pytest.mark.e2e
+def test_check_json_gives_the_same_verdict_as_one_object(site: Path):
+    run = [sys.executable, "-m", "gateway.cli", "check", "--json", str(site)]
+    r = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["ok"], out["devices"], out["tags"], out["interlocks"]) == (True, 1, 1, 0)
+    assert all(p["warning"] for p in out["problems"])
+    (site.parent / "keys" / "client.key").unlink()
+    r = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr == ""
+    out = json.loads(r.stdout)
+    assert out["ok"] is False and out["devices"] is None
+    [p] = out["problems"]
+    assert (p["file"], p["line"], p["col"], p["path"], p["warning"]) == (str(site), 7, 15, "uplink.client_key", False)
+    assert "does not exist" in p["message"]
