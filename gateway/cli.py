@@ -14,11 +14,38 @@ import sys
 from typing import Any
 from pathlib import Path
 
+from gateway.i18n import gettext as _
 from gateway.shipped import version
 
 
 def _err(msg: str) -> None:
     print(f"hazard-gateway: {msg}", file=sys.stderr)
+
+
+CONFIG_ENV = "HAZARD_GATEWAY_CONFIG"
+
+
+class NoConfigError(ValueError):
+    """The chosen config file does not exist; main prints the one line and exits 2."""
+
+
+def resolve_config(given: str | None) -> str:
+    """The config file a command uses: ``given`` (--config or check's FILE), else $HAZARD_GATEWAY_CONFIG, else
+    /etc/hazard-gateway/gateway.yaml (gateway.ops.install.DEFAULT_CONFIG, the one the unit runs). Raises
+    NoConfigError, one line naming where the path came from, when that file does not exist."""
+    import os
+
+    from gateway.ops.install import DEFAULT_CONFIG
+
+    if given:
+        path, source = given, None  # load_config names a missing --config/FILE itself, as before
+    elif os.environ.get(CONFIG_ENV):
+        path, source = os.environ[CONFIG_ENV], f"from {CONFIG_ENV}"
+    else:
+        path, source = DEFAULT_CONFIG, f"the default; give --config or set {CONFIG_ENV}"
+    if source and not Path(path).exists():
+        raise NoConfigError(f"no config: {path} does not exist ({source})")
+    return path
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -29,6 +56,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError, check_secrets, check_state_dirs, load_config
 
+    args.file = resolve_config(args.file)
     try:
         cfg = load_config(args.file)
         secrets = check_secrets(cfg)  # docs/design.md, Secrets: secret files exist and are readable by the owner only
@@ -52,7 +80,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     for w in warnings:
         print(w, file=sys.stderr)
-    print(f"{args.file}: ok ({len(m.devices)} devices, {ntags} tags, {len(m.interlocks)} interlocks)")
+    print(_("{file}: ok ({devices} devices, {tags} tags, {interlocks} interlocks)").format(
+        file=args.file, devices=len(m.devices), tags=ntags, interlocks=len(m.interlocks)))
     return 0
 
 
@@ -62,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from gateway.config import ConfigError, check_secrets
 
-    cfg = load_config(args.config)
+    cfg = load_config(resolve_config(args.config))
     secrets = check_secrets(cfg, used_only=True)  # the files the daemon will open
     if secrets:
         raise ConfigError(secrets)
@@ -84,13 +113,13 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
     if args.action == "export":
         if not args.store or not args.out:
-            _err("receiver export needs --store PATH --out DIR")
+            _err(_("receiver export needs --store PATH --out DIR"))
             return 2
         n = receiver.export_batches(args.store, args.out)
-        print(f"exported {n} batches to {args.out}")
+        print(_("exported {n} batches to {out}").format(n=n, out=args.out))
         return 0
     if not (args.listen and args.store and args.trust):
-        _err("receiver needs --listen HOST:PORT --store PATH --trust DIR")
+        _err(_("receiver needs --listen HOST:PORT --store PATH --trust DIR"))
         return 2
     missing = receiver.web_stack_missing()
     if missing:
@@ -121,15 +150,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     try:
         regs = [int(h, 16) for group in args.hex for h in group.replace(",", " ").split()]
     except ValueError:
-        _err("registers are hex words, e.g. 4148 0000")
+        _err(_("registers are hex words, e.g. 4148 0000"))
         return 2
     if any(not 0 <= r <= 0xFFFF for r in regs):
-        _err("each register is one 16-bit hex word (0000-FFFF)")
+        _err(_("each register is one 16-bit hex word (0000-FFFF)"))
         return 2
     try:
         per = codec.register_count(args.type, 1, args.str_len)
         if per == 0 or len(regs) % per:
-            _err(f"{args.type} takes {per} register(s) per value; {len(regs)} given")
+            _err(_("{type} takes {per} register(s) per value; {given} given").format(type=args.type, per=per,
+                                                                                     given=len(regs)))
             return 2
         if args.order.strip().lower() == "all":
             orders: dict[str, str] = {}
@@ -148,8 +178,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
             return 0 if good else 1
         values, _subnormal = _decode_values(codec, regs, per, args, args.order)
     except codec.CodecError as exc:
-        _err(f"{' '.join(f'{r:04X}' for r in regs)} as {args.type} {args.order}: {exc} "
-             "(not a value: a gateway reading would be bad quality)")
+        _err(_("{registers} as {type} {order}: {error} (not a value: a gateway reading would be bad quality)").format(
+            registers=" ".join(f"{r:04X}" for r in regs), type=args.type, order=args.order, error=exc))
         return 1
     except ValueError as exc:
         _err(str(exc))
@@ -252,7 +282,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, check_secrets, load_config
     from gateway.ops.probe import run_probe
 
-    cfg = load_config(args.config)
+    cfg = load_config(resolve_config(args.config))
     # the device secrets probe opens (OPC UA key, password file) pass the same owner-only check as `run`
     secrets = [p for p in check_secrets(cfg, used_only=True) if p.path.startswith("devices")]
     if secrets:
@@ -277,14 +307,15 @@ def _control_socket_of(config: str) -> Path:
     try:
         return socket_path(load_config(config))
     except ConfigError as exc:
-        root, _ = read_yaml(Path(config), config)
+        root, _text = read_yaml(Path(config), config)
         base = Path(config).resolve().parent
         try:
             sock = (root.get("control") or {}).get("socket")
             state = (root.get("gateway") or {}).get("state_dir") or "state"
         except AttributeError:
             raise exc from None
-        _err(f"{config} has errors (run `hazard-gateway check {config}`); using its control socket anyway")
+        _err(_("{config} has errors (run `hazard-gateway check {config}`); using its control socket anyway").format(
+            config=config))
         return base / sock if sock else base / state / SOCKET_NAME
 
 
@@ -295,11 +326,8 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     if args.socket:
         path = Path(args.socket)
-    elif args.config:
-        path = _control_socket_of(args.config)
-    else:
-        _err(f"{args.command}: give --config FILE (the daemon's config) or --socket PATH")
-        return 2
+    else:  # --config, else $HAZARD_GATEWAY_CONFIG, else the default config (resolve_config)
+        path = _control_socket_of(resolve_config(args.config))
     req: dict = {"action": args.command}
     if args.command in ("ack", "shelve", "unshelve"):
         req["id"] = args.target
@@ -313,7 +341,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         req["reason"] = args.reason
     if args.command in ("shelve", "bypass") and not getattr(args, "end", False):
         if args.minutes is None or not args.reason or not args.reason.strip():
-            _err(f"{args.command} needs --minutes N and --reason TEXT")
+            _err(_("{command} needs --minutes N and --reason TEXT").format(command=args.command))
             return 2
         req["minutes"] = args.minutes
     try:
@@ -322,16 +350,19 @@ def cmd_control(args: argparse.Namespace) -> int:
         _err(str(exc))
         return exc.exit_code
     if not ans.get("ok"):
-        _err(f"refused: {ans.get('error', 'no reason given')}")
+        _err(_("refused: {error}").format(error=ans.get("error", _("no reason given"))))
         return 1
     if args.command == "status":
         print(json.dumps(ans["status"], indent=1, default=str) if args.json else render_status(ans["status"]))
     else:
-        print(f"{ans.get('message', 'ok')} (by {ans.get('user')})")
+        print(_("{message} (by {user})").format(message=ans.get("message", _("ok")), user=ans.get("user")))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.ops.install import DEFAULT_CONFIG
+
+    CONFIG_HELP = f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})"
     p = argparse.ArgumentParser(prog="hazard-gateway", description=(
         "Edge gateway for major-hazard installations. An additional monitoring and protection layer; "
         "not a safety instrumented system (IEC 61511)."))
@@ -339,11 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the daemon")
-    s.add_argument("--config", required=True)
+    s.add_argument("--config", default=None, help=CONFIG_HELP)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("check", help="validate a config file (FILE:LINE:COL errors, exit 2)")
-    s.add_argument("file")
+    s.add_argument("file", nargs="?", default=None, help=CONFIG_HELP)
     s.add_argument("--json", action="store_true", help="print the result and every problem as one JSON object")
     s.set_defaults(func=cmd_check)
 
@@ -358,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("probe", help="read every configured tag once and print address, raw, value, quality")
-    s.add_argument("--config", required=True)
+    s.add_argument("--config", default=None, help=CONFIG_HELP)
     s.add_argument("--device", default=None, help="only this device")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("--verbose", action="store_true", help="keep the drivers' log lines on stderr")
@@ -436,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             s.add_argument("--json", action="store_true", help="print the snapshot as JSON")
         where = s.add_mutually_exclusive_group()
-        where.add_argument("--config", default=None, help="the daemon's config file (finds its control socket)")
+        where.add_argument("--config", default=None, help="the daemon's config file (finds its control socket; "
+                           f"default ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
         where.add_argument("--socket", default=None, help="the control socket path")
         s.set_defaults(func=cmd_control)
     return p

@@ -41,6 +41,7 @@ SERVICE = "hazard-gateway"
 USER = "hazard-gateway"
 STATE_DIR = "/var/lib/hazard-gateway"
 DEFAULT_CONFIG_DIR = "/etc/hazard-gateway"
+DEFAULT_CONFIG = f"{DEFAULT_CONFIG_DIR}/gateway.yaml"  # the config `run`, `check`, `status`... use by default
 DEFAULT_EXEC = "/usr/local/bin/hazard-gateway"
 SYSTEMD_SRC = shipped("systemd")
 EXAMPLE_SITE = shipped("config/example-site.yaml")
