@@ -121,10 +121,22 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     if not (args.listen and args.store and args.trust):
         _err(_("receiver needs --listen HOST:PORT --store PATH --trust DIR"))
         return 2
+    if args.self_signed and (args.cert or args.key):
+        _err(_("receiver: --self-signed DIR and --cert/--key exclude each other; give one"))
+        return 2
     missing = receiver.web_stack_missing()
     if missing:
         _err(missing)
         return 2
+    if args.self_signed:
+        from gateway.tlsutil import make_self_signed
+
+        d = Path(args.self_signed)
+        args.cert, args.key = d / "server.crt", d / "server.key"
+        if not (args.cert.is_file() and args.key.is_file()):  # reuse a pair already there
+            args.cert, args.key = make_self_signed(d, ("127.0.0.1", "localhost"))
+        print(_("receiver: self-signed certificate for 127.0.0.1/localhost; give the gateway "
+                "uplink.ca_file: {path}").format(path=args.cert.resolve()), file=sys.stderr, flush=True)
     return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key,
                                  signing_key=args.signing_key) or 0
 
@@ -413,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", help="directory of trusted public keys (*.jwk)")
     s.add_argument("--cert", help="TLS certificate (PEM); without it, plain HTTP on loopback only")
     s.add_argument("--key", help="TLS private key (PEM)")
+    s.add_argument("--self-signed", metavar="DIR",
+                   help="use (or first write) DIR/server.crt and server.key, self-signed for 127.0.0.1/localhost, "
+                        "instead of --cert/--key; prints the file to give the gateway as uplink.ca_file")
     s.add_argument("--signing-key", metavar="PEM",
                    help="receiver Ed25519 private key (keygen's private.pem) that signs content refusals (400), "
                         "the only answers that let a gateway set a batch aside; its <kid>.jwk is the gateway's "
