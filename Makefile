@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench venv clean catalogs
 
 venv: $(STAMP)
 
@@ -38,6 +38,26 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m hil.bench.run $(BENCH_ARGS)
+
+# The zh_CN message catalog (gateway/i18n.py): extract the msgids of gateway/ and drivers/ (babel.cfg) into
+# build/hazard_gateway.pot (not kept in git), merge them into the .po, compile the .mo the package ships; commit
+# the .po and the .mo. tests/ops/test_i18n.py fails on a msgid without a translation or a stale .mo.
+CATALOG := gateway/locale/zh_CN/LC_MESSAGES/hazard_gateway
+
+catalogs: $(STAMP)
+	mkdir -p build
+	$(BIN)/pybabel extract --mapping-file babel.cfg --keywords _ --keywords gettext --keywords ngettext:1,2 \
+		--no-default-keywords --sort-by-file --width 120 --project hazard-gateway --version '' \
+		--copyright-holder 'hazard-gateway authors' --msgid-bugs-address '' --charset UTF-8 \
+		--output-file build/hazard_gateway.pot gateway drivers
+	if test -f $(CATALOG).po; then \
+		$(BIN)/pybabel update --input-file build/hazard_gateway.pot --output-file $(CATALOG).po --locale zh_CN \
+			--domain hazard_gateway --no-fuzzy-matching --ignore-obsolete --width 120; \
+	else \
+		$(BIN)/pybabel init --input-file build/hazard_gateway.pot --output-file $(CATALOG).po --locale zh_CN \
+			--domain hazard_gateway; \
+	fi
+	$(BIN)/pybabel compile --input-file $(CATALOG).po --output-file $(CATALOG).mo --locale zh_CN --domain hazard_gateway
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

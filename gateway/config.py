@@ -47,6 +47,8 @@ from gateway.safety.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, L
 from gateway.record.clock import DEFAULT_UNSYNC_GRACE_S
 from gateway.safety.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from gateway.yamlload import YamlError, load_yaml
+from gateway.i18n import ENGLISH, current_language
+from gateway.i18n import gettext as _
 from gateway.model import STRICT, SecretPath
 
 LIMIT_KINDS = ("HH", "H", "L", "LL")
@@ -66,7 +68,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        kind = "warning: " if self.warning else ""
+        kind = _("warning: ") if self.warning else ""
         return f"{self.file}:{self.line}:{self.col}: {kind}{where}{self.message}"
 
 
@@ -119,7 +121,7 @@ class RetentionFloorWaiver(Strict):
     @model_validator(mode="after")
     def _reason(self) -> "RetentionFloorWaiver":
         if self.waive and not (self.reason or "").strip():
-            raise ValueError("waive: true needs a reason: why this gateway need not keep 30 days of records")
+            raise ValueError(_("waive: true needs a reason: why this gateway need not keep 30 days of records"))
         return self
 
 
@@ -174,7 +176,7 @@ class UplinkSection(Strict):
     def _url_fits_transport(cls, v: str, info: Any) -> str:
         transport = info.data.get("transport", "https")
         if transport == "https" and not v.startswith("https://"):
-            raise ValueError("transport https needs an https:// url (TLS only)")
+            raise ValueError(_("transport https needs an https:// url (TLS only)"))
         if transport == "mqtt":
             from gateway.record.uplink_mqtt import parse_broker_url   # ValueError with the reason
             parse_broker_url(v)
@@ -291,7 +293,7 @@ class ProfileDeviceBase(DeviceBase):
     @model_validator(mode="after")
     def _needs_tags(self) -> "ProfileDeviceBase":
         if not self.tags:  # type: ignore[attr-defined]
-            raise ValueError("a device needs tags: or a profile:")
+            raise ValueError(_("a device needs tags: or a profile:"))
         return self
 
 
@@ -359,9 +361,10 @@ class InterlockCfg(Strict):
     def _vote(self) -> "InterlockCfg":
         m, n = (int(x) for x in self.vote.split("oo"))
         if not 1 <= m <= n:
-            raise ValueError(f"vote {self.vote}: M must be between 1 and N")
+            raise ValueError(_("vote {vote}: M must be between 1 and N").format(vote=self.vote))
         if n != len(self.inputs):
-            raise ValueError(f"vote {self.vote} needs {n} inputs, {len(self.inputs)} given")
+            raise ValueError(_("vote {vote} needs {n} inputs, {given} given").format(vote=self.vote, n=n,
+                                                                                      given=len(self.inputs)))
         return self
 
 
@@ -390,9 +393,9 @@ class ControlSection(Strict):
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"mode {v!r} is not an octal permission such as \"0660\"") from None
+            raise ValueError(_("mode {mode} is not an octal permission such as \"0660\"").format(mode=repr(v))) from None
         if not 0 <= bits <= 0o777:
-            raise ValueError(f"mode {v!r} is outside 0000..0777")
+            raise ValueError(_("mode {mode} is outside 0000..0777").format(mode=repr(v)))
         return bits
 
 
@@ -476,14 +479,14 @@ class MetricsSection(Strict):
         host, sep, port = v.rpartition(":")
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"listen {v!r} is not HOST:PORT (e.g. 127.0.0.1:9108)")
+            raise ValueError(_("listen {listen} is not HOST:PORT (e.g. 127.0.0.1:9108)").format(listen=repr(v)))
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
         if not loopback and not info.data.get("allow_remote", False):
-            raise ValueError(f"metrics listen address {host} is not loopback; the endpoint has no "
-                             "authentication (set allow_remote: true to expose it anyway)")
+            raise ValueError(_("metrics listen address {host} is not loopback; the endpoint has no "
+                               "authentication (set allow_remote: true to expose it anyway)").format(host=host))
         return v
 
 
@@ -599,19 +602,60 @@ def _message(err: dict) -> str:
     msg = err.get("msg", "invalid")
     typ = err.get("type", "")
     if typ == "extra_forbidden" and err["loc"] and str(err["loc"][-1]).lower() in INLINE_SECRET_KEYS:
-        return ("secrets are never inline: put it in a file readable only by the gateway (chmod 600) "
-                "and give the file's path (password_file:, private_key:, client_key:)")
+        return _("secrets are never inline: put it in a file readable only by the gateway (chmod 600) "
+                 "and give the file's path (password_file:, private_key:, client_key:)")
     if typ == "extra_forbidden":
-        return "unknown key (typo?)"
+        return _("unknown key (typo?)")
     if typ == "missing":
-        return f"missing required key '{err['loc'][-1]}'"
+        return _("missing required key '{key}'").format(key=err["loc"][-1])
     if typ == "union_tag_invalid":
         ctx = err.get("ctx") or {}
-        return f"protocol must be one of {ctx.get('expected_tags', ', '.join(PROTOCOLS))}"
+        return _("protocol must be one of {protocols}").format(
+            protocols=ctx.get("expected_tags", ", ".join(PROTOCOLS)))
     if typ == "union_tag_not_found":
-        return f"missing required key 'protocol' ({', '.join(list(PROTOCOLS)[:-1])} or {list(PROTOCOLS)[-1]})"
-    msg = msg.removeprefix("Value error, ")
-    return msg
+        return _("missing required key 'protocol' ({protocols} or {last})").format(
+            protocols=", ".join(list(PROTOCOLS)[:-1]), last=list(PROTOCOLS)[-1])
+    if typ == "value_error":  # our own validators' sentences, already in the reader's language
+        return msg.removeprefix("Value error, ")
+    lead = _pydantic_lead(typ, err.get("ctx") or {})
+    if lead is None or current_language() == ENGLISH:
+        return msg   # English: pydantic's own sentence, as it always was
+    return _("{lead} ({detail})").format(lead=lead, detail=msg)
+
+
+def _pydantic_lead(typ: str, ctx: dict) -> str | None:
+    """Our leading sentence for the pydantic error kinds people hit most (a wrong type, a number out of range, a
+    value not in the allowed set, a wrong length or format), in the reader's language; pydantic's English
+    follows it as the detail (_message). None for other kinds (pydantic's sentence alone)."""
+    if typ in ("float_type", "float_parsing", "int_type", "int_parsing", "int_from_float", "decimal_type"):
+        return _("wrong type: a number is needed")
+    if typ in ("string_type", "string_unicode"):
+        return _("wrong type: text is needed")
+    if typ in ("bool_type", "bool_parsing"):
+        return _("wrong type: true or false is needed")
+    if typ in ("dict_type", "model_type", "model_attributes_type", "mapping_type"):
+        return _("wrong type: a mapping (key: value) is needed")
+    if typ in ("list_type", "tuple_type", "set_type", "iterable_type"):
+        return _("wrong type: a list is needed")
+    if typ == "finite_number":
+        return _("not a finite number")
+    bounds = {"greater_than": ("gt", _("out of range: must be > {limit}")),
+              "greater_than_equal": ("ge", _("out of range: must be >= {limit}")),
+              "less_than": ("lt", _("out of range: must be < {limit}")),
+              "less_than_equal": ("le", _("out of range: must be <= {limit}"))}
+    if typ in bounds:
+        key, text = bounds[typ]
+        limit = ctx.get(key, "?")
+        return text.format(limit=f"{limit:g}" if isinstance(limit, float) else limit)
+    if typ in ("literal_error", "enum"):
+        return _("not one of the allowed values: {expected}").format(expected=ctx.get("expected", "?"))
+    if typ == "too_short":
+        return _("too few items (at least {n})").format(n=ctx.get("min_length", "?"))
+    if typ == "too_long":
+        return _("too many items (at most {n})").format(n=ctx.get("max_length", "?"))
+    if typ == "string_pattern_mismatch":
+        return _("wrong format")
+    return None
 
 
 _PYDANTIC_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "tuple", "none"} | set(PROTOCOLS)  # + tags
@@ -684,7 +728,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     shown = str(path)
     root, text = read_yaml(p, shown)
     if not isinstance(root, CommentedMap):
-        raise ConfigError([Problem(shown, 1, 1, "", "the top level must be a mapping (gateway:, devices: ...)")])
+        raise ConfigError([Problem(shown, 1, 1, "", _("the top level must be a mapping (gateway:, devices: ...)"))])
     from gateway.device_profiles import expand  # profiles import this module
 
     ex = expand(root, shown, p)  # device profiles and include: merged into the tree, with their marks
@@ -696,7 +740,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         failed = {f"devices[{i}]" for i in ex.failed_devices}
         for q in validation_problems(exc, ex.smap):
             # a device whose profile failed has no profile tags: do not also say it has none
-            if not (q.message == "a device needs tags: or a profile:" and q.path in failed):
+            if not (q.message == _("a device needs tags: or a profile:") and q.path in failed):
                 problems.append(q)
         raise ConfigError(_sorted_problems(problems, shown)) from None
     if problems:
@@ -763,12 +807,14 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
     seen_tag: dict[str, tuple[int, int]] = {}
     for di, d in enumerate(m.devices):
         if d.name in seen_dev:
-            at(("devices", di, "name"), f"device name '{d.name}' also used by devices[{seen_dev[d.name]}]")
+            at(("devices", di, "name"), _("device name '{name}' also used by devices[{index}]").format(
+                name=d.name, index=seen_dev[d.name]))
         seen_dev.setdefault(d.name, di)
         for ti, t in enumerate(d.tags):
             if t.name in seen_tag:
                 a, b = seen_tag[t.name]
-                at(("devices", di, "tags", ti, "name"), f"tag name '{t.name}' also used at devices[{a}].tags[{b}]")
+                at(("devices", di, "tags", ti, "name"), _("tag name '{name}' also used at devices[{device}].tags[{tag}]")
+                   .format(name=t.name, device=a, tag=b))
             seen_tag.setdefault(t.name, (di, ti))
             if t.alarms is not None:
                 loc = ("devices", di, "tags", ti, "alarms")
@@ -793,31 +839,34 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
     waived = m.store.retention_floor.waive   # C16: the 30-day floor is hard unless waived with a reason
     retention = _retention_warning(m)
     if retention:
-        at(("store", "max_bytes"), retention if waived else f"{retention}; {_WAIVE_HINT}", warning=waived)
+        at(("store", "max_bytes"), retention if waived else f"{retention}; {_waive_hint()}", warning=waived)
     if m.store.retention_days < RETENTION_FLOOR_DAYS and not waived:
-        at(("store", "retention_days"), f"retention_days {m.store.retention_days:g} is below the "
-           f"{RETENTION_FLOOR_DAYS}-day floor of SAWS order No. 40 (docs/domain.md): set at least "
-           f"{RETENTION_FLOOR_DAYS}, {_WAIVE_HINT}", at_value=True)
+        at(("store", "retention_days"), _("retention_days {days} is below the {floor}-day floor of SAWS order No. 40 "
+                                          "(docs/domain.md): set at least {floor}, {hint}").format(
+            days=f"{m.store.retention_days:g}", floor=RETENTION_FLOOR_DAYS, hint=_waive_hint()), at_value=True)
     if m.alarm_policy.gas_on_delay_cap_s > GAS_ON_DELAY_CAP_S:
-        at(("alarm_policy", "gas_on_delay_cap_s"), f"gas on-delays up to {m.alarm_policy.gas_on_delay_cap_s:g} s: "
-           f"longer than the default {GAS_ON_DELAY_CAP_S:g} s cap; the delay adds to the detector's own response "
-           "(<= 30 s) and the poll time (docs/domain.md, Response times)", warning=True)
+        at(("alarm_policy", "gas_on_delay_cap_s"), _(
+            "gas on-delays up to {delay} s: longer than the default {cap} s cap; the delay adds to the detector's "
+            "own response (<= 30 s) and the poll time (docs/domain.md, Response times)").format(
+            delay=f"{m.alarm_policy.gas_on_delay_cap_s:g}", cap=f"{GAS_ON_DELAY_CAP_S:g}"), warning=True)
     tags = cfg.all_tags()
     for ii, il in enumerate(m.interlocks):
         for ni, inp in enumerate(il.inputs):
             if inp.tag not in tags:
-                at(("interlocks", ii, "inputs", ni, "tag"), f"unknown tag '{inp.tag}'")
+                at(("interlocks", ii, "inputs", ni, "tag"), _("unknown tag '{tag}'").format(tag=inp.tag))
                 continue
             t_in = tags[inp.tag][1]
             kinds = _limit_kinds(t_in, m.alarm_policy) if t_in.alarms is not None else set()
             if kinds is not None and inp.condition not in kinds:
                 at(("interlocks", ii, "inputs", ni, "condition"),
-                   f"tag '{inp.tag}' has no {inp.condition} limit (set it under the tag's alarms:)")
+                   _("tag '{tag}' has no {condition} limit (set it under the tag's alarms:)").format(
+                       tag=inp.tag, condition=inp.condition))
         for ai, act in enumerate(il.actions):
             if act.output not in tags:
-                at(("interlocks", ii, "actions", ai, "output"), f"unknown tag '{act.output}'")
+                at(("interlocks", ii, "actions", ai, "output"), _("unknown tag '{tag}'").format(tag=act.output))
             elif not tags[act.output][1].writable:
-                at(("interlocks", ii, "actions", ai, "output"), f"tag '{act.output}' is not writable (writable: true)")
+                at(("interlocks", ii, "actions", ai, "output"),
+                   _("tag '{tag}' is not writable (writable: true)").format(tag=act.output))
     _shared_output_checks(m, at)
     _safety_io_checks(cfg, at)
     _hazard_checks(cfg, at)
@@ -829,8 +878,10 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
 BYTES_PER_READING = 100
 
 
-#: how a refused retention setting can be accepted anyway (C16)
-_WAIVE_HINT = 'or waive the floor where it does not apply: store.retention_floor: {waive: true, reason: "..."}'
+def _waive_hint() -> str:
+    """How a refused retention setting can be accepted anyway (C16), in the reader's language."""
+    return _("or waive the floor where it does not apply: store.retention_floor: {example}").format(
+        example='{waive: true, reason: "..."}')
 
 
 def _retention_warning(m: Config) -> str | None:
@@ -841,9 +892,10 @@ def _retention_warning(m: Config) -> str | None:
     if need <= m.store.max_bytes:
         return None
     days = m.store.max_bytes / (per_s * 86400 * BYTES_PER_READING)
-    return (f"max_bytes {m.store.max_bytes} holds about {days:.1f} days at {per_s:g} readings/s "
-            f"(~{BYTES_PER_READING} B each), less than retention_days {m.store.retention_days:g}; "
-            f"raise max_bytes to at least {math.ceil(need)} or poll less often")
+    return _("max_bytes {max_bytes} holds about {days} days at {rate} readings/s (~{size} B each), less than "
+             "retention_days {retention}; raise max_bytes to at least {need} or poll less often").format(
+        max_bytes=m.store.max_bytes, days=f"{days:.1f}", rate=f"{per_s:g}", size=BYTES_PER_READING,
+        retention=f"{m.store.retention_days:g}", need=math.ceil(need))
 
 
 def limit_spec(kind: str, v: LimitValue, base: LimitSpec | None) -> LimitSpec:
@@ -886,18 +938,20 @@ def _legacy_oel(a: AlarmsCfg, unit: str | None, raw_unit: str) -> float | None:
     if a.oel is None:
         return a.oel_mg_m3
     if a.oel_mg_m3 is not None:
-        raise GasPresetError("oel", "give the OEL once, as oel_mg_m3 (oel is its old name)")
+        raise GasPresetError("oel", _("give the OEL once, as oel_mg_m3 (oel is its old name)"))
     if unit == MG_M3:
         return a.oel
     if unit == OEL_PCT:
         if a.oel == 100:
             return None
-        raise GasPresetError("oel", f"oel {a.oel:g} on a %OEL tag would put level 1 at {a.oel:g} %OEL; the "
-                                    "preset is 100 / 200 %OEL: remove oel, or give the OEL in mg/m³ as oel_mg_m3")
-    where = f"a tag in '{raw_unit}'" if raw_unit.strip() else "a tag without a unit"
-    extra = " with gas_name: or molar_mass_g_mol: for the ppm conversion" if canonical_unit(raw_unit) == "ppm" else ""
-    raise GasPresetError("oel", f"oel is read in the tag's unit, which is ambiguous on {where}: give the OEL in "
-                                f"mg/m³ (GBZ 2.1) as oel_mg_m3{extra}")
+        raise GasPresetError("oel", _("oel {oel} on a %OEL tag would put level 1 at {oel} %OEL; the preset is "
+                                      "100 / 200 %OEL: remove oel, or give the OEL in mg/m³ as oel_mg_m3").format(
+            oel=f"{a.oel:g}"))
+    where = _("a tag in '{unit}'").format(unit=raw_unit) if raw_unit.strip() else _("a tag without a unit")
+    extra = _(" with gas_name: or molar_mass_g_mol: for the ppm conversion") if canonical_unit(raw_unit) == "ppm" \
+        else ""
+    raise GasPresetError("oel", _("oel is read in the tag's unit, which is ambiguous on {where}: give the OEL in "
+                                  "mg/m³ (GBZ 2.1) as oel_mg_m3{extra}").format(where=where, extra=extra))
 
 
 def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPreset | None:
@@ -914,7 +968,7 @@ def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPrese
     if a.gas != "toxic":
         stray = next((k for k in _TOXIC_KEYS if getattr(a, k) is not None), None)
         if stray is not None:
-            raise GasPresetError(stray, f"{stray} is only for gas: toxic")
+            raise GasPresetError(stray, _("{key} is only for gas: toxic").format(key=stray))
         if a.gas is None:
             return None
     policy = policy or AlarmPolicySection()
@@ -926,8 +980,8 @@ def tag_gas_preset(t: Any, policy: AlarmPolicySection | None = None) -> GasPrese
         if oel is None and a.idlh_mg_m3 is None and unit not in (OEL_PCT, "%IDLH"):
             if a.H is not None or a.HH is not None:
                 return None
-            raise GasPresetError("gas", "gas: toxic needs oel_mg_m3 (the OEL in mg/m³: MAC, else PC-TWA), or a "
-                                        "tag in %OEL, or explicit H/HH set points")
+            raise GasPresetError("gas", _("gas: toxic needs oel_mg_m3 (the OEL in mg/m³: MAC, else PC-TWA), or a "
+                                          "tag in %OEL, or explicit H/HH set points"))
         kw = dict(oel_mg_m3=oel, idlh_mg_m3=a.idlh_mg_m3, toxic_basis=a.toxic_basis, gas_name=a.gas_name,
                   molar_mass_g_mol=a.molar_mass_g_mol, range_hi=tag_range_hi(t))
     o = policy.oxygen
@@ -986,12 +1040,14 @@ def _shared_output_checks(m: Config, at: Any) -> None:
             pi, pa, p = prev
             where = f"interlocks[{pi}].actions[{pa}] ({m.interlocks[pi].name})"
             if p.value != act.value:  # (0 == false: a coil written 0 or false is the same state)
-                at(("interlocks", ii, "actions", ai, "value"), f"output '{act.output}' gets safe value "
-                   f"{act.value!r} here but {p.value!r} from {where}: one output, one safe state")
+                at(("interlocks", ii, "actions", ai, "value"), _(
+                    "output '{output}' gets safe value {value} here but {other} from {where}: one output, one safe "
+                    "state").format(output=act.output, value=repr(act.value), other=repr(p.value), where=where))
             if p.reset_value != act.reset_value:
-                at(("interlocks", ii, "actions", ai, "reset_value" if act.reset_value is not None else "output"),
-                   f"output '{act.output}' gets reset_value {act.reset_value!r} here but {p.reset_value!r} "
-                   f"from {where}: one output, one reset value")
+                at(("interlocks", ii, "actions", ai, "reset_value" if act.reset_value is not None else "output"), _(
+                    "output '{output}' gets reset_value {value} here but {other} from {where}: one output, one "
+                    "reset value").format(output=act.output, value=repr(act.reset_value), other=repr(p.reset_value),
+                                          where=where))
 
 
 def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
@@ -1002,11 +1058,13 @@ def _gas_freshness_warnings(d: Any, a: AlarmsCfg) -> list[str]:
     out = []
     cycle = (d.poll_interval_ms + d.timeout_ms) / 1000
     if cycle > GAS_DETECTION_BUDGET_S:
-        out.append(f"gas detector polled every {d.poll_interval_ms / 1000:g} s with a {d.timeout_ms / 1000:g} s "
-                   f"timeout: a reading can be older than the {GAS_DETECTION_BUDGET_S:g} s detection budget")
+        out.append(_("gas detector polled every {interval} s with a {timeout} s timeout: a reading can be older "
+                     "than the {budget} s detection budget").format(
+            interval=f"{d.poll_interval_ms / 1000:g}", timeout=f"{d.timeout_ms / 1000:g}",
+            budget=f"{GAS_DETECTION_BUDGET_S:g}"))
     if a.stale_after_s is not None and a.stale_after_s > GAS_DETECTION_BUDGET_S:
-        out.append(f"stale_after_s {a.stale_after_s:g} s is longer than the {GAS_DETECTION_BUDGET_S:g} s detection "
-                   "budget of a gas detector")
+        out.append(_("stale_after_s {stale} s is longer than the {budget} s detection budget of a gas detector")
+                   .format(stale=f"{a.stale_after_s:g}", budget=f"{GAS_DETECTION_BUDGET_S:g}"))
     return out
 
 
@@ -1022,31 +1080,36 @@ def _safety_io_checks(cfg: LoadedConfig, at: Any) -> None:
     for ai, an in enumerate(m.annunciators):
         loc = ("annunciators", ai, "output")
         if an.output not in tags:
-            at(loc, f"unknown tag '{an.output}'")
+            at(loc, _("unknown tag '{tag}'").format(tag=an.output))
         elif not tags[an.output][1].writable:
-            at(loc, f"tag '{an.output}' is not writable (writable: true)")
+            at(loc, _("tag '{tag}' is not writable (writable: true)").format(tag=an.output))
         elif an.output in il_outputs:
-            at(loc, f"tag '{an.output}' is also an interlock action output (one writer per output)")
+            at(loc, _("tag '{tag}' is also an interlock action output (one writer per output)").format(tag=an.output))
         elif an.output in seen:
-            at(loc, f"tag '{an.output}' is also driven by annunciators[{seen[an.output]}]")
+            at(loc, _("tag '{tag}' is also driven by annunciators[{index}]").format(tag=an.output,
+                                                                                  index=seen[an.output]))
         seen.setdefault(an.output, ai)
         if an.pattern == "flash" and an.alarm_hz < 1.0 and an.kind != "disabled_indicator":
-            at(("annunciators", ai, "alarm_hz"), f"alarm flashing at {an.alarm_hz:g} Hz is slower than the "
-               "GB 16808-2008 4.2 minimum of 1 Hz", warning=True)
+            at(("annunciators", ai, "alarm_hz"), _("alarm flashing at {hz} Hz is slower than the "
+                                                   "GB 16808-2008 4.2 minimum of 1 Hz").format(hz=f"{an.alarm_hz:g}"),
+               warning=True)
         if an.pattern == "flash" and an.faults and an.fault_hz < 0.2:
-            at(("annunciators", ai, "fault_hz"), f"fault flashing at {an.fault_hz:g} Hz is slower than the "
-               "GB 16808-2008 4.2 minimum of 0.2 Hz", warning=True)
+            at(("annunciators", ai, "fault_hz"), _("fault flashing at {hz} Hz is slower than the "
+                                                   "GB 16808-2008 4.2 minimum of 0.2 Hz").format(hz=f"{an.fault_hz:g}"),
+               warning=True)
     for di, d in enumerate(m.devices):
         carried = [t.name for t in d.tags if t.name in il_outputs]
         if carried and d.enabled and getattr(d, "heartbeat", None) is None:
-            extra = "" if hasattr(d, "heartbeat") else " (heartbeats are available on Modbus devices)"
-            at(("devices", di, "name"), f"device '{d.name}' carries interlock output {', '.join(carried)} but has "
-               f"no heartbeat: it cannot trip by itself when the gateway stops{extra}", warning=True)
+            extra = "" if hasattr(d, "heartbeat") else _(" (heartbeats are available on Modbus devices)")
+            at(("devices", di, "name"), _("device '{name}' carries interlock output {outputs} but has no heartbeat: "
+                                          "it cannot trip by itself when the gateway stops{extra}").format(
+                name=d.name, outputs=", ".join(carried), extra=extra), warning=True)
     if m.control.group is not None:
         try:
             grp.getgrnam(m.control.group)
         except KeyError:
-            at(("control", "group"), f"group '{m.control.group}' does not exist on this machine", warning=True)
+            at(("control", "group"), _("group '{group}' does not exist on this machine").format(group=m.control.group),
+               warning=True)
 
 
 def _where_loc(where: str) -> tuple:
@@ -1091,14 +1154,15 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
         try:
             spec = unit_from_dict(d, f"hazard.units[{ui}]", cfg.base_dir)
         except ValueError as e:
-            where, _, what = str(e).partition(": ")
+            where, _sep, what = str(e).partition(": ")
             loc = _where_loc(where) if where.startswith("hazard.units[") else base
             if what.startswith("unknown key(s) "):  # point at the (first) unknown key itself
                 loc = (*loc, what.removeprefix("unknown key(s) ").split(", ")[0])
             at(loc, what or str(e))
             continue
         if spec.name in names:
-            at((*base, "name"), f"unit name '{spec.name}' also used by hazard.units[{names[spec.name]}]")
+            at((*base, "name"), _("unit name '{name}' also used by hazard.units[{index}]").format(
+                name=spec.name, index=names[spec.name]))
         names.setdefault(spec.name, ui)
         if spec.major_hazard_code is not None:
             code_ok((*base, "major_hazard_code"), "major-hazard code", str(spec.major_hazard_code))
@@ -1121,13 +1185,16 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
                     for li, tag in enumerate(value if isinstance(value, list) else [value]):
                         loc = (*base, group, ii, key, *((li,) if isinstance(value, list) else ()))
                         if tag not in tags:
-                            at(loc, f"unknown tag '{tag}'")
+                            at(loc, _("unknown tag '{tag}'").format(tag=tag))
                         elif tags[tag][1].unit.strip() not in units:
                             allowed = ", ".join(sorted(u or "''" for u in units))
-                            at(loc, f"tag '{tag}' has unit '{tags[tag][1].unit}'; a {kind} needs one of {allowed}")
+                            what_kind = {"level": _("level"), "temperature": _("temperature"),
+                                         "pressure": _("pressure")}[kind]
+                            at(loc, _("tag '{tag}' has unit '{unit}'; a {kind} needs one of {allowed}").format(
+                                tag=tag, unit=tags[tag][1].unit, kind=what_kind, allowed=allowed))
         for ti, tag in enumerate(spec.alarm_tags):
             if tag not in tags:
-                at((*base, "alarm_tags", ti), f"unknown tag '{tag}'")
+                at((*base, "alarm_tags", ti), _("unknown tag '{tag}'").format(tag=tag))
         if bad_substance:
             continue
         try:
@@ -1187,38 +1254,39 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
         try:
             st = path.stat()  # type: ignore[union-attr]
         except FileNotFoundError:
-            bad(loc, f"secret file {value} does not exist ({path})")
+            bad(loc, _("secret file {file} does not exist ({path})").format(file=value, path=path))
             continue
         except OSError as exc:
-            bad(loc, f"secret file {value}: cannot stat: {exc.strerror}")
+            bad(loc, _("secret file {file}: cannot stat: {error}").format(file=value, error=exc.strerror))
             continue
         if loc == ("keys", "private_key") and path.is_symlink():  # type: ignore[union-attr]
             # the daemon opens the signing key with O_NOFOLLOW (gateway.chain.signing.Signer.from_file)
-            bad(loc, f"secret file {value} is a symbolic link (to {path.readlink()}); the signing key is "  # type: ignore[union-attr]
-                     "opened without following links: put the key file itself there (chmod 600)")
+            bad(loc, _("secret file {file} is a symbolic link (to {target}); the signing key is opened without "
+                       "following links: put the key file itself there (chmod 600)").format(
+                file=value, target=path.readlink()))  # type: ignore[union-attr]
         elif not stat.S_ISREG(st.st_mode):
-            bad(loc, f"secret file {value} is not a regular file")
+            bad(loc, _("secret file {file} is not a regular file").format(file=value))
         elif st.st_mode & 0o077:
-            bad(loc, f"secret file {value} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                     f"run: chmod 600 {path}")
+            bad(loc, _("secret file {file} is accessible by group/others (mode {mode}); run: chmod 600 {path}")
+                .format(file=value, mode=f"{stat.S_IMODE(st.st_mode):04o}", path=path))
     for loc, value in public_file_locations(cfg, used_only):  # certificates: must exist, any mode
         path = cfg.resolve(value)
         if loc[-1] == "server_cert" and path.is_dir():  # type: ignore[union-attr]
             pass  # OPC UA: a directory of trusted server certificates (drivers/opcua.py)
         elif not path.is_file():  # type: ignore[union-attr]
-            bad(loc, f"file {value} does not exist or is not a regular file ({path})")
+            bad(loc, _("file {file} does not exist or is not a regular file ({path})").format(file=value, path=path))
         elif loc == ("uplink", "ca_file"):  # PEM certificate(s) the receiver's must chain to (as run loads it)
             import ssl
             try:
                 ssl.create_default_context(cafile=str(path))
             except (OSError, ssl.SSLError) as exc:
-                bad(loc, f"CA file {value} holds no usable PEM certificate ({exc})")
+                bad(loc, _("CA file {file} holds no usable PEM certificate ({error})").format(file=value, error=exc))
         elif loc == ("uplink", "receiver_key"):  # one public Ed25519 JWK (gateway.chain.rejection)
             from gateway.chain.rejection import load_receiver_key
             try:
                 load_receiver_key(path)  # type: ignore[arg-type]
             except ValueError as exc:  # KeyFileError: one line naming the file
-                bad(loc, f"receiver key {value}: {exc}")
+                bad(loc, _("receiver key {file}: {error}").format(file=value, error=exc))
         elif loc[0] == "devices" and loc[-1] == "cert":  # OPC UA: ApplicationUri = the cert's URI SAN
             from drivers.opcua_certs import certificate_application_uri
             try:
@@ -1295,6 +1363,7 @@ def check_state_dirs(cfg: LoadedConfig) -> list[Problem]:
             continue
         perm = exc.errno in (errno.EACCES, errno.EPERM)
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        report(loc, f"{what} {path} cannot be created or written: {exc.strerror or exc}{where}"
-                    + ("; check again as the service user" if perm else ""), perm)
+        report(loc, _("{what} {path} cannot be created or written: {error}{where}").format(
+            what={"state_dir": "state_dir", "store directory": _("store directory")}[what], path=path,
+            error=exc.strerror or exc, where=where) + (_("; check again as the service user") if perm else ""), perm)
     return out

@@ -42,6 +42,11 @@ from hil.rig import free_port, make_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests read English, the msgids (gateway/i18n.py), whatever the machine's locale: LANGUAGE is read first, by
+# this process and by every child process a test starts (the daemon, the command line). tests/ops/test_i18n.py gives
+# its Chinese children an environment of their own.
+os.environ["LANGUAGE"] = "en"
+
 __all__ = ["ROOT", "b64url", "free_port", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
            "sql_rows", "tank_overfill_config", "until_daemon", "wait_exit", "wait_for"]
 

@@ -42,6 +42,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from gateway.i18n import gettext as _
+
 DATA_FILE = Path(__file__).parent / "data" / "gb18218_2018.yaml"
 _CAS_RE = re.compile(r"^(\d{2,7})-(\d{2})-(\d)$")
 
@@ -52,8 +54,10 @@ class UnknownSubstance(LookupError):
     def __init__(self, name: str, suggestions: list[str]):
         self.name = name
         self.suggestions = suggestions
-        hint = f"; close matches: {', '.join(suggestions)}" if suggestions else "; no close match"
-        super().__init__(f"unknown substance {name!r} (not in GB 18218-2018 tables 1/2 as shipped){hint}")
+        hint = _("; close matches: {names}").format(names=", ".join(suggestions)) if suggestions else \
+            _("; no close match")
+        super().__init__(_("unknown substance {name} (not in GB 18218-2018 tables 1/2 as shipped){hint}").format(
+            name=repr(name), hint=hint))
 
     def __str__(self) -> str:  # LookupError would repr() the message
         return self.args[0]

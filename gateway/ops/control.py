@@ -47,6 +47,7 @@ from typing import Any, Iterator
 
 from gateway.safety.alarms import AlarmActionError
 from gateway.safety.interlocks import InterlockActionError
+from gateway.i18n import gettext as _
 from gateway.model import rfc3339
 from gateway.runtime.ports import OperatorTarget, StatusSource
 
@@ -200,7 +201,8 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except (asyncio.LimitOverrunError, ValueError):
-                    await self._send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    await self._send(writer, {"ok": False, "error": _("request longer than {limit} bytes").format(
+                        limit=MAX_LINE)})
                     return
                 if not line:
                     return
@@ -209,7 +211,8 @@ class ControlServer:
                     if not isinstance(req, dict):
                         raise ValueError("not an object")
                 except ValueError as exc:
-                    await self._send(writer, {"ok": False, "error": f"bad request (one JSON object per line): {exc}"})
+                    await self._send(writer, {"ok": False, "error": _("bad request (one JSON object per line): {error}")
+                                              .format(error=exc)})
                     continue
                 self.requests += 1
                 await self._send(writer, await self.handle(req, user, uid, pid))
@@ -235,7 +238,8 @@ class ControlServer:
         if action == "status":
             return {"ok": True, "status": await snapshot(self.gw)}
         if action not in ACTIONS:
-            return {"ok": False, "error": f"unknown action {action!r}; one of {', '.join(ACTIONS)}"}
+            return {"ok": False, "error": _("unknown action {action}; one of {actions}").format(
+                action=repr(action), actions=", ".join(ACTIONS))}
         reason = req.get("reason")
         reason = str(reason).strip() if reason is not None and str(reason).strip() else None
         target = req.get("id") or req.get("target") or req.get("interlock")
@@ -266,9 +270,9 @@ class ControlServer:
         try:
             m = float(req.get("minutes"))
         except (TypeError, ValueError):
-            raise ValueError("minutes must be a number") from None
+            raise ValueError(_("minutes must be a number")) from None
         if not m > 0:
-            raise ValueError(f"minutes must be > 0, got {m:g}")
+            raise ValueError(_("minutes must be > 0, got {minutes}").format(minutes=f"{m:g}"))
         return m
 
     def _act(self, action: str, req: dict[str, Any], target: Any, user: str, reason: str | None) -> str:
@@ -277,50 +281,52 @@ class ControlServer:
         if action == "silence":
             ann = getattr(gw, "annunciators", None)
             n = ann.silence(user, reason) if ann is not None else 0
-            return f"silenced {n} sounding alarm(s)" if n else "nothing sounding"
+            return _("silenced {count} sounding alarm(s)").format(count=n) if n else _("nothing sounding")
         if not target or not isinstance(target, str):
-            raise ValueError(f"{action}: which alarm or interlock? (give its id)")
+            raise ValueError(_("{action}: which alarm or interlock? (give its id)").format(action=action))
         interlocks = {s["name"] for s in gw.interlocks.status()}
         if action == "ack":
             self._events(gw.alarms.ack(target, user, reason, now_mono=now))
-            return f"{target} acknowledged"
+            return _("{target} acknowledged").format(target=target)
         if action == "reset":
             if target in interlocks:
                 cmds, events = gw.interlocks.reset(target, user, reason, alarms=gw.alarms, now_mono=now)
                 self._events(events)
                 if cmds:
                     gw.outputs.apply(cmds)
-                return f"interlock {target} reset" + (f"; writing {', '.join(c.tag for c in cmds)}" if cmds else
-                                                      "; outputs stay in the safe state until restarted locally")
+                return _("interlock {target} reset").format(target=target) + (
+                    _("; writing {outputs}").format(outputs=", ".join(c.tag for c in cmds)) if cmds else
+                    _("; outputs stay in the safe state until restarted locally"))
             self._events(gw.alarms.reset(target, user, reason, now_mono=now))
-            return f"{target} reset"
+            return _("{target} reset").format(target=target)
         if action == "shelve":
             if reason is None:
-                raise ValueError(f"{target}: shelve needs a reason")
+                raise ValueError(_("{target}: shelve needs a reason").format(target=target))
             minutes = self._minutes(req)
             feeds = interlocks_fed_by(gw, target)
             if feeds:
-                raise ValueError(
-                    f"{target} is an input of interlock {', '.join(feeds)}: shelving it would quiet the annunciator "
-                    f"while the interlock can still trip; bypass the interlock first (hazard-gateway bypass "
-                    f"{feeds[0]} --reason ...), with its own reason")
+                raise ValueError(_(
+                    "{target} is an input of interlock {interlocks}: shelving it would quiet the annunciator "
+                    "while the interlock can still trip; bypass the interlock first (hazard-gateway bypass "
+                    "{first} --reason ...), with its own reason").format(target=target, interlocks=", ".join(feeds),
+                                                                        first=feeds[0]))
             self._events(gw.alarms.shelve(target, user, reason, minutes * 60.0, self.max_shelve_s, now_mono=now))
-            return f"{target} shelved for {minutes:g} min"
+            return _("{target} shelved for {minutes} min").format(target=target, minutes=f"{minutes:g}")
         if action == "unshelve":
             self._events(gw.alarms.unshelve(target, user, reason, now_mono=now))
-            return f"{target} unshelved"
+            return _("{target} unshelved").format(target=target)
         if action == "bypass":
             if target not in interlocks:
-                raise KeyError(f"no interlock {target!r}")
+                raise KeyError(_("no interlock {name}").format(name=repr(target)))
             if req.get("end"):
                 self._events([gw.interlocks.end_bypass(target, user, reason, now_mono=now)])
-                return f"bypass of {target} ended"
+                return _("bypass of {target} ended").format(target=target)
             if reason is None:
-                raise ValueError(f"interlock {target}: bypass needs a reason")
+                raise ValueError(_("interlock {target}: bypass needs a reason").format(target=target))
             minutes = self._minutes(req)
             self._events([gw.interlocks.bypass(target, user, reason, minutes * 60.0, now_mono=now)])
-            return f"interlock {target} bypassed for {minutes:g} min"
-        raise ValueError(f"unknown action {action!r}")
+            return _("interlock {target} bypassed for {minutes} min").format(target=target, minutes=f"{minutes:g}")
+        raise ValueError(_("unknown action {action}").format(action=repr(action)))
 
 
 def interlocks_fed_by(gw: OperatorTarget, alarm_id: str) -> list[str]:
@@ -356,96 +362,130 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+def _word(value: Any) -> str:
+    """A state word of the snapshot (alarm, interlock, link, quality, output, heartbeat, annunciator) in the
+    reader's language (ISA-18.2 states as a DCS shows them: 未确认, 已确认, 搁置, 屏蔽, 停用 ...); a word
+    not listed here is shown as it is."""
+    words = {
+        "normal": _("normal"), "unacked": _("unacked"), "acked": _("acked"), "rtn_unacked": _("rtn_unacked"),
+        "shelved": _("shelved"), "suppressed": _("suppressed"), "out_of_service": _("out_of_service"),
+        "tripped": _("tripped"), "tripped_cleared": _("tripped_cleared"), "bypassed": _("bypassed"),
+        "process": _("process"), "fault": _("fault"), "up": _("up"), "down": _("down"),
+        "good": _("good"), "bad": _("bad"), "uncertain": _("uncertain"),
+        "ok": _("ok"), "failing": _("failing"), "held": _("held"), "starting": _("starting"),
+        "off": _("off"), "alarm": _("alarm"), "beacon": _("beacon"), "horn": _("horn"),
+        "disabled_indicator": _("disabled_indicator"), "count": _("count"), "toggle": _("toggle"),
+    }
+    return words.get(value, str(value)) if isinstance(value, str) else str(value)
+
+
 def render_status(s: dict[str, Any]) -> str:
     """The status snapshot as text for a terminal (one section per part; alarms in priority order,
     level 2 before level 1, toxic before combustible, then time; '*' marks first-out). Below the list:
     the disabled gas points (屏蔽, GB 16808) and, per first-out group, the first alarm and the later alarms
-    in time order (GB 16808-2008 5.3)."""
+    in time order (GB 16808-2008 5.3). In the reader's language (gateway.i18n): the English is the msgids."""
     out: list[str] = []
     w = out.append
-    w(f"gateway {s.get('gateway_id')}  up {s.get('uptime_s')} s  config {str(s.get('config_hash'))[:12]}  "
-      f"at {s.get('time')}")
+    w(_("gateway {id}  up {uptime} s  config {config}  at {time}").format(
+        id=s.get("gateway_id"), uptime=s.get("uptime_s"), config=str(s.get("config_hash"))[:12], time=s.get("time")))
     w("")
-    w("DEVICES")
+    w(_("DEVICES"))
     for name, d in (s.get("devices") or {}).items():
         err = f"  ({d['error']})" if d.get("error") and d.get("state") != "up" else ""
-        w(f"  {name:<14} {d.get('protocol', ''):<11} link {d.get('state', '?'):<5} polls {d.get('polls', 0):<7} "
-          f"bad readings {d.get('bad', 0)}{err}")
+        w(_("  {name} {protocol} link {state} polls {polls} bad readings {bad}{error}").format(
+            name=f"{name:<14}", protocol=f"{d.get('protocol', ''):<11}", state=f"{_word(d.get('state', '?')):<5}",
+            polls=f"{d.get('polls', 0):<7}", bad=d.get("bad", 0), error=err))
     w("")
-    w("TAGS")
+    w(_("TAGS"))
     for tag, t in (s.get("tags") or {}).items():
         reason = f"  {t['reason']}" if t.get("reason") else ""
-        w(f"  {tag:<18} {_fmt_value(t.get('value')):>10} {t.get('unit') or '':<7} {t.get('quality'):<9} "
-          f"age {t.get('age_s')} s{reason}")
+        w(_("  {tag} {value} {unit} {quality} age {age} s{reason}").format(
+            tag=f"{tag:<18}", value=f"{_fmt_value(t.get('value')):>10}", unit=f"{t.get('unit') or '':<7}",
+            quality=f"{_word(t.get('quality')):<9}", age=t.get("age_s"), reason=reason))
     alarms = s.get("alarms") or []
     w("")
-    w(f"ALARMS ({len(alarms)} active; * first-out)")
+    w(_("ALARMS ({count} active; * first-out)").format(count=len(alarms)))
     for a in alarms:
-        lvl = f" L{a['level']}" if a.get("level") else ""
-        detail = f"value {_fmt_value(a.get('value'))} limit {_fmt_value(a.get('limit'))}" if a.get("limit") is not None \
-            else (a.get("reason") or "")
-        w(f"  {'*' if a.get('first_out') else ' '} {a['id']:<22} {a['state']:<11} P{a['priority']}{lvl:<3} "
-          f"{detail}  since {a.get('since') or '-'}")
+        lvl = _(" L{level}").format(level=a["level"]) if a.get("level") else ""
+        detail = _("value {value} limit {limit}").format(value=_fmt_value(a.get("value")),
+                                                          limit=_fmt_value(a.get("limit"))) \
+            if a.get("limit") is not None else (a.get("reason") or "")
+        w(_("  {mark} {id} {state} P{priority}{level} {detail}  since {since}").format(
+            mark="*" if a.get("first_out") else " ", id=f"{a['id']:<22}", state=f"{_word(a['state']):<11}",
+            priority=a["priority"], level=f"{lvl:<3}", detail=detail, since=a.get("since") or "-"))
     hidden = s.get("alarms_hidden") or []
     if hidden:
-        w("  hidden: " + ", ".join(f"{a['id']} ({a['state']}"
-                                     + (f" until {a['shelved_until']}" if a.get("shelved_until") else "") + ")"
-                                     for a in hidden))
+        w(_("  hidden: {alarms}").format(alarms=", ".join(
+            f"{a['id']} ({_word(a['state'])}"
+            + (_(" until {time}").format(time=a["shelved_until"]) if a.get("shelved_until") else "") + ")"
+            for a in hidden)))
     pd = s.get("points_disabled") or {}
     if pd.get("active"):  # GB 16808 屏蔽: disabled gas points are shown and counted
-        w(f"  POINTS DISABLED (屏蔽): {pd.get('count')} gas point(s): {', '.join(pd.get('points') or [])}")
+        w(_("  POINTS DISABLED (屏蔽): {count} gas point(s): {points}").format(
+            count=pd.get("count"), points=", ".join(pd.get("points") or [])))
     for g in s.get("alarm_sequence") or []:  # GB 16808: the first alarm, then later alarms in time order
-        w(f"  group {g['group']}: first alarm, then later alarms in time order ({g.get('count')} activation(s))")
+        w(_("  group {group}: first alarm, then later alarms in time order ({count} activation(s))").format(
+            group=g["group"], count=g.get("count")))
         for i, a in enumerate(g.get("alarms") or [], 1):
-            lvl = f" L{a['level']}" if a.get("level") else ""
-            w(f"    {i:>3}. {'*' if a.get('first_out') else ' '} {a['id']:<22} at {a['since']}  {a['state']:<11}"
-              f" P{a['priority']}{lvl}")
+            lvl = _(" L{level}").format(level=a["level"]) if a.get("level") else ""
+            w(_("    {n}. {mark} {id} at {since}  {state} P{priority}{level}").format(
+                n=f"{i:>3}", mark="*" if a.get("first_out") else " ", id=f"{a['id']:<22}", since=a["since"],
+                state=f"{_word(a['state']):<11}", priority=a["priority"], level=lvl))
     w("")
-    w("INTERLOCKS")
+    w(_("INTERLOCKS"))
     for il in s.get("interlocks") or []:
         v = il.get("votes") or {}
-        votes = f"votes {v.get('process', 0)} alarm + {v.get('fault', 0)} fault, {v.get('needed')} of {v.get('of')}" \
-            if v else "not evaluated"
-        cause = f" ({il['cause']})" if il.get("cause") else ""
-        w(f"  {il['name']:<18} {il['state']}{cause:<10} {il['vote']}  {votes}"
-          + ("  DEGRADED" if il.get("degraded") else ""))
+        votes = _("votes {process} alarm + {fault} fault, {needed} of {of}").format(
+            process=v.get("process", 0), fault=v.get("fault", 0), needed=v.get("needed"), of=v.get("of")) \
+            if v else _("not evaluated")
+        cause = f" ({_word(il['cause'])})" if il.get("cause") else ""
+        w(f"  {il['name']:<18} {_word(il['state'])}{cause:<10} {il['vote']}  {votes}"
+          + (_("  DEGRADED") if il.get("degraded") else ""))
         b = il.get("bypass")
         if b:
-            w(f"    BYPASSED by {b['user']} until {b['until']}: {b['reason']}")
+            w(_("    BYPASSED by {user} until {until}: {reason}").format(user=b["user"], until=b["until"],
+                                                                      reason=b["reason"]))
     w("")
-    w("OUTPUTS")
+    w(_("OUTPUTS"))
     for o in s.get("outputs") or []:
-        state = "confirmed" if o.get("confirmed") else ("FAULT" if o.get("fault") else "unconfirmed")
+        state = _("confirmed") if o.get("confirmed") else (_("FAULT") if o.get("fault") else _("unconfirmed"))
         err = f"  {o['last_error']}" if o.get("last_error") and not o.get("confirmed") else ""
-        w(f"  {o['tag']:<18} commanded {o.get('commanded')!s:<6} {state}{err}")
+        w(_("  {tag} commanded {value} {state}{error}").format(
+            tag=f"{o['tag']:<18}", value=f"{o.get('commanded')!s:<6}", state=state, error=err))
     for h in s.get("heartbeats") or []:
-        w(f"  heartbeat {h['device']} {h['address']} ({h['mode']} every {h['interval_ms']} ms): "
-          f"value {h['value']}, {h['state']}" + (f" ({h['last_error']})" if h.get("last_error") else "")
+        w(_("  heartbeat {device} {address} ({mode} every {interval} ms): value {value}, {state}").format(
+            device=h["device"], address=h["address"], mode=_word(h["mode"]), interval=h["interval_ms"],
+            value=h["value"], state=_word(h["state"]))
+          + (f" ({h['last_error']})" if h.get("last_error") else "")
           + (f" ({h['held_reason']})" if h.get("held_reason") else ""))
     for an in s.get("annunciators") or []:
-        w(f"  {an['kind']} {an['output']}: {an['mode']}"
-          + (f", silenced {an['silenced']}" if an.get("silenced") else "")
-          + ("" if an.get("confirmed", True) else f", UNCONFIRMED ({an.get('last_error')})"))
+        w(f"  {_word(an['kind'])} {an['output']}: {_word(an['mode'])}"
+          + (_(", silenced {silenced}").format(silenced=an["silenced"]) if an.get("silenced") else "")
+          + ("" if an.get("confirmed", True) else _(", UNCONFIRMED ({error})").format(error=an.get("last_error"))))
     st = s.get("store") or {}
     w("")
     if "error" in st:
-        w(f"STORE  {st['error']}")
+        w(_("STORE  {error}").format(error=st["error"]))
     else:
-        w(f"STORE  queue {st.get('queue_depth')}  readings {st.get('readings_total')}  unsent "
-          f"{st.get('readings_unsent')}  oldest unsent {st.get('oldest_unsent_ts') or '-'}  dropped {st.get('dropped')}"
-          + (f"  WRITER ERROR {st['writer_error']}" if st.get("writer_error") else ""))
+        w(_("STORE  queue {queue}  readings {readings}  unsent {unsent}  oldest unsent {oldest}  dropped {dropped}")
+          .format(queue=st.get("queue_depth"), readings=st.get("readings_total"), unsent=st.get("readings_unsent"),
+                  oldest=st.get("oldest_unsent_ts") or "-", dropped=st.get("dropped"))
+          + (_("  WRITER ERROR {error}").format(error=st["writer_error"]) if st.get("writer_error") else ""))
     rec = s.get("record_path") or {}
     if rec.get("store"):
-        w(f"STORE  FAULT {rec['store']}")
+        w(_("STORE  FAULT {fault}").format(fault=rec["store"]))
     up = s.get("uplink")
     if rec.get("uplink"):
-        w(f"UPLINK FAULT {rec['uplink']}")
+        w(_("UPLINK FAULT {fault}").format(fault=rec["uplink"]))
     if up is None:
-        w("UPLINK none configured")
+        w(_("UPLINK none configured"))
     else:
-        state = "ok" if not up.get("consecutive_failures") else f"failing x{up['consecutive_failures']}"
-        w(f"UPLINK {state}  sent {up.get('sent')}  last acked seq {st.get('last_acked_seq')}"
-          + (f"  last error {up['last_error']}" if up.get("last_error") and up.get("consecutive_failures") else ""))
+        state = _("ok") if not up.get("consecutive_failures") else \
+            _("failing x{count}").format(count=up["consecutive_failures"])
+        w(_("UPLINK {state}  sent {sent}  last acked seq {seq}").format(
+            state=state, sent=up.get("sent"), seq=st.get("last_acked_seq"))
+          + (_("  last error {error}").format(error=up["last_error"])
+             if up.get("last_error") and up.get("consecutive_failures") else ""))
     return "\n".join(out)
 
 
@@ -464,12 +504,14 @@ def request(path: str | os.PathLike[str], req: dict[str, Any], timeout_s: float 
             with _sun_path(p) as name:
                 sock.connect(name)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"the gateway is not running (no one listens on {p})", EXIT_NOT_RUNNING) from None
+            raise ControlError(_("the gateway is not running (no one listens on {path})").format(path=p),
+                               EXIT_NOT_RUNNING) from None
         except PermissionError:
-            raise ControlError(f"not permitted to use {p} (the socket's mode and group decide who may act; "
-                               "ask to be added to its group)", EXIT_REFUSED) from None
+            raise ControlError(_("not permitted to use {path} (the socket's mode and group decide who may act; "
+                                 "ask to be added to its group)").format(path=p), EXIT_REFUSED) from None
         except OSError as exc:
-            raise ControlError(f"cannot reach the gateway at {p}: {exc.strerror or exc}", EXIT_NOT_RUNNING) from None
+            raise ControlError(_("cannot reach the gateway at {path}: {error}").format(
+                path=p, error=exc.strerror or exc), EXIT_NOT_RUNNING) from None
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
             buf = b""
@@ -479,15 +521,18 @@ def request(path: str | os.PathLike[str], req: dict[str, Any], timeout_s: float 
                     break
                 buf += chunk
         except (socket.timeout, TimeoutError):
-            raise ControlError(f"the gateway did not answer within {timeout_s:g} s ({p})", EXIT_NOT_RUNNING) from None
+            raise ControlError(_("the gateway did not answer within {seconds} s ({path})").format(
+                seconds=f"{timeout_s:g}", path=p), EXIT_NOT_RUNNING) from None
         except OSError as exc:
-            raise ControlError(f"connection to the gateway lost: {exc.strerror or exc}", EXIT_NOT_RUNNING) from None
+            raise ControlError(_("connection to the gateway lost: {error}").format(error=exc.strerror or exc),
+                               EXIT_NOT_RUNNING) from None
     finally:
         sock.close()
     try:
         ans = json.loads(buf)
     except ValueError:
-        raise ControlError(f"the gateway closed the connection without an answer ({p})", EXIT_NOT_RUNNING) from None
+        raise ControlError(_("the gateway closed the connection without an answer ({path})").format(path=p),
+                           EXIT_NOT_RUNNING) from None
     if not isinstance(ans, dict):
-        raise ControlError("malformed answer from the gateway", EXIT_NOT_RUNNING)
+        raise ControlError(_("malformed answer from the gateway"), EXIT_NOT_RUNNING)
     return ans

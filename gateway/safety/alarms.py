@@ -58,6 +58,7 @@ from typing import Any, Callable, KeysView
 
 from gateway.safety.gas import (COMBUSTIBLE_L1_LEL, COMBUSTIBLE_L2_LEL, GAS_KINDS, OPEN_PATH_L1_LELM, OPEN_PATH_L2_LELM,
                          OXYGEN_HIGH_VOL, OXYGEN_LOW_VOL, TOXIC_L1_OEL_PCT, TOXIC_L2_OEL_PCT, GasPreset, gas_setpoints)
+from gateway.i18n import gettext as _
 from gateway.model import Reading, rfc3339
 
 LIMIT_KINDS = ("HH", "H", "L", "LL", "ROC", "DEV")
@@ -81,6 +82,14 @@ GAS_DETECTION_BUDGET_S = 30.0
 #: most activations kept per first-out group for first_out_sequence (the first one is always kept)
 SEQUENCE_MAX = 200
 _GAS_RANK = {"toxic": 0, "combustible": 1, "combustible_open_path": 1, "oxygen": 2}
+
+
+def _state_word(state: str | None) -> str:
+    """An ISA-18.2 alarm state in the reader's language (gateway.i18n), for a refusal's text; the state itself in
+    records."""
+    words = {"normal": _("normal"), "unacked": _("unacked"), "acked": _("acked"), "rtn_unacked": _("rtn_unacked"),
+             "shelved": _("shelved"), "suppressed": _("suppressed"), "out_of_service": _("out_of_service")}
+    return words.get(state or "", str(state))
 
 
 class AlarmActionError(ValueError):
@@ -941,15 +950,15 @@ class AlarmEngine:
     def _get(self, alarm_id: str) -> _Alarm:
         a = self._alarms.get(alarm_id)
         if a is None:
-            raise KeyError(f"no alarm {alarm_id!r}")
+            raise KeyError(_("no alarm {id}").format(id=repr(alarm_id)))
         return a
 
     @staticmethod
     def _who(alarm_id: str, user: str, reason: str | None, need_reason: bool) -> None:
         if not user or not str(user).strip():
-            raise AlarmActionError(f"{alarm_id}: a user is required")
+            raise AlarmActionError(_("{id}: a user is required").format(id=alarm_id))
         if need_reason and (not reason or not str(reason).strip()):
-            raise AlarmActionError(f"{alarm_id}: a reason is required")
+            raise AlarmActionError(_("{id}: a reason is required").format(id=alarm_id))
 
     def ack(self, alarm_id: str, user: str, reason: str | None = None,
             now_mono: float | None = None) -> list[AlarmEvent]:
@@ -960,7 +969,8 @@ class AlarmEngine:
         a = self._get(alarm_id)
         self._who(alarm_id, user, reason, False)
         if a.acked:
-            raise AlarmActionError(f"{alarm_id}: nothing to acknowledge (state {a.state()})")
+            raise AlarmActionError(_("{id}: nothing to acknowledge (state {state})").format(
+                id=alarm_id, state=_state_word(a.state())))
         now = time.monotonic() if now_mono is None else now_mono
 
         def change() -> None:
@@ -981,13 +991,14 @@ class AlarmEngine:
         a = self._get(alarm_id)
         self._who(alarm_id, user, reason, False)
         if not a.latched:
-            raise AlarmActionError(f"{alarm_id}: not latched, nothing to reset (state {a.state()})")
+            raise AlarmActionError(_("{id}: not latched, nothing to reset (state {state})").format(
+                id=alarm_id, state=_state_word(a.state())))
         if not a.known or not self._tags[a.tag].known:
-            raise AlarmActionError(f"{alarm_id}: reset refused, value unknown "
-                                   f"({self._tags[a.tag].bad_reason or 'stale or no reading'})")
+            raise AlarmActionError(_("{id}: reset refused, value unknown ({why})").format(
+                id=alarm_id, why=self._tags[a.tag].bad_reason or _("stale or no reading")))
         if a.active or a.raw:
-            raise AlarmActionError(f"{alarm_id}: reset refused, condition still active "
-                                   f"(value {a.value!r}, limit {a.limit!r})")
+            raise AlarmActionError(_("{id}: reset refused, condition still active (value {value}, limit {limit})")
+                                   .format(id=alarm_id, value=repr(a.value), limit=repr(a.limit)))
         now = time.monotonic() if now_mono is None else now_mono
 
         def change() -> None:
@@ -1009,9 +1020,11 @@ class AlarmEngine:
         a = self._get(alarm_id)
         self._who(alarm_id, user, reason, True)
         if not 0 < duration_s <= max_s:
-            raise AlarmActionError(f"{alarm_id}: shelve duration {duration_s:g} s must be > 0 and <= {max_s:g} s")
+            raise AlarmActionError(_("{id}: shelve duration {seconds} s must be > 0 and <= {max} s").format(
+                id=alarm_id, seconds=f"{duration_s:g}", max=f"{max_s:g}"))
         if a.hide not in (None, "shelved"):
-            raise AlarmActionError(f"{alarm_id}: cannot shelve, alarm is {a.hide}")
+            raise AlarmActionError(_("{id}: cannot shelve, alarm is {state}").format(
+                id=alarm_id, state=_state_word(a.hide)))
         now = time.monotonic() if now_mono is None else now_mono
 
         def change() -> None:
@@ -1026,7 +1039,7 @@ class AlarmEngine:
         a = self._get(alarm_id)
         self._who(alarm_id, user, reason, False)
         if a.hide != "shelved":
-            raise AlarmActionError(f"{alarm_id}: not shelved")
+            raise AlarmActionError(_("{id}: not shelved").format(id=alarm_id))
         return self._unhide(a, user, reason, "unshelve", time.monotonic() if now_mono is None else now_mono)
 
     def suppress(self, alarm_id: str, user: str, reason: str, on: bool = True,
@@ -1046,7 +1059,7 @@ class AlarmEngine:
         now = time.monotonic() if now_mono is None else now_mono
         if on:
             if a.hide is not None:
-                raise AlarmActionError(f"{alarm_id}: already {a.hide}")
+                raise AlarmActionError(_("{id}: already {state}").format(id=alarm_id, state=_state_word(a.hide)))
 
             def change() -> None:
                 a.hide = mode
@@ -1054,7 +1067,7 @@ class AlarmEngine:
             action = "suppress" if mode == "suppressed" else "out_of_service"
             return [self._transition(a, now, change, user=user, reason=reason, action=action, force=True)]
         if a.hide != mode:
-            raise AlarmActionError(f"{alarm_id}: not {mode}")
+            raise AlarmActionError(_("{id}: not {state}").format(id=alarm_id, state=_state_word(mode)))
         return self._unhide(a, user, reason, "unsuppress" if mode == "suppressed" else "in_service", now)
 
     def _unhide(self, a: _Alarm, user: str | None, reason: str | None, action: str, now: float) -> list[AlarmEvent]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from gateway.safety.alarms import AlarmEngine, adopt_fields
+from gateway.i18n import gettext as _
 from gateway.model import rfc3339
 
 _VOTE_RE = re.compile(r"^(\d+)oo(\d+)$")
@@ -398,7 +399,7 @@ class InterlockEngine:
     def _get(self, name: str) -> _State:
         st = self._s.get(name)
         if st is None:
-            raise KeyError(f"no interlock {name!r}")
+            raise KeyError(_("no interlock {name}").format(name=repr(name)))
         return st
 
     def reset(self, name: str, user: str, reason: str | None = None, alarms: AlarmEngine | None = None,
@@ -412,14 +413,16 @@ class InterlockEngine:
         st = self._get(name)
         now = time.monotonic() if now_mono is None else now_mono
         if not user or not str(user).strip():
-            raise InterlockActionError(f"interlock {name}: a user is required to reset")
+            raise InterlockActionError(_("interlock {name}: a user is required to reset").format(name=name))
         if not st.tripped:
-            raise InterlockActionError(f"interlock {name}: not tripped, nothing to reset")
+            raise InterlockActionError(_("interlock {name}: not tripped, nothing to reset").format(name=name))
         v = self._vote(st, alarms, now) if alarms is not None else st.vote
         if v is None or v.process + v.fault + v.pending >= st.m:
-            detail = "no evaluation yet" if v is None else \
-                f"{v.process} in alarm + {v.fault + v.pending} unknown of {v.of}, {v.needed} trip it"
-            raise InterlockActionError(f"interlock {name}: reset refused, condition persists ({detail})")
+            detail = _("no evaluation yet") if v is None else \
+                _("{alarm} in alarm + {unknown} unknown of {of}, {needed} trip it").format(
+                    alarm=v.process, unknown=v.fault + v.pending, of=v.of, needed=v.needed)
+            raise InterlockActionError(_("interlock {name}: reset refused, condition persists ({detail})").format(
+                name=name, detail=detail))
         st.vote = v
         ev = self._event(st, "reset", now, v, cause=st.cause, user=user, reason=reason)
         return self._release(st, now), [ev]
@@ -434,10 +437,10 @@ class InterlockEngine:
         st = self._get(name)
         now = time.monotonic() if now_mono is None else now_mono
         if not user or not str(user).strip() or not reason or not str(reason).strip():
-            raise InterlockActionError(f"interlock {name}: bypass needs a user and a reason")
+            raise InterlockActionError(_("interlock {name}: bypass needs a user and a reason").format(name=name))
         if not 0 < duration_s <= st.spec.max_bypass_s:
-            raise InterlockActionError(f"interlock {name}: bypass duration {duration_s:g} s must be > 0 and "
-                                       f"<= {st.spec.max_bypass_s:g} s")
+            raise InterlockActionError(_("interlock {name}: bypass duration {seconds} s must be > 0 and <= {max} s")
+                                       .format(name=name, seconds=f"{duration_s:g}", max=f"{st.spec.max_bypass_s:g}"))
         st.bypass_user, st.bypass_reason = user, reason
         st.bypass_until_mono, st.bypass_until_ts = now + duration_s, self._clock() + duration_s
         return self._event(st, "bypass", now, user=user, reason=f"{reason} (for {duration_s:g} s)")
@@ -447,7 +450,7 @@ class InterlockEngine:
         """End a bypass early (event "bypass_end"). Raises InterlockActionError when not bypassed."""
         st = self._get(name)
         if not st.bypassed:
-            raise InterlockActionError(f"interlock {name}: not bypassed")
+            raise InterlockActionError(_("interlock {name}: not bypassed").format(name=name))
         now = time.monotonic() if now_mono is None else now_mono
         self._end_bypass(st)
         return self._event(st, "bypass_end", now, user=user, reason=reason)
