@@ -1,4 +1,4 @@
-"""Messages a person reads, in zh_CN when the locale says so (gateway/i18n.py; issue 14).
+"""Messages a person reads, in zh_CN when the locale says so (gateway/i18n.py).
 
 The catalog: every msgid the code passes to ``_()`` / ``gettext()`` / ``ngettext()`` (extracted from gateway/ and
 drivers/ with Babel's Python API, as ``make catalogs`` does with babel.cfg) has a non-empty, non-fuzzy zh_CN
@@ -71,7 +71,7 @@ def chinese():
 def test_the_code_has_messages_to_translate():
     msgs = extracted()
     files = {f for f, _, _ in msgs}
-    # the parts issue 14 names: status and refusals, check messages, the grade summary, the command line's errors
+    # the parts a person reads first: status and refusals, check messages, the grade summary, the command line's errors
     for f in ("gateway/ops/control.py", "gateway/config.py", "gateway/cli.py", "gateway/hazard/__init__.py",
               "gateway/safety/alarms.py", "gateway/safety/interlocks.py"):
         assert f in files, f
