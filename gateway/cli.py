@@ -374,7 +374,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from gateway.ops.install import DEFAULT_CONFIG
 
-    CONFIG_HELP = f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})"
+    config_help = f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})"
     p = argparse.ArgumentParser(prog="hazard-gateway", description=(
         "Edge gateway for major-hazard installations. An additional monitoring and protection layer; "
         "not a safety instrumented system (IEC 61511)."))
@@ -382,11 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the daemon")
-    s.add_argument("--config", default=None, help=CONFIG_HELP)
+    s.add_argument("--config", default=None, help=config_help)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("check", help="validate a config file (FILE:LINE:COL errors, exit 2)")
-    s.add_argument("file", nargs="?", default=None, help=CONFIG_HELP)
+    s.add_argument("file", nargs="?", default=None, help=config_help)
     s.add_argument("--json", action="store_true", help="print the result and every problem as one JSON object")
     s.set_defaults(func=cmd_check)
 
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("probe", help="read every configured tag once and print address, raw, value, quality")
-    s.add_argument("--config", default=None, help=CONFIG_HELP)
+    s.add_argument("--config", default=None, help=config_help)
     s.add_argument("--device", default=None, help="only this device")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.add_argument("--verbose", action="store_true", help="keep the drivers' log lines on stderr")

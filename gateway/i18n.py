@@ -12,9 +12,8 @@ English text, placeholders are named so a translation may reorder them. Terms co
 
 The language of the process is read once from the environment as gettext reads it (LANGUAGE, then LC_ALL,
 LC_MESSAGES, LANG; the first that is set): a value starting with ``zh`` selects zh_CN, anything else (or C,
-POSIX, unset) English. :func:`set_language` changes it (tests, the `--lang` of a command). A page served to a
-browser picks per request from Accept-Language (RFC 9110 12.5.4) with :func:`language_for_accept` and
-translates with :func:`translator`.
+POSIX, unset) English. :func:`set_language` changes it (tests); :func:`translator` gives one language's
+gettext for text that is not in the process's language.
 """
 
 from __future__ import annotations
@@ -44,29 +43,6 @@ def language_from_env(environ: Mapping[str, str] | None = None) -> str:
             if part:
                 return _normalise(part)
     return ENGLISH
-
-
-def language_for_accept(header: str | None) -> str:
-    """``zh_CN`` or ``en`` from an HTTP Accept-Language header (RFC 9110 12.5.4): the language range with the
-    highest q among zh* and en* (zh wins a tie; q=0 excludes); English when neither is acceptable."""
-    best: tuple[float, int, str] = (0.0, 0, ENGLISH)
-    for item in (header or "").split(","):
-        tag, _, params = item.strip().partition(";")
-        tag = tag.strip().lower()
-        q = 1.0
-        for p in params.split(";"):
-            k, _, v = p.strip().partition("=")
-            if k.strip() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        if q <= 0 or not tag:
-            continue
-        lang = CHINESE if tag.startswith("zh") else ENGLISH if tag.startswith("en") else None
-        if lang is not None and (q, lang == CHINESE) > best[:2]:
-            best = (q, int(lang == CHINESE), lang)
-    return best[2]
 
 
 def _normalise(value: str) -> str:
@@ -111,8 +87,3 @@ def _active() -> _gettext.NullTranslations:
 def gettext(message: str) -> str:
     """``message`` in the process's language (the msgid itself where the catalog has no entry)."""
     return _active().gettext(message)
-
-
-def ngettext(singular: str, plural: str, n: int) -> str:
-    """The singular or plural form for ``n`` in the process's language (Chinese has one form)."""
-    return _active().ngettext(singular, plural, n)

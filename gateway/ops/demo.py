@@ -218,7 +218,7 @@ def failures(summary: dict[str, Any]) -> list[str]:
             for t in summary["trips"] if not t["confirmed"]]
     if summary["readings_lost"]:
         out.append(f"{summary['readings_lost']} readings stored by the gateway but not held by the receiver"
-                   f" ({summary.get('readings_unsent', '?')} of them still unsent in the gateway's store)")
+                   f" ({summary['readings_unsent']} of them still unsent in the gateway's store)")
     if not summary["batches_sent"]:
         out.append("no batch acknowledged by the receiver")
     if summary["batches_exported"] != summary["batches_verified"] or summary["batches_verified"] < summary["batches_sent"]:
