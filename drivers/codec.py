@@ -325,6 +325,17 @@ def check_value(raw: Any) -> None:
             raise CodecError(("nan" if math.isnan(v) else "infinity") + where)
 
 
+#: the smallest normal IEEE 754 binary32 / binary64 magnitudes (IEEE 754-2019 3.4): below them (and not 0) a value
+#: is subnormal, which a wrong word order makes of a real measurement far more often than an instrument reports it
+MIN_NORMAL = {"float32": 1.1754943508222875e-38, "float64": 2.2250738585072014e-308}
+
+
+def is_subnormal(raw: Any, dtype: str = "float32") -> bool:
+    """True when ``raw`` is a float that is not 0 and smaller in magnitude than the smallest normal number of
+    ``dtype`` (float32 / float64; any other type: False)."""
+    return isinstance(raw, float) and 0 < abs(raw) < MIN_NORMAL.get(dtype, 0.0)
+
+
 def apply_exponent(raw: int | float, sf: int) -> float:
     """value = raw * 10**sf (power-of-ten scale factor, SunSpec "sunssf" style).
 

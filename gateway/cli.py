@@ -40,11 +40,11 @@ def resolve_config(given: str | None) -> str:
     if given:
         path, source = given, None  # load_config names a missing --config/FILE itself, as before
     elif os.environ.get(CONFIG_ENV):
-        path, source = os.environ[CONFIG_ENV], f"from {CONFIG_ENV}"
+        path, source = os.environ[CONFIG_ENV], _("from {variable}").format(variable=CONFIG_ENV)
     else:
-        path, source = DEFAULT_CONFIG, f"the default; give --config or set {CONFIG_ENV}"
+        path, source = DEFAULT_CONFIG, _("the default; give --config or set {variable}").format(variable=CONFIG_ENV)
     if source and not Path(path).exists():
-        raise NoConfigError(f"no config: {path} does not exist ({source})")
+        raise NoConfigError(_("no config: {path} does not exist ({source})").format(path=path, source=source))
     return path
 
 
@@ -144,13 +144,10 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.regulator.verify import run_verify
 
-    return run_verify(args.trust, args.files)
+    return run_verify(args.trust, args.files, as_json=args.json)
 
 
 ALL_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")  # the four register/byte orders of 32/64-bit values (drivers.codec)
-# the smallest normal IEEE 754 binary32 / binary64 magnitudes: below them (and not 0) a value is subnormal, which a
-# wrong word order makes of a real measurement far more often than an instrument reports it
-MIN_NORMAL = {"float32": 1.1754943508222875e-38, "float64": 2.2250738585072014e-308}
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -210,7 +207,7 @@ def _decode_values(codec: Any, regs: list[int], per: int, args: argparse.Namespa
     for i in range(0, len(regs), per):
         raw = codec.decode(regs[i:i + per], args.type, order, 1)
         codec.check_value(raw)
-        subnormal = subnormal or (isinstance(raw, float) and 0 < abs(raw) < MIN_NORMAL.get(args.type, 0.0))
+        subnormal = subnormal or codec.is_subnormal(raw, args.type)
         if isinstance(raw, str) and args.str_len is not None:
             raw = raw[:args.str_len]
         values.append(scaling.to_eng(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else raw)
@@ -445,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_install_service)
 
     s = sub.add_parser("verify", help="verify exported batches offline: signature, sequence, hash chain")
-    s.add_argument("--trust", required=True)
-    s.add_argument("files", nargs="+")
+    s.add_argument("--trust", required=True, help="directory of trusted public keys (*.jwk)")
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    s.add_argument("files", nargs="+", help="exported batches (.jws) or directories of them")
     s.set_defaults(func=cmd_verify)
 
     for name, func, helptext in (("decode", cmd_decode, "decode registers (hex) to a value"),

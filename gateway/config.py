@@ -260,6 +260,9 @@ class TagBase(Strict):
         "never votes 'within limits'; an interlock input counts it as a fault); e.g. [-5, 105] for %LEL. "
         "4-20 mA range maps (raw_range) also refuse the NAMUR NE 43 failure band by themselves"))
     report: ReportCfg | None = None
+    precision: int | None = Field(None, ge=0, le=9, description=(
+        "decimal places shown wherever a person reads the value (status, the status page, probe, demo); "
+        "display only: stored, uploaded and compared values keep full resolution. Unset: 6 significant digits"))
     description: str | None = None
 
     @field_validator("valid_range")

@@ -87,3 +87,16 @@ def _active() -> _gettext.NullTranslations:
 def gettext(message: str) -> str:
     """``message`` in the process's language (the msgid itself where the catalog has no entry)."""
     return _active().gettext(message)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide and fullwidth characters (Unicode UAX #11: W, F) take two,
+    combining marks none, anything else one; so a table of Chinese headings lines up."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def ljust_display(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (display_width)."""
+    return text + " " * max(0, width - display_width(text))

@@ -12,6 +12,7 @@ sampled. A value is never fabricated: bad quality means ``value is None``.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,26 @@ class TimeSource(str, Enum):
 
 
 Value = float | int | bool | str | list | None
+
+#: significant digits shown for a float of a tag without ``precision`` (gateway.config TagBase.precision)
+DEFAULT_SIGNIFICANT = 6
+
+
+def format_value(value: Value, precision: int | None = None) -> str:
+    """A value as a person reads it: None -> "-", a bool -> "1"/"0", a float rounded to ``precision`` decimal
+    places (the tag's ``precision``; None: DEFAULT_SIGNIFICANT significant digits, so 51.800000000000004 reads
+    51.8), a list as JSON, anything else as str. Display only: never used for what is stored or compared."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{precision}f}" if precision is not None else f"{value:.{DEFAULT_SIGNIFICANT}g}"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)

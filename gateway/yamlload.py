@@ -50,6 +50,8 @@ from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
+from gateway.i18n import gettext as _
+
 # ruamel warns (a multi-line text on stderr) about "1e3" in a %YAML 1.1 document; the value loads as a
 # float either way, and a file's problems are one line each
 warnings.filterwarnings("ignore", category=MantissaNoDotYAML1_1Warning)
@@ -102,8 +104,8 @@ class _BoundedComposer(Composer):
     def _spend(self, n: int, mark: Any, prefix: str = "") -> None:
         self._total += n
         if self._total > MAX_NODES:
-            raise _Limit(mark, f"{prefix}the file holds more than {MAX_NODES} nodes with aliases expanded "
-                               "(an alias bomb?); a gateway file needs far fewer")
+            raise _Limit(mark, prefix + _("the file holds more than {max} nodes with aliases expanded (an alias "
+                                          "bomb?); a gateway file needs far fewer").format(max=MAX_NODES))
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
@@ -112,35 +114,36 @@ class _BoundedComposer(Composer):
             if target is not None:  # an undefined alias is ruamel's own (marked) error
                 measure = self._measure.get(id(target))
                 if measure is None:
-                    raise _Limit(event.start_mark, f"alias *{event.anchor} is inside the node its anchor "
-                                                   f"&{event.anchor} names: a self-referencing alias (the node "
-                                                   "would contain itself)")
+                    raise _Limit(event.start_mark, _("alias *{name} is inside the node its anchor &{name} names: a "
+                                                     "self-referencing alias (the node would contain itself)")
+                                 .format(name=event.anchor))
                 count, height = measure
-                self._spend(count, event.start_mark, f"alias *{event.anchor}: ")
+                self._spend(count, event.start_mark, f"alias *{event.anchor}: ")  # the YAML syntax, not words
                 if self.depth + height > MAX_DEPTH:
-                    raise _Limit(event.start_mark, f"alias *{event.anchor}: nesting deeper than {MAX_DEPTH} "
-                                                   "levels with the alias expanded")
+                    raise _Limit(event.start_mark, _("alias *{name}: nesting deeper than {max} levels with the "
+                                                     "alias expanded").format(name=event.anchor, max=MAX_DEPTH))
             return super().compose_node(parent, index)
         anchor = getattr(event, "anchor", None)
         if anchor is not None and anchor in self.anchors:
             first = self.anchors[anchor].start_mark
-            raise _Limit(event.start_mark, f"anchor &{anchor} is defined twice (first at line {first.line + 1}): "
-                                           "an alias would silently take the later one; give each anchor its "
-                                           "own name")
+            raise _Limit(event.start_mark, _("anchor &{name} is defined twice (first at line {line}): an alias "
+                                             "would silently take the later one; give each anchor its own name")
+                         .format(name=anchor, line=first.line + 1))
         tag = getattr(event, "ctag", None)
         if tag is not None and str(tag) != "!" and str(tag) not in ALLOWED_TAGS:
-            raise _Limit(event.start_mark, f"tag {_shown_tag(tag)} is not allowed: a gateway file holds plain "
-                                           "YAML only (mappings, lists, strings, numbers, true/false, null)")
+            raise _Limit(event.start_mark, _("tag {tag} is not allowed: a gateway file holds plain YAML only "
+                                             "(mappings, lists, strings, numbers, true/false, null)")
+                         .format(tag=_shown_tag(tag)))
         if self.depth + 1 > MAX_DEPTH:
-            raise _Limit(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels")
+            raise _Limit(event.start_mark, _("nesting deeper than {max} levels").format(max=MAX_DEPTH))
         before = self._total
         self._spend(1, event.start_mark)
         node = super().compose_node(parent, index)
         if isinstance(node, ScalarNode):
             height = 1
             if isinstance(node.value, str) and len(node.value) > MAX_SCALAR_CHARS:
-                raise _Limit(node.start_mark, f"a scalar of {len(node.value)} characters: more than the "
-                                              f"{MAX_SCALAR_CHARS} allowed")
+                raise _Limit(node.start_mark, _("a scalar of {n} characters: more than the {max} allowed")
+                             .format(n=len(node.value), max=MAX_SCALAR_CHARS))
         elif isinstance(node, SequenceNode):
             height = 1 + max((self._measure[id(c)][1] for c in node.value), default=0)
         elif isinstance(node, MappingNode):
@@ -148,9 +151,9 @@ class _BoundedComposer(Composer):
             for key, value in node.value:
                 if str(key.tag) == _CORE + "merge" and not (isinstance(value, MappingNode) or (
                         isinstance(value, SequenceNode) and all(isinstance(v, MappingNode) for v in value.value))):
-                    got = "a scalar" if isinstance(value, ScalarNode) else "a list holding other values"
-                    raise _Limit(key.start_mark, "a merge key (<<:) takes a mapping or a list of mappings "
-                                                 f"(<<: *defaults), not {got}")
+                    got = _("a scalar") if isinstance(value, ScalarNode) else _("a list holding other values")
+                    raise _Limit(key.start_mark, _("a merge key (<<:) takes a mapping or a list of mappings "
+                                                   "(<<: *defaults), not {got}").format(got=got))
         else:  # pragma: no cover - ruamel composes only these three
             height = 1
         self._measure[id(node)] = (self._total - before, height)
@@ -170,8 +173,9 @@ class _MarkedConstructor(RoundTripConstructor):
             shown = value if len(value) <= 40 else value[:37] + "..."
             text = (str(exc).splitlines() or [type(exc).__name__])[0]
             if "digits" in text and "int" in text:   # Python's int/str conversion limit (CVE-2020-10735)
-                text = f"an integer of {len(value)} digits (at most 4300 are read)"
-            raise _Limit(node.start_mark, f"cannot read the value {shown!r}: {text}") from None
+                text = _("an integer of {n} digits (at most 4300 are read)").format(n=len(value))
+            raise _Limit(node.start_mark, _("cannot read the value {value}: {error}").format(value=repr(shown),
+                                                                                            error=text)) from None
 
 
 def _line_col(text: str, index: int) -> tuple[int, int]:
@@ -191,26 +195,26 @@ def read_text(path: str | os.PathLike[str], shown: str | None = None) -> str:
     try:
         st = os.stat(p)
         if not stat.S_ISREG(st.st_mode):
-            raise YamlError(shown, 0, 0, "not a regular file")
+            raise YamlError(shown, 0, 0, _("not a regular file"))
         with open(p, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise YamlError(shown, 0, 0, "no such file") from None
+        raise YamlError(shown, 0, 0, _("no such file")) from None
     except OSError as exc:
-        raise YamlError(shown, 0, 0, f"cannot read: {exc.strerror or exc}") from None
+        raise YamlError(shown, 0, 0, _("cannot read: {error}").format(error=exc.strerror or exc)) from None
     if len(data) > MAX_FILE_BYTES:
-        raise YamlError(shown, 0, 0, f"larger than the {MAX_FILE_BYTES >> 20} MiB limit of a gateway input file "
-                                     f"({max(st.st_size, len(data))} bytes)")
+        raise YamlError(shown, 0, 0, _("larger than the {max} MiB limit of a gateway input file ({n} bytes)")
+                        .format(max=MAX_FILE_BYTES >> 20, n=max(st.st_size, len(data))))
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise YamlError(shown, 1, 1, "UTF-16 text (byte-order mark): save the file as UTF-8")
+        raise YamlError(shown, 1, 1, _("UTF-16 text (byte-order mark): save the file as UTF-8"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         head = data[:exc.start]
         line = head.count(b"\n") + 1
         col = len(head[head.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-        raise YamlError(shown, line, col, f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded "
-                                          "(binary data? save the file as UTF-8)") from None
+        raise YamlError(shown, line, col, _("not UTF-8 text: byte 0x{byte} cannot be decoded (binary data? save "
+                                            "the file as UTF-8)").format(byte=f"{data[exc.start]:02x}")) from None
 
 
 def parse_yaml(text: str, shown: str) -> Any:
@@ -235,17 +239,19 @@ def parse_yaml(text: str, shown: str) -> Any:
         if exc.context and exc.problem and exc.problem.startswith("but "):  # "expected ... but found ..."
             what = f"{exc.context} {exc.problem}"
         what = " ".join(what.split())
-        raise YamlError(shown, line, col, f"YAML syntax error: {what}") from None
+        raise YamlError(shown, line, col, _("YAML syntax error: {detail}").format(detail=what)) from None
     except ReaderError as exc:
         line, col = _line_col(text, exc.position) if isinstance(exc.position, int) else (1, 1)
         ch = exc.character if isinstance(exc.character, int) else 0
-        raise YamlError(shown, line, col, f"character U+{ch:04X} is not allowed in YAML text "
-                                          "(binary data?)") from None
+        raise YamlError(shown, line, col, _("character U+{code} is not allowed in YAML text (binary data?)")
+                        .format(code=f"{ch:04X}")) from None
     except (YAMLError, RecursionError, MemoryError) as exc:
-        raise YamlError(shown, 1, 1, f"YAML error: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        raise YamlError(shown, 1, 1, _("YAML error: {detail}").format(
+            detail=(str(exc).splitlines() or [type(exc).__name__])[0])) from None
     except Exception as exc:  # a ruamel internal error on odd input: still one line, not a traceback
         first = (str(exc).splitlines() or [""])[0]
-        raise YamlError(shown, 1, 1, f"YAML error: {type(exc).__name__}: {first}".rstrip(": ")) from None
+        raise YamlError(shown, 1, 1, _("YAML error: {detail}").format(
+            detail=f"{type(exc).__name__}: {first}".rstrip(": "))) from None
 
 
 def load_yaml(path: str | os.PathLike[str], shown: str | None = None) -> tuple[Any, str]:

@@ -21,7 +21,7 @@ from gateway.hazard.volume import DensityTable, HorizontalCylinder, Sphere, Stra
 
 
 def _err(msg: str) -> None:
-    print(f"hazard-gateway grade: {msg}", file=sys.stderr)
+    print(f"hazard-gateway: grade: {msg}", file=sys.stderr)
 
 
 def grade_summary(res: Result) -> str:

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 from gateway.safety.alarms import AlarmActionError
 from gateway.safety.interlocks import InterlockActionError
 from gateway.i18n import gettext as _
-from gateway.model import rfc3339
+from gateway.model import format_value, rfc3339
 from gateway.runtime.ports import OperatorTarget, StatusSource
 
 log = logging.getLogger("hazard_gateway.control")
@@ -354,12 +354,6 @@ async def snapshot(gw: StatusSource) -> dict[str, Any]:
     return await gw.snapshot(STORE_STATS_TIMEOUT_S)
 
 
-def _fmt_value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _word(value: Any) -> str:
@@ -400,15 +394,17 @@ def render_status(s: dict[str, Any]) -> str:
     for tag, t in (s.get("tags") or {}).items():
         reason = f"  {t['reason']}" if t.get("reason") else ""
         w(_("  {tag} {value} {unit} {quality} age {age} s{reason}").format(
-            tag=f"{tag:<18}", value=f"{_fmt_value(t.get('value')):>10}", unit=f"{t.get('unit') or '':<7}",
+            tag=f"{tag:<18}", value=f"{format_value(t.get('value'), t.get('precision')):>10}", unit=f"{t.get('unit') or '':<7}",
             quality=f"{_word(t.get('quality')):<9}", age=t.get("age_s"), reason=reason))
     alarms = s.get("alarms") or []
+    shown = {tag: t.get("precision") for tag, t in (s.get("tags") or {}).items()}  # an alarm's tag's precision
     w("")
     w(_("ALARMS ({count} active; * first-out)").format(count=len(alarms)))
     for a in alarms:
         lvl = _(" L{level}").format(level=a["level"]) if a.get("level") else ""
-        detail = _("value {value} limit {limit}").format(value=_fmt_value(a.get("value")),
-                                                          limit=_fmt_value(a.get("limit"))) \
+        digits = shown.get(a.get("tag"))
+        detail = _("value {value} limit {limit}").format(value=format_value(a.get("value"), digits),
+                                                          limit=format_value(a.get("limit"), digits)) \
             if a.get("limit") is not None else (a.get("reason") or "")
         w(_("  {mark} {id} {state} P{priority}{level} {detail}  since {since}").format(
             mark="*" if a.get("first_out") else " ", id=f"{a['id']:<22}", state=f"{_word(a['state']):<11}",

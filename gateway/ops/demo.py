@@ -39,7 +39,7 @@ from ruamel.yaml import YAML
 from gateway.config import load_config
 from gateway.shipped import shipped
 from gateway.yamlload import load_yaml
-from gateway.model import rfc3339
+from gateway.model import format_value, rfc3339
 
 REPO_CONFIG = shipped("config/demo.yaml")
 
@@ -378,7 +378,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     _say(f"alarms raised: {len(s['alarms'])}")
     for a in s["alarms"]:
         lvl = f" level {a['level']}" if a.get("level") else ""
-        _say(f"  {a['ts']}  {a['id']:<22}{lvl} value {a['value']} limit {a['limit']}"
+        _say(f"  {a['ts']}  {a['id']:<22}{lvl} value {format_value(a['value'])} limit {format_value(a['limit'])}"
              f"{'  FIRST-OUT' if a.get('first_out') else ''}")
     _say(f"trips: {len(s['trips'])}")
     for t in s["trips"]:

@@ -13,11 +13,14 @@ What it does, in order, each step idempotent (a second run changes nothing and s
 4. the directories: CONFIG_DIR (0750 root:hazard-gateway), CONFIG_DIR/keys (0700
    hazard-gateway), /var/lib/hazard-gateway (0750 hazard-gateway); owners are set when
    running as root;
-5. ``CONFIG_DIR/gateway.yaml`` when missing: a copy of config/example-site.yaml if this
-   installation has one, else a commented starter template; ``gateway.state_dir`` set to
-   /var/lib/hazard-gateway and ``keys.private_key`` to keys/private.pem. An existing config is
-   never overwritten;
-6. ``systemctl daemon-reload`` when the unit changed, PREFIX is / and systemd is running.
+5. ``CONFIG_DIR/gateway.yaml`` when missing: a commented one-device starter (one Modbus TCP
+   tank PLC: a level with H/HH alarms, the inlet valve, the overfill interlock) that passes
+   ``check`` once ``keygen`` has made its key; ``gateway.state_dir`` is /var/lib/hazard-gateway
+   and ``keys.private_key`` keys/private.pem. An existing config is never overwritten;
+6. ``CONFIG_DIR/schema.json``: the config's JSON Schema (``hazard-gateway schema``), named by the
+   starter's ``# yaml-language-server: $schema=schema.json`` line so editors complete and check keys;
+   rewritten when this version's schema differs;
+7. ``systemctl daemon-reload`` when the unit changed, PREFIX is / and systemd is running.
 
 ``--dry-run`` prints the same lines with "would" and changes nothing. Exit 0 on success, 2 for a
 usage problem, 1 when a step failed (the line names the step and the file).
@@ -26,15 +29,13 @@ usage problem, 1 when a step failed (the line names the step and the file).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ruamel.yaml import YAML
-
+from gateway.schema import schema_text
 from gateway.shipped import shipped
 
 SERVICE = "hazard-gateway"
@@ -44,13 +45,17 @@ DEFAULT_CONFIG_DIR = "/etc/hazard-gateway"
 DEFAULT_CONFIG = f"{DEFAULT_CONFIG_DIR}/gateway.yaml"  # the config `run`, `check`, `status`... use by default
 DEFAULT_EXEC = "/usr/local/bin/hazard-gateway"
 SYSTEMD_SRC = shipped("systemd")
-EXAMPLE_SITE = shipped("config/example-site.yaml")
 
 STARTER_CONFIG = """\
-# hazard-gateway configuration: a starter template laid by `hazard-gateway install-service`.
+# yaml-language-server: $schema=schema.json
+# hazard-gateway configuration: a one-device starter laid by `hazard-gateway install-service`.
+# schema.json beside this file is the config's JSON Schema (editors with YAML support use it
+# through the line above; `hazard-gateway schema` prints it again).
 # Edit it for the site, then run `hazard-gateway check {config}` (every mistake is shown as
 # FILE:LINE:COL) and `systemctl reload hazard-gateway` (or restart) to apply it.
-# Relative paths are relative to this file.
+# Relative paths are relative to this file. Commissioning: `hazard-gateway scan` finds the
+# Modbus unit ids on a bus, `hazard-gateway probe` reads every tag once, `decode --order all`
+# shows a float in all four word orders.
 
 gateway:
   id: site-gateway-1                 # unique per regulator
@@ -69,8 +74,12 @@ store:
 #   url: https://receiver.example/v1/batches
 #   ca_file: keys/receiver-ca.pem
 
+# web: {{listen: "127.0.0.1:8080"}}    # the local read-only status page (loopback only without TLS)
+
 devices:
-  # A tank PLC on Modbus TCP: level as float32 at input register 30001.
+  # One tank PLC on Modbus TCP: level as float32 at input register 30001, the inlet valve at coil 1.
+  # A gas detector on RS-485 is a second entry with protocol: modbus_rtu, port: /dev/serial/by-id/...
+  # and a profile (see `hazard-gateway profile import` for a register list in CSV).
   - name: tank_plc
     protocol: modbus_tcp
     host: 192.0.2.10                 # the PLC's address
@@ -79,23 +88,11 @@ devices:
     poll_interval_ms: 1000
     timeout_ms: 1000
     tags:
-      - {{name: T101.level, address: 30001, type: float32, order: ABCD, unit: m,
+      - {{name: T101.level, address: 30001, type: float32, order: ABCD, unit: m, precision: 2,
+         valid_range: [-0.5, 12.5],
          alarms: {{H: 10.5, HH: {{setpoint: 11.0, deadband: 0.1, latching: true}}}}}}
       - {{name: XV101, address: {{table: coil, address: 0}}, type: bool, writable: true,
          description: "T101 inlet valve, 1 = open"}}
-
-  # A combustible gas detector on RS-485 (Modbus RTU), %LEL x10 at holding register 40001.
-  - name: GD1
-    protocol: modbus_rtu
-    port: /dev/ttyUSB0               # better: /dev/serial/by-id/...
-    baudrate: 9600
-    parity: N
-    unit_id: 1
-    poll_interval_ms: 1000
-    timeout_ms: 500
-    tags:
-      - {{name: GD1.gas, address: 40001, type: uint16, scale: 0.1, unit: "%LEL", sentinels: [0xFFFF],
-         alarms: {{gas: combustible, stale_after_s: 10}}}}   # GB/T 50493-2019: 25 / 50 %LEL
 
 interlocks:
   # HH level closes the tank's inlet valve (de-energise to trip).
@@ -223,33 +220,18 @@ class Installer:
 
     # ---- starter config ----
 
-    def starter_config(self) -> tuple[str, str]:
-        """(text, source) of the starter config: example-site.yaml when shipped, else the template."""
+    def starter_config(self) -> str:
+        """The one-device starter config (STARTER_CONFIG for this config dir)."""
         cfg_dir = self.config_dir.rstrip("/")
-        if EXAMPLE_SITE.is_file():
-            # copied verbatim (comments and layout kept); only these two values are set if they differ
-            text = EXAMPLE_SITE.read_text(encoding="utf-8")
-            doc = YAML(typ="safe").load(text) or {}
-            want = {"state_dir": STATE_DIR, "private_key": "keys/private.pem"}
-            have = {"state_dir": (doc.get("gateway") or {}).get("state_dir"),
-                    "private_key": (doc.get("keys") or {}).get("private_key")}
-            for key, value in want.items():
-                if have[key] != value:
-                    text, n = re.subn(rf"^(\s*{key}:[ \t]*)[^#\n]*?([ \t]*(#.*)?)$", rf"\g<1>{value}\g<2>", text,
-                                      count=1, flags=re.M)
-                    if not n:
-                        raise InstallError(f"{EXAMPLE_SITE}: no {key}: line to set to {value}")
-            return text, str(EXAMPLE_SITE)
-        return STARTER_CONFIG.format(state_dir=STATE_DIR, config_dir=cfg_dir,
-                                     config=f"{cfg_dir}/gateway.yaml"), "built-in template"
+        return STARTER_CONFIG.format(state_dir=STATE_DIR, config_dir=cfg_dir, config=f"{cfg_dir}/gateway.yaml")
 
     def ensure_config(self) -> None:
         target = self.p(f"{self.config_dir.rstrip('/')}/gateway.yaml")
         if target.exists():
             self.say("kept", f"{target} (existing config is never overwritten)")
             return
-        text, source = self.starter_config()
-        self.say("create", f"{target} (starter config from {source}; edit it, then `hazard-gateway check`)")
+        text = self.starter_config()
+        self.say("create", f"{target} (one-device starter config; edit it, then `hazard-gateway check`)")
         if self.dry_run:
             return
         try:
@@ -274,6 +256,8 @@ class Installer:
         self.ensure_dir(f"{cfg}/keys", 0o700, USER, USER)
         self.ensure_dir(STATE_DIR, 0o750, USER, USER)
         self.ensure_config()
+        # the config's JSON Schema beside it, for editors; refreshed when this version's schema differs
+        self.put_file(f"{cfg}/schema.json", schema_text(), 0o644)
         if self.unit_changed and str(self.prefix) == "/" and Path("/run/systemd/system").is_dir():
             self.say("run", "systemctl daemon-reload")
             if not self.dry_run:

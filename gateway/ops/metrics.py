@@ -22,6 +22,15 @@ last_acked_seq                     gauge    seq of the last acknowledged batch (
 dropped_records_total              counter  records the bounded buffer had to drop
 uplink_consecutive_failures        gauge    failed uploads in a row
 up                                 gauge    1 while the gateway runs
+tag_value{tag,device,unit}         gauge    latest engineering value of a numeric or bool
+                                            tag (absent while its quality is bad: no value)
+tag_quality{tag,device}            gauge    2 good, 1 uncertain, 0 bad (OPC UA Part 8 classes)
+tag_age_seconds{tag,device}        gauge    age of the latest reading when the snapshot was taken
+device_up{device,protocol}         gauge    1 while the device's link is up
+interlock_tripped{interlock}       gauge    1 tripped (or cleared, awaiting reset)
+interlock_bypassed{interlock}      gauge    1 while bypassed (operator, reason and expiry: status)
+build_info{version,gateway_id,     gauge    always 1; labels say what runs
+           config_hash}
 =================================  =======  ==========================================
 """
 
@@ -33,10 +42,13 @@ import time
 from typing import Any
 
 from gateway.runtime.ports import StatusSource
+from gateway.shipped import version
 
 log = logging.getLogger("hazard_gateway.metrics")
 
 PREFIX = "hazard_gateway_"
+#: tag_quality's value per quality class
+QUALITY_LEVEL = {"good": 2, "uncertain": 1, "bad": 0}
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -48,8 +60,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def from_status(status: dict[str, Any]) -> dict[str, Any]:
-    """What the collector serves, from a status snapshot (Gateway.status; gateway.runtime.ports): polls and
-    bad readings per device, active alarm counts per priority, readings queued, the store counters (none
+    """What the collector serves, from a status snapshot (Gateway.status; gateway.runtime.ports): polls, bad
+    readings and link state per device, each tag's value (numbers and bools only), quality level and age, each
+    interlock's state, gateway id and config hash, active alarm counts per priority, readings queued, the store counters (none
     when the store did not answer) and the uplink's consecutive failures (None without an uplink)."""
     prio: dict[str, int] = {}
     for a in status.get("alarms") or []:
@@ -57,9 +70,19 @@ def from_status(status: dict[str, Any]) -> dict[str, Any]:
         prio[p] = prio.get(p, 0) + 1
     store = status.get("store") or {}
     uplink = status.get("uplink")
+    tags = {}
+    for name, t in (status.get("tags") or {}).items():
+        v = t.get("value")
+        tags[name] = {"device": str(t.get("device") or ""), "unit": str(t.get("unit") or ""),
+                      "quality": QUALITY_LEVEL.get(str(t.get("quality")), 0), "age_s": t.get("age_s"),
+                      # a number or a bool is a sample; a string or an array is not a time series
+                      "value": float(v) if isinstance(v, (int, float)) else None}
     return {
-        "devices": {name: {k: st.get(k) for k in ("protocol", "polls", "bad")}
+        "gateway_id": str(status.get("gateway_id") or ""), "config_hash": str(status.get("config_hash") or ""),
+        "devices": {name: {k: st.get(k) for k in ("protocol", "polls", "bad", "state")}
                     for name, st in (status.get("devices") or {}).items()},
+        "tags": tags,
+        "interlocks": {str(il.get("name")): str(il.get("state")) for il in status.get("interlocks") or []},
         "alarms": prio,
         "readings_queued": status.get("readings_queued", 0),
         "store": {} if "error" in store else dict(store),
@@ -91,6 +114,35 @@ class GatewayCollector:
             bad.add_metric([name, str(st.get("protocol", ""))], float(st.get("bad", 0)))
         yield polls
         yield bad
+        info = GaugeMetricFamily(PREFIX + "build_info", "what runs: version, gateway id, config hash (always 1)",
+                                 labels=["version", "gateway_id", "config_hash"])
+        info.add_metric([version(), s["gateway_id"], s["config_hash"][:12]], 1.0)
+        yield info
+        up_dev = GaugeMetricFamily(PREFIX + "device_up", "1 while the device's link is up", labels=["device", "protocol"])
+        for name, st in sorted(s["devices"].items()):
+            up_dev.add_metric([name, str(st.get("protocol", ""))], 1.0 if st.get("state") == "up" else 0.0)
+        yield up_dev
+        value = GaugeMetricFamily(PREFIX + "tag_value", "latest engineering value (absent while bad)",
+                                  labels=["tag", "device", "unit"])
+        quality = GaugeMetricFamily(PREFIX + "tag_quality", "2 good, 1 uncertain, 0 bad", labels=["tag", "device"])
+        age = GaugeMetricFamily(PREFIX + "tag_age_seconds", "age of the latest reading", labels=["tag", "device"])
+        for name, t in sorted(s["tags"].items()):
+            if t["value"] is not None:
+                value.add_metric([name, t["device"], t["unit"]], t["value"])
+            quality.add_metric([name, t["device"]], float(t["quality"]))
+            if t["age_s"] is not None:
+                age.add_metric([name, t["device"]], float(t["age_s"]))
+        yield value
+        yield quality
+        yield age
+        tripped = GaugeMetricFamily(PREFIX + "interlock_tripped", "1 tripped or awaiting reset",
+                                    labels=["interlock"])
+        bypassed = GaugeMetricFamily(PREFIX + "interlock_bypassed", "1 while bypassed", labels=["interlock"])
+        for name, state in sorted(s["interlocks"].items()):
+            tripped.add_metric([name], 1.0 if state in ("tripped", "tripped_cleared") else 0.0)
+            bypassed.add_metric([name], 1.0 if state == "bypassed" else 0.0)
+        yield tripped
+        yield bypassed
         readings = CounterMetricFamily(PREFIX + "readings", "readings handed to the record path")
         readings.add_metric([], float(s["readings_queued"]))
         yield readings

@@ -22,11 +22,17 @@ Application Protocol v1.1b3 section 4.4: "register 1 is addressed as 0";
 configured. raw: what the device sent (``Device.format_raw``): the registers
 (hex words) or bits as read, for OPC UA the status code name; "-" when
 nothing was read.
-quality: good / uncertain / bad, with the reason of a non-good reading
-(timeout, exception NN name, sentinel, nan, comm fault, out of range: NAMUR NE 43
-or a tag's valid_range ...).
+value: the engineering value rounded to the tag's ``precision`` (6 significant
+digits without one). quality: good / uncertain / bad, with the reason of a
+non-good reading (timeout, exception NN name, sentinel, nan, comm fault, out of
+range: NAMUR NE 43 or a tag's valid_range ...); a value the device sent as good
+that cannot be a measurement (subnormal float, a magnitude of 1e12 or more or
+below 1e-12, outside the tag's eng_range: :func:`implausible`) is shown uncertain with the
+reason, never as good. Column heads and quality words in the reader's language
+(gateway.i18n). ``--json``: a list of rows {device, tag, address, raw, value
+(number / bool / string / null), shown, unit, quality, good, implausible}.
 
-Exit codes: 0 every tag good; 1 any tag uncertain or bad (an unreachable
+Exit codes: 0 every tag good; 1 any tag uncertain, bad or implausible (an unreachable
 device gives one "comm fault" line per tag); 2 a config error or an
 unknown ``--device`` (one line, from the CLI).
 """
@@ -40,48 +46,68 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from drivers import codec
 from drivers.registry import Links
-from gateway.runtime.build import build_devices, valid_ranges
 from gateway.config import LoadedConfig
+from gateway.i18n import display_width, gettext as _, ljust_display
+from gateway.model import Quality, Reading, Value, format_value
+from gateway.runtime.build import build_devices, precisions, valid_ranges
 from gateway.safety.validity import check_valid_range
-from gateway.model import Quality, Reading
 
-__all__ = ["ProbeRow", "probe", "format_table", "run_probe"]
+__all__ = ["ProbeRow", "implausible", "probe", "format_table", "run_probe"]
+
+
+#: a reading at or above this magnitude, or not 0 and below its inverse, is implausible for any tank-farm
+#: measurement (a totaliser in litres would need a billion cubic metres; no transmitter resolves 1e-12 of its
+#: unit); a float32 read in the wrong word order gives such values, or subnormal ones
+IMPLAUSIBLE_MAGNITUDE = 1e12
 
 
 @dataclass
 class ProbeRow:
-    """One line of the probe table."""
+    """One line of the probe table. ``value`` is the engineering value (number, bool, string, list or None);
+    ``shown`` is it as printed (the tag's ``precision``, gateway.model.format_value); ``implausible`` says why a
+    value that the device sent as good cannot be a measurement (None: plausible)."""
 
     device: str
     tag: str
     address: str
     raw: str
-    value: str
+    value: Value
+    shown: str
     unit: str
     quality: str
     good: bool
+    implausible: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON row: numbers stay numbers (``value``), ``shown`` is the printed text."""
         return dict(self.__dict__)
 
 
-def _value(r: Reading) -> str:
-    v = r.value
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return json.dumps(list(v))
-    return str(v)
+def implausible(value: Value, eng_range: tuple[float, float] | None) -> str | None:
+    """Why ``value`` (a good reading's engineering value) cannot be a real measurement, or None: a subnormal
+    float (IEEE 754-2019 3.4; drivers.codec.is_subnormal), a magnitude of IMPLAUSIBLE_MAGNITUDE or more or
+    (not 0) below 1 / IMPLAUSIBLE_MAGNITUDE (all the marks of a wrong word order), or a value outside the tag's ``eng_range`` [lo, hi] (the span its 4-20 mA
+    map covers: a transmitter reading beyond it is over/under range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if codec.is_subnormal(float(value)):
+        return _("implausible: subnormal float (wrong word order?)")
+    if abs(value) >= IMPLAUSIBLE_MAGNITUDE or 0 < abs(value) < 1 / IMPLAUSIBLE_MAGNITUDE:
+        return _("implausible: magnitude {value:.3g} (wrong word order?)").format(value=float(value))
+    if eng_range is not None and not min(eng_range) <= value <= max(eng_range):
+        return _("implausible: outside eng_range [{lo}, {hi}]").format(lo=min(eng_range), hi=max(eng_range))
+    return None
 
 
 def _quality(r: Reading) -> str:
-    q = r.quality.value if isinstance(r.quality, Quality) else str(r.quality)
+    q = _word(r.quality.value if isinstance(r.quality, Quality) else str(r.quality))
     return q if r.quality is Quality.GOOD or not r.reason else f"{q} ({r.reason})"
+
+
+def _word(quality: str) -> str:
+    return {"good": _("good"), "uncertain": _("uncertain"), "bad": _("bad")}.get(quality, quality)
 
 
 async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
@@ -111,22 +137,27 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
     finally:
         await links.close_all()
     rows = []
-    ranges = valid_ranges(cfg)
+    ranges, digits = valid_ranges(cfg), precisions(cfg)
+    spans = {t.name: tuple(t.eng_range) for d in cfg.model.devices for t in d.tags
+             if getattr(t, "eng_range", None) is not None}
     for dev, readings in zip(devices, results):
         for r in check_valid_range(readings, ranges):  # as the daemon judges them (valid_range)
-            rows.append(ProbeRow(dev.name, r.tag, dev.describe(r.tag), dev.format_raw(r), _value(r), r.unit or "",
-                                 _quality(r), r.quality is Quality.GOOD))
+            why = implausible(r.value, spans.get(r.tag)) if r.quality is Quality.GOOD else None
+            quality = _quality(r) if why is None else f"{_word(Quality.UNCERTAIN.value)} ({why})"
+            rows.append(ProbeRow(dev.name, r.tag, dev.describe(r.tag), dev.format_raw(r), r.value,
+                                 format_value(r.value, digits.get(r.tag)), r.unit or "", quality,
+                                 r.quality is Quality.GOOD and why is None, why))
     return rows
 
 
 def format_table(rows: list[ProbeRow]) -> str:
     """Aligned plain-text table with a header line."""
-    head = ("device", "tag", "address", "raw", "value", "unit", "quality")
-    cells = [head] + [(r.device, r.tag, r.address, r.raw, r.value, r.unit, r.quality) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    head = (_("device"), _("tag"), _("address"), _("raw"), _("value"), _("unit"), _("quality"))
+    cells = [head] + [(r.device, r.tag, r.address, r.raw, r.shown, r.unit, r.quality) for r in rows]
+    widths = [max(display_width(c[i]) for c in cells) for i in range(len(head) - 1)]
     lines = []
     for c in cells:
-        lines.append("  ".join(x.ljust(w) for x, w in zip(c, widths)) + "  " + c[-1])
+        lines.append("  ".join(ljust_display(x, w) for x, w in zip(c, widths)) + "  " + c[-1])
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -1164,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_receiver(args.listen, args.store, args.trust, args.cert, args.key, limits=limits,
                             require_binding=args.require_bound_keys, signing_key=args.signing_key)
     except ReceiverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"hazard-gateway: {exc}", file=sys.stderr)
         return 2
 
 

@@ -38,6 +38,7 @@ after seq 1 (e.g. verifying one day's export); its first prev is then unchecked.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -136,6 +137,21 @@ class VerifyReport:
     @property
     def fault_count(self) -> int:
         return len(self.faults) + sum(len(f.faults) for f in self.files)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON: {"ok", "batches" (files read), "verified" (files without a fault), "faults":
+        [{"file" (null for a chain's fault), "message"}], "notes": [same shape], "chains": {gateway_id:
+        [first seq, last seq]}, "files": [{"file", "gateway_id", "seq", "kid", "hash", "ok"}]}."""
+        return {
+            "ok": self.ok, "batches": len(self.files), "verified": sum(1 for f in self.files if f.ok),
+            "faults": [{"file": f.path, "message": m} for f in self.files for m in f.faults]
+            + [{"file": None, "message": m} for m in self.faults],
+            "notes": [{"file": f.path, "message": m} for f in self.files for m in f.notes]
+            + [{"file": None, "message": m} for m in self.notes],
+            "chains": {g: [a, b] for g, (a, b) in sorted(self.chains.items())},
+            "files": [{"file": f.path, "gateway_id": f.gateway_id, "seq": f.seq, "kid": f.kid, "hash": f.hash,
+                       "ok": f.ok} for f in self.files],
+        }
 
     def lines(self) -> list[str]:
         """One line per fault, then per note, then a summary line."""
@@ -308,23 +324,33 @@ def _when(rfc3339: str | None) -> datetime:
 
 
 def run_verify(trust_dir: str | Path, files: Iterable[str | Path], *, partial: bool = False,
-               out: TextIO | None = None) -> int:
-    """Verify and print one line per fault and note, then a summary. Exit code: 0 all verified,
-    1 any fault, 2 usage error (no files, bad or missing trust directory)."""
+               out: TextIO | None = None, as_json: bool = False) -> int:
+    """Verify and print one line per fault and note, then a summary; with ``as_json`` one object instead
+    (:meth:`VerifyReport.as_dict`). Exit code: 0 all verified, 1 any fault, 2 usage error (no files, bad or
+    missing trust directory: one ``hazard-gateway: `` line on stderr, or with ``as_json`` {"ok": false,
+    "error": ...} on stdout)."""
     stream = out if out is not None else sys.stdout
+    err = sys.stderr if out is None else stream
+
+    def usage(msg: str) -> int:
+        if as_json:
+            print(json.dumps({"ok": False, "error": msg}, ensure_ascii=False), file=stream)
+        else:
+            print(f"hazard-gateway: {msg}", file=err)
+        return 2
+
     paths = _expand(files)
     if not paths:
-        print("error: no batch files given", file=sys.stderr if out is None else stream)
-        return 2
-    err = sys.stderr if out is None else stream
+        return usage("no batch files given")
     try:
         if not load_trust(trust_dir):
-            print(f"error: {trust_dir}: no *.jwk public keys", file=err)
-            return 2
+            return usage(f"{trust_dir}: no *.jwk public keys")
         report = verify_files(trust_dir, paths, partial=partial)
     except KeyFileError as exc:
-        print(f"error: {exc}", file=err)
-        return 2
-    for line in report.lines():
-        print(line, file=stream)
+        return usage(str(exc))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False), file=stream)
+    else:
+        for line in report.lines():
+            print(line, file=stream)
     return 0 if report.ok else 1

@@ -53,6 +53,11 @@ def build_devices(cfg: LoadedConfig, links: Links) -> list[Device]:
     return [build_device(d, ctx) for d in cfg.model.devices if d.enabled]
 
 
+def precisions(cfg: LoadedConfig) -> dict[str, int]:
+    """Tag -> decimal places shown (``precision``) of every enabled tag that sets it (gateway.model.format_value)."""
+    return {t.name: t.precision for d in cfg.model.devices if d.enabled for t in d.tags if t.precision is not None}
+
+
 def valid_ranges(cfg: LoadedConfig) -> dict[str, tuple[float, float]]:
     """Tag -> (lo, hi) of every enabled tag with a ``valid_range`` (engineering units)."""
     return {t.name: (float(t.valid_range[0]), float(t.valid_range[1]))
@@ -180,7 +185,7 @@ class Plant:
     "last_poll"} (counters; a reload keeps those of a device that keeps its name). status_path:
     state_dir/status.json. interlock_feeds: device feeding an interlock input -> its fresh window, seconds.
     poll_intervals: device -> poll interval, seconds. heartbeats: PLC watchdog writers. annunciators:
-    beacons and horns.
+    beacons and horns. precision: tag -> decimal places shown (display only).
     """
 
     cfg: LoadedConfig
@@ -204,6 +209,7 @@ class Plant:
     poll_intervals: dict[str, float]
     heartbeats: list[Heartbeat]
     annunciators: Annunciators
+    precision: dict[str, int]
 
 
 def build_plant(cfg: LoadedConfig, signer: Any = None, *,
@@ -254,7 +260,7 @@ def build_plant(cfg: LoadedConfig, signer: Any = None, *,
         status_path=cfg.state_dir / STATUS_FILE,
         interlock_feeds={name: windows[name] for name in sorted(feeds)},
         poll_intervals={d.name: d.poll_interval_ms / 1000 for d in cfg.model.devices},
-        heartbeats=heartbeats, annunciators=annunciators)
+        heartbeats=heartbeats, annunciators=annunciators, precision=precisions(cfg))
 
 
 async def _no_writer(tag: str, value: Any) -> Reading:

@@ -528,7 +528,8 @@ class Gateway:
                         for dev in plant.devices},
             "tags": {t: {"value": r.value, "unit": r.unit, "quality": r.quality.value, "reason": r.reason,
                          "age_s": round(now - r.ts, 3), "protocol": plant.protocol_of.get(t),
-                         "device": getattr(plant.device_of.get(t), "name", None)}
+                         "device": getattr(plant.device_of.get(t), "name", None),
+                         "precision": plant.precision.get(t)}
                      for t, r in self.values.items()},
             "alarms": [a.to_record() for a in alarms.active()],
             "alarms_hidden": [a.to_record() for a in alarms.active(include_hidden=True) if a.state != a.base_state],

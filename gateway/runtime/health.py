@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.registry import link_key as registry_link_key
+from gateway.i18n import gettext as _
 from gateway.runtime.ports import StatusSource, WatchedGateway
 
 log = logging.getLogger("hazard_gateway.health")
@@ -164,7 +165,8 @@ def status_line(status: dict[str, Any]) -> str:
 
     A device is ok when it delivered every one of its tags in its last read, each usable (good or
     uncertain, with a value). A store that did not answer (``{"error": ...}``) leaves its part out.
-    Example: ``devices 5/5 ok, 2 alarms active, 120 readings unsent, last acked seq 45``.
+    Example: ``devices 5/5 ok, 2 alarms active, 120 readings unsent, last acked seq 45``; in the daemon's
+    language (gateway.i18n: systemctl status shows it to the person at the console).
     """
     usable: dict[str, int] = {}
     for t in (status.get("tags") or {}).values():
@@ -173,18 +175,19 @@ def status_line(status: dict[str, Any]) -> str:
     devices = status.get("devices") or {}
     ok = sum(1 for name, d in devices.items() if d.get("tags") and usable.get(name, 0) >= d["tags"])
     n_alarms = len(status.get("alarms") or [])
-    parts = [f"devices {ok}/{len(devices)} ok", f"{n_alarms} alarm{'s' if n_alarms != 1 else ''} active"]
+    parts = [_("devices {ok}/{n} ok").format(ok=ok, n=len(devices)),
+             (_("{n} alarm active") if n_alarms == 1 else _("{n} alarms active")).format(n=n_alarms)]
     store = status.get("store") or {}
     if store and "error" not in store:
-        parts.append(f"{store.get('readings_unsent', 0)} readings unsent")
+        parts.append(_("{n} readings unsent").format(n=store.get("readings_unsent", 0)))
         seq = store.get("last_acked_seq")
-        parts.append(f"last acked seq {seq if seq is not None else '-'}")
+        parts.append(_("last acked seq {seq}").format(seq=seq if seq is not None else "-"))
     rec = status.get("record_path") or {}
-    for part in ("store", "uplink"):
+    for part, fault in (("store", _("store fault: {error}")), ("uplink", _("uplink fault: {error}"))):
         if rec.get(part):
-            parts.append(f"{part} fault: {rec[part]}")
+            parts.append(fault.format(error=rec[part]))
     if store.get("writer_error") and not rec.get("store"):
-        parts.append(f"store error: {store['writer_error']}")
+        parts.append(_("store error: {error}").format(error=store["writer_error"]))
     return ", ".join(parts)
 
 

@@ -1020,8 +1020,9 @@ class AlarmEngine:
         a = self._get(alarm_id)
         self._who(alarm_id, user, reason, True)
         if not 0 < duration_s <= max_s:
-            raise AlarmActionError(_("{id}: shelve duration {seconds} s must be > 0 and <= {max} s").format(
-                id=alarm_id, seconds=f"{duration_s:g}", max=f"{max_s:g}"))
+            # stated in minutes, the unit the operator gives (`shelve --minutes`)
+            raise AlarmActionError(_("{id}: shelve of {minutes} min must be > 0 and <= {max} min").format(
+                id=alarm_id, minutes=f"{duration_s / 60:g}", max=f"{max_s / 60:g}"))
         if a.hide not in (None, "shelved"):
             raise AlarmActionError(_("{id}: cannot shelve, alarm is {state}").format(
                 id=alarm_id, state=_state_word(a.hide)))

@@ -439,11 +439,13 @@ class InterlockEngine:
         if not user or not str(user).strip() or not reason or not str(reason).strip():
             raise InterlockActionError(_("interlock {name}: bypass needs a user and a reason").format(name=name))
         if not 0 < duration_s <= st.spec.max_bypass_s:
-            raise InterlockActionError(_("interlock {name}: bypass duration {seconds} s must be > 0 and <= {max} s")
-                                       .format(name=name, seconds=f"{duration_s:g}", max=f"{st.spec.max_bypass_s:g}"))
+            # stated in minutes, the unit the operator gives (`bypass --minutes`)
+            raise InterlockActionError(_("interlock {name}: bypass of {minutes} min must be > 0 and <= {max} min")
+                                       .format(name=name, minutes=f"{duration_s / 60:g}",
+                                               max=f"{st.spec.max_bypass_s / 60:g}"))
         st.bypass_user, st.bypass_reason = user, reason
         st.bypass_until_mono, st.bypass_until_ts = now + duration_s, self._clock() + duration_s
-        return self._event(st, "bypass", now, user=user, reason=f"{reason} (for {duration_s:g} s)")
+        return self._event(st, "bypass", now, user=user, reason=f"{reason} (for {duration_s / 60:g} min)")
 
     def end_bypass(self, name: str, user: str, reason: str | None = None,
                    now_mono: float | None = None) -> InterlockEvent:

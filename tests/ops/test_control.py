@@ -140,7 +140,8 @@ async def test_ack_shelve_unshelve_and_refusals_through_the_cli(tmp_path):
         ans = await asyncio.to_thread(request, sock, {"action": "shelve", "id": "T101.level.H", "minutes": 5})
         assert not ans["ok"] and "reason" in ans["error"]
         rc, out, err = await cli("shelve", "T101.level.H", "--minutes", "100000", "--reason", "x", "--socket", sock)
-        assert rc == 1 and "must be > 0 and <=" in err  # control.max_shelve_minutes (480 by default)
+        # control.max_shelve_minutes (480 by default), stated in the unit the operator gave
+        assert rc == 1 and "shelve of 100000 min must be > 0 and <= 480 min" in err, err
         rc, out, err = await cli("shelve", "T101.level.H", "--minutes", "5", "--reason", "transmitter swap",
                                  "--socket", sock)
         assert rc == 0, err
@@ -167,6 +168,9 @@ async def test_an_alarm_that_feeds_an_interlock_cannot_be_shelved_unless_the_int
         plc.set_level("T101", 8.0)
         await wait_for(lambda: gw.alarms.condition("T101.level", "HH") is False, 5, "HH returned")
         gw.interlocks.reset("T101_overfill", "op", alarms=gw.alarms)
+        rc, out, err = await cli("bypass", "T101_overfill", "--minutes", "600", "--reason", "LT101 calibration",
+                                 "--socket", sock)
+        assert rc == 1 and "bypass of 600 min must be > 0 and <= 480 min" in err, err  # max_bypass_s 8 h
         rc, out, err = await cli("bypass", "T101_overfill", "--minutes", "10", "--reason", "LT101 calibration",
                                  "--socket", sock)
         assert rc == 0, err

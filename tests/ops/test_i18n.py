@@ -163,7 +163,7 @@ def test_grade_summary_in_chinese_and_english():
     below = run("zh_CN.UTF-8", "grade", "--people", "0", "--substance", "benzene=10")
     assert json.loads(below.stdout)["summary"] == "不构成重大危险源（S = 0.2 < 1）"
     bad = run("zh_CN.UTF-8", "grade", "--people", "35", "--substance", "氯=abc")
-    assert bad.returncode == 2 and bad.stderr == "hazard-gateway grade: --substance '氯=abc'：吨数须为不小于 0 的数字\n"
+    assert bad.returncode == 2 and bad.stderr == "hazard-gateway: grade: --substance '氯=abc'：吨数须为不小于 0 的数字\n"
 
 
 @pytest.mark.e2e

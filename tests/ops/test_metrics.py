@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pat = re.compile(rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$",
-                     re.M)
-    m = pat.search(text)
-    return None if m is None else float(m.groups()[-1])
+    """The value of the sample ``name`` whose label set is exactly ``labels`` (in any order), or None."""
+    for m in re.finditer(r"^(\w+)(?:\{(.*)\})? (\S+)$", text, re.M):
+        if m[1] == name and dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m[2] or "")) == labels:
+            return float(m[3])
+    return None
 
 
 @pytest.mark.e2e
@@ -101,6 +101,15 @@ store: {{max_bytes: 1099511627776}}
             assert metric(text, "hazard_gateway_last_acked_seq") == -1        # no uplink: nothing acked
             assert metric(text, "hazard_gateway_unsent_readings") >= 1
             assert metric(text, "hazard_gateway_readings_total") >= 1
+            assert metric(text, "hazard_gateway_tag_value", tag="midas1.gas", device="midas1", unit="ppm") == 12.0
+            assert metric(text, "hazard_gateway_tag_quality", tag="midas1.gas", device="midas1") == 2
+            assert metric(text, "hazard_gateway_tag_quality", tag="dead.x", device="dead") == 0
+            assert metric(text, "hazard_gateway_tag_value", tag="dead.x", device="dead", unit="") is None  # bad
+            assert metric(text, "hazard_gateway_device_up", device="midas1", protocol="modbus_tcp") == 1
+            assert metric(text, "hazard_gateway_device_up", device="dead", protocol="modbus_tcp") == 0
+            assert 0 <= metric(text, "hazard_gateway_tag_age_seconds", tag="midas1.gas", device="midas1") < 5
+            assert re.search(r'^hazard_gateway_build_info\{config_hash="[0-9a-f]{12}",gateway_id="metrics-test",'
+                             r'version="\d[^"]*"\} 1\.0$', text, re.M), text
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = await wait_exit(proc, 20)   # the loop keeps serving the devices while it stops
@@ -129,3 +138,21 @@ def test_metrics_listen_must_be_loopback(tmp_path: Path):
     f.write_text(base + 'metrics: {listen: "127.0.0.1"}\n')
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_config(f)
+
+
+def test_interlock_metrics_follow_the_status_snapshot():
+    """interlock_tripped / interlock_bypassed from the interlocks' states in a status snapshot (one per
+    interlock, 0 or 1): tripped and cleared-awaiting-reset both count as tripped."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.ops.metrics import GatewayCollector, from_status
+
+    collector = GatewayCollector()
+    collector.snap = from_status({"gateway_id": "gw", "config_hash": "ab" * 32, "interlocks": [
+        {"name": "A", "state": "tripped"}, {"name": "B", "state": "tripped_cleared"},
+        {"name": "C", "state": "bypassed"}, {"name": "D", "state": "normal"}]})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert [metric(text, "hazard_gateway_interlock_tripped", interlock=n) for n in "ABCD"] == [1, 1, 0, 0]
+    assert [metric(text, "hazard_gateway_interlock_bypassed", interlock=n) for n in "ABCD"] == [0, 0, 1, 0]

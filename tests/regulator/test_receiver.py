@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -232,6 +233,12 @@ def test_verify_rejects_flip_gap_broken_prev_wrong_key_and_equivocation(tmp_path
     (d / "gw-01-3.jws").unlink()
     code, text = _verify(trust, d)
     assert code == 1 and "FAULT gw-01: seq 3 missing" in text, text
+    buf = io.StringIO()
+    assert run_verify(trust, sorted(d.glob("*.jws")), out=buf, as_json=True) == 1
+    rep = json.loads(buf.getvalue())  # the same verdict as the text, as data
+    assert rep["ok"] is False and {"file": None, "message": "gw-01: seq 3 missing"} in rep["faults"], rep
+    assert rep["batches"] == rep["verified"] == len(list(d.glob("*.jws")))
+    assert sorted((f["gateway_id"], f["seq"]) for f in rep["files"])[:2] == [("gw-01", 1), ("gw-01", 2)]
 
     d = case("start")
     (d / "gw-01-1.jws").unlink()
@@ -282,7 +289,10 @@ def test_verify_usage_errors_exit_2(tmp_path, pki):
     assert run_verify(tmp_path / "no-such-dir", [tmp_path / "x.jws"], out=buf) == 2
     (tmp_path / "empty").mkdir()
     assert run_verify(tmp_path / "empty", [tmp_path / "x.jws"], out=buf) == 2
-    assert all(line.startswith("error: ") for line in buf.getvalue().splitlines())
+    assert all(line.startswith("hazard-gateway: ") for line in buf.getvalue().splitlines())
+    buf = io.StringIO()
+    assert run_verify(trust, [], out=buf, as_json=True) == 2
+    assert json.loads(buf.getvalue()) == {"ok": False, "error": "no batch files given"}
 
 
 def test_run_receiver_refuses_unsafe_or_broken_setups(tmp_path, pki):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -296,21 +297,30 @@ def test_install_service_lays_everything_and_is_idempotent(tmp_path):
         assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
 
 
-def test_install_service_custom_config_dir_and_starter_template_passes_check(tmp_path, monkeypatch):
+def test_install_service_custom_config_dir_and_starter_config_passes_check(tmp_path):
+    """The one-device starter passes `check` once keygen has made its key, with schema.json beside it (the
+    config's JSON Schema, named by the starter's first line for editors)."""
     import gateway.ops.install as inst
+    from gateway.schema import schema_text
 
-    monkeypatch.setattr(inst, "EXAMPLE_SITE", tmp_path / "absent.yaml")  # the built-in template path
     lines = inst.install_service(str(tmp_path), "/srv/hg", exec_path="/opt/hazard-gateway/bin/hazard-gateway")
-    assert any("built-in template" in ln for ln in lines)
+    assert any("one-device starter config" in ln for ln in lines)
     unit = (tmp_path / "etc/systemd/system/hazard-gateway.service").read_text()
     assert "--config /srv/hg/gateway.yaml" in unit and "/etc/hazard-gateway" not in unit
     assert "/srv/hg/keys" in (tmp_path / "etc/tmpfiles.d/hazard-gateway.conf").read_text()
     cfg = tmp_path / "srv/hg/gateway.yaml"
+    assert cfg.read_text().startswith("# yaml-language-server: $schema=schema.json\n")
+    assert (tmp_path / "srv/hg/schema.json").read_text() == schema_text()
     keygen(tmp_path / "srv/hg/keys")
     from gateway.config import load_config
 
     loaded = load_config(cfg)
     assert loaded.model.gateway.state_dir == "/var/lib/hazard-gateway"
+    assert [d.name for d in loaded.model.devices] == ["tank_plc"]
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "--json", str(cfg)], capture_output=True,
+                       text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+    verdict = json.loads(r.stdout)
+    assert r.returncode == 0 and verdict["ok"] and verdict["devices"] == 1, (r.stdout, r.stderr)
     with pytest.raises(ValueError):
         inst.install_service(str(tmp_path), "relative/dir")
 
