@@ -19,6 +19,8 @@ Shape (see config/example-site.yaml for a commented template)::
     (a Modbus device may carry heartbeat: {address, interval_ms, mode: count|toggle})
     include:    [profile files or directories]   (device profiles, gateway.device_profiles)
     metrics:    {listen: 127.0.0.1:9108, allow_remote}   (Prometheus, gateway.ops.metrics)
+    web:        {listen: 127.0.0.1:8080, tls: {cert_file, key_file}, credentials_file, max_connections}
+                (the read-only status page, gateway.ops.web)
     (a Modbus device may take its tags from a profile: {profile, select, tag_prefix, overrides})
     Secrets (keys.private_key, uplink.client_key, security.key / password_file) are file paths only;
     check_secrets() refuses missing ones and ones group/others can access.
@@ -49,7 +51,7 @@ from gateway.safety.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, Oxygen
 from gateway.yamlload import YamlError, load_yaml
 from gateway.i18n import ENGLISH, current_language
 from gateway.i18n import gettext as _
-from gateway.model import STRICT, SecretPath
+from gateway.model import STRICT, Explained, SecretPath
 
 LIMIT_KINDS = ("HH", "H", "L", "LL")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -65,6 +67,10 @@ class Problem:
     path: str
     message: str
     warning: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.message, Explained):  # made in drivers/ or a model: shown in the reader's language
+            object.__setattr__(self, "message", self.message.localized(_))
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
@@ -493,6 +499,47 @@ class MetricsSection(Strict):
         return v
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebTlsSection(Strict):
+    """The certificate (PEM, may hold the chain) and its private key (a secret file: chmod 600) the status page
+    serves HTTPS with."""
+
+    cert_file: str = Field(description="PEM certificate (chain) of the status page")
+    key_file: str = Field(description="PEM private key of the status page (secret file, chmod 600)")
+
+
+class WebSection(Strict):
+    """The local, read-only status page (gateway.ops.web): HTTP on loopback; any other address only over TLS
+    with a credentials file (HTTP Basic against ``user:HASH`` lines, gateway.ops.web.auth)."""
+
+    tls: WebTlsSection | None = Field(None, description="serve HTTPS with this certificate and key")
+    credentials_file: str | None = Field(
+        None, description="file of user:HASH lines (pbkdf2_sha256 or scrypt, gateway.ops.web.auth; secret file, "
+                          "chmod 600): HTTP Basic")
+    max_connections: int = Field(32, ge=1, le=1024, description="connections served at once; more get 503")
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT of the status page (default 127.0.0.1:8080)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str, info: Any) -> str:
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(_("listen {listen} is not HOST:PORT (e.g. 127.0.0.1:8080)").format(listen=repr(v)))
+        if not _is_loopback(host) and (info.data.get("tls") is None or not info.data.get("credentials_file")):
+            raise ValueError(_("web listen address {host} is not loopback: the status page needs tls: {{cert_file, "
+                               "key_file}} and a credentials_file there").format(host=host))
+        return v
+
+
 class Config(Strict):
     """A hazard-gateway configuration file (validated by `hazard-gateway check`)."""
 
@@ -509,6 +556,7 @@ class Config(Strict):
     annunciators: list[AnnunciatorCfg] = Field(default_factory=list)
     alarm_policy: AlarmPolicySection = AlarmPolicySection()
     metrics: MetricsSection | None = Field(None, description="optional Prometheus metrics on 127.0.0.1")
+    web: WebSection | None = Field(None, description="optional read-only status page on 127.0.0.1")
 
 
 @dataclass
@@ -619,6 +667,10 @@ def _message(err: dict) -> str:
         return _("missing required key 'protocol' ({protocols} or {last})").format(
             protocols=", ".join(list(PROTOCOLS)[:-1]), last=list(PROTOCOLS)[-1])
     if typ == "value_error":  # our own validators' sentences, already in the reader's language
+        cause = (err.get("ctx") or {}).get("error")
+        said = cause.args[0] if isinstance(cause, ValueError) and cause.args else None
+        if isinstance(said, Explained):   # a driver's or model's sentence (gateway.model.Explained)
+            return said.localized(_)
         return msg.removeprefix("Value error, ")
     lead = _pydantic_lead(typ, err.get("ctx") or {})
     if lead is None or current_language() == ENGLISH:
@@ -1232,6 +1284,11 @@ def secret_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tuple[t
         for f in ("key", "password_file"):
             if getattr(sec, f):
                 out.append((("devices", di, "security", f), getattr(sec, f)))
+    if m.web is not None:   # the status page's TLS key and its credentials (gateway.ops.web)
+        if m.web.tls is not None:
+            out.append((("web", "tls", "key_file"), m.web.tls.key_file))
+        if m.web.credentials_file:
+            out.append((("web", "credentials_file"), m.web.credentials_file))
     return out
 
 
@@ -1272,6 +1329,12 @@ def check_secrets(cfg: LoadedConfig, used_only: bool = False) -> list[Problem]:
         elif st.st_mode & 0o077:
             bad(loc, _("secret file {file} is accessible by group/others (mode {mode}); run: chmod 600 {path}")
                 .format(file=value, mode=f"{stat.S_IMODE(st.st_mode):04o}", path=path))
+        elif loc == ("web", "credentials_file"):  # user:HASH lines the status page checks (gateway.ops.web.auth)
+            from gateway.ops.web.auth import load_credentials
+            try:
+                load_credentials(path)  # type: ignore[arg-type]
+            except ValueError as exc:  # one line naming the file and line
+                bad(loc, str(exc))
     for loc, value in public_file_locations(cfg, used_only):  # certificates: must exist, any mode
         path = cfg.resolve(value)
         if loc[-1] == "server_cert" and path.is_dir():  # type: ignore[union-attr]
@@ -1319,6 +1382,8 @@ def public_file_locations(cfg: LoadedConfig, used_only: bool = False) -> list[tu
         for f in ("cert", "server_cert"):
             if getattr(sec, f):
                 out.append((("devices", di, "security", f), getattr(sec, f)))
+    if m.web is not None and m.web.tls is not None:
+        out.append((("web", "tls", "cert_file"), m.web.tls.cert_file))
     return out
 
 

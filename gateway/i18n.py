@@ -45,6 +45,29 @@ def language_from_env(environ: Mapping[str, str] | None = None) -> str:
     return ENGLISH
 
 
+def language_for_accept(header: str | None) -> str:
+    """``zh_CN`` or ``en`` for an HTTP Accept-Language header (RFC 9110 12.5.4: ``zh-CN,zh;q=0.9,en;q=0.8``): the
+    language range with the highest q (the first of equals) that is ``zh...`` or ``en...`` decides; ``*``, other
+    languages, q=0 and a missing or malformed header give English. Caller: the status page (gateway.ops.web)."""
+    best, best_q = ENGLISH, -1.0
+    for item in (header or "")[:1024].split(","):
+        tag, _sep, params = item.strip().partition(";")
+        tag = tag.strip().lower()
+        q = 1.0
+        for p in params.split(";"):
+            k, _eq, v = p.strip().partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        if q <= 0 or not (tag.startswith("zh") or tag.startswith("en")):
+            continue
+        if q > best_q:
+            best, best_q = _normalise(tag), q
+    return best
+
+
 def _normalise(value: str) -> str:
     return CHINESE if value.lower().startswith("zh") else ENGLISH
 

@@ -53,8 +53,10 @@ def _say(msg: str) -> None:
 
 
 def _render_config(src: Path, dst: Path, *, plc_port: int, serial: str, opcua: str, receiver_url: str,
-                   ca_file: Path, key_file: Path, state_dir: Path, receiver_key: Path | None = None) -> None:
-    """Copy the demo config with the simulators' endpoints filled in (comments kept)."""
+                   ca_file: Path, key_file: Path, state_dir: Path, receiver_key: Path | None = None,
+                   web_port: int | None = None) -> None:
+    """Copy the demo config with the simulators' endpoints filled in (comments kept); ``web_port``: serve the
+    status page (gateway.ops.web) on 127.0.0.1:web_port."""
     doc, _ = load_yaml(src)  # the bounded loader (gateway.yamlload); run_demo has validated src already
     yaml = YAML(typ="rt")
     doc["gateway"]["state_dir"] = str(state_dir)
@@ -63,6 +65,8 @@ def _render_config(src: Path, dst: Path, *, plc_port: int, serial: str, opcua: s
     doc["uplink"]["ca_file"] = str(ca_file)
     if receiver_key is not None:   # the receiver signs its content refusals with this key (gateway.chain.rejection)
         doc["uplink"]["receiver_key"] = str(receiver_key)
+    if web_port is not None:
+        doc["web"] = {"listen": f"127.0.0.1:{web_port}"}
     for dev in doc["devices"]:
         if dev["protocol"] == "modbus_tcp":
             dev["host"], dev["port"] = "127.0.0.1", plc_port
@@ -117,6 +121,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
     receiver_key = next(rx_keys.glob("*.jwk"))
     cert, key = make_self_signed(tls)
     rport = free_port()
+    wport = free_port()   # the status page, for a person to watch the run
     logs = {n: open(wd / f"{n}.log", "ab") for n in ("receiver", "gateway")}
     receiver = subprocess.Popen(_cli("receiver", "--listen", f"127.0.0.1:{rport}", "--store",
                                      str(wd / "receiver.sqlite"), "--trust", str(trust), "--cert", str(cert),
@@ -132,7 +137,8 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
         gw_cfg = wd / "gateway.yaml"
         _render_config(config, gw_cfg, plc_port=eps["modbus_tcp"][1], serial=eps["serial_link"], opcua=eps["opcua"],
                        receiver_url=f"https://127.0.0.1:{rport}/v1/batches", ca_file=cert,
-                       key_file=keys / "private.pem", state_dir=wd / "state", receiver_key=receiver_key)
+                       key_file=keys / "private.pem", state_dir=wd / "state", receiver_key=receiver_key,
+                       web_port=wport)
         cfg = load_config(gw_cfg)
         await _wait_port(rport, receiver, "receiver")
         _say(f"receiver: https://127.0.0.1:{rport}/v1/batches (store {wd / 'receiver.sqlite'})")
@@ -149,6 +155,7 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
                 raise RuntimeError(f"gateway did not poll every device within 30 s; see {wd / 'gateway.log'}")
             await asyncio.sleep(0.2)
         _say(f"gateway: polling {len(st['devices'])} devices (config {gw_cfg})")
+        _say(f"status page: http://127.0.0.1:{wport}/ (read-only; open it in a browser to watch the run)")
 
         async def power_cycle(down_s: float) -> None:  # scenario step power_loss (hil/farm.py)
             nonlocal gw

@@ -107,6 +107,10 @@ def run_daemon(cfg: LoadedConfig) -> int:
                 from gateway.ops.metrics import serve_metrics
 
                 extra.append(asyncio.create_task(serve_metrics(gw, cfg.model.metrics.listen), name="metrics"))
+            if cfg.model.web is not None:  # optional read-only status page (loopback, or TLS + credentials)
+                from gateway.ops.web.serve import serve_web
+
+                extra.append(asyncio.create_task(serve_web(gw, lambda: gw.cfg), name="web"))
 
         extra.append(asyncio.create_task(reloader(), name="sighup"))
         await gw.run(stop, ready=ready)
