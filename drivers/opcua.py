@@ -754,15 +754,10 @@ class OpcUaDevice(Device):
     async def _connect(self) -> None:
         """One session: connect, resolve node ids, one subscription, one monitored item per tag."""
         await self._teardown()
-        client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=self.watchdog_s)
-        client.name = client.description = f"hazard-gateway {self.name}"
-        client.session_timeout = max(30_000, int(self.watchdog_s * 4000))  # requested; the server revises it
-        sec = self._security or {}
-        if sec.get("policy"):
-            await self._secure(client, sec)
-        if sec.get("username"):
-            client.set_user(sec["username"])
-            client.set_password(Path(sec["password_file"]).read_text(encoding="utf-8").rstrip("\r\n"))
+        client, fingerprint = await new_client(self.name, self.endpoint, self._security, self.timeout_s,
+                                               self.watchdog_s)
+        if fingerprint is not None:
+            self.application_uri, self.server_cert_sha256 = client.application_uri, fingerprint
         self._generation += 1
         generation = self._generation
 
@@ -788,56 +783,6 @@ class OpcUaDevice(Device):
             await self._subscribe(client, generation, sub_tags)
         self.sessions += 1
         self._connected = True
-
-    async def _secure(self, client: Client, sec: dict) -> None:
-        """Set up the secure channel of ``client``: ApplicationUri from the certificate, trusted server.
-
-        1. client.application_uri = the URI in the client certificate's subjectAltName, so the
-           CreateSession ClientDescription.ApplicationUri matches it (Part 4 5.6.2, Part 6 6.2.2).
-        2. GetEndpoints over a SecurityPolicy None channel (Part 4 5.4.4; no session, nothing
-           read); the endpoint with the configured policy and mode must exist.
-        3. Its ServerCertificate (the first of a chain) must be one of the trusted certificates
-           (``server_cert``, by SHA-256 of the DER; Part 4 6.1.3), else
-           :class:`ServerCertificateNotTrusted`.
-        4. The channel is built with the trusted copy of that certificate, so a server that
-           does not hold its private key cannot open it, and asyncua refuses a CreateSession
-           response carrying another certificate ("Server certificate mismatch").
-
-        Raises SecurityConfigError (one line, device named) for a certificate file at fault,
-        ConnectionError / asyncua errors for transport or endpoint failures.
-        """
-        policy = _policy_class(sec["policy"])
-        mode = getattr(ua.MessageSecurityMode, sec["mode"])
-        try:
-            app_uri = certificate_application_uri(sec["cert"])
-            client_der = load_certificates(sec["cert"])[0].public_bytes(Encoding.DER)
-            trusted = trusted_server_certificates(sec["server_cert"]) if sec.get("server_cert") else {}
-        except ValueError as exc:  # a certificate replaced since start, or removed
-            raise SecurityConfigError(f"device {self.name}: {exc}") from None
-        client.application_uri = self.application_uri = app_uri
-        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout=self.timeout_s * 3)
-        offered = [ep for ep in endpoints if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode]
-        if not offered:
-            have = sorted({f"{(ep.SecurityPolicyUri or '').rpartition('#')[2]} "
-                           f"{ua.MessageSecurityMode(ep.SecurityMode).name}" for ep in endpoints})
-            raise ConnectionError(f"server offers no endpoint with {sec['policy']} {sec['mode']} "
-                                  f"(it offers: {', '.join(have) or 'none'})")
-        ders = [first_der(ep.ServerCertificate or b"") for ep in offered]
-        server_der = next((d for d in ders if sha256_fingerprint(d) in trusted), ders[0])
-        if not server_der:
-            raise ConnectionError("the endpoint carries no server certificate")
-        fingerprint = sha256_fingerprint(server_der)
-        if fingerprint not in trusted:
-            try:
-                subject = x509.load_der_x509_certificate(server_der).subject.rfc4514_string() or "(empty)"
-            except ValueError:
-                subject = "(not a parsable X.509 certificate)"
-            where = f"not in server_cert {sec['server_cert']}" if trusted else "no server_cert configured"
-            raise ServerCertificateNotTrusted(
-                f"device {self.name}: server certificate not trusted: subject {subject}, "
-                f"sha256 fingerprint {fingerprint}; {where}", fingerprint)
-        self.server_cert_sha256 = fingerprint
-        await client.set_security(policy, client_der, sec["key"], None, trusted[fingerprint], mode)
 
     def _adopt_session_timeout(self, client: Client) -> None:
         """Keep-alive from the session timeout the server revised (Part 4 5.6.2).
@@ -918,6 +863,86 @@ class OpcUaDevice(Device):
                 client.disconnect_socket()
             except Exception:  # noqa: BLE001
                 pass
+
+
+async def secure_channel(client: Client, device: str, sec: dict, timeout_s: float) -> str:
+    """Set up the secure channel of ``client``: ApplicationUri from the certificate, trusted server.
+
+    1. client.application_uri = the URI in the client certificate's subjectAltName, so the
+       CreateSession ClientDescription.ApplicationUri matches it (Part 4 5.6.2, Part 6 6.2.2).
+    2. GetEndpoints over a SecurityPolicy None channel (Part 4 5.4.4; no session, nothing
+       read); the endpoint with the configured policy and mode must exist.
+    3. Its ServerCertificate (the first of a chain) must be one of the trusted certificates
+       (``server_cert``, by SHA-256 of the DER; Part 4 6.1.3), else
+       :class:`ServerCertificateNotTrusted`.
+    4. The channel is built with the trusted copy of that certificate, so a server that
+       does not hold its private key cannot open it, and asyncua refuses a CreateSession
+       response carrying another certificate ("Server certificate mismatch").
+
+    Returns the SHA-256 fingerprint of the trusted server certificate. Raises SecurityConfigError (one
+    line, ``device`` named) for a certificate file at fault, ConnectionError / asyncua errors for
+    transport or endpoint failures.
+    """
+    policy = _policy_class(sec["policy"])
+    mode = getattr(ua.MessageSecurityMode, sec["mode"])
+    try:
+        app_uri = certificate_application_uri(sec["cert"])
+        client_der = load_certificates(sec["cert"])[0].public_bytes(Encoding.DER)
+        trusted = trusted_server_certificates(sec["server_cert"]) if sec.get("server_cert") else {}
+    except ValueError as exc:  # a certificate replaced since start, or removed
+        raise SecurityConfigError(f"device {device}: {exc}") from None
+    client.application_uri = app_uri
+    endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), timeout=timeout_s * 3)
+    offered = [ep for ep in endpoints if ep.SecurityPolicyUri == policy.URI and ep.SecurityMode == mode]
+    if not offered:
+        have = sorted({f"{(ep.SecurityPolicyUri or '').rpartition('#')[2]} "
+                       f"{ua.MessageSecurityMode(ep.SecurityMode).name}" for ep in endpoints})
+        raise ConnectionError(f"server offers no endpoint with {sec['policy']} {sec['mode']} "
+                              f"(it offers: {', '.join(have) or 'none'})")
+    ders = [first_der(ep.ServerCertificate or b"") for ep in offered]
+    server_der = next((d for d in ders if sha256_fingerprint(d) in trusted), ders[0])
+    if not server_der:
+        raise ConnectionError("the endpoint carries no server certificate")
+    fingerprint = sha256_fingerprint(server_der)
+    if fingerprint not in trusted:
+        try:
+            subject = x509.load_der_x509_certificate(server_der).subject.rfc4514_string() or "(empty)"
+        except ValueError:
+            subject = "(not a parsable X.509 certificate)"
+        where = f"not in server_cert {sec['server_cert']}" if trusted else "no server_cert configured"
+        raise ServerCertificateNotTrusted(
+            f"device {device}: server certificate not trusted: subject {subject}, "
+            f"sha256 fingerprint {fingerprint}; {where}", fingerprint)
+    await client.set_security(policy, client_der, sec["key"], None, trusted[fingerprint], mode)
+    return fingerprint
+
+
+def check_security(device: str, security: dict | None) -> dict | None:
+    """The ``security`` dict of an opcua device checked and normalised (policy spelling without underscores);
+    raises ValueError with one line naming ``device`` (and the file at fault). None: SecurityPolicy None,
+    anonymous."""
+    return _check_security(device, security)
+
+
+async def new_client(device: str, endpoint: str, security: dict | None, timeout_s: float,
+                     watchdog_s: float = 5.0) -> tuple[Client, str | None]:
+    """An asyncua Client for ``endpoint`` set up as the driver connects (not yet connected): request timeout
+    ``timeout_s``, a requested session timeout of max(30 s, 4 x watchdog_s) (the server revises it, Part 4
+    5.6.2), with a policy the secure channel of :func:`secure_channel` (GetEndpoints, trusted server
+    certificate), with a username the password read from its file. ``security``: as checked by
+    :func:`check_security`. Returns (client, SHA-256 fingerprint of the trusted server certificate, or None
+    without a policy); raises as :func:`secure_channel` does."""
+    client = Client(endpoint, timeout=timeout_s, watchdog_intervall=watchdog_s)
+    client.name = client.description = f"hazard-gateway {device}"
+    client.session_timeout = max(30_000, int(watchdog_s * 4000))  # requested; the server revises it
+    sec = security or {}
+    fingerprint = None
+    if sec.get("policy"):
+        fingerprint = await secure_channel(client, device, sec, timeout_s)
+    if sec.get("username"):
+        client.set_user(sec["username"])
+        client.set_password(Path(sec["password_file"]).read_text(encoding="utf-8").rstrip("\r\n"))
+    return client, fingerprint
 
 
 def quiet_asyncua_logging(level: int = logging.CRITICAL) -> None:

@@ -54,7 +54,7 @@ EDGE_PACKAGES = ("gateway.runtime", "gateway.ops")
 #: the shared leaves. A new module goes in a package above or on this list (test_every_gateway_module_is_placed).
 TOP_LEVEL = frozenset({
     "gateway", "gateway.cli", "gateway.config", "gateway.device_profiles", "gateway.filemode", "gateway.i18n", "gateway.model",
-    "gateway.schema", "gateway.shipped", "gateway.tlsutil", "gateway.yamlload",
+    "gateway.profile_import", "gateway.schema", "gateway.shipped", "gateway.tlsutil", "gateway.yamlload",
 })
 
 
