@@ -46,7 +46,7 @@ CATALOG := gateway/locale/zh_CN/LC_MESSAGES/hazard_gateway
 
 catalogs: $(STAMP)
 	mkdir -p build
-	$(BIN)/pybabel extract --mapping-file babel.cfg --keywords _ --keywords gettext --keywords ngettext:1,2 \
+	$(BIN)/pybabel extract --mapping-file babel.cfg --keywords _ --keywords gettext --keywords ngettext:1,2 --keywords Explained \
 		--no-default-keywords --sort-by-file --width 120 --project hazard-gateway --version '' \
 		--copyright-holder 'hazard-gateway authors' --msgid-bugs-address '' --charset UTF-8 \
 		--output-file build/hazard_gateway.pot gateway drivers

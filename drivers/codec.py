@@ -65,6 +65,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gateway.model import Explained
+
 __all__ = [
     "CodecError",
     "Scaling",
@@ -121,7 +123,8 @@ class CodecError(ValueError):
 
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"unknown data type {dtype!r} (expected one of {', '.join(sorted(DTYPES))})")
+        raise ValueError(Explained("unknown data type {dtype} (expected one of {types})", dtype=repr(dtype),
+                                   types=", ".join(sorted(DTYPES))))
 
 
 def normalise_order(order: str, dtype: str) -> str:
@@ -135,19 +138,21 @@ def normalise_order(order: str, dtype: str) -> str:
     """
     _check_dtype(dtype)
     if not isinstance(order, str):
-        raise ValueError(f"register order must be a string such as 'ABCD', got {order!r}")
+        raise ValueError(Explained("register order must be a string such as 'ABCD', got {order}", order=repr(order)))
     o = order.strip().upper()
     nregs = _NUMERIC[dtype][1] if dtype in _NUMERIC else 1
     if o in _ORDER_ALIASES_64:
         if nregs != 4:
-            raise ValueError(f"register order {order!r} names 8 bytes but {dtype} has {2 * nregs}; use ABCD/CDAB/BADC/DCBA")
+            raise ValueError(Explained("register order {order} names 8 bytes but {dtype} has {n}; use ABCD/CDAB/BADC/DCBA",
+                                       order=repr(order), dtype=dtype, n=2 * nregs))
         return _ORDER_ALIASES_64[o]
     if o in _ORDER_ALIASES_16:
         if nregs != 1:
-            raise ValueError(f"register order {order!r} names 2 bytes but {dtype} has {2 * nregs}; use ABCD/CDAB/BADC/DCBA")
+            raise ValueError(Explained("register order {order} names 2 bytes but {dtype} has {n}; use ABCD/CDAB/BADC/DCBA",
+                                       order=repr(order), dtype=dtype, n=2 * nregs))
         return _ORDER_ALIASES_16[o]
     if o not in _ORDERS:
-        raise ValueError(f"unknown register order {order!r} (expected ABCD, CDAB, BADC or DCBA)")
+        raise ValueError(Explained("unknown register order {order} (expected ABCD, CDAB, BADC or DCBA)", order=repr(order)))
     if nregs == 1:
         return "BADC" if o in ("BADC", "DCBA") else "ABCD"
     return o

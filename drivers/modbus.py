@@ -79,7 +79,7 @@ from drivers.base import Device
 from drivers.codec import CodecError, Scaling, decode, decode_value, encode_value, normalise_order, register_count
 from drivers.modbus_planner import (BIT_TABLES, READ_FUNCTION, REGISTER_TABLES, Block, MalformedReply, ReadPlanner,
                                     Span, check_byte_count)
-from gateway.model import Quality, Reading, WriteError
+from gateway.model import Explained, Quality, Reading, WriteError
 
 __all__ = [
     "ModbusPoint",
@@ -195,21 +195,22 @@ def parse_reference(ref: int | str) -> tuple[str, int]:
     the table and the 0-based address instead.
     """
     if isinstance(ref, bool) or not isinstance(ref, (int, str)):
-        raise ValueError(f"Modbus reference {ref!r} must be a number such as 40001")
+        raise ValueError(Explained("Modbus reference {ref} must be a number such as 40001", ref=repr(ref)))
     s = str(ref).strip()
     if not re.fullmatch(r"\d+", s):
-        raise ValueError(f"Modbus reference {ref!r} is not a number such as 40001 or 400002")
+        raise ValueError(Explained("Modbus reference {ref} is not a number such as 40001 or 400002", ref=repr(ref)))
     if len(s) not in (5, 6):
-        raise ValueError(f"Modbus reference {ref!r} is ambiguous: use a 5/6-digit reference (40001, 400002) "
-                         "or give table and 0-based address")
+        raise ValueError(Explained("Modbus reference {ref} is ambiguous: use a 5/6-digit reference (40001, 400002) "
+                                   "or give table and 0-based address", ref=repr(ref)))
     table = _REF_TABLE.get(s[0])
     if table is None:
-        raise ValueError(f"Modbus reference {ref!r}: leading digit {s[0]} names no table "
-                         "(0 coil, 1 discrete input, 3 input register, 4 holding register)")
+        raise ValueError(Explained("Modbus reference {ref}: leading digit {digit} names no table (0 coil, 1 discrete "
+                                   "input, 3 input register, 4 holding register)", ref=repr(ref), digit=s[0]))
     n = int(s[1:])
     limit = 9999 if len(s) == 5 else 65536
     if not 1 <= n <= limit:
-        raise ValueError(f"Modbus reference {ref!r}: register number {n} outside 1..{limit} (references are 1-based)")
+        raise ValueError(Explained("Modbus reference {ref}: register number {n} outside 1..{limit} (references are "
+                                   "1-based)", ref=repr(ref), n=n, limit=limit))
     return table, n - 1
 
 

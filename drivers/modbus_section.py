@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from drivers.codec import normalise_order, register_count
 from drivers.modbus import parse_reference
-from gateway.model import STRICT
+from gateway.model import STRICT, Explained
 
 
 class ModbusAddress(BaseModel):
@@ -80,7 +80,7 @@ class ModbusTagFields(BaseModel):
     @model_validator(mode="after")
     def _ranges(self) -> "ModbusTagFields":
         if (self.raw_range is None) != (self.eng_range is None):
-            raise ValueError("raw_range and eng_range go together")
+            raise ValueError(Explained("raw_range and eng_range go together"))
         return self
 
     def table_address(self) -> tuple[str, int]:
@@ -98,7 +98,8 @@ class ModbusTagFields(BaseModel):
                 try:
                     int(s, 0)
                 except ValueError:
-                    raise ValueError(f"sentinel {s!r} is not an integer (write 0xFFFF or 65535)") from None
+                    raise ValueError(Explained("sentinel {value} is not an integer (write 0xFFFF or 65535)",
+                                               value=repr(s))) from None
         return v
 
 
@@ -128,9 +129,10 @@ class HeartbeatCfg(BaseModel):
     def _table(self) -> "HeartbeatCfg":
         table, _ = self.table_address()
         if table not in ("holding_register", "coil"):
-            raise ValueError(f"a heartbeat is written: it must be a holding register or a coil, not {table.replace('_', ' ')}")
+            raise ValueError(Explained("a heartbeat is written: it must be a holding register or a coil, not {table}",
+                                       table=table.replace("_", " ")))
         if self.mode == "count" and table != "holding_register":
-            raise ValueError("mode count needs a holding register (a coil can only toggle)")
+            raise ValueError(Explained("mode count needs a holding register (a coil can only toggle)"))
         return self
 
 
@@ -167,10 +169,6 @@ class ModbusRtuFields(BaseModel):
     heartbeat: HeartbeatCfg | None = None
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
 Report = Callable[[tuple, str], None]
 
 
@@ -184,14 +182,17 @@ def check_devices(devices: list[tuple[int, Any]], report: Report) -> None:
         if d.protocol == "modbus_rtu":
             settings = (d.baudrate, d.parity, d.stopbits, d.bytesize)
             if d.port in serial and serial[d.port][0] != settings:
-                report(("devices", di, "baudrate"), f"port {d.port} is shared with devices[{serial[d.port][1]}] "
-                       "but with other serial settings (one bus, one baud rate)")
+                report(("devices", di, "baudrate"), Explained(
+                    "port {port} is shared with devices[{other}] but with other serial settings (one bus, one baud "
+                    "rate)", port=d.port, other=serial[d.port][1]))
             serial.setdefault(d.port, (settings, di))
         for ti, t in enumerate(d.tags):
             table, _ = t.table_address()
             if t.writable and table in ("discrete_input", "input_register"):
                 report(("devices", di, "tags", ti, "writable"),
-                       f"{_article(table)} {table.replace('_', ' ')} cannot be written")
+                       Explained("an input register cannot be written") if table == "input_register"
+                       else Explained("a discrete input cannot be written"))
             if table in ("coil", "discrete_input") and t.type not in ("bool",):
                 report(("devices", di, "tags", ti, "type"),
-                       f"{_article(table)} {table.replace('_', ' ')} holds bits: type must be bool")
+                       Explained("a coil holds bits: type must be bool") if table == "coil"
+                       else Explained("a discrete input holds bits: type must be bool"))

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.model import Explained
+
 
 @dataclass(frozen=True)
 class ParsedNodeId:
@@ -57,7 +59,7 @@ def parse_node_id(text: str) -> ParsedNodeId:
     if not isinstance(text, str) or not text:
         raise ValueError(f"node id {text!r}: empty")
     if any(ch.isspace() for ch in text):
-        raise ValueError(f"node id {text!r}: contains whitespace")
+        raise ValueError(Explained("node id {node_id}: contains whitespace", node_id=repr(text)))
     ns: int | None = 0
     nsu: str | None = None
     rest = text

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from drivers.opcua_node_ids import parse_node_id
-from gateway.model import STRICT, SecretPath
+from gateway.model import STRICT, Explained, SecretPath
 
 
 class OpcUaTagFields(BaseModel):
@@ -49,11 +49,11 @@ class OpcUaSecurity(BaseModel):
     @model_validator(mode="after")
     def _pairs(self) -> "OpcUaSecurity":
         if (self.policy is None) != (self.mode is None):
-            raise ValueError("policy and mode go together")
+            raise ValueError(Explained("policy and mode go together"))
         if self.policy and not (self.cert and self.key):
-            raise ValueError("a security policy needs cert and key files")
+            raise ValueError(Explained("a security policy needs cert and key files"))
         if (self.username is None) != (self.password_file is None):
-            raise ValueError("username and password_file go together")
+            raise ValueError(Explained("username and password_file go together"))
         return self
 
 

@@ -52,6 +52,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from gateway.i18n import gettext as _
 from gateway.shipped import shipped
 from drivers.registry import PROTOCOLS
 from gateway.config import NAME_RE, ConfigError, Problem, Strict, profile_tag_model, read_yaml, validation_problems
@@ -323,8 +324,8 @@ class ProfileLibrary:
         shown = _shown(path)
         if not path.is_file():
             if ref is not None:
-                what = (f"profile file {shown} is not a regular file" if path.exists()
-                        else f"no such profile file {shown}")
+                what = (_("profile file {file} is not a regular file") if path.exists()
+                        else _("no such profile file {file}")).format(file=shown)
                 self.problems.append(Problem(ref.file, ref.line, ref.col, ref.path, what))
             self.by_path[path] = None
             return None
@@ -361,7 +362,7 @@ class ProfileLibrary:
             return None
         smap = SourceMap(shown)
         smap.index(root, shown)
-        for k, _ in enumerate(root.get("tags") or []):  # 'name' errors of a profile tag point at its key
+        for k in range(len(root.get("tags") or [])):  # 'name' errors of a profile tag point at its key
             smap.alias(("tags", k, "name"), smap.get(("tags", k, "key")))
         plain = _plain(root)
         try:
@@ -381,7 +382,7 @@ class ProfileLibrary:
             key = t["key"]
             if key in seen:
                 other = seen[key]
-                ofile, oline, _, _ = other.smap.locate((*other.loc, "key"))
+                ofile, oline, _col, _path = other.smap.locate((*other.loc, "key"))
                 self.problems.append(smap.problem(("tags", k, "key"), f"key '{key}' is already defined at "
                                                   f"{ofile}:{oline}", at_value=True))
                 ok = False
@@ -428,8 +429,8 @@ class ProfileLibrary:
         known = sorted({*self.by_name, *(f.stem for d in (self.base_dir / "profiles", BUILTIN_DIR)
                                          if d.is_dir() for f in d.glob("*.yaml"))})
         self.problems.append(Problem(where.file, where.line, where.col, where.path,
-                                     f"unknown profile '{ref}' (known: {', '.join(known) or 'none'}; "
-                                     "or give a path such as profiles/mine.yaml)"))
+                                     _("unknown profile '{name}' (known: {known}; or give a path such as "
+                                       "profiles/mine.yaml)").format(name=ref, known=", ".join(known) or "-")))
         return None
 
 
@@ -510,8 +511,9 @@ def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: Sour
     if isinstance(patterns, list) and all(isinstance(p, str) for p in patterns):
         for pi, pat in enumerate(patterns):
             if not any(fnmatch.fnmatchcase(t.key, pat) for t in prof.tags):
-                lib.problems.append(smap.problem((*base, "select", pi), f"'{pat}' matches no tag of profile "
-                                                 f"'{prof.name}' (keys: {_keys(prof)})", at_value=True))
+                lib.problems.append(smap.problem((*base, "select", pi), _(
+                    "'{pattern}' matches no tag of profile '{profile}' (keys: {keys})").format(
+                    pattern=pat, profile=prof.name, keys=_keys(prof)), at_value=True))
                 ok = False
     else:
         patterns = prof.select
@@ -524,9 +526,11 @@ def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: Sour
     chosen = {t.key for t in selected}
     for key in overrides:
         if key not in chosen:
-            why = (f"tag '{key}' of profile '{prof.name}' is not selected (select: {', '.join(patterns)})"
+            why = (_("tag '{key}' of profile '{profile}' is not selected (select: {select})").format(
+                       key=key, profile=prof.name, select=", ".join(patterns))
                    if any(t.key == key for t in prof.tags)
-                   else f"profile '{prof.name}' has no tag '{key}' (keys: {_keys(prof)})")
+                   else _("profile '{profile}' has no tag '{key}' (keys: {keys})").format(
+                       profile=prof.name, key=key, keys=_keys(prof)))
             lib.problems.append(smap.problem((*base, "overrides", key), why))
             ok = False
     tags = dev.setdefault("tags", [])
@@ -557,7 +561,7 @@ def _apply_profile(di: int, dev: dict[str, Any], lib: ProfileLibrary, smap: Sour
                 smap.copy(smap, (*base, "overrides", t.key, f), (*dst, f))
         tags.append(merged)
         if t.assumed and not (isinstance(ov, dict) and "address" in ov):
-            pfile, pline, _, _ = t.smap.locate((*t.loc, "address"))
+            pfile, pline, _col, _path = t.smap.locate((*t.loc, "address"))
             why = f": {t.note}" if t.note else ": not stated by the source; verify it on the device"
             warnings.append(smap.problem((*base, "profile"), f"tag '{merged['name']}' uses assumed address "
                                          f"{t.data.get('address')!r} ({pfile}:{pline}){why}", warning=True))

@@ -22,6 +22,26 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict
 
+class Explained(str):
+    """A message a person reads, made where gettext is not at hand (drivers/ import nothing from gateway/ but this
+    module): the English text (str itself, what logs and tests see) that also keeps its msgid ``template`` and the
+    ``fields`` that fill it, so the code that shows it (gateway.config's problems) translates it with
+    :meth:`localized`. ``Explained("port {port} is shared", port="/dev/ttyUSB0")``; the Makefile's catalog
+    extraction takes the first argument of every ``Explained(...)`` as a msgid."""
+
+    template: str
+    fields: dict[str, Any]
+
+    def __new__(cls, template: str, **fields: Any) -> "Explained":
+        self = super().__new__(cls, template.format(**fields))
+        self.template, self.fields = template, fields
+        return self
+
+    def localized(self, gettext: Any) -> str:
+        """The message in ``gettext``'s language (the English when the catalog has no entry)."""
+        return gettext(self.template).format(**self.fields)
+
+
 #: the pydantic settings of every config section (gateway.config.Strict, drivers' sections): an unknown key is an
 #: error (a typo cannot disable an alarm); allow_inf_nan=False refuses .inf / .nan (and 1e999) where they are
 #: written, for every float of the config (none has a meaning there); a validated section is frozen
@@ -31,7 +51,8 @@ STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 def _secret_path(v: Any) -> Any:
     """A secret is given as a file path, never inline (docs/design.md, Secrets): refuse PEM / multi-line key material."""
     if isinstance(v, str) and ("-----BEGIN" in v or "\n" in v.strip()):
-        raise ValueError("key material must not be inline: put it in a file (chmod 600) and give the file's path")
+        raise ValueError(Explained("key material must not be inline: put it in a file (chmod 600) and give the file's "
+                                   "path"))
     return v
 
 

@@ -95,7 +95,7 @@ def implausible(value: Value, eng_range: tuple[float, float] | None) -> str | No
     if codec.is_subnormal(float(value)):
         return _("implausible: subnormal float (wrong word order?)")
     if abs(value) >= IMPLAUSIBLE_MAGNITUDE or 0 < abs(value) < 1 / IMPLAUSIBLE_MAGNITUDE:
-        return _("implausible: magnitude {value:.3g} (wrong word order?)").format(value=float(value))
+        return _("implausible: magnitude {value} (wrong word order?)").format(value=f"{float(value):.3g}")
     if eng_range is not None and not min(eng_range) <= value <= max(eng_range):
         return _("implausible: outside eng_range [{lo}, {hi}]").format(lo=min(eng_range), hi=max(eng_range))
     return None

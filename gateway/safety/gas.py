@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gateway.i18n import gettext as _
+
 GAS_KINDS = ("combustible", "combustible_open_path", "toxic", "oxygen")
 TOXIC_BASES = ("oel", "idlh")
 
@@ -116,8 +118,8 @@ def molar_mass(gas_name: str) -> float:
     by_lower = {k.lower(): k for k in MOLAR_MASS_G_MOL} | {k.lower(): v for k, v in GAS_NAME_ALIASES.items()}
     formula = by_lower.get(name.lower())
     if formula is None:
-        raise ValueError(f"gas_name {gas_name!r} is not in the built-in table ({', '.join(MOLAR_MASS_G_MOL)}); "
-                         "give molar_mass_g_mol instead")
+        raise ValueError(_("gas_name {name} is not in the built-in table ({known}); give molar_mass_g_mol instead")
+                         .format(name=repr(gas_name), known=", ".join(MOLAR_MASS_G_MOL)))
     return MOLAR_MASS_G_MOL[formula]
 
 
@@ -154,11 +156,14 @@ class OxygenLimit:
     def check(self, which: str) -> None:
         kinds = ("H", "HH") if which == "over" else ("L", "LL")
         if self.kind not in kinds:
-            raise ValueError(f"oxygen {which}: kind must be {' or '.join(kinds)}, not {self.kind!r}")
+            raise ValueError(_("oxygen {which}: kind must be {kinds}, not {kind}").format(
+                which=which, kinds=" / ".join(kinds), kind=repr(self.kind)))
         if self.level not in (None, 1, 2):
-            raise ValueError(f"oxygen {which}: level must be 1, 2 or null, not {self.level!r}")
+            raise ValueError(_("oxygen {which}: level must be 1, 2 or null, not {level}").format(
+                which=which, level=repr(self.level)))
         if self.priority not in (1, 2, 3, 4):
-            raise ValueError(f"oxygen {which}: priority must be 1 (highest) .. 4, not {self.priority!r}")
+            raise ValueError(_("oxygen {which}: priority must be 1 (highest) .. 4, not {priority}").format(
+                which=which, priority=repr(self.priority)))
 
 
 #: The project's choice (GB/T 50493-2019 5.5.2 item 4 names no levels; docs/alarm-presets.md, Oxygen):
@@ -198,7 +203,7 @@ def _fmt(x: float) -> str:
 
 
 def _unit_hint(raw: str) -> str:
-    return f"unit '{raw}'" if raw.strip() else "no unit"
+    return _("unit '{unit}'").format(unit=raw) if raw.strip() else _("no unit")
 
 
 def gas_setpoints(gas: str, unit: str | None, *, oel_mg_m3: float | None = None, idlh_mg_m3: float | None = None,
@@ -224,26 +229,27 @@ def gas_setpoints(gas: str, unit: str | None, *, oel_mg_m3: float | None = None,
     u = canonical_unit(raw)
     if gas == "combustible":
         if u != LEL_PCT:
-            hint = {VOL_PCT: " (25 %VOL is about 500 %LEL of methane, whose LEL is 5 %VOL)",
-                    LEL_M: ": an open-path detector takes gas: combustible_open_path (1 / 2 LEL·m)"}.get(u or "", "")
-            raise GasPresetError("gas", f"gas: combustible sets 25 / 50 %LEL (GB/T 50493-2019 5.5.2) and needs a "
-                                        f"tag in %LEL; this tag has {_unit_hint(raw)}{hint}")
+            hint = {VOL_PCT: _(" (25 %VOL is about 500 %LEL of methane, whose LEL is 5 %VOL)"),
+                    LEL_M: _(": an open-path detector takes gas: combustible_open_path (1 / 2 LEL·m)")}.get(u or "", "")
+            raise GasPresetError("gas", _("gas: combustible sets 25 / 50 %LEL (GB/T 50493-2019 5.5.2) and needs a "
+                                          "tag in %LEL; this tag has {unit}{hint}").format(unit=_unit_hint(raw),
+                                                                                           hint=hint))
         return GasPreset(gas, u, "LEL", (
             PresetLimit("H", COMBUSTIBLE_L1_LEL, 1, 2, f"{_fmt(COMBUSTIBLE_L1_LEL)} %LEL"),
             PresetLimit("HH", COMBUSTIBLE_L2_LEL, 2, 1, f"{_fmt(COMBUSTIBLE_L2_LEL)} %LEL")))
     if gas == "combustible_open_path":
         if u != LEL_M:
-            hint = " (a point detector in %LEL takes gas: combustible)" if u == LEL_PCT else ""
-            raise GasPresetError("gas", f"gas: combustible_open_path sets 1 / 2 LEL·m (GB/T 50493-2019 5.5.2, "
-                                        f"open-path detectors) and needs a tag in LEL·m; this tag has "
-                                        f"{_unit_hint(raw)}{hint}")
+            hint = _(" (a point detector in %LEL takes gas: combustible)") if u == LEL_PCT else ""
+            raise GasPresetError("gas", _("gas: combustible_open_path sets 1 / 2 LEL·m (GB/T 50493-2019 5.5.2, "
+                                          "open-path detectors) and needs a tag in LEL·m; this tag has {unit}{hint}")
+                                 .format(unit=_unit_hint(raw), hint=hint))
         return GasPreset(gas, u, "LEL·m", (
             PresetLimit("H", OPEN_PATH_L1_LELM, 1, 2, f"{_fmt(OPEN_PATH_L1_LELM)} LEL·m"),
             PresetLimit("HH", OPEN_PATH_L2_LELM, 2, 1, f"{_fmt(OPEN_PATH_L2_LELM)} LEL·m")))
     if gas == "oxygen":
         if u != VOL_PCT:
-            raise GasPresetError("gas", f"gas: oxygen sets 23.5 / 19.5 %VOL (GB/T 50493-2019 5.5.2) and needs a "
-                                        f"tag in %VOL; this tag has {_unit_hint(raw)}")
+            raise GasPresetError("gas", _("gas: oxygen sets 23.5 / 19.5 %VOL (GB/T 50493-2019 5.5.2) and needs a "
+                                          "tag in %VOL; this tag has {unit}").format(unit=_unit_hint(raw)))
         oxygen_over.check("over")
         oxygen_under.check("under")
         return GasPreset(gas, u, "oxygen", (
@@ -253,22 +259,22 @@ def gas_setpoints(gas: str, unit: str | None, *, oel_mg_m3: float | None = None,
                         f"under-oxygen {_fmt(OXYGEN_LOW_VOL)} %VOL")))
     if gas == "toxic":
         return _toxic(u, raw, oel_mg_m3, idlh_mg_m3, molar_mass_g_mol, gas_name, toxic_basis, range_hi)
-    raise GasPresetError("gas", f"gas {gas!r} is not one of {', '.join(GAS_KINDS)}")
+    raise GasPresetError("gas", _("gas {gas} is not one of {kinds}").format(gas=repr(gas), kinds=", ".join(GAS_KINDS)))
 
 
 def _toxic(u: str | None, raw: str, oel: float | None, idlh: float | None, m: float | None, gas_name: str | None,
            basis: str | None, range_hi: float | None) -> GasPreset:
     if u not in (OEL_PCT, IDLH_PCT, MG_M3, PPM):
-        raise GasPresetError("gas", f"gas: toxic sets 100 / 200 %OEL (GB/T 50493-2019 5.5.2) and needs a tag in "
-                                    f"%OEL, %IDLH, mg/m3 or ppm; this tag has {_unit_hint(raw)}")
+        raise GasPresetError("gas", _("gas: toxic sets 100 / 200 %OEL (GB/T 50493-2019 5.5.2) and needs a tag in "
+                                      "%OEL, %IDLH, mg/m3 or ppm; this tag has {unit}").format(unit=_unit_hint(raw)))
     if basis not in (None, *TOXIC_BASES):
-        raise GasPresetError("toxic_basis", f"toxic_basis must be oel or idlh, not {basis!r}")
+        raise GasPresetError("toxic_basis", _("toxic_basis must be oel or idlh, not {basis}").format(basis=repr(basis)))
     for key, v in (("oel_mg_m3", oel), ("idlh_mg_m3", idlh), ("molar_mass_g_mol", m)):
         if v is not None and not (math.isfinite(v) and v > 0):
-            raise GasPresetError(key, f"{key} must be a number > 0, got {v!r}")
+            raise GasPresetError(key, _("{key} must be a number > 0, got {value}").format(key=key, value=repr(v)))
     if gas_name is not None:
         if m is not None:
-            raise GasPresetError("molar_mass_g_mol", "give gas_name or molar_mass_g_mol, not both")
+            raise GasPresetError("molar_mass_g_mol", _("give gas_name or molar_mass_g_mol, not both"))
         try:
             m = molar_mass(gas_name)
         except ValueError as exc:
@@ -280,20 +286,23 @@ def _toxic(u: str | None, raw: str, oel: float | None, idlh: float | None, m: fl
             return pct
         name = "OEL" if ref_unit == OEL_PCT else "IDLH"
         if ref_mg is None:
-            raise GasPresetError(key, f"gas: toxic on a tag in {u} needs the {name} in mg/m³ ({key}:)")
+            raise GasPresetError(key, _("gas: toxic on a tag in {unit} needs the {name} in mg/m³ ({key}:)").format(
+                unit=u, name=name, key=key))
         mg = ref_mg * pct / 100.0
         if u == MG_M3:
             return mg
         if u == PPM:
             if m is None:
-                raise GasPresetError("gas", f"gas: toxic on a ppm tag needs the gas's molar mass to convert the "
-                                            f"{name} from mg/m³ (ppm = mg/m³ × {MOLAR_VOLUME_L_MOL:g} / M at 20 °C, "
-                                            "101.325 kPa): add gas_name: (H2S, NH3 ...) or molar_mass_g_mol:")
+                raise GasPresetError("gas", _("gas: toxic on a ppm tag needs the gas's molar mass to convert the "
+                                              "{name} from mg/m³ (ppm = mg/m³ × {volume} / M at 20 °C, 101.325 kPa): "
+                                              "add gas_name: (H2S, NH3 ...) or molar_mass_g_mol:").format(
+                    name=name, volume=f"{MOLAR_VOLUME_L_MOL:g}"))
             return mg_m3_to_ppm(mg, m)
         # the tag is in the other percentage: %OEL <-> %IDLH through both values in mg/m³
         other_mg, other = (oel, "oel_mg_m3") if u == OEL_PCT else (idlh, "idlh_mg_m3")
         if other_mg is None:
-            raise GasPresetError(other, f"gas: toxic on the {name} basis on a tag in {u} needs {other}: as well")
+            raise GasPresetError(other, _("gas: toxic on the {name} basis on a tag in {unit} needs {key}: as well")
+                                 .format(name=name, unit=u, key=other))
         return mg / other_mg * 100.0
 
     def limits(which: str) -> tuple[PresetLimit, ...]:
@@ -318,10 +327,10 @@ def _toxic(u: str | None, raw: str, oel: float | None, idlh: float | None, m: fl
                              f"{u}): it can never be reached; GB/T 50493-2019 5.5.2 then takes 5 / 10 %IDLH "
                              "(toxic_basis: idlh, idlh_mg_m3:)")
             elif idlh is None:
-                raise GasPresetError("gas", f"gas: toxic: the measuring range ends at {_fmt(range_hi)} {u}, below "
-                                            f"level 2 at 200 %OEL ({_fmt(hh)} {u}): give idlh_mg_m3: for the "
-                                            "5 / 10 %IDLH set points (GB/T 50493-2019 5.5.2) or use a detector "
-                                            "whose range reaches 200 %OEL")
+                raise GasPresetError("gas", _("gas: toxic: the measuring range ends at {range} {unit}, below level 2 "
+                                              "at 200 %OEL ({hh} {unit}): give idlh_mg_m3: for the 5 / 10 %IDLH set "
+                                              "points (GB/T 50493-2019 5.5.2) or use a detector whose range reaches "
+                                              "200 %OEL").format(range=_fmt(range_hi), unit=u, hh=_fmt(hh)))
             else:
                 chosen = "idlh"
                 lims = limits("idlh")
