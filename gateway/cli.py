@@ -305,6 +305,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config=args.config, workdir=args.workdir, json_out=args.json, scenario=args.scenario)
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """`backup`: the archive a replaced PC restores (gateway.ops.backup.backup); it holds the private key."""
+    from gateway.ops.backup import backup, backup_lines
+
+    manifest = backup(resolve_config(args.config), args.out, with_store=args.with_store, live=args.live)
+    for line in backup_lines(manifest):
+        print(line)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """`restore`: verify, then write a backup archive (gateway.ops.backup.restore); exit 1 when the restored
+    config does not pass `check`."""
+    from gateway.ops.backup import restore, restore_lines
+
+    result = restore(args.archive, config_dir=args.config_dir, state_dir=args.state_dir, force=args.force)
+    for line in restore_lines(result):
+        print(line)
+    return 1 if result["problems"] else 0
+
+
 def _control_socket_of(config: str) -> Path:
     """The control socket named by a config file. A daemon keeps running on its last good config when
     the file on disk is broken (a rejected SIGHUP), so the operator must still reach it: the socket
@@ -366,6 +387,27 @@ def cmd_control(args: argparse.Namespace) -> int:
     else:
         print(_("{message} (by {user})").format(message=ans.get("message", _("ok")), user=ans.get("user")))
     return 0
+
+
+def cmd_browse(args: argparse.Namespace) -> int:
+    """`browse ENDPOINT`: the OPC UA nodes below --from, with node ids to paste into a config (gateway.ops.commission)."""
+    from gateway.ops.commission import run_browse
+
+    return run_browse(args)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """`scan --tcp HOST | --serial PORT`: the Modbus unit ids that answer, read-only (gateway.ops.commission)."""
+    from gateway.ops.commission import run_scan
+
+    return run_scan(args)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`profile import FILE.csv`: a register list to a device profile (gateway.ops.commission)."""
+    from gateway.ops.commission import run_profile_import
+
+    return run_profile_import(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,6 +489,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", help="exported batches (.jws) or directories of them")
     s.set_defaults(func=cmd_verify)
 
+    s = sub.add_parser("backup", help="archive config, keys (the PRIVATE signing key too: written 0600), safety "
+                                      "state and chain position for a replacement PC; stop the daemon first")
+    s.add_argument("--config", default=None, help=config_help)
+    s.add_argument("--out", required=True, metavar="ARCHIVE.tar.gz",
+                   help="the archive to write (mode 0600: it holds the private signing key; never overwritten)")
+    s.add_argument("--with-store", action="store_true",
+                   help="also a consistent snapshot of the SQLite store (sqlite3 backup API)")
+    s.add_argument("--live", action="store_true",
+                   help="back up although the daemon answers on its control socket (a routine backup; for a "
+                        "PC replacement stop the daemon first: two PCs uploading one chain get 409)")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="restore a backup archive on a new PC: the chain carries on without a gap")
+    s.add_argument("archive", metavar="ARCHIVE")
+    s.add_argument("--config-dir", default=None, help="put the config and its files here (default: where they were)")
+    s.add_argument("--state-dir", default=None, help="put the store, chain position and safety state here "
+                                                     "(default: where the config put them)")
+    s.add_argument("--force", action="store_true",
+                   help="replace files that exist (each is set aside as *.replaced-<time> first)")
+    s.set_defaults(func=cmd_restore)
+
     for name, func, helptext in (("decode", cmd_decode, "decode registers (hex) to a value"),
                                  ("encode", cmd_encode, "encode a value to registers (hex)")):
         s = sub.add_parser(name, help=helptext)
@@ -484,6 +547,56 @@ def build_parser() -> argparse.ArgumentParser:
                            f"default ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
         where.add_argument("--socket", default=None, help="the control socket path")
         s.set_defaults(func=cmd_control)
+    s = sub.add_parser("browse", help="list the OPC UA nodes of a server: node id, browse name, node class, data type")
+    s.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:4840/path")
+    s.add_argument("--from", dest="start", default="i=85", metavar="NODEID",
+                   help="start node (default i=85, the Objects folder)")
+    s.add_argument("--depth", type=int, default=3, help="levels below --from (1-10, default 3)")
+    s.add_argument("--max-nodes", type=int, default=2000, help="stop after this many nodes (default 2000)")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    s.add_argument("--nsu", action="store_true", help="node ids as nsu=URI;... (stable across server restarts)")
+    s.add_argument("--json", action="store_true", help="print the nodes as JSON")
+    s.add_argument("--policy", choices=["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"],
+                   help="security policy (needs --cert and --key; as security.policy in the config)")
+    s.add_argument("--mode", choices=["Sign", "SignAndEncrypt"], help="security mode (default SignAndEncrypt)")
+    s.add_argument("--cert", help="client certificate file (DER or PEM, URI in subjectAltName)")
+    s.add_argument("--key", help="client private key file")
+    s.add_argument("--server-cert", help="trusted server certificate file or directory")
+    s.add_argument("--username", help="user name (with --password-file)")
+    s.add_argument("--password-file", help="file holding the password (never on the command line)")
+    s.set_defaults(func=cmd_browse)
+
+    s = sub.add_parser("scan", help="find the Modbus unit ids (slave addresses) that answer, read-only")
+    s.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP host (port 502 by default)")
+    s.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0")
+    s.add_argument("--baud", type=int, default=9600, help="bit/s (default 9600)")
+    s.add_argument("--parity", default="N", choices=["N", "E", "O"], help="N, E or O (default N)")
+    s.add_argument("--stopbits", type=int, default=1, choices=[1, 2], help="1 or 2 (default 1)")
+    s.add_argument("--bytesize", type=int, default=8, choices=[7, 8], help="7 or 8 (default 8)")
+    s.add_argument("--units", default=None, help="unit ids, e.g. 1-247 (default) or 1-10,20")
+    s.add_argument("--address", type=int, default=0, help="0-based register read from each unit (default 0)")
+    s.add_argument("--function", type=int, default=3, choices=[3, 4],
+                   help="3 read holding registers (default), 4 read input registers")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds each unit gets to answer (default 0.3 serial, 1.0 TCP)")
+    s.add_argument("--gap-ms", type=float, default=0.0,
+                   help="least time between frames in ms (serial: never below 3.5 character times)")
+    s.add_argument("--no-ident", action="store_true", help="skip the FC43/FC17 device identification of units found")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("profile", help="device profiles: `profile import FILE.csv` turns a register list into one")
+    s.add_argument("action", choices=["import"])
+    s.add_argument("file", metavar="FILE.csv", help="register list: name, address, type, order, scale, unit")
+    s.add_argument("--out", metavar="FILE.yaml", help="write the profile here (default: print it)")
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.add_argument("--name", help="profile name (default: the file name)")
+    s.add_argument("--device", metavar="TEXT", help="only the rows whose device column contains TEXT")
+    s.add_argument("--description", help="profile description (default: the device column)")
+    s.add_argument("--protocol", choices=["modbus_rtu", "modbus_tcp"], help="the transport the device speaks")
+    s.add_argument("--encoding", help="file encoding (default: UTF-8 with or without BOM, else GBK)")
+    s.add_argument("--delimiter", help="column delimiter: , ; tab (default: detected)")
+    s.set_defaults(func=cmd_profile)
     return p
 
 
