@@ -483,20 +483,22 @@ class MetricsSection(Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str, info: Any) -> str:
-        import ipaddress
-
-        host, sep, port = v.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(_("listen {listen} is not HOST:PORT (e.g. 127.0.0.1:9108)").format(listen=repr(v)))
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback and not info.data.get("allow_remote", False):
+        host = _listen_host(v, "127.0.0.1:9108")
+        if not _is_loopback(host) and not info.data.get("allow_remote", False):
             raise ValueError(_("metrics listen address {host} is not loopback; the endpoint has no "
                                "authentication (set allow_remote: true to expose it anyway)").format(host=host))
         return v
+
+
+def _listen_host(listen: str, example: str) -> str:
+    """The host of a ``HOST:PORT`` / ``[v6]:PORT`` listen address (port 1..65535); ValueError (one line, with
+    ``example``) otherwise."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(_("listen {listen} is not HOST:PORT (e.g. {example})").format(listen=repr(listen),
+                                                                                        example=example))
+    return host
 
 
 def _is_loopback(host: str) -> bool:
@@ -530,10 +532,7 @@ class WebSection(Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str, info: Any) -> str:
-        host, sep, port = v.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(_("listen {listen} is not HOST:PORT (e.g. 127.0.0.1:8080)").format(listen=repr(v)))
+        host = _listen_host(v, "127.0.0.1:8080")
         if not _is_loopback(host) and (info.data.get("tls") is None or not info.data.get("credentials_file")):
             raise ValueError(_("web listen address {host} is not loopback: the status page needs tls: {{cert_file, "
                                "key_file}} and a credentials_file there").format(host=host))

@@ -157,7 +157,7 @@ class OxygenLimit:
         kinds = ("H", "HH") if which == "over" else ("L", "LL")
         if self.kind not in kinds:
             raise ValueError(_("oxygen {which}: kind must be {kinds}, not {kind}").format(
-                which=which, kinds=" / ".join(kinds), kind=repr(self.kind)))
+                which=which, kinds=" or ".join(kinds), kind=repr(self.kind)))
         if self.level not in (None, 1, 2):
             raise ValueError(_("oxygen {which}: level must be 1, 2 or null, not {level}").format(
                 which=which, level=repr(self.level)))
