@@ -58,7 +58,7 @@ LABELS: dict[str, str] = {
     "col.tags": _("tags"),
     "col.interlock": _("interlock"),
     "col.vote": _("vote"),
-    "col.votes": _("votes (alarm + fault / needed of inputs)"),
+    "col.votes": _("votes (alarm + fault / MooN needed)"),
     "col.cause": _("cause"),
     "col.tripped_at": _("tripped at"),
     "col.bypass": _("bypass"),

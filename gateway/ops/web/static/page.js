@@ -116,7 +116,7 @@
   function interlocks(s) {
     var rows = (s.interlocks || []).map(function (il) {
       var v = il.votes || {};
-      var votes = il.votes ? v.process + " + " + v.fault + " / " + v.needed + " of " + v.of : "-";
+      var votes = il.votes ? v.process + " + " + v.fault + " / " + v.needed + "oo" + v.of : "-";
       var st = [badge(il.state)];
       if (il.cause) st.push(badge(il.cause));
       if (il.degraded) st.push(el("span", { cls: "badge fault", text: t("degraded") }));
