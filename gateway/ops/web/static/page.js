@@ -24,8 +24,8 @@
     if (v == null) return "-";
     if (typeof v === "boolean") return v ? "1" : "0";
     if (typeof v !== "number") return String(v);
-    var d = digits == null ? (Math.abs(v) >= 100 ? 1 : Math.abs(v) >= 1 ? 2 : 3) : digits;
-    return v.toFixed(d);
+    // a tag's precision (decimal places); without one 6 significant digits, as gateway.model.format_value
+    return digits == null ? String(parseFloat(v.toPrecision(6))) : v.toFixed(digits);
   }
   function pad(n) { return (n < 10 ? "0" : "") + n; }
   function fmtTime(s) {
@@ -70,7 +70,8 @@
     var lvl = a.level ? t("level" + a.level) : "";
     var states = [badge(a.state)];
     if (a.latched && withLatched) states.push(badge("latched"));
-    var detail = a.limit != null ? num(a.value) + " / " + num(a.limit) : (a.reason || "");
+    var digits = (state.tags[a.tag] || {}).precision;
+    var detail = a.limit != null ? num(a.value, digits) + " / " + num(a.limit, digits) : (a.reason || "");
     return el("tr", { cls: "p" + a.priority + " " + a.state, "data-alarm": a.id }, [
       td(mark ? el("span", null, [mark, a.id]) : a.id), td(a.tag), el("td", null, states), td("P" + a.priority),
       td(lvl), td(detail, "num"), td(fmtTime(a.since))]);
@@ -179,7 +180,7 @@
     var rows = Object.keys(s.tags || {}).map(function (name) {
       var x = s.tags[name];
       var tr = el("tr", { cls: "pick" + (name === state.trendTag ? " picked" : ""), "data-tag": name }, [td(name),
-        td(num(x.value), "num"), td(x.unit || ""), el("td", null, [badge(x.quality)]), td(num(x.age_s, 1), "num"),
+        td(num(x.value, x.precision), "num"), td(x.unit || ""), el("td", null, [badge(x.quality)]), td(num(x.age_s, 1), "num"),
         td(x.device || ""), td(x.reason || "")]);
       tr.addEventListener("click", function () { pickTrend(name); });
       return tr;
