@@ -248,6 +248,19 @@ class AlarmsCfg(Strict):
         "link; gas tags at most 30 s (the detection budget)"))
     group: str | None = Field(None, description="first-out group (default: every gas detector is in the group 'gas')")
 
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> "AlarmsCfg":
+        """The explicit limits given must rise LL < L < H < HH (ISA-18.2 / IEC 62682: HH is the more severe high
+        limit; an H above its HH would never be the first warning, an L below LL never the first low one)."""
+        given = [(k, v if isinstance(v, (int, float)) else v.setpoint)
+                 for k, v in (("LL", self.LL), ("L", self.L), ("H", self.H), ("HH", self.HH)) if v is not None]
+        for (lo_k, lo), (hi_k, hi) in zip(given, given[1:]):
+            if not lo < hi:
+                raise ValueError(_("alarm limits out of order: {lo_key} {lo} is not below {hi_key} {hi} (they must "
+                                   "rise LL < L < H < HH)").format(lo_key=lo_k, lo=f"{lo:g}", hi_key=hi_k,
+                                                                    hi=f"{hi:g}"))
+        return self
+
 
 class ReportCfg(Strict):
     """Report by exception on the record path (the safety path still sees every reading)."""

@@ -305,6 +305,22 @@ def _leading_number(cell: str) -> tuple[str | None, str | None]:
     return m.group(1), m.group(2)
 
 
+#: the words that mark an address as not confirmed by the source (in the address, pdu_address or note column)
+ASSUMED_MARKS = ("assum", "假定", "推定", "待确认")
+
+
+def _is_assumed(*cells: str | None) -> bool:
+    return any(c and any(m in c.lower() for m in ASSUMED_MARKS) for c in cells)
+
+
+def _glued(cell: str) -> bool:
+    """True when the first address of ``cell`` runs straight into letters or digits ('3000x', '40001a'): a typo,
+    never a number followed by its annotation ('40001 (assumed)', '40001-40002')."""
+    text = unicodedata.normalize("NFKC", cell).strip()
+    m = re.match(r"(0x[0-9A-Fa-f]+|\d+)", text)
+    return bool(m) and len(text) > m.end() and (text[m.end()].isalnum() or text[m.end()] == "_")
+
+
 def _rest_of(cell: str) -> str:
     return re.sub(r"^\s*(0x[0-9A-Fa-f]+|\d+)(\s*(-|~|,|\.\.)\s*(0x[0-9A-Fa-f]+|\d+))?", "", cell).strip()
 
@@ -543,6 +559,11 @@ def _row_address(row: Row, table_fc: str | None, bad: Any) -> tuple[Any, bool, s
     cell, pdu_cell = row.get("address"), row.get("pdu_address")
     ref: tuple[str, int] | None = None
     ref_text = None
+    for role, text in (("address", cell), ("pdu_address", pdu_cell)):
+        if text and _glued(text):
+            bad(role, _("'{cell}' is not an address (a typo? write 40001, 0x0010 or 40001 (assumed))").format(
+                cell=text))
+            return None, False, None
     if cell:
         first, _second = _leading_number(cell)
         if first is not None and not first.lower().startswith("0x") and len(first) in (5, 6) and first[0] in "0134":
@@ -553,7 +574,6 @@ def _row_address(row: Row, table_fc: str | None, bad: Any) -> tuple[Any, bool, s
                 bad("address", str(exc))
                 return None, False, None
     pdu: int | None = None
-    assumed = False
     note = None
     if pdu_cell:
         first, _second = _leading_number(pdu_cell)
@@ -561,8 +581,7 @@ def _row_address(row: Row, table_fc: str | None, bad: Any) -> tuple[Any, bool, s
             bad("pdu_address", _("pdu address '{cell}' is not a number").format(cell=pdu_cell))
             return None, False, None
         pdu = int(first, 0)
-        assumed = "assum" in pdu_cell.lower() or "假定" in pdu_cell or "推定" in pdu_cell
-        if assumed:
+        if _is_assumed(pdu_cell):
             # the profile file's own text: English whatever the locale, as the shipped profiles are
             note = (f"PDU {pdu} derived by the 4xxxx-40001 convention, not stated by the source; verify on the "
                     "device")
@@ -573,6 +592,8 @@ def _row_address(row: Row, table_fc: str | None, bad: Any) -> tuple[Any, bool, s
                              "code)").format(cell=cell))
             return None, False, None
         pdu = int(first, 0)
+    # "(assumed)" in the address, pdu_address or note column: the source does not confirm the address
+    assumed = _is_assumed(cell, pdu_cell, row.get("note"))
     if ref is not None:
         table, a = ref
         if table_fc is not None and table_fc != table:

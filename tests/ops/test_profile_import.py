@@ -173,6 +173,24 @@ def test_every_bad_row_is_reported_with_file_line_col(tmp_path):
     assert "unit16" in exc.value.problems[0].message
 
 
+def test_assumed_marks_and_address_typos(tmp_path):
+    """'(assumed)' (or 推定/待确认) in the address or note column keeps ``assumed: true``, so check warns until
+    the address is confirmed on the device; an address glued to letters ('3000x') is a typo, refused, never
+    read as 3000."""
+    f = tmp_path / "gd.csv"
+    f.write_bytes("名称,地址,类型,单位,备注\n气体浓度,40001 (assumed),uint16,%LEL,\n故障,40002,uint16,,地址待确认\n"
+                  "状态,40003,uint16,,\n".encode("gbk"))
+    res = import_profile(f, name="gd")
+    assert [t.get("assumed", False) for t in res.tags] == [True, True, False]
+    assert res.text.count(", assumed: true") == 2
+    g = tmp_path / "typo.csv"
+    g.write_text("name,address,type,function\nlevel,3000x,uint16,4\nok,40001a,uint16,\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        import_profile(g)
+    assert [(p.line, p.path) for p in exc.value.problems] == [(2, "address"), (3, "address")]
+    assert "'3000x' is not an address" in exc.value.problems[0].message
+
+
 def test_detection_helpers():
     assert decode_bytes("名称".encode("gbk")) == ("名称", "gbk")
     assert decode_bytes(b"\xef\xbb\xbfname") == ("name", "utf-8-sig")
