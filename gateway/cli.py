@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 from pathlib import Path
@@ -33,8 +34,6 @@ def resolve_config(given: str | None) -> str:
     """The config file a command uses: ``given`` (--config or check's FILE), else $HAZARD_GATEWAY_CONFIG, else
     /etc/hazard-gateway/gateway.yaml (gateway.ops.install.DEFAULT_CONFIG, the one the unit runs). Raises
     NoConfigError, one line naming where the path came from, when that file does not exist."""
-    import os
-
     from gateway.ops.install import DEFAULT_CONFIG
 
     if given:
@@ -615,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `... | head` stopped reading: the reader has what it wanted, as for any filter
+        try:
+            sys.stdout = open(os.devnull, "w")   # no second EPIPE when Python flushes stdout at exit
+        except OSError:
+            pass
+        return 141   # 128 + SIGPIPE, what a shell reports for a filter killed by the signal
     except (OSError, ValueError) as exc:
         # KeyFileError, BatchError and file problems are ValueError/OSError subclasses with one-line messages.
         _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

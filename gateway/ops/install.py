@@ -87,6 +87,8 @@ devices:
     unit_id: 1
     poll_interval_ms: 1000
     timeout_ms: 1000
+    # PLC watchdog: the gateway counts this register up every second; the PLC trips by itself when it stops
+    heartbeat: {{address: 40101, interval_ms: 1000, mode: count}}
     tags:
       - {{name: T101.level, address: 30001, type: float32, order: ABCD, unit: m, precision: 2,
          valid_range: [-0.5, 12.5],

@@ -30,7 +30,8 @@ that cannot be a measurement (subnormal float, a magnitude of 1e12 or more or
 below 1e-12, outside the tag's eng_range: :func:`implausible`) is shown uncertain with the
 reason, never as good. Column heads and quality words in the reader's language
 (gateway.i18n). ``--json``: a list of rows {device, tag, address, raw, value
-(number / bool / string / null), shown, unit, quality, good, implausible}.
+(number / bool / string / null), shown, unit, quality (good / uncertain / bad), reason, shown_quality, good,
+implausible}, the same in every locale but for the shown texts.
 
 Exit codes: 0 every tag good; 1 any tag uncertain, bad or implausible (an unreachable
 device gives one "comm fault" line per tag); 2 a config error or an
@@ -79,10 +80,16 @@ class ProbeRow:
     quality: str
     good: bool
     implausible: str | None = None
+    quality_class: str = "good"
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON row: numbers stay numbers (``value``), ``shown`` is the printed text."""
-        return dict(self.__dict__)
+        """The JSON row, the same in every locale: numbers stay numbers (``value``), ``quality`` is the class
+        (good / uncertain / bad; uncertain for an implausible value), ``reason`` the device's reason; ``shown``
+        and ``shown_quality`` are the printed texts (in the reader's language)."""
+        d = dict(self.__dict__)
+        d["shown_quality"], d["quality"] = d.pop("quality"), d.pop("quality_class")
+        return d
 
 
 def implausible(value: Value, eng_range: tuple[float, float] | None) -> str | None:
@@ -146,7 +153,8 @@ async def probe(cfg: LoadedConfig, device: str | None = None) -> list[ProbeRow]:
             quality = _quality(r) if why is None else f"{_word(Quality.UNCERTAIN.value)} ({why})"
             rows.append(ProbeRow(dev.name, r.tag, dev.describe(r.tag), dev.format_raw(r), r.value,
                                  format_value(r.value, digits.get(r.tag)), r.unit or "", quality,
-                                 r.quality is Quality.GOOD and why is None, why))
+                                 r.quality is Quality.GOOD and why is None, why,
+                                 Quality.UNCERTAIN.value if why else r.quality.value, r.reason))
     return rows
 
 

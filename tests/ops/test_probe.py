@@ -158,9 +158,10 @@ async def test_probe_cli_exit_codes_and_comm_fault(sims, tmp_path):
     rc, out, err = await run_cli("probe", "--config", str(cfg), "--json")
     assert rc == 1 and "Traceback" not in err
     rows = {r["tag"]: r for r in json.loads(out)}
-    assert rows["P1"]["quality"].startswith("bad (comm fault") and rows["P2"]["quality"].startswith("bad (comm fault")
+    assert rows["P1"]["quality"] == rows["P2"]["quality"] == "bad" and rows["P1"]["reason"].startswith("comm fault")
+    assert rows["P1"]["shown_quality"].startswith("bad (comm fault")
     assert rows["P1"]["address"] == "holding 9 (40010)" and rows["P1"]["value"] is None and rows["P1"]["shown"] == "-" and rows["P1"]["raw"] == "-"
-    assert rows["GD2.gas"]["quality"] == "bad (timeout)" and not rows["GD2.gas"]["good"]
+    assert rows["GD2.gas"]["shown_quality"] == "bad (timeout)" and not rows["GD2.gas"]["good"]
     assert rows["GD1.gas"]["good"] and rows["T101.level"]["good"] and rows["AT301.H2S"]["good"]
 
     rc, out, err = await run_cli("probe", "--config", str(cfg), "--device", "nope")
@@ -207,6 +208,7 @@ async def test_probe_flags_implausible_values_and_rounds_to_precision(sims, tmp_
     assert isinstance(js["T102.level"]["value"], float) and js["T102.level"]["shown"] == f"{js['T102.level']['value']:.2f}"
     assert js["XV101"]["value"] is True and js["GD1.gas"]["value"] == 12.5
     assert js["T101.level"]["good"] is False and js["T101.level"]["implausible"].startswith("implausible: ")
+    assert js["T101.level"]["quality"] == "uncertain" and js["T102.level"]["quality"] == "good"
 
     rc, out, err = await run_cli("probe", "--config", str(cfg), "--device", "tank_plc", lang="zh_CN")
     lines = out.splitlines()

@@ -321,6 +321,7 @@ def test_install_service_custom_config_dir_and_starter_config_passes_check(tmp_p
                        text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
     verdict = json.loads(r.stdout)
     assert r.returncode == 0 and verdict["ok"] and verdict["devices"] == 1, (r.stdout, r.stderr)
+    assert not [p for p in verdict["problems"] if p["warning"]], verdict["problems"]   # not even a warning
     with pytest.raises(ValueError):
         inst.install_service(str(tmp_path), "relative/dir")
 
