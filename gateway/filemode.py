@@ -27,3 +27,13 @@ def create_record_file(path: str | os.PathLike[str], flags: int = os.O_WRONLY | 
         os.close(fd)
         raise
     return fd
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync(2) the directory ``path``, so a rename into it (the last step of an atomic write) survives a power
+    loss (POSIX leaves the directory entry in the page cache until then). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -90,6 +90,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.filemode import fsync_dir
 from gateway.i18n import gettext as _
 
 FORMAT = 1
@@ -527,11 +528,7 @@ def _put(src: Path, dst: Path, mode: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dfd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(dst.parent)
 
 
 def restore(archive: str | os.PathLike[str], *, config_dir: str | None = None, state_dir: str | None = None,

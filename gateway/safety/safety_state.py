@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from gateway.filemode import create_record_file
+from gateway.filemode import create_record_file, fsync_dir
 from gateway.model import rfc3339
 
 if TYPE_CHECKING:
@@ -98,11 +98,7 @@ def write_atomic(path: Path, data: dict[str, Any]) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 def load(path: Path) -> dict[str, Any] | None:
