@@ -9,6 +9,7 @@ traceback: it ends in one line naming the file, device or key.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +22,28 @@ from gateway.shipped import version
 
 def _err(msg: str) -> None:
     print(f"hazard-gateway: {msg}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse prints the one-line error and exits 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(_("{value!r} is not a whole number >= 1").format(value=text))
+    return n
+
+
+def _positive_minutes(text: str) -> float:
+    """argparse type: minutes > 0 (a float)."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0 or minutes == float("inf"):
+        raise argparse.ArgumentTypeError(_("{value!r} is not a number of minutes > 0").format(value=text))
+    return minutes
 
 
 CONFIG_ENV = "HAZARD_GATEWAY_CONFIG"
@@ -136,8 +159,12 @@ def cmd_receiver(args: argparse.Namespace) -> int:
             args.cert, args.key = make_self_signed(d, ("127.0.0.1", "localhost"))
         print(_("receiver: self-signed certificate for 127.0.0.1/localhost; give the gateway "
                 "uplink.ca_file: {path}").format(path=args.cert.resolve()), file=sys.stderr, flush=True)
+    limits = receiver.ReceiverLimits()
+    limits = dataclasses.replace(limits, max_body=args.max_body or limits.max_body,
+                                 max_connections=args.max_connections or limits.max_connections)
     return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key,
-                                 signing_key=args.signing_key) or 0
+                                 signing_key=args.signing_key, require_binding=args.require_bound_keys,
+                                 limits=limits, silent_after_s=args.silent_after * 60.0) or 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -470,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="receiver Ed25519 private key (keygen's private.pem) that signs content refusals (400), "
                         "the only answers that let a gateway set a batch aside; its <kid>.jwk is the gateway's "
                         "uplink.receiver_key")
+    s.add_argument("--require-bound-keys", action="store_true",
+                   help="refuse to start with a trusted key that is not bound to a gateway (DIR/<gateway_id>/)")
+    s.add_argument("--max-body", type=_positive_int, metavar="BYTES", help="largest accepted batch (default 8 MiB)")
+    s.add_argument("--max-connections", type=_positive_int, metavar="N",
+                   help="open connections before new requests get 503")
+    s.add_argument("--silent-after", type=_positive_minutes, default=15.0, metavar="MINUTES",
+                   help="a gateway with no batch for this long is reported silent by /metrics and /v1/health "
+                        "(default 15)")
     s.add_argument("--out", help="with export: output directory")
     s.set_defaults(func=cmd_receiver)
 

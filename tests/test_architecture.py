@@ -9,7 +9,7 @@ must hold:
 (b) the safety path (gateway.safety, gateway.hazard) never imports the record path (gateway.record) nor the
     regulator side (gateway.regulator), not even inside a function;
 (c) the regulator side imports only the chain (gateway.chain), what both ends of the wire share (SHARED: the
-    model and the TLS helpers) and itself (besides the standard library and third-party packages);
+    model, the TLS helpers, the shipped version) and itself (besides the standard library and third-party packages);
 (d) gateway/ and drivers/ never import hil/ at module level (the rigs are not part of the shipped daemon);
 (e) there is no import cycle among modules at module level; a deferred import (inside a function) that would
     close a cycle if it were at module level is listed in DEFERRED_CYCLES;
@@ -46,8 +46,9 @@ REGULATOR_SIDE = ("gateway.regulator",)
 CHAIN = ("gateway.chain",)
 MODEL = "gateway.model"
 #: What the regulator side may take from the edge's tree besides the chain: the model, and the TLS helpers both
-#: ends of the wire use (contexts, a self-signed certificate for a receiver or a test).
-SHARED = (MODEL, "gateway.tlsutil")
+#: ends of the wire use (contexts, a self-signed certificate for a receiver or a test), and the shipped files and
+#: version (a standard-library leaf: the receiver's build_info says which release runs).
+SHARED = (MODEL, "gateway.tlsutil", "gateway.shipped")
 #: The edge's other rooms: the runtime shell (build, the Gateway, reload, daemon, health) and operations for people.
 EDGE_PACKAGES = ("gateway.runtime", "gateway.ops")
 #: The top-level modules of gateway/: configuration (its YAML loader, schema, device profiles), the command line,

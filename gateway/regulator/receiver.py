@@ -39,7 +39,12 @@ uploads), typ ``hazard-gateway-request+jws``, claims ``{"gateway_id", "method": 
 "path": "/v1/gateways/<id>/status", "iat": <epoch s>, "jti": <random, 16-64 chars>}``;
 :func:`signed_request_headers` makes it. ``iat`` within ``status_max_age_s`` (300 s) of the
 receiver's clock; a jti is accepted once. Anything else: 401 (``WWW-Authenticate: JWS``);
-404 for a gateway with no batch (after the check). ``GET /v1/health`` -> ``{"ok": true}``.
+404 for a gateway with no batch (after the check).
+
+Operations (gateway.regulator.metrics): ``GET /v1/health`` -> ``{"ok", "store", "gateways", "silent_after_s",
+"silent", "silent_count", "chain_gaps"}`` (503 while the store does not answer); ``GET /metrics`` -> Prometheus
+text format: decisions by outcome, refusals by reason, per-gateway last seq, age of the last batch and chain
+gaps, gateways silent longer than ``--silent-after`` minutes.
 
 Trust directory (``--trust DIR``; read by gateway.regulator.verify.load_trust, the same for the offline
 verifier)::
@@ -124,6 +129,8 @@ from gateway.chain.rejection import CONTENT_REFUSAL_STATUSES, sign_rejection
 from gateway.chain.signing import (BatchError, KeyFileError, Signer, batch_kid, canonical_json, chain_hash, links_to,
                              decode_unverified, public_key_from_jwk, verify_batch, verify_jws)
 from gateway.tlsutil import make_self_signed
+from gateway.regulator import metrics as ops_metrics
+from gateway.regulator.metrics import SILENT_AFTER_S
 from gateway.regulator.verify import TrustedKey, load_trust
 
 log = logging.getLogger("gateway.regulator.receiver")
@@ -328,6 +335,19 @@ class ReceiverStore:
         assert last is not None
         return {"gateway_id": gateway_id, "last_seq": row[1], "count": row[0], "gaps": gaps,
                 "readings": int(row[2]), "last_hash": last.hash, "last_received_at": last.received_at}
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """One dict per gateway with a stored batch, sorted by gateway_id: ``{"gateway_id", "count",
+        "last_seq", "last_received_at", "readings", "parked"}`` (``count`` < ``last_seq`` means a hole in
+        the chain; ``parked``: batches waiting beyond a gap, 0 without parking). One query: the
+        receiver's metrics and health (gateway.regulator.metrics) call it per scrape."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.gateway_id, COUNT(*), MAX(b.seq), COALESCE(SUM(b.n_readings), 0), "
+                "(SELECT received_at FROM batches l WHERE l.gateway_id = b.gateway_id ORDER BY seq DESC LIMIT 1) "
+                "FROM batches b GROUP BY b.gateway_id ORDER BY b.gateway_id").fetchall()
+        return [{"gateway_id": g, "count": n, "last_seq": last, "last_received_at": at, "readings": int(readings),
+                 "parked": 0} for g, n, last, readings, at in rows]
 
     def announced_keys(self) -> dict[str, tuple[Ed25519PublicKey, str]]:
         """{kid: (public key, gateway_id)} of keys added by announce_key."""
@@ -658,8 +678,12 @@ class _BodyRefused(Exception):
 
 
 def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_body: int | None = None,
-               before_submit: BeforeHook | None = None, after_submit: AfterHook | None = None):
+               before_submit: BeforeHook | None = None, after_submit: AfterHook | None = None,
+               silent_after_s: float = SILENT_AFTER_S):
     """The Starlette ASGI app for ``receiver``.
+
+    ``silent_after_s``: a gateway whose last batch is older than this is reported silent by GET /metrics
+    and GET /v1/health (gateway.regulator.metrics).
 
     ``limits`` bounds bodies (max_body, small_body, large_body_budget, body_timeout_s) and
     concurrent submits; ``max_body`` overrides limits.max_body. Test hooks (for HIL fault
@@ -748,12 +772,19 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
         return JSONResponse(st)
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True})
+        status, doc = ops_metrics.health(await asyncio.to_thread(ops_metrics.snapshot, receiver,
+                                                                 silent_after_s=silent_after_s))
+        return JSONResponse(doc, status)
+
+    async def metrics(request: Request) -> Response:
+        snap = await asyncio.to_thread(ops_metrics.snapshot, receiver, silent_after_s=silent_after_s)
+        return Response(ops_metrics.render(snap), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(routes=[
         Route("/v1/batches", post_batch, methods=["POST"]),
         Route("/v1/gateways/{gateway_id}/status", gateway_status, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ])
 
 
@@ -963,7 +994,8 @@ def web_stack_missing(extra: str = WEB_EXTRA) -> str | None:
 def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.PathLike[str],
                  certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
                  *, log_level: str = "info", limits: ReceiverLimits | None = None,
-                 require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None) -> int:
+                 require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None,
+                 silent_after_s: float = SILENT_AFTER_S) -> int:
     """Serve the receiver on ``listen`` ("HOST:PORT") until SIGTERM/SIGINT; return 0.
 
     HTTPS when certfile and keyfile (PEM) are given; plain HTTP only on a loopback host
@@ -971,7 +1003,8 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
     limit is raised to fit max_connections). ``require_binding``: refuse to start with a key
     that is not bound to a gateway. ``signing_key``: the receiver's Ed25519 private key (PKCS#8 PEM,
     mode 0600, as ``keygen`` writes it) that signs content refusals (module docstring, "Signed
-    rejections"). On SIGTERM in-flight requests finish (at most 5 s), the store is closed, the
+    rejections"). ``silent_after_s``: see :func:`create_app`. On SIGTERM in-flight requests finish
+    (at most 5 s), the store is closed, the
     stats are logged as one line and 0 is returned. Prints "receiver
     listening on URL" to stderr once bound. Raises ReceiverError (one line) for a bad listen
     address, missing cert/key, plain HTTP on a non-loopback host, a busy port, a bad trust
@@ -995,7 +1028,8 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
     _raise_fd_limit(lim)
     sock = _bind(host, port)
     try:
-        server = _uvicorn_server(create_app(receiver, limits=lim), str(certfile) if certfile else None,
+        server = _uvicorn_server(create_app(receiver, limits=lim, silent_after_s=silent_after_s),
+                                 str(certfile) if certfile else None,
                                  str(keyfile) if keyfile else None, log_level, lim, receiver)
         try:
             server.config.load()
@@ -1038,7 +1072,8 @@ class BackgroundReceiver:
     ``rx.ssl_context()`` for clients, ``rx.store_path``, ``rx.receiver``. ``tls=False`` serves
     plain HTTP on loopback. Hooks are passed to :func:`create_app`; busy_timeout_s is the SQLite
     busy timeout (after it a locked store answers 503); ``limits``, ``require_binding`` and
-    ``signing_key`` as for :func:`run_receiver`. Stops by itself on exit. ``stop()`` then ``start()``
+    ``signing_key`` and ``silent_after_s`` as for :func:`run_receiver`. Stops by itself on exit. ``stop()``
+    then ``start()``
     restarts it on the same port, store and certificate (``limits`` may be changed in between); ``port``
     picks the first port (0: a free one).
     """
@@ -1048,7 +1083,7 @@ class BackgroundReceiver:
                  after_submit: AfterHook | None = None, start_timeout_s: float = 10.0,
                  busy_timeout_s: float = 5.0, limits: ReceiverLimits | None = None,
                  require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, silent_after_s: float = SILENT_AFTER_S) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.store_path = Path(store) if store else self.workdir / "receiver.sqlite"
@@ -1063,6 +1098,7 @@ class BackgroundReceiver:
         self._require_binding = require_binding
         self.signing_key = signing_key
         self._port = port
+        self._silent_after_s = silent_after_s
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._error: BaseException | None = None
@@ -1085,7 +1121,8 @@ class BackgroundReceiver:
         sock = _bind("127.0.0.1", self._port)
         self._port = sock.getsockname()[1]   # a restart listens on the same port
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
-        self._server = _uvicorn_server(create_app(self.receiver, limits=self.limits, **self._hooks),
+        self._server = _uvicorn_server(create_app(self.receiver, limits=self.limits,
+                                                  silent_after_s=self._silent_after_s, **self._hooks),
                                        str(self.cafile) if self.tls else None,
                                        str(self.keyfile) if self.tls else None, "warning", self.limits,
                                        self.receiver)
