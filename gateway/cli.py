@@ -137,16 +137,39 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         if not args.store or not args.out:
             _err(_("receiver export needs --store PATH --out DIR"))
             return 2
-        n = receiver.export_batches(args.store, args.out)
+        if args.since is not None:
+            from gateway.regulator.storage import parse_since
+
+            try:
+                parse_since(args.since)
+            except ValueError as exc:
+                _err(str(exc))
+                return 2
+        n = receiver.export_batches(args.store, args.out, gateway_id=args.gateway, since=args.since)
         print(_("exported {n} batches to {out}").format(n=n, out=args.out))
         return 0
-    if not (args.listen and args.store and args.trust):
-        _err(_("receiver needs --listen HOST:PORT --store PATH --trust DIR"))
+    if not ((args.listen or args.mqtt) and args.store and args.trust):
+        _err(_("receiver needs --listen HOST:PORT and/or --mqtt URL, and --store PATH --trust DIR"))
         return 2
     if args.self_signed and (args.cert or args.key):
         _err(_("receiver: --self-signed DIR and --cert/--key exclude each other; give one"))
         return 2
-    missing = receiver.web_stack_missing()
+    mqtt_flags = [f"--mqtt-{n.replace('_', '-')}" for n in ("group", "topic", "client_id", "ca", "cert", "key",
+                                                            "answer_topic") if getattr(args, f"mqtt_{n}")]
+    if args.leave:
+        mqtt_flags.append("--mqtt-leave")
+    if not args.mqtt and mqtt_flags:
+        _err(_("receiver: {flag} needs --mqtt URL").format(flag=mqtt_flags[0]))
+        return 2
+    if args.mqtt and not args.mqtt_client_id:
+        _err(_("receiver: --mqtt needs --mqtt-client-id ID, stable and different for each receiver process "
+               "(its persistent session)"))
+        return 2
+    if not args.listen and (args.cert or args.key or args.self_signed):
+        _err(_("receiver: --cert, --key and --self-signed are for --listen (HTTPS); the broker's TLS is "
+               "--mqtt-ca, --mqtt-cert, --mqtt-key"))
+        return 2
+    missing = receiver.web_stack_missing() if args.listen else None
     if missing:
         _err(missing)
         return 2
@@ -162,9 +185,18 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     limits = receiver.ReceiverLimits()
     limits = dataclasses.replace(limits, max_body=args.max_body or limits.max_body,
                                  max_connections=args.max_connections or limits.max_connections)
+    mqtt = None
+    if args.mqtt:
+        from gateway.regulator.mqtt_ingest import MqttIngestSettings
+
+        given = {k: v for k, v in (("group", args.mqtt_group), ("topic", args.mqtt_topic),
+                                   ("answer_topic", args.mqtt_answer_topic)) if v is not None}
+        mqtt = MqttIngestSettings(url=args.mqtt, client_id=args.mqtt_client_id, ca_file=args.mqtt_ca,
+                                  client_cert=args.mqtt_cert, client_key=args.mqtt_key, max_body=limits.max_body,
+                                  leave=args.leave, **given)
     return receiver.run_receiver(args.listen, args.store, args.trust, certfile=args.cert, keyfile=args.key,
                                  signing_key=args.signing_key, require_binding=args.require_bound_keys,
-                                 limits=limits, silent_after_s=args.silent_after * 60.0) or 0
+                                 limits=limits, silent_after_s=args.silent_after * 60.0, mqtt=mqtt) or 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -486,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("receiver", help="the reference regulator receiver; `receiver export` writes batches out")
     s.add_argument("action", nargs="?", choices=["export"], help="export accepted batches as <gateway_id>-<seq>.jws")
     s.add_argument("--listen", help="HOST:PORT")
-    s.add_argument("--store", help="receiver SQLite file")
+    s.add_argument("--store", metavar="PATH_OR_URL",
+                   help="receiver store: an SQLite file, or a postgresql://USER@HOST[:PORT]/DB URL (PostgreSQL, "
+                        "which several receiver processes may share)")
     s.add_argument("--trust", help="directory of trusted public keys (*.jwk)")
     s.add_argument("--cert", help="TLS certificate (PEM); without it, plain HTTP on loopback only")
     s.add_argument("--key", help="TLS private key (PEM)")
@@ -505,7 +539,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--silent-after", type=_positive_minutes, default=15.0, metavar="MINUTES",
                    help="a gateway with no batch for this long is reported silent by /metrics and /v1/health "
                         "(default 15)")
+    s.add_argument("--mqtt", metavar="URL",
+                   help="also (or, without --listen, only) take batches from an MQTT 5 broker: mqtts://HOST[:PORT] "
+                        "(mqtt:// to a loopback broker only), through a shared subscription")
+    s.add_argument("--mqtt-group", metavar="NAME", help="shared subscription group (default receivers)")
+    s.add_argument("--mqtt-topic", metavar="FILTER", help="topic filter (default hazard/+/batches)")
+    s.add_argument("--mqtt-client-id", metavar="ID",
+                   help="this process's MQTT client id: stable, one per receiver process (its persistent session)")
+    s.add_argument("--mqtt-ca", metavar="FILE", help="CA (PEM) of the broker's certificate (default: system store)")
+    s.add_argument("--mqtt-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS, with --mqtt-key")
+    s.add_argument("--mqtt-key", metavar="FILE", help="client private key (PEM)")
+    s.add_argument("--mqtt-answer-topic", metavar="TEMPLATE",
+                   help="where answers go when a batch names no Response Topic (default hazard/{gateway_id}/answers)")
+    s.add_argument("--mqtt-leave", dest="leave", action="store_true",
+                   help="on SIGTERM retire this receiver from the group for good: unsubscribe, finish what is in "
+                        "flight, end its session")
     s.add_argument("--out", help="with export: output directory")
+    s.add_argument("--gateway", metavar="ID", help="with export: only this gateway's batches")
+    s.add_argument("--since", metavar="RFC3339",
+                   help="with export: only batches received at or after this time, e.g. 2026-01-31T00:00:00Z")
     s.set_defaults(func=cmd_receiver)
 
     s = sub.add_parser("install-service", help="install the systemd unit, user, directories and a starter config "

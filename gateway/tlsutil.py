@@ -1,5 +1,6 @@
-"""TLS helpers: the uplinks' client context, and self-signed certificates for tests,
-the demo and a first commissioning.
+"""TLS helpers: the uplinks' client context, the MQTT broker URL rule (TLS unless the broker is on
+loopback) of both ends of the wire, and self-signed certificates for tests, the demo and a first
+commissioning.
 
 A production receiver uses a certificate from the regulator's PKI; make_self_signed
 only makes a server certificate that a client pins explicitly
@@ -13,6 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 import ssl
 
@@ -39,6 +41,32 @@ def client_context(ca_file: str | os.PathLike[str] | bool | None,
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"{what} TLS files ({ca_file}, {client_cert}): {exc}") from None
     return ctx
+
+
+def parse_broker_url(url: str, topic_option: str = "uplink.topic") -> tuple[bool, str, int]:
+    """``mqtts://host[:port]`` (TLS, default 8883) or ``mqtt://host[:port]`` (loopback only,
+    default 1883) -> (tls, host, port), for the gateway's MQTT uplink and the receiver's MQTT ingest.
+    ``topic_option`` names where the topic is set instead (in the error for a URL with a path).
+    ValueError (one line) otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
+        raise ValueError(f"mqtt url {url!r}: must be mqtts://host[:port] (or mqtt:// to a loopback broker)")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"mqtt url {url!r}: only mqtts://host[:port]; set the topic with {topic_option}")
+    host = parts.hostname
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError(f"mqtt url {url!r}: bad port") from None
+    if not tls:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"mqtt url {url!r}: plain mqtt:// only to a loopback broker; use mqtts:// (TLS)")
+    return tls, host, port
 
 
 def make_self_signed(directory: str | os.PathLike[str],

@@ -47,21 +47,19 @@ is accepted only for a loopback broker.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import threading
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.chain.signing import decode_unverified
-from gateway.tlsutil import client_context
+from gateway.tlsutil import client_context, parse_broker_url
 from gateway.record.uplink import Ack, AuthError, PermanentError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -73,30 +71,6 @@ NOT_AUTHORIZED = 0x87
 #: PUBACK 0x10: accepted, but no subscription (and so no session) matched: the broker drops it
 NO_MATCHING_SUBSCRIBERS = 0x10
 DEFAULT_TOPIC = "hazard/{gateway_id}/batches"
-
-
-def parse_broker_url(url: str) -> tuple[bool, str, int]:
-    """``mqtts://host[:port]`` (TLS, default 8883) or ``mqtt://host[:port]`` (loopback only,
-    default 1883) -> (tls, host, port). ValueError (one line) otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
-        raise ValueError(f"mqtt url {url!r}: must be mqtts://host[:port] (or mqtt:// to a loopback broker)")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ValueError(f"mqtt url {url!r}: only mqtts://host[:port]; set the topic with uplink.topic")
-    host = parts.hostname
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ValueError(f"mqtt url {url!r}: bad port") from None
-    if not tls:
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"mqtt url {url!r}: plain mqtt:// only to a loopback broker; use mqtts:// (TLS)")
-    return tls, host, port
 
 
 class MqttUplink:

@@ -10,27 +10,45 @@ HTTP interface (JSON answers; errors are ``{"error": "<one line>"}``):
   (dedup by (gateway_id, seq), so at-least-once upload becomes exactly-once, case C14).
 * 400 malformed (not a compact JWS, bad JSON, JSON nested deeper than 32 levels, a protected
   header over 1024 bytes, bad payload shape, bad typ/crit, announce_key without its
-  announce_key_proof, announce_key of a key that belongs to another gateway). With a receiver
-  signing key (see "Signed rejections") the answer also carries ``"rejection"``.
+  announce_key_proof, announce_key of a key that belongs to another gateway, a bad basic-data
+  record: see "Basic data"). With a receiver signing key (see "Signed rejections") the answer also
+  carries ``"rejection"``.
 * 401 unknown kid, alg other than EdDSA, signature does not verify, the key is bound to
   another gateway ("key K is bound to gateway B, not V": a key signs for one gateway only),
   a change of signing key mid-chain to a key that was never announced ("key change"), or an
   announce_key_proof that is not the new key's signature over this gateway_id, kid and seq.
 * 409 a different body for a stored (gateway_id, seq) ("conflict"); seq != last+1
-  ("gap: expected seq N", strict: the gateway sends in order, case C15); prev != chain hash
-  of the stored seq-1 ("chain broken"). 409 answers carry ``expected_seq``.
+  ("gap: expected seq N", strict: the gateway sends in order, case C15; HTTP is always strict,
+  see "Out-of-order delivery" for the exception); prev != chain hash of the stored seq-1
+  ("chain broken"). 409 answers carry ``expected_seq``.
 * 408 the body did not arrive within ``body_timeout_s`` (the connection is closed); 413 body
   larger than ``max_body`` bytes (declared, or once that much has streamed in: it is never
   buffered whole); 415 wrong content type. After a 413, 415 or budget 503 the rest of the body
   is read and thrown away (for at most ``body_timeout_s``), so the sender sees the answer.
-* 503 + Retry-After when the store is locked or a write fails (commit error, disk full; case
-  C17): nothing was stored, the transaction is rolled back, and the resend is judged afresh;
+* 503 + Retry-After when the store is locked or a write fails (commit error, disk full, a lost
+  PostgreSQL connection, a lock not granted in time; case C17; gateway.regulator.storage.STORE_ERRORS):
+  nothing was stored, the transaction is rolled back, and the resend is judged afresh;
   also when too many large bodies are in flight at once (``large_body_budget``), and
   (uvicorn's own answer, no Retry-After) above ``max_connections`` open connections.
 
 ``submit`` runs in a worker thread (asyncio.to_thread, at most ``submit_concurrency`` at once):
-its SQLite and signature work never blocks the event loop; ReceiverStore serialises the store
-with its lock and BEGIN IMMEDIATE.
+its store and signature work never blocks the event loop; ReceiverStore serialises the writers
+(SQLite: its lock and BEGIN IMMEDIATE; PostgreSQL: advisory locks on the gateway and the kids,
+so several receiver processes on one database decide each (gateway_id, seq) once; see
+gateway.regulator.storage).
+
+Out-of-order delivery (``Receiver.submit(body, unordered=True)``, for a transport that may hand
+one gateway's batches to different receiver processes, e.g. MQTT 5 shared subscriptions, MQTT 5.0
+s.4.8.2): a batch whose signature verifies (and whose key may sign for the gateway) but whose seq
+is beyond last+1 (at most ``PARK_WINDOW`` beyond; further is still a 409 gap) is stored durably
+in the ``parked`` table and answered 202 ``{"gateway_id", "seq", "status": "parked",
+"expected_seq"}``; a byte-identical resend of a parked batch is answered "parked" again, a
+different body for a parked seq 409 "conflict". Whenever a batch of that gateway is accepted
+(either way), its parked successors are taken in seq order within the same transaction and
+judged exactly as if they had just arrived (signature, key binding, chain, key change,
+announce_key); each accepted one leaves the parked table and counts as ``accepted``; the first
+one refused is dropped from it (logged, counted as ``rejected_<reason>``; its resend is judged
+afresh) and ends the run. With ``unordered=False`` (the default, and HTTP) a gap is a 409.
 
 ``GET /v1/gateways/{gateway_id}/status`` -> ``{"gateway_id", "last_seq", "count", "gaps",
 "readings", "last_hash", "last_received_at"}``. It needs the same trust as an upload: header
@@ -40,6 +58,22 @@ uploads), typ ``hazard-gateway-request+jws``, claims ``{"gateway_id", "method": 
 :func:`signed_request_headers` makes it. ``iat`` within ``status_max_age_s`` (300 s) of the
 receiver's clock; a jti is accepted once. Anything else: 401 (``WWW-Authenticate: JWS``);
 404 for a gateway with no batch (after the check).
+
+``GET /v1/gateways/{gateway_id}/basic-data`` -> ``{"gateway_id", "seq", "config_hash", "received_at",
+"doc"}``: the latest basic-data record (基础数据) of the gateway, ``doc`` as the gateway sent it
+(gateway.chain.basic_data), ``seq`` the batch that carried it. The same signed request as the status
+(claims ``"path": "/v1/gateways/<id>/basic-data"``; :func:`signed_request_headers` with that path);
+404 when no basic data has been accepted yet (after the check).
+
+Basic data: every ``{"type": "basic_data"}`` event of a batch that would be accepted must pass
+gateway.chain.basic_data.validate (schema version 1, units fit measures, CAS check digits, limits
+within ranges, point codes built from their parts), name the batch's ``gateway_id`` and carry its
+``config_hash`` (or that of a config the batch records a ``start`` or ``config_reloaded`` of), and
+keep the enterprise code bound to the gateway by its first accepted basic data (another code, or
+none, after it is forged or a re-registration). A bad one refuses the whole batch: 400, reason
+``basic_data`` (``rejected_basic_data`` in :meth:`Receiver.stats`; a content refusal, signed when
+the receiver has a key), nothing stored. A good one is stored with the batch in one transaction
+(the batch's last one, ReceiverStore.put_basic_data).
 
 Operations (gateway.regulator.metrics): ``GET /v1/health`` -> ``{"ok", "store", "gateways", "silent_after_s",
 "silent", "silent_count", "chain_gaps"}`` (503 while the store does not answer); ``GET /metrics`` -> Prometheus
@@ -95,8 +129,12 @@ so slow connections (slowloris) cannot pile up; a body is read in chunks and ref
 ``max_body``; bytes beyond the first ``small_body`` of each body draw on one shared
 ``large_body_budget``, so many large bodies at once cannot exhaust memory.
 
-Storage: SQLite in WAL mode with synchronous=FULL, so an ack is only sent for a batch that
-is durable. Batches are stored verbatim (the exact compact JWS) with ``received_at``.
+Storage (gateway.regulator.storage, docs/design.md "Receiver storage"; ``--store``): a file is
+SQLite in WAL mode with synchronous=FULL; a ``postgresql://`` URL is PostgreSQL (psycopg 3), for
+several receiver processes on one database. Either way an ack is only sent for a batch whose
+transaction has committed (durable), and the schema is migrated at start (``schema_migrations``).
+Batches are stored verbatim (the exact compact JWS) with ``received_at``; ``export`` writes them
+out (all, one gateway's, or those received since an RFC 3339 time).
 """
 
 from __future__ import annotations
@@ -107,37 +145,42 @@ import collections
 import contextlib
 import dataclasses
 import ipaddress
-import json
 import logging
 import os
 import secrets
 import signal
 import socket
-import sqlite3
 import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.model import rfc3339
+from gateway.chain import basic_data
 from gateway.chain.rejection import CONTENT_REFUSAL_STATUSES, sign_rejection
-from gateway.chain.signing import (BatchError, KeyFileError, Signer, batch_kid, canonical_json, chain_hash, links_to,
-                             decode_unverified, public_key_from_jwk, verify_batch, verify_jws)
+from gateway.chain.signing import (BatchError, KeyFileError, Signer, batch_kid, chain_hash, links_to,
+                                   public_key_from_jwk, verify_batch, verify_jws)
 from gateway.tlsutil import make_self_signed
 from gateway.regulator import metrics as ops_metrics
 from gateway.regulator.metrics import SILENT_AFTER_S
 from gateway.regulator.verify import TrustedKey, load_trust
+from gateway.regulator.storage import (STORE_ERRORS, ReceiverError, ReceiverStore, StoredBatch, is_url,
+                                      parse_since)
 
 log = logging.getLogger("gateway.regulator.receiver")
 
 MAX_BODY = 8 * 1024 * 1024
 STATUS_MAX_AGE_S = 300.0
 REQUEST_TYP = "hazard-gateway-request+jws"
+#: what a gateway may read of itself with a signed request: /v1/gateways/<id>/<resource> -> its name in stats()
+GATEWAY_RESOURCES = {"status": "status", "basic-data": "basic_data"}
+#: unordered delivery: a batch at most this far beyond the next expected seq is parked, one further is a gap (409)
+PARK_WINDOW = 1000
 STATUS_FOR_CHECK = {"malformed": 400, "payload": 400, "alg": 401, "kid": 401, "signature": 401, "key_proof": 401}
 
 __all__ = ["BackgroundReceiver", "REQUEST_TYP", "Receiver", "ReceiverError", "ReceiverLimits", "ReceiverStore",
@@ -163,257 +206,19 @@ class ReceiverLimits:
     status_max_age_s: float = STATUS_MAX_AGE_S    # signed status request: |now - iat| at most this
 
 
-class ReceiverError(ValueError):
-    """A receiver start/export problem a person must fix; str() is one line (a ValueError, so the
-    CLI prints it as one line)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredBatch:
-    """One accepted batch as stored: ``jws`` is the exact compact JWS received."""
-
-    gateway_id: str
-    seq: int
-    jws: str
-    hash: str
-    kid: str
-    created_at: str
-    received_at: str
-    n_readings: int
-    n_events: int
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    gateway_id  TEXT    NOT NULL,
-    seq         INTEGER NOT NULL,
-    jws         TEXT    NOT NULL,
-    hash        TEXT    NOT NULL,
-    kid         TEXT    NOT NULL,
-    created_at  TEXT    NOT NULL,
-    received_at TEXT    NOT NULL,
-    n_readings  INTEGER NOT NULL,
-    n_events    INTEGER NOT NULL,
-    PRIMARY KEY (gateway_id, seq)
-);
-CREATE INDEX IF NOT EXISTS batches_kid ON batches (kid);
-CREATE TABLE IF NOT EXISTS keys (
-    kid          TEXT PRIMARY KEY,
-    jwk          TEXT    NOT NULL,
-    gateway_id   TEXT    NOT NULL,
-    announced_by TEXT    NOT NULL,
-    announced_in_seq INTEGER NOT NULL,
-    added_at     TEXT    NOT NULL
-);
-"""
-_COLS = "gateway_id, seq, jws, hash, kid, created_at, received_at, n_readings, n_events"
-
-
-class ReceiverStore:
-    """SQLite store of accepted batches and announced keys (WAL, synchronous=FULL).
-
-    Several ReceiverStore objects (threads or processes) may open the same file; writers
-    serialise with ``BEGIN IMMEDIATE``. ``create=False`` raises ReceiverError when the file
-    does not exist (for export and reporting).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, busy_timeout_s: float = 5.0) -> None:
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise ReceiverError(f"{self.path}: no such receiver store")
+def export_batches(store: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, gateway_id: str | None = None,
+                   since: str | None = None) -> int:
+    """Export the accepted batches of the receiver store ``store`` (a path or a ``postgresql://`` URL) verbatim
+    as ``out_dir/f"{gateway_id}-{seq}.jws"`` (no zero padding, no trailing newline); only one gateway's with
+    ``gateway_id``, only those received at or after ``since`` (RFC 3339) with ``since``. Returns the number of
+    files. Raises ReceiverError (one line) for a missing or unreadable store or a bad ``since``."""
+    if since is not None:
         try:
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            if create:
-                self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ReceiverError(f"{self.path}: cannot open receiver store: {exc}") from None
-        self._lock = threading.RLock()
-
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> "ReceiverStore":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... COMMIT; ROLLBACK on any exception, the COMMIT's own included.
-
-        A failed COMMIT (SQLITE_BUSY, SQLITE_FULL, an I/O error, a deferred constraint) can leave
-        the transaction open (SQLite docs, "COMMIT": "the transaction remains active" when it fails
-        with SQLITE_BUSY; sqlite3_get_autocommit(3)); it is rolled back here, so the next batch
-        starts a fresh transaction instead of failing forever on "cannot start a transaction
-        within a transaction"."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    try:
-                        self._db.execute("ROLLBACK")
-                    except sqlite3.Error as exc:   # keep the original error; the rollback's is secondary
-                        log.error("%s: rollback failed: %s", self.path, exc)
-                raise
-
-    # ------------------------------------------------------------ queries
-
-    def get(self, gateway_id: str, seq: int) -> StoredBatch | None:
-        """The stored batch (gateway_id, seq), or None."""
-        with self._lock:
-            row = self._db.execute(f"SELECT {_COLS} FROM batches WHERE gateway_id=? AND seq=?",
-                                   (gateway_id, seq)).fetchone()
-        return StoredBatch(*row) if row else None
-
-    def last_seq(self, gateway_id: str) -> int:
-        """Highest stored seq of a gateway; 0 when none."""
-        with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM batches WHERE gateway_id=?", (gateway_id,)).fetchone()
-        return row[0] or 0
-
-    def batches(self, gateway_id: str | None = None) -> list[StoredBatch]:
-        """Stored batches of one gateway (or all), ordered by (gateway_id, seq)."""
-        with self._lock:
-            if gateway_id is None:
-                rows = self._db.execute(f"SELECT {_COLS} FROM batches ORDER BY gateway_id, seq").fetchall()
-            else:
-                rows = self._db.execute(f"SELECT {_COLS} FROM batches WHERE gateway_id=? ORDER BY seq",
-                                        (gateway_id,)).fetchall()
-        return [StoredBatch(*r) for r in rows]
-
-    def gateways(self) -> list[str]:
-        """Every gateway_id with at least one stored batch, sorted."""
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT DISTINCT gateway_id FROM batches ORDER BY 1")]
-
-    def readings_count(self, gateway_id: str | None = None) -> int:
-        """Number of readings in all stored batches (of one gateway, or all)."""
-        with self._lock:
-            if gateway_id is None:
-                row = self._db.execute("SELECT COALESCE(SUM(n_readings), 0) FROM batches").fetchone()
-            else:
-                row = self._db.execute("SELECT COALESCE(SUM(n_readings), 0) FROM batches WHERE gateway_id=?",
-                                       (gateway_id,)).fetchone()
-        return int(row[0])
-
-    def readings(self, gateway_id: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
-        """(gateway_id, seq, reading record) for every stored reading, in (gateway_id, seq) order.
-
-        The records are read back from the stored (already verified) JWS payloads.
-        """
-        for b in self.batches(gateway_id):
-            for r in decode_unverified(b.jws)[1]["readings"]:
-                yield b.gateway_id, b.seq, r
-
-    def status(self, gateway_id: str) -> dict[str, Any] | None:
-        """``{"gateway_id", "last_seq", "count", "gaps", "readings", "last_hash", "last_received_at"}``
-        or None for an unknown gateway. ``gaps`` lists missing seq ranges ``[first, last]``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*), MAX(seq), COALESCE(SUM(n_readings), 0) FROM batches WHERE gateway_id=?",
-                (gateway_id,)).fetchone()
-            if not row[0]:
-                return None
-            seqs = [r[0] for r in self._db.execute("SELECT seq FROM batches WHERE gateway_id=? ORDER BY seq",
-                                                    (gateway_id,))]
-            last = self.get(gateway_id, row[1])
-        gaps: list[list[int]] = []
-        expected = 1
-        for s in seqs:
-            if s > expected:
-                gaps.append([expected, s - 1])
-            expected = s + 1
-        assert last is not None
-        return {"gateway_id": gateway_id, "last_seq": row[1], "count": row[0], "gaps": gaps,
-                "readings": int(row[2]), "last_hash": last.hash, "last_received_at": last.received_at}
-
-    def summaries(self) -> list[dict[str, Any]]:
-        """One dict per gateway with a stored batch, sorted by gateway_id: ``{"gateway_id", "count",
-        "last_seq", "last_received_at", "readings", "parked"}`` (``count`` < ``last_seq`` means a hole in
-        the chain; ``parked``: batches waiting beyond a gap, 0 without parking). One query: the
-        receiver's metrics and health (gateway.regulator.metrics) call it per scrape."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT b.gateway_id, COUNT(*), MAX(b.seq), COALESCE(SUM(b.n_readings), 0), "
-                "(SELECT received_at FROM batches l WHERE l.gateway_id = b.gateway_id ORDER BY seq DESC LIMIT 1) "
-                "FROM batches b GROUP BY b.gateway_id ORDER BY b.gateway_id").fetchall()
-        return [{"gateway_id": g, "count": n, "last_seq": last, "last_received_at": at, "readings": int(readings),
-                 "parked": 0} for g, n, last, readings, at in rows]
-
-    def announced_keys(self) -> dict[str, tuple[Ed25519PublicKey, str]]:
-        """{kid: (public key, gateway_id)} of keys added by announce_key."""
-        out: dict[str, tuple[Ed25519PublicKey, str]] = {}
-        with self._lock:
-            rows = self._db.execute("SELECT kid, jwk, gateway_id FROM keys").fetchall()
-        for kid, jwk, gid in rows:
-            out[kid] = (public_key_from_jwk(json.loads(jwk))[1], gid)
-        return out
-
-    def key_gateways(self, kid: str) -> set[str]:
-        """gateway_ids a key has signed for, or was announced for."""
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT gateway_id FROM batches WHERE kid=? "
-                                    "UNION SELECT gateway_id FROM keys WHERE kid=?", (kid, kid)).fetchall()
-        return {r[0] for r in rows}
-
-    def announced_for(self, kid: str) -> str | None:
-        """The gateway_id a key was announced for (announce_key), or None."""
-        with self._lock:
-            row = self._db.execute("SELECT gateway_id FROM keys WHERE kid=?", (kid,)).fetchone()
-        return row[0] if row else None
-
-    def key_established(self, gateway_id: str, kid: str) -> bool:
-        """True when ``kid`` signed a stored batch of ``gateway_id`` or was announced in one."""
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM batches WHERE gateway_id=? AND kid=? UNION ALL "
-                                   "SELECT 1 FROM keys WHERE gateway_id=? AND kid=? LIMIT 1",
-                                   (gateway_id, kid, gateway_id, kid)).fetchone()
-        return row is not None
-
-    # ------------------------------------------------------------ writes (inside transaction())
-
-    def _insert_batch(self, b: StoredBatch) -> None:
-        self._db.execute(f"INSERT INTO batches ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                         (b.gateway_id, b.seq, b.jws, b.hash, b.kid, b.created_at, b.received_at,
-                          b.n_readings, b.n_events))
-
-    def _insert_key(self, kid: str, jwk: dict[str, Any], gateway_id: str, announced_by: str, seq: int) -> None:
-        self._db.execute("INSERT OR IGNORE INTO keys (kid, jwk, gateway_id, announced_by, announced_in_seq, "
-                         "added_at) VALUES (?,?,?,?,?,?)",
-                         (kid, canonical_json(jwk).decode(), gateway_id, announced_by, seq, rfc3339(time.time())))
-
-    def export(self, out_dir: str | os.PathLike[str]) -> int:
-        """Write every stored batch verbatim to ``out_dir/<gateway_id>-<seq>.jws``; return the count."""
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ReceiverError(f"{out}: cannot create export directory: {exc.strerror}") from None
-        n = 0
-        for b in self.batches():
-            target = out / f"{b.gateway_id}-{b.seq}.jws"
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(b.jws.encode("ascii"))
-            os.replace(tmp, target)
-            n += 1
-        return n
-
-
-def export_batches(store: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> int:
-    """Export every accepted batch of the receiver store ``store`` verbatim as
-    ``out_dir/f"{gateway_id}-{seq}.jws"`` (no zero padding, no trailing newline).
-    Returns the number of files. Raises ReceiverError (one line) for a missing store."""
+            parse_since(since)
+        except ValueError as exc:
+            raise ReceiverError(str(exc)) from None
     with ReceiverStore(store, create=False) as st:
-        return st.export(out_dir)
+        return st.export(out_dir, gateway_id=gateway_id, since=since)
 
 
 # ---------------------------------------------------------------- verification core
@@ -423,7 +228,7 @@ class Receiver:
     """Verification, dedup, key binding and chain checks for one store and one trust directory.
 
     ``submit(body)`` is the whole POST /v1/batches decision and returns (HTTP status, JSON doc);
-    ``authorize_status`` checks a signed status request; the HTTP layer only adds transport
+    ``authorize_request`` checks a signed GET of a gateway's status or basic data; the HTTP layer only adds transport
     concerns. Raises ReceiverError at construction when the trust directory is missing or holds
     a bad ``*.jwk`` (or, with ``require_binding``, a key not bound to a gateway).
     ``stats()`` counts every decision (``accepted``, ``duplicate``, ``rejected_<reason>``...).
@@ -542,10 +347,14 @@ class Receiver:
 
     # ------------------------------------------------------------ batches
 
-    def submit(self, body: bytes | bytearray) -> tuple[int, dict[str, Any]]:
+    def submit(self, body: bytes | bytearray, *, unordered: bool = False) -> tuple[int, dict[str, Any]]:
         """Decide on one uploaded batch; see the module docstring for every answer. A content refusal
-        (400) carries a signed ``rejection`` when the receiver has a key and the body names a batch."""
-        status, doc = self._decide(body)
+        (400) carries a signed ``rejection`` when the receiver has a key and the body names a batch.
+        ``unordered``: the transport may deliver a gateway's batches out of order (module docstring,
+        "Out-of-order delivery"): a verified batch ahead of a gap is parked (202) instead of refused (409).
+        Raises one of gateway.regulator.storage.STORE_ERRORS when the store cannot take the decision (the
+        HTTP layer answers 503): then nothing was stored."""
+        status, doc = self._decide(body, unordered)
         if status in CONTENT_REFUSAL_STATUSES and self.rejection_signer is not None:
             rejection = sign_rejection(self.rejection_signer, body, status, str(doc.get("error", "")))
             if rejection is None:
@@ -556,7 +365,7 @@ class Receiver:
                 doc = {**doc, "rejection": rejection}
         return status, doc
 
-    def _decide(self, body: bytes | bytearray) -> tuple[int, dict[str, Any]]:
+    def _decide(self, body: bytes | bytearray, unordered: bool = False) -> tuple[int, dict[str, Any]]:
         try:
             compact = body.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -567,62 +376,184 @@ class Receiver:
             return self._reject(exc.check, STATUS_FOR_CHECK.get(exc.check, 400), f"{exc.check}: {exc}")
         kid = batch_kid(compact)
         assert kid is not None
+        gid = payload["gateway_id"]
+        accepted: list[tuple[str, int]] = []
+        with self.store.transaction(gid, kids=_kids(payload, kid)):
+            status, doc = self._judge(compact, payload, kid, unordered=unordered)
+            if status == 200 and doc["status"] == "accepted":
+                accepted.append((f"{gid} seq {payload['seq']}", len(payload["readings"])))
+                accepted += self._take_parked(gid, payload["seq"])
+        for i, (where, n) in enumerate(accepted):   # counted once committed
+            self.count("accepted")
+            log.info("accepted %s (%d readings%s)", where, n, ", parked before" if i else "")
+        return status, doc
+
+    def _judge(self, compact: str, payload: dict[str, Any], kid: str, *, unordered: bool = False
+               ) -> tuple[int, dict[str, Any]]:
+        """The decision on one verified batch, inside the store transaction (locked on its gateway and kids):
+        key binding, dedup, conflict, gap (or park), chain, key change, announce; an accepted batch is
+        inserted (answer 200 "accepted", counted by the caller once committed)."""
         gid, seq = payload["gateway_id"], payload["seq"]
         digest = chain_hash(compact)
         ack = {"gateway_id": gid, "seq": seq, "status": "accepted", "hash": digest}
         where = f"{gid} seq {seq}"
-        with self.store.transaction():
-            owners, how = self._owners(kid)
-            if owners and gid not in owners:
-                return self._reject("key_binding", 401, f"key {kid} is bound to gateway {', '.join(sorted(owners))} "
-                                                        f"by {how}, not {gid} ({where})")
-            existing = self.store.get(gid, seq)
-            last = self.store.last_seq(gid)
-            if existing is not None:
-                if existing.jws == compact:
-                    log.info("duplicate %s", where)
-                    self.count("duplicate")
-                    return 200, {**ack, "status": "duplicate"}
-                return self._reject("conflict", 409, f"conflict: {where} is already stored with a different body",
-                                    {"expected_seq": last + 1})
-            if seq != last + 1:
-                return self._reject("gap", 409, f"gap: expected seq {last + 1}", {"expected_seq": last + 1})
-            if seq > 1:
-                before = self.store.get(gid, seq - 1)
-                if before is None or not links_to(payload, before.hash):
-                    return self._reject("chain", 409, f"chain broken: prev of {where} is not the hash of seq "
-                                                      f"{seq - 1}", {"expected_seq": last + 1})
-                if not self.store.key_established(gid, kid):
-                    return self._reject("key_change", 401, f"key change: {where} is signed by {kid}, which neither "
-                                                           f"signed an earlier batch of {gid} nor was announced in "
-                                                           f"one (announce_key with announce_key_proof)")
-            if "announce_key" in payload:
-                new_kid, _ = public_key_from_jwk(payload["announce_key"])
-                new_owners, new_how = self._owners(new_kid)
-                if new_owners - {gid}:
-                    return self._reject("announce_binding", 400,
-                                        f"announce_key {new_kid} already belongs to gateway "
-                                        f"{', '.join(sorted(new_owners - {gid}))} by {new_how} ({where})")
-                jwk = {k: payload["announce_key"][k] for k in ("kty", "crv", "x")}
-                jwk["kid"] = new_kid
-                self.store._insert_key(new_kid, jwk, gid, kid, seq)
-                log.info("%s announces key %s (signed by %s, proof of possession verified)", where, new_kid, kid)
-            self.store._insert_batch(StoredBatch(
-                gateway_id=gid, seq=seq, jws=compact, hash=digest, kid=kid, created_at=payload["created_at"],
-                received_at=rfc3339(time.time()), n_readings=len(payload["readings"]),
-                n_events=len(payload["events"])))
-        self.count("accepted")
-        log.info("accepted %s (%d readings)", where, len(payload["readings"]))
+        owners, how = self._owners(kid)
+        if owners and gid not in owners:
+            return self._reject("key_binding", 401, f"key {kid} is bound to gateway {', '.join(sorted(owners))} "
+                                                    f"by {how}, not {gid} ({where})")
+        existing = self.store.get(gid, seq)
+        last = self.store.last_seq(gid)
+        if existing is not None:
+            if existing.jws == compact:
+                log.info("duplicate %s", where)
+                self.count("duplicate")
+                return 200, {**ack, "status": "duplicate"}
+            return self._reject("conflict", 409, f"conflict: {where} is already stored with a different body",
+                                {"expected_seq": last + 1})
+        if seq != last + 1:
+            if unordered and last + 1 < seq <= last + PARK_WINDOW:
+                return self._park(compact, kid, gid, seq, last)
+            return self._reject("gap", 409, f"gap: expected seq {last + 1}", {"expected_seq": last + 1})
+        if seq > 1:
+            before = self.store.get(gid, seq - 1)
+            if before is None or not links_to(payload, before.hash):
+                return self._reject("chain", 409, f"chain broken: prev of {where} is not the hash of seq "
+                                                  f"{seq - 1}", {"expected_seq": last + 1})
+            if not self.store.key_established(gid, kid):
+                return self._reject("key_change", 401, f"key change: {where} is signed by {kid}, which neither "
+                                                       f"signed an earlier batch of {gid} nor was announced in "
+                                                       f"one (announce_key with announce_key_proof)")
+        basic, refused = self._basic_data(payload, where)   # before any write: a refusal stores nothing
+        if refused is not None:
+            return self._reject("basic_data", 400, refused)
+        if "announce_key" in payload:
+            new_kid, _ = public_key_from_jwk(payload["announce_key"])
+            new_owners, new_how = self._owners(new_kid)
+            if new_owners - {gid}:
+                return self._reject("announce_binding", 400,
+                                    f"announce_key {new_kid} already belongs to gateway "
+                                    f"{', '.join(sorted(new_owners - {gid}))} by {new_how} ({where})")
+            jwk = {k: payload["announce_key"][k] for k in ("kty", "crv", "x")}
+            jwk["kid"] = new_kid
+            self.store._insert_key(new_kid, jwk, gid, kid, seq)
+            log.info("%s announces key %s (signed by %s, proof of possession verified)", where, new_kid, kid)
+        received_at = rfc3339(time.time())
+        self.store._insert_batch(StoredBatch(
+            gateway_id=gid, seq=seq, jws=compact, hash=digest, kid=kid, created_at=payload["created_at"],
+            received_at=received_at, n_readings=len(payload["readings"]),
+            n_events=len(payload["events"])))
+        if basic:   # the batch's latest basic data, in the same transaction
+            self.store.put_basic_data(gid, seq, basic[-1]["config_hash"], basic[-1], received_at)
+            log.info("%s carries basic data (%d points, config %s)", where, len(basic[-1]["points"]),
+                     basic[-1]["config_hash"][:12])
         return 200, ack
+
+    def _basic_data(self, payload: dict[str, Any], where: str) -> tuple[list[dict[str, Any]], str | None]:
+        """(the batch's basic-data events in order, None) when each is acceptable, else ([], one-line reason).
+
+        Each ``{"type": "basic_data"}`` event must pass gateway.chain.basic_data.validate, name the batch's
+        gateway_id and carry the batch's config_hash, or that of a config the batch itself records the
+        gateway running on (a ``gateway`` ``start`` or ``config_reloaded`` event in it: a batch is built after
+        the fact, so a backlog across a restart or reload holds the records of both configs). Its enterprise
+        code must be the one bound to the gateway: the first enterprise code its accepted basic data carried
+        (that of the record stored for it, else of the first one in the batch that has one); a later record
+        with another code, or with none, is forged or a re-registration, which the regulator makes itself."""
+        events = [(i, e) for i, e in enumerate(payload["events"]) if e.get("type") == basic_data.TYPE]
+        if not events:
+            return [], None
+        gid = payload["gateway_id"]
+        hashes = {payload["config_hash"]}
+        for e in payload["events"]:
+            if e.get("type") == "gateway" and e.get("event") in ("start", "config_reloaded"):
+                hashes.update(h for h in (e.get("config_hash"), e.get("previous_config_hash")) if isinstance(h, str))
+        stored = self.store.basic_data(gid)
+        bound = (stored["doc"].get("enterprise") or {}).get("code") if stored else None
+        bound_by = f"the basic data of seq {stored['seq']}" if bound is not None else None
+        out = []
+        for i, e in events:
+            at = f"basic_data: {where} events[{i}]"
+            try:
+                doc = basic_data.validate(e)
+            except ValueError as exc:
+                return [], f"{at}: {str(exc).removeprefix('basic_data: ')}"
+            if doc["gateway_id"] != gid:
+                return [], f"{at}: names gateway {doc['gateway_id']}, not {gid}"
+            if doc["config_hash"] not in hashes:
+                return [], (f"{at}: config_hash {doc['config_hash'][:16]} is not the batch's "
+                            f"({str(payload['config_hash'])[:16]}) nor one it records a start or reload of")
+            code = doc["enterprise"]["code"]
+            if bound_by is not None and code != bound:
+                return [], (f"{at}: enterprise code {code} is not {bound}, bound to {gid} by {bound_by} "
+                            "(forged, or a re-registration the regulator must make)")
+            if bound_by is None and code is not None:
+                bound, bound_by = code, f"events[{i}] of this batch"
+            out.append(doc)
+        return out, None
+
+    def _park(self, compact: str, kid: str, gid: str, seq: int, last: int) -> tuple[int, dict[str, Any]]:
+        """Keep a verified batch that arrived ahead of a gap (unordered delivery); 202 "parked", the same for
+        a byte-identical resend, 409 conflict for a different body parked for the same seq."""
+        where = f"{gid} seq {seq}"
+        held = self.store.parked(gid, seq)
+        if held is not None and held != compact:
+            return self._reject("conflict", 409, f"conflict: {where} is already parked with a different body",
+                                {"expected_seq": last + 1})
+        if held is None:
+            self.store.park(gid, seq, compact, kid, rfc3339(time.time()))
+        log.info("parked %s%s: expected seq %d first", where, " again" if held else "", last + 1)
+        self.count("parked")
+        return 202, {"gateway_id": gid, "seq": seq, "status": "parked", "expected_seq": last + 1}
+
+    def _take_parked(self, gid: str, seq: int) -> list[tuple[str, int]]:
+        """After ``seq`` of ``gid`` was accepted (same transaction): judge its parked successors in seq order
+        exactly as if they had just arrived (signature, binding, chain, key change, announce). Each accepted
+        one leaves the parked table; the first refused one is dropped from it (its predecessor is now fixed,
+        so it can never be accepted; the gateway's resend is judged afresh) and ends the run. Returns
+        (where, readings) of the accepted ones."""
+        if not self.store.parked_seqs(gid):
+            return []
+        self.store.unpark(gid, seq)   # the batch just accepted may have been parked too
+        out: list[tuple[str, int]] = []
+        while (held := self.store.parked(gid, seq + 1)) is not None:
+            seq += 1
+            where = f"{gid} seq {seq}"
+            try:
+                payload = self._verify(lambda trust: verify_batch(held, trust))
+            except BatchError as exc:
+                status, doc = self._reject(exc.check, STATUS_FOR_CHECK.get(exc.check, 400),
+                                           f"parked {where}: {exc.check}: {exc}")
+            else:
+                kid = batch_kid(held)
+                assert kid is not None
+                self.store.lock_kids(_kids(payload, kid))
+                status, doc = self._judge(held, payload, kid)
+            self.store.unpark(gid, seq)
+            if status != 200 or doc.get("status") != "accepted":
+                log.warning("parked %s refused when its turn came (%d: %s); dropped", where, status,
+                            doc.get("error", doc.get("status")))
+                break
+            out.append((where, len(payload["readings"])))
+        return out
 
     # ------------------------------------------------------------ signed requests
 
-    def authorize_status(self, gateway_id: str, path: str, authorization: str | None,
-                         *, now: float | None = None) -> tuple[int, dict[str, Any]] | None:
-        """None when ``authorization`` ("JWS <compact>") is a fresh, unreplayed request for
-        GET ``path`` signed by a key of ``gateway_id`` (module docstring); else (401, error doc)."""
+    def authorize_request(self, gateway_id: str, path: str, authorization: str | None,
+                          *, now: float | None = None) -> tuple[int, dict[str, Any]] | None:
+        """None when ``authorization`` ("JWS <compact>") is a fresh, unreplayed request for GET ``path``, one of
+        the gateway's own resources ``/v1/gateways/<gateway_id>/<resource>`` (:data:`GATEWAY_RESOURCES`: status,
+        basic-data), signed by a key of ``gateway_id`` (module docstring); else (401, error doc). Counted per
+        resource: ``<name>_ok`` or ``rejected_<name>_auth`` (``status``, ``basic_data``; ``request`` for a path
+        that is none of them)."""
+        resource = path.removeprefix(f"/v1/gateways/{gateway_id}/") if path.startswith(
+            f"/v1/gateways/{gateway_id}/") else None
+        name = GATEWAY_RESOURCES.get(resource or "", "request")
+
         def deny(why: str) -> tuple[int, dict[str, Any]]:
-            return self._reject("status_auth", 401, f"status of {gateway_id}: {why}")
+            return self._reject(f"{name}_auth", 401, f"{resource if name != 'request' else path} of {gateway_id}: "
+                                                     f"{why}")
+
+        if name == "request":
+            return deny(f"not a resource of the gateway ({', '.join(GATEWAY_RESOURCES)})")
 
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "jws" or not token.strip():
@@ -652,8 +583,20 @@ class Receiver:
             if f"{kid}/{jti}" in self._seen_jti:
                 return deny(f"jti {jti} was already used (replayed request)")
             self._seen_jti[f"{kid}/{jti}"] = now + 2 * self.status_max_age_s
-        self.count("status_ok")
+        self.count(f"{name}_ok")
         return None
+
+    #: the former name, for the status route's callers (an MQTT bridge)
+    authorize_status = authorize_request
+
+
+def _kids(payload: dict[str, Any], kid: str) -> set[str]:
+    """The kids a decision on this batch reads or binds: its signer and an announced key."""
+    out = {kid}
+    if isinstance(payload.get("announce_key"), dict):
+        with contextlib.suppress(Exception):
+            out.add(public_key_from_jwk(payload["announce_key"])[0])
+    return out
 
 
 def signed_request_headers(signer: Signer, gateway_id: str, path: str | None = None, *,
@@ -747,10 +690,10 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
                 override = await before_submit(request)
                 if override is not None:
                     return override
-            try:   # SQLite and Ed25519 checks block: run them off the event loop (ReceiverStore locks itself)
+            try:   # store and Ed25519 checks block: run them off the event loop (ReceiverStore locks itself)
                 async with submit_slots:
                     status, doc = await asyncio.to_thread(receiver.submit, body)
-            except sqlite3.Error as exc:   # locked, disk full, failed commit: nothing stored, the sender retries
+            except STORE_ERRORS as exc:   # locked, disk full, failed commit, lost database: nothing stored, retry
                 receiver.count("rejected_store_busy")
                 log.error("store error: %s", exc)
                 return JSONResponse({"error": f"store busy: {exc}"}, 503, headers={"Retry-After": "1"})
@@ -760,16 +703,24 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
             await after_submit(status, doc)
         return JSONResponse(doc, status)
 
-    async def gateway_status(request: Request) -> JSONResponse:
+    async def signed_get(request: Request, read: Callable[[str], Any], missing: str) -> JSONResponse:
+        """A gateway's own resource: the signed request checked (Receiver.authorize_request), then ``read(gid)``
+        in a thread; None from it is a 404 ``missing`` (with {gateway_id} filled in)."""
         gid = request.path_params["gateway_id"]
-        denied = await asyncio.to_thread(receiver.authorize_status, gid, request.url.path,
+        denied = await asyncio.to_thread(receiver.authorize_request, gid, request.url.path,
                                          request.headers.get("authorization"))
         if denied is not None:
             return JSONResponse(denied[1], denied[0], headers={"WWW-Authenticate": 'JWS realm="hazard-gateway"'})
-        st = await asyncio.to_thread(receiver.store.status, gid)
-        if st is None:
-            return JSONResponse({"error": f"unknown gateway {gid}"}, 404)
-        return JSONResponse(st)
+        doc = await asyncio.to_thread(read, gid)
+        if doc is None:
+            return JSONResponse({"error": missing.format(gateway_id=gid)}, 404)
+        return JSONResponse(doc)
+
+    async def gateway_status(request: Request) -> JSONResponse:
+        return await signed_get(request, receiver.store.status, "unknown gateway {gateway_id}")
+
+    async def gateway_basic_data(request: Request) -> JSONResponse:
+        return await signed_get(request, receiver.store.basic_data, "no basic data of gateway {gateway_id}")
 
     async def health(request: Request) -> JSONResponse:
         status, doc = ops_metrics.health(await asyncio.to_thread(ops_metrics.snapshot, receiver,
@@ -783,6 +734,7 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
     return Starlette(routes=[
         Route("/v1/batches", post_batch, methods=["POST"]),
         Route("/v1/gateways/{gateway_id}/status", gateway_status, methods=["GET"]),
+        Route("/v1/gateways/{gateway_id}/basic-data", gateway_basic_data, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ])
@@ -813,7 +765,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise ReceiverError(f"{host}:{port}: cannot resolve: {exc.strerror}") from None
     family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on an accepted connection only when its proto says TCP
+    # (asyncio base_events._set_nodelay); without it every keep-alive answer after the first waits ~40 ms on
+    # Nagle's algorithm meeting the client's delayed ACK (RFC 896, RFC 1122 s.4.2.3.2)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
@@ -991,11 +946,11 @@ def web_stack_missing(extra: str = WEB_EXTRA) -> str | None:
             f"pip install 'hazard-gateway[{extra}]'")
 
 
-def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.PathLike[str],
+def run_receiver(listen: str | None, store: str | os.PathLike[str], trust: str | os.PathLike[str],
                  certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
                  *, log_level: str = "info", limits: ReceiverLimits | None = None,
                  require_binding: bool = False, signing_key: str | os.PathLike[str] | None = None,
-                 silent_after_s: float = SILENT_AFTER_S) -> int:
+                 silent_after_s: float = SILENT_AFTER_S, mqtt: Any = None) -> int:
     """Serve the receiver on ``listen`` ("HOST:PORT") until SIGTERM/SIGINT; return 0.
 
     HTTPS when certfile and keyfile (PEM) are given; plain HTTP only on a loopback host
@@ -1008,8 +963,19 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
     stats are logged as one line and 0 is returned. Prints "receiver
     listening on URL" to stderr once bound. Raises ReceiverError (one line) for a bad listen
     address, missing cert/key, plain HTTP on a non-loopback host, a busy port, a bad trust
-    directory / store, or an unusable signing key.
+    directory / store, or an unusable signing key. ``store``: an SQLite file or a ``postgresql://`` URL
+    (gateway.regulator.storage).
+
+    ``mqtt``: a gateway.regulator.mqtt_ingest.MqttIngestSettings: also consume batches from an MQTT 5 broker
+    (shared subscription, ack after commit; see that module), with ``listen`` None only that (then the
+    process runs until SIGTERM/SIGINT and prints "receiver consuming SUBSCRIPTION from URL as CLIENT_ID").
+    ReceiverError (one line) for bad MQTT settings or TLS files, and when neither is given.
     """
+    if listen is None:
+        if mqtt is None:
+            raise ReceiverError("give --listen HOST:PORT, --mqtt URL, or both")
+        return _run_mqtt_only(store, trust, mqtt, limits=limits, require_binding=require_binding,
+                              signing_key=signing_key)
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -1022,12 +988,15 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
         if f is not None and not Path(f).is_file():
             raise ReceiverError(f"{f}: no such file")
     lim = limits or ReceiverLimits()
+    _check_mqtt(mqtt)
     signer = _rejection_signer(signing_key)
     receiver = Receiver(store, trust, require_binding=require_binding, status_max_age_s=lim.status_max_age_s,
                         rejection_signer=signer)
     _raise_fd_limit(lim)
     sock = _bind(host, port)
+    ingest = None
     try:
+        ingest = _start_mqtt(receiver, mqtt)
         server = _uvicorn_server(create_app(receiver, limits=lim, silent_after_s=silent_after_s),
                                  str(certfile) if certfile else None,
                                  str(keyfile) if keyfile else None, log_level, lim, receiver)
@@ -1042,6 +1011,59 @@ def run_receiver(listen: str, store: str | os.PathLike[str], trust: str | os.Pat
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if ingest is not None:
+            ingest.stop()
+        receiver.close()
+        log.info("receiver stats: %s", " ".join(f"{k}={v}" for k, v in sorted(receiver.stats().items())) or "none")
+    return 0
+
+
+def _check_mqtt(mqtt: Any) -> None:
+    """ReceiverError (one line) for bad MQTT ingest settings, before the store is opened."""
+    if mqtt is None:
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")   # one line a batch
+    try:
+        mqtt.check()
+    except ValueError as exc:
+        raise ReceiverError(str(exc)) from None
+
+
+def _start_mqtt(receiver: Receiver, mqtt: Any) -> Any:
+    """The started gateway.regulator.mqtt_ingest.MqttIngest for ``mqtt`` settings, or None without them."""
+    if mqtt is None:
+        return None
+    from gateway.regulator.mqtt_ingest import MqttIngest
+
+    try:
+        ingest = MqttIngest(receiver, mqtt)
+    except ValueError as exc:
+        raise ReceiverError(str(exc)) from None
+    ingest.start()
+    print(f"receiver consuming {mqtt.subscription} from {mqtt.url} as {mqtt.client_id}", file=sys.stderr, flush=True)
+    return ingest
+
+
+def _run_mqtt_only(store: str | os.PathLike[str], trust: str | os.PathLike[str], mqtt: Any, *,
+                   limits: ReceiverLimits | None, require_binding: bool,
+                   signing_key: str | os.PathLike[str] | None) -> int:
+    """run_receiver without an HTTP listener: the MQTT ingest until SIGTERM/SIGINT; 0."""
+    lim = limits or ReceiverLimits()
+    _check_mqtt(mqtt)
+    receiver = Receiver(store, trust, require_binding=require_binding, status_max_age_s=lim.status_max_age_s,
+                        rejection_signer=_rejection_signer(signing_key))
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    ingest = None
+    try:
+        ingest = _start_mqtt(receiver, mqtt)
+        while not stop.wait(3600):
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if ingest is not None:
+            ingest.stop()
         receiver.close()
         log.info("receiver stats: %s", " ".join(f"{k}={v}" for k, v in sorted(receiver.stats().items())) or "none")
     return 0
@@ -1069,9 +1091,10 @@ class BackgroundReceiver:
 
     ``with BackgroundReceiver(workdir, trust_dir) as rx:`` -> ``rx.url`` ("https://127.0.0.1:PORT"),
     ``rx.cafile`` (the self-signed cert, made in ``workdir`` with :func:`make_self_signed`),
-    ``rx.ssl_context()`` for clients, ``rx.store_path``, ``rx.receiver``. ``tls=False`` serves
-    plain HTTP on loopback. Hooks are passed to :func:`create_app`; busy_timeout_s is the SQLite
-    busy timeout (after it a locked store answers 503); ``limits``, ``require_binding`` and
+    ``rx.ssl_context()`` for clients, ``rx.store_path`` (``store``: an SQLite path, default
+    ``workdir/receiver.sqlite``, or a ``postgresql://`` URL, kept as given), ``rx.receiver``. ``tls=False`` serves
+    plain HTTP on loopback. Hooks are passed to :func:`create_app`; busy_timeout_s is the store's
+    busy timeout (SQLite busy timeout, PostgreSQL lock_timeout; after it a locked store answers 503); ``limits``, ``require_binding`` and
     ``signing_key`` and ``silent_after_s`` as for :func:`run_receiver`. Stops by itself on exit. ``stop()``
     then ``start()``
     restarts it on the same port, store and certificate (``limits`` may be changed in between); ``port``
@@ -1086,7 +1109,9 @@ class BackgroundReceiver:
                  port: int = 0, silent_after_s: float = SILENT_AFTER_S) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.store_path = Path(store) if store else self.workdir / "receiver.sqlite"
+        # a postgresql:// URL stays a string (Path would fold its "//")
+        self.store_path: Path | str = (store if is_url(store) else Path(store)) if store else \
+            self.workdir / "receiver.sqlite"
         self.trust_dir = Path(trust_dir)
         self.tls = tls
         self.cafile: Path | None = None
@@ -1171,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
     d = ReceiverLimits()
     ap = argparse.ArgumentParser(prog="python -m gateway.regulator.receiver", description="reference regulator receiver")
     ap.add_argument("--listen", default="127.0.0.1:8443")
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", required=True, help="an SQLite file, or a postgresql:// URL (gateway.regulator.storage)")
     ap.add_argument("--trust", help="trust directory: DIR/<gateway_id>/<kid>.jwk binds a key to its gateway; "
                                     "DIR/<kid>.jwk binds by its \"gateway_id\" member, else on first use")
     ap.add_argument("--cert", help="TLS certificate (PEM)")

@@ -1,6 +1,6 @@
 """MQTT 5 uplink (gateway.record.uplink_mqtt) against a real mosquitto broker started by the tests.
 
-The broker runs from a mosquitto.conf written into tmp_path: a plain listener and a TLS
+The broker (hil.mqtt_broker.Broker) runs from a mosquitto.conf written into tmp_path: a plain listener and a TLS
 listener (certificate from gateway.tlsutil.make_self_signed) on 127.0.0.1, anonymous,
 no persistence. A paho subscriber in the test hands every message it receives to the
 reference receiver's verification core (gateway.regulator.receiver.Receiver: signature, seq,
@@ -14,10 +14,7 @@ import functools
 import json
 import os
 import queue
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -32,12 +29,11 @@ from gateway.model import Quality, Reading
 from gateway.regulator.receiver import Receiver
 from gateway.chain.signing import decode_unverified
 from gateway.record.store import Store
-from gateway.tlsutil import make_self_signed
 from gateway.record.uplink import AuthError, Forwarder, PermanentError, RetryableError
 from gateway.record.uplink_mqtt import MqttUplink, parse_broker_url
-from conftest import free_port, wait_for as _wait_for
+from hil.mqtt_broker import MOSQUITTO, Broker
+from conftest import wait_for as _wait_for
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 # CI installs mosquitto (.ci/run): there a missing broker is a failure, not a skip
 pytestmark = [pytest.mark.skipif(MOSQUITTO is None and not os.environ.get("CI"),
                                  reason="mosquitto not installed (.ci/run installs it)"),
@@ -46,54 +42,6 @@ pytestmark = [pytest.mark.skipif(MOSQUITTO is None and not os.environ.get("CI"),
 GW = "tankfarm-mqtt"
 T0 = 1_760_000_000.0
 wait_for = functools.partial(_wait_for, step_s=0.05)   # this file polls every 50 ms
-
-
-class Broker:
-    """mosquitto on 127.0.0.1: ``port`` (plain) and ``tls_port`` (TLS, ``cafile`` pins it)."""
-
-    def __init__(self, workdir: Path, acl: str | None = None) -> None:
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.tls_port = free_port(), free_port()
-        self.cafile, key = make_self_signed(self.dir / "tls", ["127.0.0.1", "localhost"])
-        lines = ["per_listener_settings false", "allow_anonymous true", "persistence false", "user root",
-                 "log_dest stderr", "log_type error", "log_type warning",
-                 f"listener {self.port} 127.0.0.1",
-                 f"listener {self.tls_port} 127.0.0.1", f"certfile {self.cafile}", f"keyfile {key}"]
-        if acl is not None:
-            (self.dir / "acl").write_text(acl)
-            lines.append(f"acl_file {self.dir / 'acl'}")
-        self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-        self.log = open(self.dir / "mosquitto.log", "ab")
-
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                for p in (self.port, self.tls_port):
-                    socket.create_connection(("127.0.0.1", p), 0.2).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()}")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
 
 
 class Subscriber:

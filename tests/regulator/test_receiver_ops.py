@@ -3,8 +3,10 @@ answer (silent gateways, a store that does not answer), and the receiver's syste
 
 from __future__ import annotations
 
+import gc
 import re
 import shutil
+import socket as so
 import subprocess
 import sys
 import time
@@ -162,3 +164,25 @@ def test_bad_input_is_refused_with_its_reason_counted_and_never_stored(tmp_path,
         for reason in (*bad, "status_auth"):
             assert m[("hazard_receiver_rejected_total", (("reason", reason),))] == 1, reason
         assert m[("hazard_receiver_batches_total", (("outcome", "accepted"),))] == 1
+
+
+def test_connections_are_accepted_with_nagle_off(tmp_path, two_gateways):
+    """Every accepted connection has TCP_NODELAY: asyncio sets it only for a socket whose proto is IPPROTO_TCP, and
+    without it each keep-alive answer after the first waited ~40 ms (Nagle meets delayed ACK), capping one
+    gateway's connection at ~22 batches/s. Read on the server's side of a live connection."""
+    trust, signers = two_gateways
+    with BackgroundReceiver(tmp_path / "rx", trust) as rx, \
+            httpx.Client(base_url=rx.url, verify=rx.ssl_context(), timeout=10) as c:
+        assert c.get("/v1/health").status_code == 200
+        served = [s for s in gc.get_objects() if isinstance(s, so.socket) and s.fileno() >= 0
+                  and s.type == so.SOCK_STREAM and s.family == so.AF_INET and s.getsockname()[1] == rx._port
+                  and _peer(s) is not None]
+        assert served, "no accepted connection found"
+        assert all(s.getsockopt(so.IPPROTO_TCP, so.TCP_NODELAY) for s in served)
+
+
+def _peer(s):
+    try:
+        return s.getpeername()
+    except OSError:
+        return None
