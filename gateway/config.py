@@ -2,13 +2,14 @@
 
 Shape (see config/example-site.yaml for a commented template)::
 
-    gateway:    {id, enterprise_code, major_hazard_code, state_dir}
+    gateway:    {id, enterprise_code, enterprise_name, major_hazard_code, point_separator, state_dir}
     keys:       {private_key}
     store:      {path, commit_interval_ms, max_bytes, retention_days, on_full: drop_oldest|stop_polling,
                  retention_floor: {waive, reason}}   (the 30-day floor is hard unless waived)
     uplink:     {transport: https|mqtt, url, topic, keepalive_s, ca_file, client_cert, client_key, receiver_key,
                  timeout_ms, batch_max_readings, interval_ms}
-    devices:    [{name, protocol, ..., tags: [...]}]   (a protocol of drivers.registry: modbus_tcp|modbus_rtu|opcua;
+    devices:    [{name, protocol, ..., tags: [{..., point: {measure, vessel, installation, medium, range, code}}]}]
+                (a protocol of drivers.registry: modbus_tcp|modbus_rtu|opcua;
                  its own keys come from its section, drivers/*_section.py)
     interlocks: [{name, inputs: [{tag, condition}], vote: 2oo3, on_fault: trip|hold, actions: [{output, value}]}]
     hazard:     {stale_after_s, units: [gateway.hazard.unit_from_dict shape]}   (GB 18218-2018 units, docs/domain.md)
@@ -47,6 +48,7 @@ from drivers.registry import PROTOCOLS
 from gateway.safety.alarms import (GAS_DETECTION_BUDGET_S, GAS_ON_DELAY_CAP_S, LimitSpec, TagAlarmConfig, preset_limits,
                             setpoint_warnings)
 from gateway.record.clock import DEFAULT_UNSYNC_GRACE_S
+from gateway.safety.hidden_danger import DEFAULT_AFTER_MINUTES
 from gateway.safety.gas import MG_M3, OEL_PCT, GasPreset, GasPresetError, OxygenLimit, canonical_unit, gas_setpoints
 from gateway.yamlload import YamlError, load_yaml
 from gateway.i18n import ENGLISH, current_language
@@ -96,7 +98,10 @@ class Strict(BaseModel):
 class GatewaySection(Strict):
     id: str = Field(pattern=NAME_RE, description="gateway id, unique per regulator")
     enterprise_code: str | None = Field(None, description="regulator's enterprise code (12 digits on most platforms)")
-    major_hazard_code: str | None = Field(None, description="code of the major hazard installation")
+    enterprise_name: str | None = Field(None, description="the enterprise's registered name (basic-data record)")
+    major_hazard_code: str | None = Field(None, description=(
+        "the major hazard installation's own code within the enterprise (e.g. H01), used where a hazard unit "
+        "gives none; never containing the enterprise code (point code: enterprise + major-hazard + tag)"))
     point_separator: str = Field("", pattern=r"^[^A-Za-z0-9_.\-\s]{0,3}$", description=(
         "joins enterprise code, major-hazard code and tag into a point code (gateway.hazard.point_code); "
         "default none, as provinces fix the field lengths"))
@@ -269,6 +274,52 @@ class ReportCfg(Strict):
     max_silence_s: float = Field(60.0, gt=0, description="record at least this often even without a change")
 
 
+class MediumCfg(Strict):
+    """The medium a point measures or its vessel holds: name and CAS Registry Number (check digit checked)."""
+
+    name: str = Field(min_length=1, description="the medium's name, e.g. 苯 or benzene")
+    cas: str | None = Field(None, description="CAS Registry Number NNNNNNN-NN-N, e.g. 71-43-2 (check digit checked)")
+
+    @field_validator("cas")
+    @classmethod
+    def _cas(cls, v: str | None) -> str | None:
+        from gateway.chain.basic_data import cas_valid   # the CAS check-digit rule (one place)
+        if v is not None and not cas_valid(v.strip()):
+            raise ValueError(_("CAS number {cas} is not NNNNNNN-NN-N with a correct check digit (the digits weighted "
+                               "1, 2, 3 ... from the right, summed, modulo 10)").format(cas=repr(v)))
+        return v.strip() if v is not None else v
+
+
+class PointCfg(Strict):
+    """What a tag is to the regulator (a typed monitoring point, 监测点位; docs/domain.md, Regulator platforms): the
+    kind of measurement, the vessel or hazard unit it belongs to, the medium, the measuring range and its own
+    part of the point code. It goes into the basic-data record (gateway.chain.basic_data) with the tag's unit
+    and alarm limits."""
+
+    measure: Literal["level", "temperature", "pressure", "flow", "gas_concentration", "valve_position",
+                     "switch_state"] = Field(description=(
+        "what the tag measures; its unit must fit (level m/cm/mm/%, temperature degC/K, pressure Pa/kPa/MPa/bar, "
+        "flow m3/h, t/h, kg/h ..., gas_concentration %LEL/ppm/mg/m3/%VOL ..., valve_position % or '' (1 = open), "
+        "switch_state '' (1 = on))"))
+    vessel: str | None = Field(None, description="the tank or vessel of a hazard unit it belongs to (its name: "
+                                                 "hazard.units[].tanks[].name, else its level tag)")
+    installation: str | None = Field(None, description="the hazard unit (hazard.units[].name) it belongs to, when "
+                                                       "no vessel says so (default: the vessel's unit)")
+    medium: MediumCfg | None = Field(None, description="{name, cas} of what it measures (default: the vessel's)")
+    range: tuple[float, float] | None = Field(None, description=(
+        "[lo, hi] measuring range (量程) in the tag's unit; every alarm limit must lie within it"))
+    code: str | None = Field(None, pattern=NAME_RE, description=(
+        "the tag's part of the point code (default: the tag name); must not contain the enterprise or "
+        "major-hazard code"))
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(_("range {range} must be [lo, hi] with lo < hi").format(range=f"[{v[0]:g}, {v[1]:g}]"))
+        return v
+
+
 class TagBase(Strict):
     name: str = Field(pattern=NAME_RE, description="tag name, unique in the whole config (e.g. T101.level)")
     unit: str = Field("", description="engineering unit, e.g. m, degC, kPa, %LEL, ppm, mg/m3")
@@ -279,6 +330,9 @@ class TagBase(Strict):
         "never votes 'within limits'; an interlock input counts it as a fault); e.g. [-5, 105] for %LEL. "
         "4-20 mA range maps (raw_range) also refuse the NAMUR NE 43 failure band by themselves"))
     report: ReportCfg | None = None
+    point: PointCfg | None = Field(None, description=(
+        "the regulator's view of the tag: {measure, vessel, installation, medium: {name, cas}, range, code} "
+        "(the basic-data record)"))
     precision: int | None = Field(None, ge=0, le=9, description=(
         "decimal places shown wherever a person reads the value (status, the status page, probe, demo); "
         "display only: stored, uploaded and compared values keep full resolution. Unset: 6 significant digits"))
@@ -486,6 +540,16 @@ class HazardSection(Strict):
     units: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class HiddenDangerSection(Strict):
+    """Hidden-danger records (隐患; gateway.safety.hidden_danger, docs/domain.md, Hidden dangers): a bypass, shelve
+    or out-of-service state of a gas alarm or an interlock input that lasts longer than ``after_minutes`` is
+    uploaded as an "opened" record and closed when it ends, for the platform's 隐患排查治理 workflow."""
+
+    after_minutes: float = Field(DEFAULT_AFTER_MINUTES, ge=0, allow_inf_nan=False, description=(
+        "minutes a protection may stay bypassed, shelved or out of service before it is a hidden-danger record "
+        "(0: at once; default 30: longer than a routine calibration or proof test, well under the 8 h limits)"))
+
+
 class MetricsSection(Strict):
     """Prometheus metrics over HTTP (gateway.ops.metrics; text exposition format 0.0.4). Loopback only unless
     allow_remote: the endpoint has no authentication."""
@@ -567,6 +631,8 @@ class Config(Strict):
     control: ControlSection = ControlSection()
     annunciators: list[AnnunciatorCfg] = Field(default_factory=list)
     alarm_policy: AlarmPolicySection = AlarmPolicySection()
+    hidden_danger: HiddenDangerSection = Field(HiddenDangerSection(), description=(
+        "when a defeated protection (bypass, shelve, out of service) becomes a hidden-danger record (隐患)"))
     metrics: MetricsSection | None = Field(None, description="optional Prometheus metrics on 127.0.0.1")
     web: WebSection | None = Field(None, description="optional read-only status page on 127.0.0.1")
 
@@ -935,8 +1001,15 @@ def _semantic_checks(cfg: LoadedConfig, root: Any, shown: str) -> tuple[list[Pro
                 at(("interlocks", ii, "actions", ai, "output"),
                    _("tag '{tag}' is not writable (writable: true)").format(tag=act.output))
     _shared_output_checks(m, at)
+    if m.hidden_danger.after_minutes >= m.control.max_shelve_minutes:   # gateway.safety.hidden_danger
+        at(("hidden_danger", "after_minutes"), _(
+            "hidden_danger.after_minutes {after} is not below control.max_shelve_minutes {shelve}: a shelved gas alarm "
+            "never becomes a hidden-danger record (隐患)").format(
+            after=f"{m.hidden_danger.after_minutes:g}", shelve=f"{m.control.max_shelve_minutes:g}"),
+           warning=True, at_value=True)
     _safety_io_checks(cfg, at)
     _hazard_checks(cfg, at)
+    _point_checks(cfg, at)
     return problems, warnings
 
 
@@ -1185,12 +1258,183 @@ def _where_loc(where: str) -> tuple:
     return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", where))
 
 
+@dataclass(frozen=True)
+class PointPlace:
+    """Where a tag sits for the regulator: its hazard unit (installation) and vessel (tank or vessel name), or
+    None; the major-hazard code and tag code its point code is built from (gateway.chain.basic_data.point_code)."""
+
+    installation: str | None
+    vessel: str | None
+    major_hazard_code: str | None
+    tag_code: str
+
+
+def hazard_vessels(cfg: "LoadedConfig") -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    """From the hazard: section, (vessel name -> its unit, tag -> (first unit it belongs to, its vessel or None)).
+
+    A tank is named by ``name``, else its (first) level tag; a vessel by ``name``, else its pressure tag (as
+    gateway.hazard.engine names them). A unit's tags are its tanks' and vessels' level / pressure / temperature
+    tags and its ``alarm_tags`` (gateway.hazard.HazardEngine.unit_tags); units that do not parse are skipped
+    (``check`` reports them)."""
+    from gateway.hazard import unit_from_dict
+
+    m = cfg.model
+    vessels: dict[str, str] = {}
+    home: dict[str, tuple[str, str | None]] = {}
+    for ui, d in enumerate(m.hazard.units if m.hazard is not None else []):
+        try:
+            spec = unit_from_dict(d, f"hazard.units[{ui}]", cfg.base_dir)
+        except (ValueError, TypeError, OSError):   # reported by check; its vessels' names still count (no noise)
+            if isinstance(d, dict):
+                for group, key in (("tanks", "tag_level"), ("vessels", "tag_pressure")):
+                    for item in d.get(group) or []:
+                        name = item.get("name") or item.get(key) if isinstance(item, dict) else None
+                        name = name[0] if isinstance(name, list) and name else name
+                        if isinstance(name, str):
+                            vessels.setdefault(name, str(d.get("name")))
+            continue
+        items = [(t.name or t.level_tags[0], [*t.level_tags, *([t.tag_temperature] if t.tag_temperature else [])])
+                 for t in spec.tanks]
+        items += [(v.name or v.tag_pressure, [v.tag_pressure, *([v.tag_temperature] if v.tag_temperature else [])])
+                  for v in spec.vessels]
+        for name, tags in items:
+            vessels.setdefault(str(name), spec.name)
+            for tag in tags:
+                home.setdefault(tag, (spec.name, str(name)))
+        for tag in spec.alarm_tags:
+            home.setdefault(tag, (spec.name, None))
+    return vessels, home
+
+
+def point_places(cfg: "LoadedConfig") -> dict[str, PointPlace]:
+    """PointPlace of every tag: the vessel is the tag's ``point.vessel``, else the tank or vessel whose tag it is;
+    the installation is ``point.installation``, else the vessel's unit, else the first unit the tag belongs to
+    (hazard_vessels); the major-hazard code is that unit's ``major_hazard_code``, else
+    ``gateway.major_hazard_code``; the tag code is ``point.code``, else the tag name. The one mapping behind the
+    point codes (gateway.runtime.build.point_codes) and the basic-data record (gateway.runtime.basic_data)."""
+    m = cfg.model
+    vessels, home = hazard_vessels(cfg)
+    unit_codes = {str(d.get("name")): d.get("major_hazard_code") for d in (m.hazard.units if m.hazard else [])
+                  if isinstance(d, dict)}
+    out = {}
+    for tag, (_dev, t) in cfg.all_tags().items():
+        p = t.point
+        unit, vessel = home.get(tag, (None, None))
+        if p is not None and p.vessel:
+            vessel, unit = p.vessel, vessels.get(p.vessel, unit)
+        if p is not None and p.installation:
+            unit = p.installation
+        mh = unit_codes.get(unit) if unit is not None else None
+        out[tag] = PointPlace(installation=unit, vessel=vessel,
+                              major_hazard_code=str(mh) if mh else m.gateway.major_hazard_code,
+                              tag_code=(p.code if p is not None and p.code else tag))
+    return out
+
+
+def point_unit(measure: str, unit: str) -> str | None:
+    """The canonical spelling (gateway.chain.basic_data.MEASURE_UNITS) of a tag's ``unit`` for ``measure``, or
+    None when the unit does not fit: a gas concentration through gateway.safety.gas.canonical_unit ("% LEL",
+    "lel%" -> "%LEL"), a temperature from degC / °C / ℃ / C / K, m³ as m3; anything else as written."""
+    from gateway.chain.basic_data import MEASURE_UNITS
+    from gateway.hazard.engine import TEMP_UNITS   # the temperature spellings the hazard engine reads
+
+    u = (unit or "").strip()
+    if measure == "gas_concentration":
+        u = canonical_unit(u) or ""
+        return u or None
+    if measure == "temperature":
+        return None if not u or u not in TEMP_UNITS else ("K" if u == "K" else "degC")
+    u = u.replace("³", "3")
+    return u if u in MEASURE_UNITS[measure] else None
+
+
+def _point_checks(cfg: LoadedConfig, at: Any) -> None:
+    """Typed points (``point:`` on a tag; docs/domain.md, Regulator platforms): the unit fits the measure
+    (point_unit), every alarm limit (explicit or from a gas preset) lies within ``range``, the vessel is a tank or
+    vessel a hazard unit declares and the installation a hazard unit, both agreeing, and the tag code part of the
+    point code contains neither the enterprise code nor the major-hazard code (gateway.chain.basic_data.code_clash;
+    checked for every tag that gets a point code)."""
+    from gateway.chain.basic_data import MEASURE_UNITS, code_clash
+
+    m = cfg.model
+    vessels, home = hazard_vessels(cfg)
+    units = {str(d.get("name")) for d in (m.hazard.units if m.hazard else []) if isinstance(d, dict)}
+    places = point_places(cfg)
+    seen: dict[str, str] = {}   # a point names its vessel: tank and vessel names are unique across the units
+    for ui, u in enumerate(m.hazard.units if m.hazard else []):
+        for group, tag_key in (("tanks", "tag_level"), ("vessels", "tag_pressure")):
+            for ii, item in enumerate((u.get(group) or []) if isinstance(u, dict) else []):
+                if not isinstance(item, dict):
+                    continue
+                name = item.get("name") or item.get(tag_key)
+                name = name[0] if isinstance(name, list) and name else name
+                if not isinstance(name, str):
+                    continue
+                where = f"hazard.units[{ui}].{group}[{ii}]"
+                if name in seen:
+                    at(("hazard", "units", ui, group, ii, "name" if "name" in item else tag_key),
+                       _("vessel name '{name}' also used by {other}").format(name=name, other=seen[name]))
+                seen.setdefault(name, where)
+    for di, d in enumerate(m.devices):
+        for ti, t in enumerate(d.tags):
+            base = ("devices", di, "tags", ti)
+            p = t.point
+            place = places.get(t.name)
+            if m.gateway.enterprise_code and place is not None and place.major_hazard_code:
+                clash = code_clash(m.gateway.enterprise_code, place.major_hazard_code, place.tag_code)
+                if clash is not None and code_clash(m.gateway.enterprise_code, place.major_hazard_code) is None:
+                    at((*base, "point", "code") if p is not None and p.code else (*base, "name"), clash,
+                       at_value=True)
+            if p is None:
+                continue
+            if point_unit(p.measure, t.unit) is None:
+                allowed = ", ".join(repr(u) for u in sorted(MEASURE_UNITS[p.measure]))
+                at((*base, "unit") if t.unit else (*base, "point", "measure"),
+                   _("unit '{unit}' does not fit measure {measure}: use one of {allowed}").format(
+                       unit=t.unit, measure=p.measure, allowed=allowed), at_value=True)
+            if p.vessel is not None and p.vessel not in vessels:
+                at((*base, "point", "vessel"), _("vessel '{vessel}' is declared by no hazard unit (hazard.units[]."
+                                                 "tanks or vessels, by name or level / pressure tag)").format(
+                    vessel=p.vessel), at_value=True)
+            elif p.vessel is not None and home.get(t.name, (None, None))[1] not in (None, p.vessel):
+                at((*base, "point", "vessel"), _("tag '{tag}' is an instrument of vessel '{owner}' in the hazard "
+                                                 "units, not of '{vessel}'").format(
+                    tag=t.name, owner=home[t.name][1], vessel=p.vessel), at_value=True)
+            if p.installation is not None:
+                if p.installation not in units:
+                    at((*base, "point", "installation"), _("installation '{unit}' is not a hazard unit "
+                                                           "(hazard.units[].name)").format(unit=p.installation),
+                       at_value=True)
+                elif p.vessel in vessels and vessels[p.vessel] != p.installation:
+                    at((*base, "point", "installation"), _("vessel '{vessel}' belongs to hazard unit '{owner}', not "
+                                                           "'{unit}'").format(vessel=p.vessel,
+                                                                              owner=vessels[p.vessel],
+                                                                              unit=p.installation), at_value=True)
+            if p.range is not None and t.alarms is not None:
+                try:
+                    limits = tag_alarm_config(t, policy=m.alarm_policy).limits
+                except GasPresetError:
+                    continue   # reported at the tag's alarms
+                lo, hi = p.range
+                for lim in limits:
+                    if lo <= lim.setpoint <= hi:
+                        continue
+                    explicit = getattr(t.alarms, lim.kind, None) is not None
+                    at((*base, "alarms", lim.kind if explicit else "gas"),
+                       _("alarm limit {kind} {setpoint} is outside the point's range [{lo}, {hi}]").format(
+                           kind=lim.kind, setpoint=f"{lim.setpoint:g}", lo=f"{lo:g}", hi=f"{hi:g}"),
+                       at_value=explicit and not isinstance(getattr(t.alarms, lim.kind), LimitCfg))
+
+
 def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
     """The hazard: section (docs/domain.md, GB 18218-2018): each unit through gateway.hazard.unit_from_dict and HazardEngine
     (their one-line errors placed at the key they name), unique unit names, tags that exist with a unit
     the volume model takes (level m/cm/mm/%, temperature degC/K, pressure Pa/kPa/MPa/bar), and
-    enterprise / major-hazard codes that make valid point codes (gateway.hazard.point_code)."""
-    from gateway.hazard import HazardEngine, default_table, point_code, unit_from_dict
+    enterprise / major-hazard codes that make valid point codes (gateway.chain.basic_data.point_code: each part
+    letters, digits, '_', '.', '-', and a major-hazard code that neither contains the enterprise code nor
+    occurs in it)."""
+    from gateway.chain.basic_data import code_clash, code_part
+    from gateway.hazard import HazardEngine, default_table, unit_from_dict
     from gateway.hazard.engine import resolve_substance
     from gateway.hazard.engine import PRESSURE_KPA, TEMP_UNITS
     from gateway.hazard.volume import LEVEL_UNITS
@@ -1200,10 +1444,14 @@ def _hazard_checks(cfg: LoadedConfig, at: Any) -> None:
 
     def code_ok(loc: tuple, what: str, value: str) -> None:
         try:
-            point_code(value if what == "enterprise code" else "E", value if what != "enterprise code" else "M",
-                       "T", sep=g.point_separator)
+            code_part(what, value, g.point_separator)
         except ValueError as e:
-            at(loc, str(e).removeprefix("point code: "))
+            at(loc, e.args[0], at_value=True)
+            return
+        if g.enterprise_code is not None and what != "enterprise code":   # the parts never contain each other
+            clash = code_clash(g.enterprise_code, value)
+            if clash is not None:
+                at(loc, clash, at_value=True)
 
     if g.enterprise_code is not None:
         code_ok(("gateway", "enterprise_code"), "enterprise code", g.enterprise_code)

@@ -1,5 +1,9 @@
 """Identification (S), grading (R, grade 1..4), risk colour and regulator point codes. Pure functions.
 
+:func:`point_code` is gateway.chain.basic_data.point_code (its docstring and docs/domain.md, "Regulator
+platforms", give the format: enterprise code + major-hazard code + tag code, parts that never contain each
+other), re-exported here where the hazard units' codes are used.
+
 Rules (GB 18218-2018, via docs/domain.md [2]):
 
 - Identification: a unit (production unit, or storage unit; each diked tank group is its own unit) is a
@@ -22,10 +26,10 @@ documented there.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from gateway.chain.basic_data import point_code  # the one point-code rule, shared with the regulator side
 from gateway.hazard.substances import Substance
 
 #: alpha bands (lower bound of people within 500 m, alpha), highest first. GB 18218-2018 grading, alpha table.
@@ -170,32 +174,6 @@ class ColourMap:
                 continue
             i = min(i, 0 if effect == "red" else max(0, COLOURS.index(base) - 1))
         return COLOURS[i]
-
-
-_CODE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def point_code(enterprise_code: str, major_hazard_code: str, tag: str, *, sep: str = "") -> str:
-    """Regulator point code: enterprise code + major-hazard code + tag code, joined with ``sep``.
-
-    No public copy of the national data-access specification exists (docs/domain.md "Regulator platforms");
-    provinces seen use a 12-digit enterprise code and per-point codes built from it. The default joins
-    the three parts without a separator (each province profile fixes the field lengths); pass ``sep``
-    when the platform wants one. Letters are upper-cased in the enterprise and major-hazard codes.
-
-    Raises ValueError (one line) for an empty part, a part with characters other than letters, digits,
-    '_', '.', '-', or a part that contains ``sep``.
-    """
-    parts = []
-    for name, v in (("enterprise code", enterprise_code), ("major-hazard code", major_hazard_code), ("tag", tag)):
-        v = "" if v is None else str(v).strip()
-        if not _CODE_PART.match(v):
-            raise ValueError(f"point code: {name} {v!r} must be letters, digits, '_', '.', '-' and not empty")
-        if sep and sep in v:
-            raise ValueError(f"point code: {name} {v!r} contains the separator {sep!r}")
-        parts.append(v)
-    parts[0], parts[1] = parts[0].upper(), parts[1].upper()
-    return sep.join(parts)
 
 
 __all__ = ["ALPHA_BANDS", "COLOURS", "ColourMap", "GRADE_BOUNDS", "Result", "alpha", "evaluate", "grade_of",

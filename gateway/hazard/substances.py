@@ -34,7 +34,6 @@ by several table-1 rows of one chemical (硝化纤维素, 硝酸铵: different Q
 from __future__ import annotations
 
 import difflib
-import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,10 +41,10 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from gateway.chain.basic_data import cas_valid  # the CAS check-digit rule, one place for both ends of the wire
 from gateway.i18n import gettext as _
 
 DATA_FILE = Path(__file__).parent / "data" / "gb18218_2018.yaml"
-_CAS_RE = re.compile(r"^(\d{2,7})-(\d{2})-(\d)$")
 
 
 class UnknownSubstance(LookupError):
@@ -138,16 +137,6 @@ class Substance:
     def label(self) -> str:
         """Display name: "English (中文)"."""
         return f"{self.en} ({self.zh})" if self.zh else self.en
-
-
-def cas_valid(cas: str) -> bool:
-    """True when ``cas`` has the CAS Registry Number form NNNNNNN-NN-N with a correct check digit
-    (check digit = sum of the other digits weighted 1, 2, 3 ... from the right, modulo 10)."""
-    m = _CAS_RE.match(cas)
-    if not m:
-        return False
-    digits = (m.group(1) + m.group(2))[::-1]
-    return sum((i + 1) * int(d) for i, d in enumerate(digits)) % 10 == int(m.group(3))
 
 
 def _norm(name: str) -> str:

@@ -364,6 +364,7 @@ def _word(value: Any) -> str:
         "normal": _("normal"), "unacked": _("unacked"), "acked": _("acked"), "rtn_unacked": _("rtn_unacked"),
         "shelved": _("shelved"), "suppressed": _("suppressed"), "out_of_service": _("out_of_service"),
         "tripped": _("tripped"), "tripped_cleared": _("tripped_cleared"), "bypassed": _("bypassed"),
+        "bypass": _("bypass"), "shelve": _("shelve"),
         "process": _("process"), "fault": _("fault"), "up": _("up"), "down": _("down"),
         "good": _("good"), "bad": _("bad"), "uncertain": _("uncertain"),
         "ok": _("ok"), "failing": _("failing"), "held": _("held"), "starting": _("starting"),
@@ -377,7 +378,8 @@ def render_status(s: dict[str, Any]) -> str:
     """The status snapshot as text for a terminal (one section per part; alarms in priority order,
     level 2 before level 1, toxic before combustible, then time; '*' marks first-out). Below the list:
     the disabled gas points (屏蔽, GB 16808) and, per first-out group, the first alarm and the later alarms
-    in time order (GB 16808-2008 5.3). In the reader's language (gateway.i18n): the English is the msgids."""
+    in time order (GB 16808-2008 5.3). After the interlocks: the open hidden-danger records (隐患), who and
+    why and since when (gateway.safety.hidden_danger). In the reader's language (gateway.i18n): the English is the msgids."""
     out: list[str] = []
     w = out.append
     w(_("gateway {id}  up {uptime} s  config {config}  at {time}").format(
@@ -441,6 +443,17 @@ def render_status(s: dict[str, Any]) -> str:
         if b:
             w(_("    BYPASSED by {user} until {until}: {reason}").format(user=b["user"], until=b["until"],
                                                                       reason=b["reason"]))
+    hd = s.get("hidden_dangers") or []
+    if hd:  # gateway.safety.hidden_danger: protections defeated longer than hidden_danger.after_minutes
+        w("")
+        w(_("HIDDEN DANGERS (隐患) {count} open, uploaded to the platform until closed").format(count=len(hd)))
+        for h in hd:
+            feeds = [*(h.get("feeds") or {}).get("gas_alarms", []), *(h.get("feeds") or {}).get("interlocks", [])]
+            w(_("  {kind} {target} by {user} since {since}: {reason}").format(
+                kind=f"{_word(h.get('kind'))}", target=h.get("target"), user=h.get("by") or "-",
+                since=h.get("since"), reason=h.get("reason") or "-"))
+            w(_("    defeats {feeds}; until {until}; record {id}").format(
+                feeds=", ".join(feeds) or "-", until=h.get("until") or "-", id=h.get("id")))
     w("")
     w(_("OUTPUTS"))
     for o in s.get("outputs") or []:

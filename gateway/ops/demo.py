@@ -17,7 +17,9 @@ exported and verified offline, and a summary is printed (and written as JSON
 with --json): tags per protocol, readings, alarms, trips with the latency from
 the limit crossing in the simulator to the output confirmed by read-back,
 batches built, sent (acknowledged) and verified, and readings lost (stored but
-not received) or duplicated, counted as multisets of (tag, ts, value, quality).
+not received) or duplicated, counted as multisets of (tag, ts, value, quality), and the basic-data record
+(基础数据: enterprise, installations with their design grade, vessels, points and their codes) the receiver
+holds, read from its store (the regulator view).
 When it fails it says why, one line per missing outcome (:func:`failures`).
 """
 
@@ -265,6 +267,7 @@ def _summary(cfg: Any, wd: Path, farm: Any, trust: Path, elapsed_s: float) -> di
         received_rows = [r for _, _, r in rs.readings(gid)]
         received = Counter(_reading_key(r["tag"], r["ts"], r.get("value"), r.get("quality")) for r in received_rows)
         events = [e for b in rs.batches(gid) for e in _payload(b.jws).get("events", [])]
+        basic = rs.basic_data(gid)   # the latest basic-data record (基础数据) the regulator holds
     finally:
         rs.close()
     exported = wd / "export"
@@ -312,7 +315,27 @@ def _summary(cfg: Any, wd: Path, farm: Any, trust: Path, elapsed_s: float) -> di
         "batches_exported": n_export,
         "batches_verified": verified,
         "verify_faults": [str(x) for x in getattr(report, "faults", [])],
+        # the regulator's register of this gateway (gateway.chain.basic_data), as its receiver holds it
+        "basic_data": basic_data_view(basic, cfg.config_hash),
     }
+
+
+def basic_data_view(held: dict[str, Any] | None, config_hash: str) -> dict[str, Any] | None:
+    """The summary of the basic-data record a receiver holds (ReceiverStore.basic_data: {"gateway_id", "seq",
+    "config_hash", "received_at", "doc"}), or None: seq, received_at, whether it is of the config the gateway ran
+    (``config_hash``), enterprise, installations with their design grade, vessel and point counts, and the first
+    point codes."""
+    if held is None:
+        return None
+    doc = held["doc"]
+    return {"seq": held["seq"], "received_at": held["received_at"], "config_hash": held["config_hash"],
+            "current_config": held["config_hash"] == config_hash, "enterprise": doc.get("enterprise"),
+            "installations": [{k: u.get(k) for k in ("name", "major_hazard_code", "grade", "S", "R", "colour")}
+                              for u in doc.get("installations", [])],
+            "vessels": len(doc.get("vessels", [])), "points": len(doc.get("points", [])),
+            "typed_points": sum(1 for p in doc.get("points", []) if p.get("measure")),
+            "point_codes": [{k: p.get(k) for k in ("code", "tag", "measure", "unit")}
+                            for p in doc.get("points", [])[:4]]}
 
 
 def reading_counts(stored: Counter, received: Counter) -> tuple[int, int]:
@@ -403,6 +426,21 @@ def _print_summary(s: dict[str, Any]) -> None:
     for h in s.get("hazard", []):
         _say(f"  {h['ts']}  {h['unit']}: grade {h['grade']}, colour {h['from_colour']} -> {h['to_colour']}, "
              f"R {h['R']:.1f}, R_live {h['R_live']:.1f}")
+    b = s.get("basic_data")
+    if b is None:
+        _say("basic data (基础数据) held by the regulator: none")
+    else:
+        e = b.get("enterprise") or {}
+        _say(f"basic data (基础数据) held by the regulator: seq {b['seq']}, config {b['config_hash'][:12]}"
+             f"{'' if b['current_config'] else ' (NOT the config the gateway ran)'}; enterprise {e.get('code')}"
+             f"{' ' + e['name'] if e.get('name') else ''}")
+        for u in b["installations"]:
+            grade = f"grade {u['grade']} ({GRADE_ZH.get(u['grade'], '')})" if u["grade"] else "not a major hazard"
+            _say(f"  installation {u['name']} ({u['major_hazard_code']}): design {grade}, R {u['R']:.1f}, "
+                 f"S {u['S']:.1f}, {u['colour']}")
+        _say(f"  {b['vessels']} vessels, {b['points']} points ({b['typed_points']} typed), e.g.:")
+        for p in b["point_codes"]:
+            _say(f"  {p['code']}  {p['tag']} ({p['measure'] or 'untyped'}, {p['unit'] or 'no unit'})")
     _say(f"batches: {s['batches_built']} built, {s['batches_sent']} sent (acknowledged), {s['batches_verified']} "
          f"verified offline (signature, sequence, hash chain)")
     _say(f"readings lost: {s['readings_lost']}   duplicated at receiver: {s['readings_duplicated']}")

@@ -60,7 +60,7 @@ STARTER_CONFIG = """\
 gateway:
   id: site-gateway-1                 # unique per regulator
   # enterprise_code: "330100000001"  # the regulator's enterprise code
-  # major_hazard_code: "330100000001-01"
+  # major_hazard_code: "H01"        # the installation's own code, never the enterprise code again
   state_dir: {state_dir}    # store and status files (writable by the service)
 
 keys:

@@ -24,8 +24,9 @@ from drivers.base import Device
 from drivers.registry import BuildContext, Links, build_device
 from gateway.safety.alarms import CLOCK, GAS_DETECTION_BUDGET_S, SYSTEM_TAG, AlarmEngine, TagAlarmConfig
 from gateway.safety.annunciator import Annunciators, specs_from_config
-from gateway.config import AlarmsCfg, LoadedConfig, tag_alarm_config
-from gateway.hazard import HazardEngine, point_code, unit_from_dict
+from gateway.chain.basic_data import point_code
+from gateway.config import AlarmsCfg, LoadedConfig, point_places, tag_alarm_config
+from gateway.hazard import HazardEngine, unit_from_dict
 from gateway.runtime.health import link_key
 from gateway.safety.heartbeat import Heartbeat, build_heartbeats
 from gateway.safety.interlocks import InterlockEngine, InterlockInput, InterlockSpec, OutputAction
@@ -145,27 +146,18 @@ def build_hazard(cfg: LoadedConfig) -> HazardEngine | None:
     return HazardEngine(specs, stale_after_s=h.stale_after_s)
 
 
-def point_codes(cfg: LoadedConfig, hazard: HazardEngine | None) -> dict[str, str]:
-    """Regulator point code per tag (gateway.hazard.point_code: enterprise code + major-hazard code + tag,
-    joined by gateway.point_separator). The major-hazard code of a tag is that of the first hazard unit
-    the tag belongs to (HazardEngine.unit_tags) when the unit has one, else gateway.major_hazard_code.
-    Without an enterprise code, or a tag without any major-hazard code, the tag has no point code."""
+def point_codes(cfg: LoadedConfig, hazard: HazardEngine | None = None) -> dict[str, str]:
+    """Regulator point code per tag (gateway.chain.basic_data.point_code: enterprise code + major-hazard code +
+    tag code, joined by gateway.point_separator), from gateway.config.point_places: the major-hazard code of the
+    tag's hazard unit (its point's installation or vessel, else the first unit the tag belongs to) when the unit
+    has one, else gateway.major_hazard_code; the tag code is the point's ``code``, else the tag name. Without an
+    enterprise code, or a tag without any major-hazard code, the tag has no point code. ``hazard`` is not needed
+    (kept for callers)."""
     g = cfg.model.gateway
     if not g.enterprise_code:
         return {}
-    mh_of: dict[str, str] = {}
-    if hazard is not None:
-        for unit in hazard.units:
-            code = hazard.major_hazard_code(unit)
-            if code:
-                for tag in hazard.unit_tags(unit):
-                    mh_of.setdefault(tag, str(code))
-    out = {}
-    for tag in cfg.all_tags():
-        mh = mh_of.get(tag, g.major_hazard_code)
-        if mh:
-            out[tag] = point_code(g.enterprise_code, mh, tag, sep=g.point_separator)
-    return out
+    return {tag: point_code(g.enterprise_code, place.major_hazard_code, place.tag_code, sep=g.point_separator)
+            for tag, place in point_places(cfg).items() if place.major_hazard_code}
 
 
 # --- the plant ------------------------------------------------------------------------

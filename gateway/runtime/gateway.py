@@ -33,6 +33,7 @@ from typing import Any
 from drivers.base import Device
 from gateway.safety.alarms import CLOCK, SYSTEM_TAG
 from gateway.runtime.build import CLOCK_ALARM_PRIORITY, Plant, build_plant, store_settings
+from gateway.runtime.basic_data import record as record_basic_data
 from gateway.config import LoadedConfig
 from gateway.ops.control import ControlServer, ControlStartError, socket_path
 from gateway.filemode import create_record_file
@@ -127,7 +128,7 @@ class Gateway:
         # trips, bypasses and latched alarms survive a restart (gateway.safety.safety_state); written off the loop
         self.safety_state = SafetyStatePersister(
             cfg.state_dir / SAFETY_STATE_FILE, gateway_id=cfg.model.gateway.id,
-            export=lambda: export_safety_state(self.plant.alarms, self.plant.interlocks))
+            export=lambda: export_safety_state(self.plant.alarms, self.plant.interlocks, self.tick.hidden))
 
     def plant_for(self, cfg: LoadedConfig, signer: Any = None) -> Plant:
         """gateway.runtime.build.build_plant for ``cfg``, its writers reporting to this gateway (annunciator writes,
@@ -169,11 +170,13 @@ class Gateway:
 
     def log_event(self, rec: dict[str, Any]) -> None:
         """Record one event (a dict: ``type`` and its fields; gateway_id and point codes are added) on
-        both paths: the log line at once, the store queue (never blocks), and for an alarm or interlock
-        event a poke of the safety-state persister. The one way every part (control, reload, the record
-        supervisor) puts an event on the record."""
-        if rec.get("type") in ("interlock", "alarm"):  # a trip, reset, bypass or latch: persist it now
+        both paths: the log line at once, the store queue (never blocks), and for an alarm, interlock or
+        hidden-danger event a poke of the safety-state persister and a note to the hidden-danger tracker (who
+        and why of a bypass or shelve, gateway.safety.hidden_danger). The one way every part (control, reload,
+        the record supervisor) puts an event on the record."""
+        if rec.get("type") in ("interlock", "alarm", "hidden_danger"):  # a trip, bypass, latch, record: persist now
             self.safety_state.poke()
+            self.tick.hidden.note(rec)  # who, why and when of a bypass / shelve (gateway.safety.hidden_danger)
         plant = self.plant
         rec.setdefault("gateway_id", plant.cfg.model.gateway.id)
         points = plant.points
@@ -184,6 +187,11 @@ class Gateway:
                 rec["inputs"] = [dict(i, point=points[i["tag"]]) if isinstance(i, dict) and i.get("tag")
                                  in points else i for i in rec["inputs"]]
         self.store.put_event(rec)
+        if rec.get("type") == "basic_data":   # the whole register rides in the chain; one short line in the log
+            log.info("event basic_data: %d installations, %d vessels, %d points, config %s",
+                     len(rec.get("installations", [])), len(rec.get("vessels", [])), len(rec.get("points", [])),
+                     str(rec.get("config_hash", ""))[:12])
+            return
         # ensure_ascii=False: the Chinese reason texts stay readable in journalctl (not \uXXXX escapes)
         log.info("event %s", json.dumps(rec, sort_keys=True, default=str, ensure_ascii=False))
 
@@ -264,6 +272,8 @@ class Gateway:
             return []
         if saved is None:
             return []
+        # open and pending hidden-danger records: the first step closes what ended while the gateway was down
+        self.tick.hidden.restore(saved.get("hidden_dangers"))
         now = time.monotonic()
         plant = self.plant
         cmds, il_events, il_unknown = plant.interlocks.restore_state(saved["interlocks"], now)
@@ -507,7 +517,8 @@ class Gateway:
         last_poll) with the driver's link state (Device.link_state) and ``tags`` (how many it reads); tags:
         tag -> value, unit, quality, reason, age_s, protocol, device; alarms (active, priority order),
         alarms_hidden (shelved / suppressed / out of service), alarm_sequence (GB 16808 first-out and later
-        alarms in time order), points_disabled (屏蔽), interlocks, outputs, trips, heartbeats, annunciators,
+        alarms in time order), points_disabled (屏蔽), hidden_dangers (the open hidden-danger records,
+        gateway.safety.hidden_danger.HiddenDangerTracker.status), interlocks, outputs, trips, heartbeats, annunciators,
         hazard (per unit: design grade and live inventory), store (Store.stats, or {"error": ...}),
         record_path (the supervisor's one line per faulty part), uplink (forwarder counters, or None).
         """
@@ -537,6 +548,8 @@ class Gateway:
             "alarm_sequence": alarms.first_out_sequence(),
             # GB 16808 屏蔽: shelved / suppressed / out-of-service gas points, shown and counted
             "points_disabled": points_disabled(alarms),
+            # open hidden-danger records (隐患): protections defeated longer than hidden_danger.after_minutes
+            "hidden_dangers": self.tick.hidden.status(),
             "interlocks": plant.interlocks.status(),
             "outputs": self.outputs.states(),
             "trips": [t.to_record() for t in self.outputs.trip_records()],
@@ -615,6 +628,7 @@ class Gateway:
         waiver = self.cfg.model.store.waiver_event()   # C16: a waived retention floor, on the record at each start
         if waiver is not None:
             self.log_event({**waiver, "ts": rfc3339(time.time())})
+        record_basic_data(self.plant, self.log_event)   # the regulator's basic data of this config, in the chain
         restore_cmds = await self._restore_safety_state()  # before the first evaluate (no poll loop yet)
         for dev in self.devices:
             await dev.start()

@@ -20,7 +20,8 @@ Sequence (:func:`reload_from_file`):
    is logged ("polling paused N s").
 3. Record. An event ``{"type": "gateway", "event": "config_reloaded", "config_hash":
    new, "previous_config_hash": old}`` goes into the store, so it is signed and uploaded
-   in the next batch; every later batch carries the new ``config_hash``.
+   in the next batch; every later batch carries the new ``config_hash``. The basic-data record of the new
+   config (``{"type": "basic_data", ...}``, gateway.runtime.basic_data) follows it into the chain.
 
 What carries over (the Gateway object and its live parts, gateway.runtime.gateway.LIVE, are never replaced):
 
@@ -59,6 +60,7 @@ from typing import Any
 from gateway.config import ConfigError, LoadedConfig, load_config
 from gateway.hazard.engine import basis_events
 from gateway.model import rfc3339
+from gateway.runtime.basic_data import record as record_basic_data
 from gateway.runtime.build import store_settings
 from gateway.runtime.ports import ReloadTarget
 
@@ -213,6 +215,7 @@ async def reload_gateway(gw: ReloadTarget, new_cfg: LoadedConfig, signer: Any) -
                       "previous_config_hash": old_hash, "ts": rfc3339(time.time())})
         if (waiver := s.waiver_event()) is not None:   # C16: a waived retention floor, on the record again
             gw.log_event({**waiver, "ts": rfc3339(time.time())})
+        record_basic_data(plant, gw.log_event)   # the regulator's basic data of the new config (config_hash)
         if plant.hazard is not None:  # a grade changes only with its design basis: record each change
             for ev in basis_events(old.hazard, plant.hazard, time.time()):
                 gw.tick.log_hazard_event(ev)

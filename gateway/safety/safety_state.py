@@ -35,7 +35,8 @@ a tripped interlock's outputs are commanded to the safe state again (confirmed w
 
 File format (JSON object): ``format`` (1), ``gateway_id``, ``written_at`` (RFC 3339 UTC),
 ``interlocks`` {name: ...}, ``alarms`` {id: ...} (shapes: AlarmSnapshot.saved and
-InterlockSnapshot.saved, the engines' export_state).
+InterlockSnapshot.saved, the engines' export_state), ``hidden_dangers`` [...] (the open and pending
+hidden-danger records, gateway.safety.hidden_danger.HiddenDangerTracker.saved; absent in older files).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from gateway.model import rfc3339
 
 if TYPE_CHECKING:
     from gateway.safety.alarms import AlarmEngine
+    from gateway.safety.hidden_danger import HiddenDangerTracker
     from gateway.safety.interlocks import InterlockEngine
 
 log = logging.getLogger("hazard_gateway.safety_state")
@@ -63,13 +65,18 @@ FORMAT = 1
 WRITE_EVERY_S = 0.5
 
 
-def export(alarms: "AlarmEngine", interlocks: "InterlockEngine") -> dict[str, Any]:
+def export(alarms: "AlarmEngine", interlocks: "InterlockEngine",
+           hidden: "HiddenDangerTracker | None" = None) -> dict[str, Any]:
     """The state to persist: ``{"interlocks": interlocks.snapshot(restart_only=True).saved(), "alarms":
     alarms.snapshot(restart_only=True).saved()}`` (the restart form of the engines' snapshots; shapes in
-    the module docstring). Pure and in memory: O(alarms) checks, a copy of the latched alarms and the
-    tripped or bypassed interlocks only; safe on the event loop."""
-    return {"interlocks": interlocks.snapshot(restart_only=True).saved(),
-            "alarms": alarms.snapshot(restart_only=True).saved()}
+    the module docstring), and with ``hidden`` its open and pending hidden-danger records as
+    ``"hidden_dangers"`` (HiddenDangerTracker.saved). Pure and in memory: O(alarms) checks, a copy of the
+    latched alarms and the tripped or bypassed interlocks only; safe on the event loop."""
+    out = {"interlocks": interlocks.snapshot(restart_only=True).saved(),
+           "alarms": alarms.snapshot(restart_only=True).saved()}
+    if hidden is not None:
+        out["hidden_dangers"] = hidden.saved()
+    return out
 
 
 class SafetyStateError(ValueError):
@@ -102,7 +109,8 @@ def write_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    """The saved state ({"interlocks": {...}, "alarms": {...}, ...}); None when there is no file.
+    """The saved state ({"interlocks": {...}, "alarms": {...}, "hidden_dangers": [...], ...}); None when there is
+    no file.
 
     Blocking (disk I/O). Raises SafetyStateError (one line naming the file) for a file that cannot be
     read or is not a format-1 safety state."""
@@ -118,10 +126,12 @@ def load(path: Path) -> dict[str, Any] | None:
     except ValueError as exc:
         raise SafetyStateError(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT \
-            or not isinstance(data.get("interlocks", {}), dict) or not isinstance(data.get("alarms", {}), dict):
+            or not isinstance(data.get("interlocks", {}), dict) or not isinstance(data.get("alarms", {}), dict) \
+            or not isinstance(data.get("hidden_dangers", []), list):
         raise SafetyStateError(f"{path}: not a format-{FORMAT} safety state")
     data.setdefault("interlocks", {})
     data.setdefault("alarms", {})
+    data.setdefault("hidden_dangers", [])
     return data
 
 

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parents[2]
 GW = "hazard-e2e"
-ENTERPRISE, MH = "330100000001", "330100000001-01"
+ENTERPRISE, MH = "330100000001", "H01"   # a major-hazard code never repeats the enterprise code (point_code)
 UNIT = "tank-group-T100"
 NAN_F32 = [0x7FC0, 0x0000]  # a quiet NaN in float32 ABCD: what a failed transmitter channel reports (C03)
 

@@ -227,3 +227,7 @@ async def test_a_reload_that_changes_the_design_basis_records_the_grade_change(t
     e = hazard[0]
     assert e["unit"] == "dike-T100" and e["changes"] == ["R"] and (e["from_grade"], e["to_grade"]) == (3, 3)
     assert e["from_R"] == pytest.approx(2 * S, abs=1e-5) and e["R"] == pytest.approx(S, abs=1e-5)
+    # the basic-data record of each config rides in the chain: at the start, then after the reload
+    basic = [e for e in events if e.get("type") == "basic_data"]
+    assert [(b["installations"][0]["alpha"], b["installations"][0]["grade"]) for b in basic] == [(2.0, 3), (1.0, 3)]
+    assert basic[0]["config_hash"] != basic[1]["config_hash"]

@@ -8,8 +8,8 @@ so a reader never sees half an update and never holds up the event loop for long
 ``/api/status`` body (JSON)::
 
     {"status": <the snapshot, unchanged: gateway_id, time, uptime_s, devices, tags, alarms, alarms_hidden,
-                alarm_sequence, points_disabled, interlocks, outputs, trips, heartbeats, annunciators, hazard,
-                store, record_path, uplink ...> or null before the first one,
+                alarm_sequence, points_disabled, hidden_dangers, interlocks, outputs, trips, heartbeats,
+                annunciators, hazard, store, record_path, uplink ...> or null before the first one,
      "received_s": epoch s when the page took it (null before), "now_s": epoch s of this answer,
      "limits": {tag: [{"kind": "HH"|"H"|"L"|"LL", "setpoint": float, "priority": 1..4, "level": 1|2|null}]}}
 """

@@ -132,6 +132,19 @@
       "col.tripped_at", "col.bypass", "col.inputs"], rows)], true);
   }
 
+  function hiddenDangers(s) {   // gateway.safety.hidden_danger: protections defeated longer than after_minutes
+    var list = s.hidden_dangers || [];
+    var rows = list.map(function (h) {
+      var f = h.feeds || {};
+      return el("tr", { "data-hidden-danger": h.id }, [td(t("kind." + h.kind)), td(h.target),
+        td((f.gas_alarms || []).concat(f.interlocks || []).join(", ")), td(h.by || "-"), td(h.reason || "-"),
+        td(fmtTime(h.since)), td(fmtTime(h.until)), td(h.id)]);
+    });
+    section("hidden-dangers", t("hidden_dangers") + " (" + list.length + ")", [rows.length ? table(["col.kind",
+      "col.target", "col.defeats", "col.by", "col.reason", "col.since", "col.until", "col.record"], rows) :
+      el("div", { cls: "muted", text: t("none") })], true);
+  }
+
   function trips(s) {
     var rows = (s.trips || []).map(function (x) {
       return el("tr", null, [td(x.interlock), td(x.tag + " := " + x.value), td(word(x.cause)), td(fmtTime(x.detected)),
@@ -320,7 +333,7 @@
     header(s, ans);
     if (!s) return;
     state.tags = s.tags || {};
-    alarms(s); sequence(s); outputs(s); interlocks(s); trips(s); hazard(s); trendSection(); tags(s); devices(s); store(s);
+    alarms(s); sequence(s); outputs(s); interlocks(s); hiddenDangers(s); trips(s); hazard(s); trendSection(); tags(s); devices(s); store(s);
     if (!state.trendTag) {   // first the first tag that has alarm limits
       var withLimits = Object.keys(state.tags).filter(function (k) { return state.limits[k]; });
       state.trendTag = withLimits[0] || Object.keys(state.tags)[0] || null;
