@@ -225,3 +225,91 @@ def test_record_stall_tiny():
     assert res["readings_offered"] > 0 and res["readings_committed"] == res["readings_offered"]
     assert res["readings_lost"] == 0 and res["gaps"] == 0
     assert isinstance(res["p99_delta_ms"], float)
+
+
+# ------------------------------------------------------------------------------------------ receiver at platform scale
+@pytest.mark.e2e
+def test_receiver_scale_tiny(tmp_path):
+    """1 and 2 real receiver processes on a throw-away PostgreSQL, tiny fleet: every batch acknowledged and stored
+    exactly once, the sample chains byte-identical and verified offline, the bare reference measured. No timing."""
+    from hil import pgcluster
+    from hil.bench import receiver_scale
+
+    why = pgcluster.available()
+    if why:
+        pytest.skip(f"PostgreSQL server binaries absent: {why}")
+    res = receiver_scale.run(gateways=6, batches=3, readings_min=5, readings_max=20, connections=3,
+                             backend="postgresql", pg_fsync=False, sample=3, workdir=str(tmp_path))
+    assert res["backend"] == "postgresql" and res["fleet"]["batches"] == 18
+    for n in ("1", "2"):
+        r = res["by_processes"][n]
+        once = r["exactly_once"]
+        assert once["ok"], once
+        assert once["stored_batches"] == once["expected_batches"] == r["answers"]["accepted"] == 18
+        assert once["stored_readings"] == res["fleet"]["readings"] == r["readings"]
+        assert once["sample_gateways"] == 3 and once["sample_verified"] is True
+        assert r["answers"]["duplicate"] == 0 and not r["client_errors"]
+        assert len(r["receiver_cpu_s"]) == int(n) and r["receiver_exit_codes"] == [0] * int(n)
+    assert res["receiver_exactly_once"] is True
+    assert set(res["receiver_readings_per_s"]) == {"1", "2"}
+    assert [b["stored"] for b in res["bare_insert"]["before_and_after"]] == [18, 18]
+    assert res["bare_insert_readings_per_s"] > 0
+
+
+def test_receiver_scale_exactly_once_check_catches_loss_and_tampering(tmp_path):
+    """The exactly-once check is not vacuous: a missing batch and a stored body that differs from the one sent
+    both fail it (SQLite store written directly, no server)."""
+    from gateway.chain.signing import chain_hash, decode_unverified
+    from gateway.regulator.storage import ReceiverStore
+    from hil.bench import receiver_scale
+
+    fleet_dir = tmp_path / "fleet"
+    fleet = receiver_scale.make_fleet(fleet_dir, 3, 2, 3, 6, seed=7, workers=1)
+    assert (fleet["gateways"], fleet["batches"]) == (3, 6)
+    backend = receiver_scale._Sqlite(tmp_path, "test")
+    gws = receiver_scale.load_fleet(fleet_dir)
+    made = []
+
+    def store_with(rows):
+        made.append(rows)
+        path = backend.fresh(f"s{len(made)}")
+        ReceiverStore(path).close()
+        with backend.connect(path) as c:
+            for jws in rows:
+                p = decode_unverified(jws)[1]
+                c.execute("INSERT INTO batches (gateway_id, seq, jws, hash, kid, created_at, received_at, n_readings,"
+                          " n_events) VALUES (?,?,?,?,?,?,?,?,?)",
+                          (p["gateway_id"], p["seq"], jws, chain_hash(jws), "k", p["created_at"], p["created_at"],
+                           len(p["readings"]), len(p["events"])))
+        return path
+
+    every = [j for g in gws for j in g["jws"]]
+    assert receiver_scale.exactly_once(backend, store_with(every), fleet_dir, fleet, sample=3)["ok"]
+    lost = receiver_scale.exactly_once(backend, store_with(every[:-1]), fleet_dir, fleet, sample=3)
+    assert not lost["ok"] and lost["stored_batches"] == 5 and lost["gateways_not_1_to_n"] == 1
+    other = receiver_scale.make_fleet(tmp_path / "other", 3, 2, 3, 6, seed=8, workers=1)   # same ids, other keys
+    swapped = [*every[:-1], receiver_scale.load_fleet(tmp_path / "other")[-1]["jws"][-1]]
+    assert other["batches"] == 6
+    bad = receiver_scale.exactly_once(backend, store_with(swapped), fleet_dir, fleet, sample=3)
+    assert not bad["ok"] and bad["stored_batches"] == 6
+    assert bad["sample_not_byte_identical"] == 1 and bad["sample_verified"] is False
+
+
+def test_receiver_target_row():
+    """The receiver row: one process against the national average (9,300 readings/s), n/a when not run."""
+    summary = {k: None for k in bench_run.SUMMARY_KEYS}
+    rows = {r["figure"]: r for r in bench_run.targets(summary, {}, [1000])}
+    row = rows["receiver_readings_per_s (1 process, all checks on)"]
+    assert row["status"] == "n/a" and row["note"] == "not run"
+    summary.update(receiver_readings_per_s={"1": 4650, "2": 4000}, receiver_per_cpu_s={"1": 9000, "2": 8800},
+                   receiver_scaling_1_to_2=1.72, receiver_ratio_to_bare_insert=0.2, bare_insert_readings_per_s=23250,
+                   receiver_exactly_once=False)
+    results = {"receiver_scale": {"backend": "postgresql", "by_processes": {"1": {"exactly_once": {"ok": False}}}}}
+    rows = {r["figure"]: r for r in bench_run.targets(summary, results, [1000])}
+    row = rows["receiver_readings_per_s (1 process, all checks on)"]
+    assert row["status"] == "miss" and row["note"].startswith("missed by 4.65e+03/s (50% below target)")
+    assert "0.2 of bare INSERT+COMMIT (23250/s)" in row["note"]
+    assert rows["receiver exactly once (every batch stored once, sample chains verified)"]["status"] == "miss"
+    summary["receiver_readings_per_s"] = {"1": 9300}
+    rows = {r["figure"]: r for r in bench_run.targets(summary, results, [1000])}
+    assert rows["receiver_readings_per_s (1 process, all checks on)"]["status"] == "pass"
