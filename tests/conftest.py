@@ -13,6 +13,8 @@ Helpers (plain functions; a test module imports them: ``from conftest import wai
 * :func:`tank_overfill_config` -- the gateway YAML for one HIL tank PLC with the T101 overfill interlock;
 * :func:`run_forwarder` -- run a Forwarder until a condition holds, then stop it.
 
+* :func:`gateway_signers` -- fresh Ed25519 keys, one per gateway, in a receiver's trust directory (bound or flat).
+
 Fixtures: ``signing_keys`` -- (Signer, trust directory) of a fresh Ed25519 key in tmp_path.
 
 The fast lane: ``make test-fast`` runs ``-m "not e2e"`` (under 30 s on two cores). ``e2e`` is a test that starts
@@ -29,6 +31,7 @@ import asyncio
 import inspect
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -47,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # its Chinese children an environment of their own.
 os.environ["LANGUAGE"] = "en"
 
-__all__ = ["ROOT", "b64url", "free_port", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
+__all__ = ["ROOT", "b64url", "free_port", "gateway_signers", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
            "sql_rows", "tank_overfill_config", "until_daemon", "wait_exit", "wait_for"]
 
 
@@ -196,6 +199,29 @@ def tank_overfill_config(port: int, *, gateway_id: str, store: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
+
+def gateway_signers(tmp_path: Path, names: Any, *, bound: bool = True, untrusted: Any = (),
+                    trust: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(trust directory, {name: Signer}): a fresh Ed25519 key per name in tmp_path/key-<name>/, its public JWK in
+    the trust directory (default tmp_path/trust) as DIR/<name>/<kid>.jwk (``bound``: the key signs for gateway
+    <name> only) or DIR/<kid>.jwk (flat: bound to the first gateway it signs for). The names in ``untrusted`` get a
+    key that the trust directory does not hold."""
+    from gateway.chain.signing import Signer, keygen
+
+    trust = trust or tmp_path / "trust"
+    trust.mkdir(parents=True, exist_ok=True)
+    signers = {}
+    for name in [*names, *untrusted]:
+        kdir = tmp_path / f"key-{name}"
+        kid = keygen(kdir)
+        signers[name] = Signer.from_file(kdir / "private.pem")
+        if name in untrusted:
+            continue
+        dest = trust / name if bound else trust
+        dest.mkdir(exist_ok=True)
+        shutil.copy(kdir / f"{kid}.jwk", dest)
+    return trust, signers
+
 
 @pytest.fixture()
 def signing_keys(tmp_path: Path):

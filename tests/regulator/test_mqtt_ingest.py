@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import queue
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -35,7 +34,7 @@ from gateway.model import Quality, Reading
 from gateway.record.uplink_mqtt import MqttUplink
 from hil import pgcluster
 from hil.mqtt_broker import MOSQUITTO, Broker
-from conftest import ROOT, free_port, run_cli, sql_rows, wait_for
+from conftest import ROOT, free_port, gateway_signers, run_cli, sql_rows, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
               pytest.mark.skipif(MOSQUITTO is None and not os.environ.get("CI"),
@@ -147,13 +146,7 @@ def _store_target(kind: str, tmp: Path, stack: list) -> str:
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
 async def test_two_receivers_share_the_load_survive_sigkill_and_refuse_forgeries(tmp_path: Path,
                                                                                  store_kind: str) -> None:
-    trust = tmp_path / "trust"
-    signers: dict[str, Signer] = {}
-    for gid in GATEWAYS:
-        kid = keygen(tmp_path / gid)
-        (trust / gid).mkdir(parents=True)
-        shutil.copy(tmp_path / gid / f"{kid}.jwk", trust / gid / f"{kid}.jwk")   # bound to its gateway
-        signers[gid] = Signer.from_file(tmp_path / gid / "private.pem")
+    trust, signers = gateway_signers(tmp_path, GATEWAYS)   # each key bound to its gateway
     rx_kid = keygen(tmp_path / "rxkey")
     chains = {gid: make_chain(signers[gid], gid, N) for gid in GATEWAYS}
 

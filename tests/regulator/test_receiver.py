@@ -18,10 +18,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from conftest import gateway_signers
 from gateway.model import Quality, Reading
 from gateway.regulator.receiver import (BackgroundReceiver, ReceiverError, ReceiverStore, export_batches, make_self_signed,
                               run_receiver, signed_request_headers)
-from gateway.chain.signing import Signer, build_payload, chain_hash, keygen
+from gateway.chain.signing import Signer, build_payload, chain_hash
 from gateway.regulator.verify import run_verify, verify_files
 
 JOSE = {"content-type": "application/jose"}
@@ -52,17 +53,9 @@ def flip(jws: str, part: int = 1, at: int = 20) -> str:
 
 @pytest.fixture()
 def pki(tmp_path):
-    """Two gateways' keys (A for gw-01, B for gw-02) in one trust dir, plus an untrusted key C."""
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    signers = {}
-    for name in "ABC":
-        kdir = tmp_path / f"key{name}"
-        kid = keygen(kdir)
-        signers[name] = Signer.from_file(kdir / "private.pem")
-        if name != "C":
-            shutil.copy(kdir / f"{kid}.jwk", trust)
-    return trust, signers
+    """Two gateways' keys (A for gw-01, B for gw-02) in one flat trust dir (bound on first use), plus an untrusted
+    key C."""
+    return gateway_signers(tmp_path, ("A", "B"), bound=False, untrusted=("C",))
 
 
 @pytest.fixture()

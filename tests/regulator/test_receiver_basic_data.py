@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import gateway_signers
 from gateway.chain.basic_data import point_code
 from gateway.chain.rejection import load_receiver_key, verify_rejection
 from gateway.chain.signing import Signer, build_payload, chain_hash, decode_unverified, keygen
@@ -44,13 +45,8 @@ def demo_doc():
 @pytest.fixture()
 def keys(tmp_path):
     """The gateway's key A (trusted for GID), another gateway's key B (trusted for gw-02) and the receiver's key."""
-    trust = tmp_path / "trust"
-    out = {}
-    for name, gid in (("A", GID), ("B", "gw-02")):
-        kid = keygen(tmp_path / f"key{name}")
-        (trust / gid).mkdir(parents=True)
-        shutil.copy(tmp_path / f"key{name}" / f"{kid}.jwk", trust / gid)
-        out[name] = Signer.from_file(tmp_path / f"key{name}" / "private.pem")
+    trust, by_gateway = gateway_signers(tmp_path, (GID, "gw-02"))
+    out = {"A": by_gateway[GID], "B": by_gateway["gw-02"]}
     rkid = keygen(tmp_path / "rxkey")
     out["trust"], out["rx_key"], out["rx_jwk"] = trust, tmp_path / "rxkey" / "private.pem", \
         tmp_path / "rxkey" / f"{rkid}.jwk"

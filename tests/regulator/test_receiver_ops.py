@@ -16,10 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.chain.signing import Signer, chain_hash, keygen
+from gateway.chain.signing import chain_hash
 from gateway.cli import build_parser
 from gateway.regulator.receiver import BackgroundReceiver
 
+from conftest import gateway_signers
 from test_receiver import JOSE, chain, flip
 
 pytestmark = pytest.mark.e2e
@@ -38,15 +39,7 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 @pytest.fixture()
 def two_gateways(tmp_path):
-    trust = tmp_path / "trust"
-    signers = {}
-    for gid in ("gw-a", "gw-b"):
-        kdir = tmp_path / f"key-{gid}"
-        kid = keygen(kdir)
-        (trust / gid).mkdir(parents=True)
-        shutil.copy(kdir / f"{kid}.jwk", trust / gid)
-        signers[gid] = Signer.from_file(kdir / "private.pem")
-    return trust, signers
+    return gateway_signers(tmp_path, ("gw-a", "gw-b"))
 
 
 def test_metrics_count_decisions_by_outcome_and_reason_and_name_silent_gateways(tmp_path, two_gateways):
@@ -137,8 +130,7 @@ def test_bad_input_is_refused_with_its_reason_counted_and_never_stored(tmp_path,
     from gateway.regulator.receiver import signed_request_headers
 
     trust, signers = two_gateways
-    keygen(tmp_path / "key-stranger")
-    stranger = Signer.from_file(tmp_path / "key-stranger" / "private.pem")
+    stranger = gateway_signers(tmp_path, (), untrusted=("stranger",))[1]["stranger"]
     with BackgroundReceiver(tmp_path / "rx", trust) as rx, \
             httpx.Client(base_url=rx.url, verify=rx.ssl_context(), timeout=10) as c:
         good = chain(signers["gw-a"], "gw-a", 1, 2)

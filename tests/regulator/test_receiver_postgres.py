@@ -17,7 +17,6 @@ cluster (hil/pgcluster.py) and real receivers over HTTPS:
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import sqlite3
 import ssl
 import subprocess
@@ -25,15 +24,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import ROOT, run_cli
-from gateway.chain.signing import Signer, chain_hash, keygen
+from conftest import ROOT, gateway_signers, run_cli
+from gateway.chain.signing import Signer, chain_hash
 from gateway.model import rfc3339
 from gateway.regulator.receiver import (BackgroundReceiver, Receiver, ReceiverError, ReceiverStore,
                                         signed_request_headers)
@@ -74,16 +72,7 @@ def target(request, tmp_path):
 @pytest.fixture()
 def keys(tmp_path):
     """Flat trust dir (unbound keys, bound on first use) with A, B and D; C is untrusted."""
-    trust = tmp_path / "trust"
-    trust.mkdir()
-    signers = {}
-    for name in "ABCD":
-        kdir = tmp_path / f"key{name}"
-        kid = keygen(kdir)
-        signers[name] = Signer.from_file(kdir / "private.pem")
-        if name != "C":
-            shutil.copy(kdir / f"{kid}.jwk", trust)
-    return trust, signers
+    return gateway_signers(tmp_path, ("A", "B", "D"), bound=False, untrusted=("C",))
 
 
 def _rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
@@ -229,22 +218,10 @@ def test_two_processes_opening_a_fresh_store_at_once_apply_each_migration_once(t
 # ------------------------------------------------------------------------------------------------ the race
 
 
-def _bound_trust(tmp_path: Path, gateways: list[str]) -> tuple[Path, dict[str, Signer]]:
-    trust = tmp_path / "trust"
-    signers = {}
-    for gid in gateways:
-        kdir = tmp_path / "keys" / gid
-        kid = keygen(kdir)
-        (trust / gid).mkdir(parents=True)
-        shutil.copy(kdir / f"{kid}.jwk", trust / gid)
-        signers[gid] = Signer.from_file(kdir / "private.pem")
-    return trust, signers
-
-
 def test_two_receiver_processes_on_one_database_store_each_batch_exactly_once(tmp_path, pg_url):
     gateways = [f"gw-{i:02d}" for i in range(1, 5)]
     n = 12
-    trust, signers = _bound_trust(tmp_path, gateways)
+    trust, signers = gateway_signers(tmp_path, gateways)
     batches = {gid: chain(signers[gid], gid, 1, n) for gid in gateways}
     procs = [ReceiverProc(tmp_path / f"rx{i}", trust) for i in (1, 2)]
     for p in procs:
