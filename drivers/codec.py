@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from gateway.model import Explained
 
@@ -84,6 +84,7 @@ __all__ = [
     "MAX_EXPONENT",
     "NAMUR_LOW_FRACTION",
     "NAMUR_HIGH_FRACTION",
+    "BlockDecoder",
 ]
 
 # dtype -> (struct format char, number of registers)
@@ -534,3 +535,265 @@ def encode_value(value: Any, point: Any) -> list[int]:
         if len(vals) != length:
             raise ValueError(f"expected {length} value(s), got {len(vals)}")
     return encode(raws, dtype, getattr(point, "order", "ABCD"), getattr(point, "str_len", None))
+
+
+# --------------------------------------------------------------------------- block decoding
+#: the unsigned struct code of a 1-, 2- and 4-register value (the bit pattern a sentinel is compared with)
+_UNSIGNED = {1: "H", 2: "I", 4: "Q"}
+
+# what a point of a block needs after its raw value is unpacked (BlockDecoder)
+_K_PLAIN = 0     # integer type, identity scaling, no sentinel: the raw value is the value
+_K_FLOAT = 1     # float type, identity scaling, no sentinel: NaN / infinity check only
+_K_SCALED = 2    # scale / offset, no sentinel, no range map
+_K_FULL = 3      # sentinels and / or a raw_range map: every check of decode_value, in its order
+_K_BOOL = 4      # one coil / discrete input
+_K_BIT = 5       # one bit of a register
+_K_GENERIC = 6   # arrays, strings, anything else: decode_value itself on the point's registers
+
+
+class BlockDecoder:
+    """Decode every point of one block read at once, as :func:`decode_value` would one by one.
+
+    points: (offset, point) pairs, offset = the point's first entry relative to the block's start address,
+    point = anything :func:`decode_value` takes (``dtype``, ``order``, ``length``, ``bit``, ``scaling``,
+    ``sentinels``; e.g. drivers.modbus.ModbusPoint). count: the block's quantity (registers, or bits when
+    ``bits``). No point may take a power-of-ten scale factor here (``sf``): those go through decode_value.
+
+    Built once per planned block: the register order of each point is normalised to one of two byte
+    buffers (the registers as received, or with the two bytes of every register swapped) read big- or
+    little-endian, so ABCD = as received ``>``, DCBA = as received ``<``, BADC = swapped ``>``, CDAB =
+    swapped ``<`` (the same names as :func:`normalise_order`); the numeric points of one (buffer, endian)
+    pair become one precompiled :class:`struct.Struct` with pad bytes between them (points that overlap go
+    to a second one); the scaling and the checks each point needs are decided here too.
+
+    :meth:`decode` (registers -> (values, bad)) then unpacks the whole block with those few structs, checks
+    NaN / infinity of a run of identity floats with one sum, and applies per point exactly the checks of
+    decode_value in its order: sentinel (raw integer or unsigned register pattern), NaN / infinity, NAMUR
+    NE 43 band of a raw_range map (Scaling.check_raw), scaling, finite scaled value. Arrays, strings and any
+    point whose layout cannot be precompiled are decoded by decode_value itself. The values and errors are
+    the same as ``decode_value(registers[offset:offset + register_count(...)], point)`` for every point
+    (tests/drivers/test_block_decoder.py checks this over random register contents for every type and order).
+    """
+
+    __slots__ = ("count", "bits", "n", "_pack", "_swap", "_structs", "_plain_all", "_floats", "_scaled",
+                 "_full", "_bools", "_bitpts", "_generic", "_points", "_spans")
+
+    def __init__(self, points: Sequence[tuple[int, Any]], count: int, bits: bool = False) -> None:
+        self.count = count
+        self.bits = bits
+        self.n = len(points)
+        self._points = [p for _off, p in points]
+        self._spans: list[tuple[int, int]] = []          # (lo, hi) of each point in the block's entries
+        kinds: list[int] = []
+        numeric: list[tuple[int, int, str, bool, str]] = []  # (j, byte offset, struct code, swapped, endian)
+        self._floats: list[int] = []
+        self._scaled: list[tuple[int, float, float]] = []
+        self._full: list[tuple[int, Any, Any, int, tuple, Scaling]] = []
+        self._bools: list[tuple[int, int]] = []
+        self._bitpts: list[tuple[int, int, int, bool]] = []
+        self._generic: list[int] = []
+        for j, (off, p) in enumerate(points):
+            kind, info = self._classify(off, p, count, bits)
+            kinds.append(kind)
+            if kind == _K_GENERIC:
+                try:
+                    n = register_count(p.dtype, getattr(p, "length", 1) or 1, getattr(p, "str_len", None))
+                except (ValueError, TypeError, AttributeError):
+                    n = 1
+                self._spans.append((off, off + n))
+                self._generic.append(j)
+                continue
+            self._spans.append((off, off + info["regs"]))
+            if kind == _K_BOOL:
+                self._bools.append((j, off))
+            elif kind == _K_BIT:
+                self._bitpts.append((j, off, info["bit"], info["swap"]))
+            else:
+                numeric.append((j, 2 * off, info["code"], info["swapped"], info["endian"]))
+                if kind == _K_FLOAT:
+                    self._floats.append(j)
+                elif kind == _K_SCALED:
+                    self._scaled.append((j, info["scale"], info["offset"]))
+                elif kind == _K_FULL:
+                    pattern = struct.Struct(info["endian"] + _UNSIGNED[info["regs"]])
+                    self._full.append((j, pattern, 2 * off, info["regs"], info["sentinels"], info["scaling"],
+                                       info["swapped"]))
+        self._pack = None if bits else struct.Struct(f">{count}H").pack
+        # one struct per (buffer, endian) chain of non-overlapping numeric points, in address order
+        chains: list[list] = []  # [swapped, endian, end byte, [(byte offset, code, j)]]
+        for j, boff, code, swapped, endian in sorted(numeric, key=lambda x: (x[1], x[0])):
+            size = struct.calcsize(code)
+            for ch in chains:
+                if ch[0] == swapped and ch[1] == endian and ch[2] <= boff:
+                    break
+            else:
+                ch = [swapped, endian, 0, []]
+                chains.append(ch)
+            ch[3].append((boff, code, j))
+            ch[2] = boff + size
+        self._structs: list[tuple[struct.Struct, bool, int, list[int] | None]] = []
+        for swapped, endian, _end, members in chains:
+            fmt, pos = endian, members[0][0]
+            for boff, code, _j in members:
+                if boff > pos:
+                    fmt += f"{boff - pos}x"
+                fmt += code
+                pos = boff + struct.calcsize(code)
+            idx = [j for _b, _c, j in members]
+            in_order = idx == list(range(self.n))
+            self._structs.append((struct.Struct(fmt), swapped, members[0][0], None if in_order else idx))
+        self._swap = any(sw for _st, sw, _start, _idx in self._structs)
+        # True when every point is an identity float / integer of one in-order struct: values = the unpack
+        self._plain_all = (len(self._structs) == 1 and self._structs[0][3] is None
+                           and all(k in (_K_PLAIN, _K_FLOAT) for k in kinds))
+
+    @staticmethod
+    def _classify(off: int, p: Any, count: int, bits: bool) -> tuple[int, dict]:
+        """The kind of point ``p`` (one of the _K_ codes) and what decoding it needs; _K_GENERIC when in doubt."""
+        try:
+            dtype = p.dtype
+            length = getattr(p, "length", 1) or 1
+            order = normalise_order(getattr(p, "order", "ABCD"), dtype)
+            sentinels = tuple(getattr(p, "sentinels", ()) or ())
+            scaling: Scaling = getattr(p, "scaling", None) or Scaling()
+        except (ValueError, TypeError, AttributeError):
+            return _K_GENERIC, {}
+        if length != 1 or off < 0:
+            return _K_GENERIC, {}
+        if dtype == "bool":
+            return (_K_BOOL, {"regs": 1}) if bits and off < count else (_K_GENERIC, {})
+        if bits:
+            return _K_GENERIC, {}
+        if dtype == "bit":
+            bit = getattr(p, "bit", None)
+            if not isinstance(bit, int) or isinstance(bit, bool) or not 0 <= bit <= 15 or off >= count:
+                return _K_GENERIC, {}
+            return _K_BIT, {"regs": 1, "bit": bit, "swap": order == "BADC"}
+        if dtype not in _NUMERIC:
+            return _K_GENERIC, {}
+        code, regs = _NUMERIC[dtype]
+        if off + regs > count:
+            return _K_GENERIC, {}
+        info = {"regs": regs, "code": code, "swapped": order in ("BADC", "CDAB"),
+                "endian": ">" if order in ("ABCD", "BADC") else "<", "sentinels": sentinels, "scaling": scaling}
+        if sentinels or scaling.raw_range is not None:
+            return _K_FULL, info
+        if scaling.is_identity:
+            return (_K_FLOAT if dtype in FLOAT_DTYPES else _K_PLAIN), info
+        info["scale"], info["offset"] = scaling.scale, scaling.offset
+        return _K_SCALED, info
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(lo, hi) of each point's entries within the block, in the order of ``points``."""
+        return list(self._spans)
+
+    def decode(self, registers: Sequence[int]) -> tuple[list, dict[int, ValueError] | None]:
+        """Decode one reply of the block.
+
+        registers: the block's ``count`` entries as read (registers 0..65535; bits 0/1 for a coil or
+        discrete-input block). Returns (values, bad): values[j] is the engineering value of the j-th point
+        (None where it failed), bad is None when every point decoded, else {j: the CodecError (sentinel, NaN,
+        infinity, NAMUR band, non-finite scaled value) or ValueError (a layout decode_value refuses) of
+        point j}: what decode_value would raise for it. Raises ValueError when the number of entries is not
+        ``count``.
+        """
+        if len(registers) != self.count:
+            raise ValueError(f"block of {self.count} entries, got {len(registers)}")
+        if self.bits:
+            return self._decode_rest([None] * self.n, registers, None, None)
+        try:
+            data = self._pack(*registers)
+        except struct.error:  # not 16-bit registers: let decode_value say which, point by point
+            return self._decode_generic(registers, range(self.n))
+        swapped = None
+        if self._swap:
+            swapped = bytearray(len(data))
+            swapped[0::2] = data[1::2]
+            swapped[1::2] = data[0::2]
+        if self._plain_all:
+            st, _sw, start, _idx = self._structs[0]
+            values = list(st.unpack_from(swapped if _sw else data, start))
+            if not self._floats or math.isfinite(sum(values)):
+                return values, None
+            return self._decode_rest(values, registers, data, swapped)
+        values = [None] * self.n
+        for st, sw, start, idx in self._structs:
+            got = st.unpack_from(swapped if sw else data, start)
+            if idx is None:
+                values = list(got)
+            else:
+                for j, v in zip(idx, got):
+                    values[j] = v
+        return self._decode_rest(values, registers, data, swapped)
+
+    def _decode_rest(self, values: list, registers: Sequence[int], data: bytes | None,
+                     swapped: Any) -> tuple[list, dict[int, ValueError] | None]:
+        """The per-point checks and scaling after the unpack (see the class docstring), in place."""
+        bad: dict[int, ValueError] | None = None
+        isfinite = math.isfinite
+        for j in self._floats:
+            r = values[j]
+            if not isfinite(r):
+                bad = bad or {}
+                bad[j] = CodecError("nan" if math.isnan(r) else "infinity")
+                values[j] = None
+        for j, scale, offset in self._scaled:
+            r = values[j]
+            if isinstance(r, float) and not isfinite(r):
+                bad = bad or {}
+                bad[j] = CodecError("nan" if math.isnan(r) else "infinity")
+                values[j] = None
+                continue
+            v = r * scale + offset
+            if isinstance(v, float) and not isfinite(v):
+                bad = bad or {}
+                bad[j] = CodecError(f"scaled value of raw {r!r} is not finite")
+                values[j] = None
+                continue
+            values[j] = v
+        for j, pattern_st, boff, regs, sentinels, scaling, sw in self._full:
+            r = values[j]
+            try:
+                pattern = None
+                if sentinels:
+                    pattern = pattern_st.unpack_from(swapped if sw else data, boff)[0]
+                    if _is_sentinel(r, pattern, sentinels):
+                        raise CodecError(f"sentinel 0x{pattern:0{regs * 4}X}: value not available")
+                if isinstance(r, float) and not isfinite(r):
+                    raise CodecError("nan" if math.isnan(r) else "infinity")
+                scaling.check_raw(r)
+                v = scaling.to_eng(r)
+                if isinstance(v, float) and not isfinite(v):
+                    raise CodecError(f"scaled value of raw {r!r} is not finite")
+                values[j] = v
+            except CodecError as e:
+                bad = bad or {}
+                bad[j] = e
+                values[j] = None
+        for j, off in self._bools:
+            values[j] = bool(registers[off])
+        for j, off, bit, swap in self._bitpts:
+            w = registers[off]
+            if swap:
+                w = (w & 0xFF) << 8 | w >> 8
+            values[j] = bool((w >> bit) & 1)
+        if self._generic:
+            _v, gbad = self._decode_generic(registers, self._generic, values)
+            if gbad:
+                bad = {**(bad or {}), **gbad}
+        return values, bad
+
+    def _decode_generic(self, registers: Sequence[int], which: Iterable[int],
+                        values: list | None = None) -> tuple[list, dict[int, ValueError] | None]:
+        values = [None] * self.n if values is None else values
+        bad: dict[int, ValueError] | None = None
+        for j in which:
+            lo, hi = self._spans[j]
+            try:
+                values[j] = decode_value(list(registers[lo:hi]), self._points[j])
+            except ValueError as e:  # CodecError included
+                bad = bad or {}
+                bad[j] = e
+                values[j] = None
+        return values, bad

@@ -58,12 +58,20 @@ Design choices
 * A unit that failed ``offline_after`` consecutive times is polled on a slow
   schedule (``slow_poll_s``); meanwhile its points are BAD "comm fault"
   without any I/O, so a silent slave cannot stall the bus (case C09).
+* The poll's hot path is decided once per planned block (:class:`_BlockPlan`): a
+  :class:`drivers.codec.BlockDecoder` unpacks every point of a reply with a few precompiled
+  structs and applies the same checks as decode_value (sentinel, NaN / infinity, NAMUR band,
+  scaling), and the GOOD Readings of a block are made as a column (Reading.good_many); a point
+  with a scale-factor register, and any block that failed, go the per-point way
+  (:meth:`ModbusDevice._make_reading`). A TCP request waits on one future with a timer
+  handle, not on asyncio.wait_for (a task per request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import os
 import random
@@ -76,7 +84,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 from drivers.base import Device
-from drivers.codec import CodecError, Scaling, decode, decode_value, encode_value, normalise_order, register_count
+from drivers.codec import (BlockDecoder, CodecError, Scaling, decode, decode_value, encode_value, normalise_order,
+                           register_count)
 from drivers.modbus_planner import (BIT_TABLES, READ_FUNCTION, REGISTER_TABLES, Block, MalformedReply, ReadPlanner,
                                     Span, check_byte_count)
 from gateway.model import Explained, Quality, Reading, WriteError
@@ -379,31 +388,48 @@ class _MbapProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.adus: collections.deque[tuple[int, int, bytes]] = collections.deque()  # (tid, unit, pdu)
-        self.event = asyncio.Event()
+        #: the future a request in flight waits on (TcpLink._transact); set when ADUs arrive or the connection ends
+        self.waiter: asyncio.Future | None = None
         self.lost: str | None = None  # why the connection ended, once it has
         self.framing_error: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     def data_received(self, data: bytes) -> None:
         if self.framing_error:
             return
-        self.buf += data
-        while len(self.buf) >= 7:
-            tid, pid, length, unit = struct.unpack(">HHHB", self.buf[:7])
+        if self.buf:  # the rest of an ADU split across reads
+            self.buf += data
+            buf: bytes | bytearray = self.buf
+        else:  # the usual case: whole ADUs in one read, parsed in place
+            buf = data
+        pos, n = 0, len(buf)
+        while n - pos >= 7:
+            tid, pid, length, unit = _MBAP.unpack_from(buf, pos)
             if pid != 0 or not 2 <= length <= 254:
-                self.framing_error = (f"MBAP header {bytes(self.buf[:7]).hex(' ')}: protocol id {pid}, "
+                self.framing_error = (f"MBAP header {bytes(buf[pos:pos + 7]).hex(' ')}: protocol id {pid}, "
                                       f"length {length}")
                 self.buf.clear()
+                pos = n = 0
                 if self.transport is not None:
                     self.transport.abort()
                 break
-            if len(self.buf) < 6 + length:
+            end = pos + 6 + length
+            if n < end:
                 break
-            self.adus.append((tid, unit, bytes(self.buf[7:6 + length])))
-            del self.buf[:6 + length]
-        self.event.set()
+            self.adus.append((tid, unit, bytes(buf[pos + 7:end])))
+            pos = end
+        if buf is self.buf:
+            del self.buf[:pos]
+        elif pos < n:
+            self.buf += buf[pos:]
+        self._wake()
 
     def eof_received(self) -> bool:
         return False  # the peer closed its side (idle close): close ours too
@@ -411,7 +437,15 @@ class _MbapProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = type(exc).__name__ if exc is not None else "connection closed by peer"
         self.transport = None
-        self.event.set()
+        self._wake()
+
+
+_MBAP = struct.Struct(">HHHB")  # MBAP header: transaction id, protocol id, length, unit id
+
+
+def _wake_at_deadline(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class TcpLink(_Link):
@@ -527,9 +561,8 @@ class TcpLink(_Link):
             tid = self._next_tid()
             while proto.adus:  # arrived while no request was in flight: late, never ours
                 self._discard(*proto.adus.popleft(), expected=tid)
-            proto.event.clear()
             try:
-                proto.transport.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit_id) + pdu)
+                proto.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit_id) + pdu)
             except (OSError, RuntimeError) as e:
                 self._drop(type(e).__name__)
                 raise LinkDown(f"comm fault: {self.name} {type(e).__name__}") from None
@@ -556,14 +589,17 @@ class TcpLink(_Link):
                     # reset / closed while we waited (includes the raw ConnectionResetError case, C10a)
                     self._drop(proto.lost or "connection lost")
                     raise LinkDown(f"comm fault: {self.name} {proto.lost or 'connection lost'}")
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                if loop.time() >= deadline:
                     break
-                proto.event.clear()
+                # wait for the next ADU, the end of the connection or the deadline: a future and a timer
+                # handle, not asyncio.wait_for (which makes a task per request)
+                fut = proto.waiter = loop.create_future()
+                timer = loop.call_at(deadline, _wake_at_deadline, fut)
                 try:
-                    await asyncio.wait_for(proto.event.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+                    await fut
+                finally:
+                    timer.cancel()
+                    proto.waiter = None
             if mismatch is not None:  # the peer is alive, it answered another transaction
                 self._timeouts = 0
                 raise ReplyMismatch(mismatch)
@@ -1179,6 +1215,35 @@ class _FaultState:
     next_try: float
 
 
+class _BlockPlan:
+    """How one planned block's reply becomes Readings, worked out once per block: its request label, the
+    :class:`drivers.codec.BlockDecoder` of its points (those without a scale-factor register), and per point
+    the config-order slot, tag, unit and entries (a slice of the reply: Reading.raw). ``slow``: the spans that go through
+    ModbusDevice._make_reading instead (a point with a scale-factor register, and that register)."""
+
+    __slots__ = ("block", "label", "decoder", "slots", "contiguous", "tags", "units", "slices", "slow")
+
+    def __init__(self, block: Block, points: dict[str, ModbusPoint], slots: dict[str, int]) -> None:
+        self.block = block
+        self.label = str(block)
+        fast: list[tuple[int, ModbusPoint]] = []
+        self.slow: list[Span] = []
+        for span in block.spans:
+            p = points.get(span.key) if isinstance(span.key, str) else None
+            if p is None or p.scale_factor_address is not None:
+                self.slow.append(span)
+            else:
+                fast.append((span.address - block.address, p))
+        self.decoder = BlockDecoder(fast, block.count, bits=block.table in BIT_TABLES)
+        self.slots = [slots[p.tag] for _off, p in fast]
+        lo = self.slots[0] if self.slots else 0
+        #: (first, end) when the points are the config-order slots first..end-1 in order: one slice assignment
+        self.contiguous = (lo, lo + len(self.slots)) if self.slots == list(range(lo, lo + len(self.slots))) else None
+        self.tags = [p.tag for _off, p in fast]
+        self.units = [p.unit for _off, p in fast]
+        self.slices = [slice(lo, hi) for lo, hi in self.decoder.spans]
+
+
 @dataclass(frozen=True)
 class HeartbeatPoint:
     """The watchdog point a PLC watches (gateway.safety.heartbeat): table "holding_register" or "coil", 0-based
@@ -1248,6 +1313,8 @@ class ModbusDevice(Device):
             raise ValueError(f"{name}: {e}") from None
         self._units: dict[int, _UnitState] = {}
         self._faults: dict[tuple, _FaultState] = {}  # (unit, table, address, count) -> config fault
+        self._slots = {tag: i for i, tag in enumerate(self.points)}  # tag -> index in config order
+        self._plans: dict[int, _BlockPlan] = {}  # id(block) -> its decoding plan (made at first read)
         self._closed = False
         self.last_requests: list[str] = []  # protocol requests of the last read (diagnostics / probe)
         if heartbeat is not None:
@@ -1326,7 +1393,20 @@ class ModbusDevice(Device):
 
     # -- reading ---------------------------------------------------------------------------
     def _unit(self, unit_id: int) -> _UnitState:
-        return self._units.setdefault(unit_id, _UnitState())
+        st = self._units.get(unit_id)
+        if st is None:
+            st = self._units[unit_id] = _UnitState()
+        return st
+
+    def _plan(self, block: Block) -> "_BlockPlan":
+        """The decoding plan of ``block`` (made once per planned block; a split makes new blocks)."""
+        bp = self._plans.get(id(block))
+        if bp is None or bp.block is not block:
+            if len(self._plans) > 2 * len(self.planner.blocks) + 8:  # blocks replaced by splits or a replan
+                live = {id(b) for b in self.planner.blocks}
+                self._plans = {k: v for k, v in self._plans.items() if k in live}
+            bp = self._plans[id(block)] = _BlockPlan(block, self.points, self._slots)
+        return bp
 
     def _unit_failed(self, unit_id: int, reason: str, now: float) -> None:
         st = self._unit(unit_id)
@@ -1345,12 +1425,12 @@ class ModbusDevice(Device):
             log.info("%s: unit %d back online", self.name, unit_id)
         st.failures, st.offline, st.reason = 0, False, ""
 
-    async def _read_block(self, block: Block, attempts_timeout: int) -> list[int]:
+    async def _read_block(self, block: Block, attempts_timeout: int, label: str | None = None) -> list[int]:
         busy = 0
         timeouts = 0
         while True:
             try:
-                self.last_requests.append(str(block))
+                self.last_requests.append(label or str(block))
                 return await self.link.read(block.unit_id, block.table, block.address, block.count)
             except ModbusExceptionReply as e:
                 if e.code in BUSY_CODES and busy < self.busy_retries:
@@ -1373,6 +1453,7 @@ class ModbusDevice(Device):
         failed_units: dict[int, str] = {}  # timeout / 0A / 0B this cycle: counts towards offline
         down_units: dict[int, str] = {}
         ok_units: set[int] = set()
+        done: list[tuple[_BlockPlan, list[int]]] = []  # blocks read, with their entries
         queue = list(self.planner.blocks)
         while queue:
             block = queue.pop(0)
@@ -1390,8 +1471,9 @@ class ModbusDevice(Device):
             if fault and now < fault.next_try:
                 self._set_error(block, errors, fault.reason)
                 continue
+            bp = self._plan(block)
             try:
-                entries = await self._read_block(block, 0 if st.offline else self.retries)
+                entries = await self._read_block(block, 0 if st.offline else self.retries, bp.label)
             except ModbusExceptionReply as e:
                 reason = exception_reason(e.code)
                 ok_units.add(block.unit_id)  # the unit answered
@@ -1428,15 +1510,61 @@ class ModbusDevice(Device):
                 self._set_error(block, errors, f"malformed reply: {e}")
                 continue
             ok_units.add(block.unit_id)
-            self._faults.pop(fkey, None)
-            for span in block.spans:
+            if self._faults:
+                self._faults.pop(fkey, None)
+            done.append((bp, entries))
+            for span in bp.slow:  # points with a scale-factor register and those registers: _make_reading
                 data[span.key] = (block.slice(entries, span), block)
         for u, reason in failed_units.items():
             self._unit_failed(u, reason, now)
         for u in ok_units - set(failed_units):
             self._unit_ok(u)
         ts = time.time()
-        return [self._with_link_fault(self._make_reading(p, data, errors, ts)) for p in self.points.values()]
+        # The poll's Readings are made in one go with the cyclic garbage collector paused: they are all alive
+        # until they are returned, so each of the collections their allocations would trigger (one per 700
+        # objects, a full one every few polls) would only move them to an older generation; with it paused,
+        # they usually die by reference count (the previous poll's, when its caller lets go) before a
+        # collection. Only allocation runs here, bounded by the tag count; the previous state is restored.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            out = self._readings(done, data, errors, ts)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if getattr(self.link, "link_fault", None):
+            return [self._with_link_fault(r) for r in out]
+        return out
+
+    def _readings(self, done: list[tuple["_BlockPlan", list[int]]], data: dict, errors: dict,
+                  ts: float) -> list[Reading]:
+        """One Reading per tag in config order: each block read decoded at once and its Readings made as a
+        column (Reading.good_many); a point whose block failed, or with a scale-factor register, through
+        :meth:`_make_reading`."""
+        mono = time.monotonic()
+        out: list[Reading | None] = [None] * len(self._slots)
+        good_many = Reading.good_many
+        made = 0
+        for bp, entries in done:
+            values, bad = bp.decoder.decode(entries)
+            raws = list(map(entries.__getitem__, bp.slices))  # each point's own entries: Reading.raw
+            if bad is None:
+                rs = good_many(bp.tags, values, bp.units, raws, ts, mono)
+            else:
+                rs = [Reading.bad(tag, unit, _decode_reason(bad[j]), ts, raw=raw) if j in bad
+                      else Reading.good(tag, value, unit, ts, mono, raw)
+                      for j, (tag, unit, value, raw) in enumerate(zip(bp.tags, bp.units, values, raws))]
+            made += len(rs)
+            if bp.contiguous is not None:
+                out[bp.contiguous[0]:bp.contiguous[1]] = rs
+            else:
+                for slot, r in zip(bp.slots, rs):
+                    out[slot] = r
+        if made < len(out):  # a failed block, or a point with a scale factor
+            for i, p in enumerate(self.points.values()):
+                if out[i] is None:
+                    out[i] = self._make_reading(p, data, errors, ts)
+        return out  # type: ignore[return-value]
 
     def _with_link_fault(self, r: Reading) -> Reading:
         """A standing fault of the link's configuration (RtuLink: "echo seen, local_echo is off") goes
@@ -1466,10 +1594,8 @@ class ModbusDevice(Device):
             sf = decode(data[("sf", p.tag)][0], "int16")
         try:
             value = decode_value(regs, p, sf)
-        except CodecError as e:
-            return Reading.bad(p.tag, p.unit, str(e), ts, raw=regs)
-        except ValueError as e:  # wrong length etc.: never a value
-            return Reading.bad(p.tag, p.unit, f"decode error: {e}", ts, raw=regs)
+        except ValueError as e:  # CodecError (sentinel, NaN ...) or wrong length etc.: never a value
+            return Reading.bad(p.tag, p.unit, _decode_reason(e), ts, raw=regs)
         return Reading(tag=p.tag, value=value, unit=p.unit, quality=Quality.GOOD, ts=ts, raw=regs)
 
     # -- writing ---------------------------------------------------------------------------
@@ -1558,6 +1684,12 @@ class ModbusDevice(Device):
             return echo, (p.address, regs[0])
         echo = await self.link.write_registers(p.unit_id, p.address, regs)
         return echo, (p.address, len(regs))
+
+
+def _decode_reason(e: ValueError) -> str:
+    """The reason of a BAD reading whose registers did not decode: a CodecError's own text ("nan", "sentinel
+    0xFFFF: value not available", "out of range: NAMUR NE 43 ..."), any other ValueError as "decode error: ..."."""
+    return str(e) if isinstance(e, CodecError) else f"decode error: {e}"
 
 
 def _fmt(vals: Iterable[int]) -> str:
