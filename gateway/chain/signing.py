@@ -50,6 +50,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.model import rfc3339
 
+try:   # a fast, exact JSON writer (pyproject dependency); canonical_json falls back to the standard library
+    import orjson as _orjson
+    _ORJSON_OPTS = _orjson.OPT_SORT_KEYS | _orjson.OPT_PASSTHROUGH_SUBCLASS | _orjson.OPT_PASSTHROUGH_DATETIME \
+        | _orjson.OPT_PASSTHROUGH_DATACLASS
+except ImportError:   # pragma: no cover - orjson is a dependency; the standard library gives the same JSON
+    _orjson = None
+    _ORJSON_OPTS = 0
+
 JWS_TYP = "hazard-gateway-batch+jws"
 KEY_PROOF_TYP = "hazard-gateway-key-proof+jws"
 JWS_ALG = "EdDSA"
@@ -58,6 +66,7 @@ MAX_HEADER_BYTES = 1024
 PRIVATE_KEY_FILE = "private.pem"
 GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _QUALITIES = frozenset({"good", "uncertain", "bad"})
 REQUIRED_FIELDS = ("gateway_id", "seq", "prev", "created_at", "config_hash", "readings", "events")
 
@@ -99,22 +108,80 @@ def b64url_decode(text: str) -> bytes:
     Non-canonical encodings (stray trailing bits) are refused so that one batch
     has exactly one compact form and therefore exactly one chain hash.
     """
-    if not _B64URL_RE.match(text) or len(text) % 4 == 1:
+    if not text.isascii() or text.encode("ascii").translate(None, _B64URL_ALPHABET) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64url_encode(data) != text:
+    # full 4-character groups encode their 3 bytes one way only; a final group of 2 or 3 characters
+    # (1 or 2 bytes) is canonical when its unused low bits are zero: re-encoding that tail decides
+    tail = len(text) % 4
+    if tail and b64url_encode(data[-(tail - 1):]) != text[-tail:]:
         raise ValueError("non-canonical base64url")
     return data
 
 
 def canonical_json(obj: Any) -> bytes:
-    """Compact, key-sorted UTF-8 JSON; NaN/Infinity refused (ValueError)."""
+    """Compact, key-sorted UTF-8 JSON (RFC 8259); NaN/Infinity refused (ValueError).
+
+    With orjson installed the bytes come from orjson (OPT_SORT_KEYS), which writes the same compact,
+    key-sorted text as ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` except
+    that a float may be spelt differently (``1e16`` for ``1e+16``, ``0.00001`` for ``1e-05``: the same
+    number, RFC 8259 s.6). What orjson refuses (an integer beyond 64 bits, a non-str key, a str subclass,
+    a lone surrogate) and any non-finite float (orjson would write null) goes through the standard
+    library, whose answer (or ValueError / TypeError) is the result."""
+    if _orjson is not None and _finite(obj):
+        try:
+            return _orjson.dumps(obj, option=_ORJSON_OPTS)
+        except TypeError:   # orjson.JSONEncodeError: let the standard library give its answer or its error
+            pass
+    return _std_canonical(obj)
+
+
+def _std_canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 
 
+def _finite(obj: Any, depth: int = 0) -> bool:
+    """True when ``obj`` is plain JSON data (dict, list, tuple, str, int, bool, None and finite floats, exactly
+    these types) no deeper than this check follows; False for a non-finite float (NaN or an infinity:
+    orjson would write null), any other type (orjson writes some that the json module refuses: an Enum, a
+    UUID) or deeper nesting: the standard library then gives the answer or the error."""
+    t = type(obj)
+    if t is float:
+        return obj - obj == 0.0
+    if t is dict:
+        vals: Any = obj.values()
+    elif t is list or t is tuple:
+        vals = obj
+    else:
+        return t is str or obj is None or t is int or t is bool
+    if depth > 200:
+        return False
+    for v in vals:
+        t = type(v)
+        if t is str or v is None or t is int or t is bool:
+            continue
+        if t is float:
+            if v - v != 0.0:
+                return False
+        elif t is dict:   # a list of flat records (readings): their values inline, no call per record
+            for w in v.values():
+                t = type(w)
+                if t is str or w is None or t is int or t is bool:
+                    continue
+                if t is float:
+                    if w - w != 0.0:
+                        return False
+                elif not _finite(w, depth + 2):
+                    return False
+        elif not _finite(v, depth + 1):
+            return False
+    return True
+
+
 _JSON_STRING_RE = re.compile(rb'"[^"]*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_QUOTES_BRACKETS = bytes(b for b in range(256) if b not in b'[]{}"')
 _BRACKETS_TO_PARENS = bytes.maketrans(b"[]{}", b"()()")
 
 
@@ -127,7 +194,13 @@ def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     level per pass; anything left after ``limit`` passes is deeper than ``limit``. Linear in
     size per pass, all in C (no backtracking regular expression)."""
     unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = _JSON_STRING_RE.sub(b"", unescaped).translate(_BRACKETS_TO_PARENS, _NOT_BRACKETS)
+    # keep only quotes and brackets (the pairing of quotes and what lies between them do not change); with
+    # every quote paired, drop adjacent quote pairs (an empty string, or the seam of two strings: the
+    # brackets between the remaining pairs stay inside or outside as they were); then the strings
+    marks = unescaped.translate(None, _NOT_QUOTES_BRACKETS)
+    if not marks.count(b'"') % 2:
+        marks = marks.replace(b'""', b"")
+    brackets = _JSON_STRING_RE.sub(b"", marks).translate(_BRACKETS_TO_PARENS, _NOT_BRACKETS)
     for _ in range(limit):
         if not brackets:
             return False
@@ -327,19 +400,27 @@ def validate_payload(payload: Any) -> dict[str, Any]:
     readings = payload["readings"]
     if not isinstance(readings, list):
         raise BatchError("payload", "readings is not a list")
+    good_ts: set[str] = set()   # timestamps already checked in this payload (a poll stamps many readings alike)
     for i, r in enumerate(readings):
         if not isinstance(r, dict):
             raise BatchError("payload", f"readings[{i}] is not an object")
-        for f in ("tag", "value", "unit", "quality", "ts"):
-            if f not in r:
-                raise BatchError("payload", f"readings[{i}] lacks {f}")
-        if not isinstance(r["tag"], str) or not isinstance(r["unit"], str):
+        try:
+            tag, value, unit, quality, ts = r["tag"], r["value"], r["unit"], r["quality"], r["ts"]
+        except KeyError:
+            for f in ("tag", "value", "unit", "quality", "ts"):
+                if f not in r:
+                    raise BatchError("payload", f"readings[{i}] lacks {f}") from None
+            raise
+        if not isinstance(tag, str) or not isinstance(unit, str):
             raise BatchError("payload", f"readings[{i}]: tag and unit must be strings")
-        if r["quality"] not in _QUALITIES:
-            raise BatchError("payload", f"readings[{i}] ({r['tag']}): quality {r['quality']!r} is not good/uncertain/bad")
-        if r["quality"] == "bad" and r["value"] is not None:
-            raise BatchError("payload", f"readings[{i}] ({r['tag']}): a bad reading carries no value")
-        _check_rfc3339_utc(r["ts"], f"readings[{i}].ts")
+        if quality not in _QUALITIES:
+            raise BatchError("payload", f"readings[{i}] ({tag}): quality {quality!r} is not good/uncertain/bad")
+        if value is not None and quality == "bad":
+            raise BatchError("payload", f"readings[{i}] ({tag}): a bad reading carries no value")
+        if type(ts) is not str or ts not in good_ts:
+            _check_rfc3339_utc(ts, f"readings[{i}].ts")
+            if type(ts) is str:
+                good_ts.add(ts)
     events = payload["events"]
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise BatchError("payload", "events is not a list of objects")

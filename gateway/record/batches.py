@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.record.chain_position import prev_value
@@ -34,10 +34,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One stored batch: seq (sequence number), jws (compact JWS, the exact bytes sent)."""
+    """One stored batch: seq (sequence number), jws (compact JWS, the exact bytes sent); payload: the dict
+    that was signed into ``jws`` when this process just made it (so the uplink need not decode it again),
+    else None (a stored batch handed out again: the uplink decodes the JWS). Not compared."""
 
     seq: int
     jws: str
+    payload: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def hash(self) -> str:
@@ -71,6 +74,7 @@ class Batcher:
         self.max_readings = max_readings
         self.max_events = max_events
         self.clock_fn = clock_fn or _no_clock
+        self._made: tuple[str, dict[str, Any]] | None = None   # (jws, payload) of the last batch _make signed
 
     def next_batch(self) -> Batch | None:
         """The batch to send now, or None when there is nothing to send.
@@ -84,8 +88,12 @@ class Batcher:
         pending = self.store.unacked_batch()
         if pending is not None:
             return Batch(*pending)
+        self._made = None
         made = self.store.new_batch(self.max_readings, self.max_events, self._make)
-        return None if made is None else Batch(*made)
+        if made is None:
+            return None
+        signed, self._made = self._made, None
+        return Batch(*made, payload=signed[1] if signed is not None and signed[0] == made[1] else None)
 
     def mark_acked(self, seq: int) -> bool:
         """Record the receiver's ack of ``seq`` (rows count as sent only now)."""
@@ -106,14 +114,16 @@ class Batcher:
         gaps = [g for _, g in rows.gaps]
         payload = self._payload(seq, prev_jws, created_at, readings, events, gaps)
         try:
-            return self.signer.sign(payload), created_at
+            jws = self.signer.sign(payload)
         except (BatchError, ValueError) as exc:
             # A malformed stored record must not stall the chain forever: move each bad
             # record into an "invalid_record" event (nothing is dropped silently).
             log.warning("batch %d: %s; quarantining the bad records", seq, exc)
             readings, events = self._quarantine(readings, events)
             payload = self._payload(seq, prev_jws, created_at, readings, events, gaps)
-            return self.signer.sign(payload), created_at
+            jws = self.signer.sign(payload)
+        self._made = (jws, payload)
+        return jws, created_at
 
     def _payload(self, seq: int, prev_jws: str | None, created_at: str, readings: list, events: list,
                  gaps: list) -> dict[str, Any]:

@@ -70,7 +70,13 @@ tags JSON, first_ts, last_ts, count, recorded_at, batch_seq), ``batches`` (seq, 
 created_at, acked_at, dead_letter: reason when the stored jws is a tombstone),
 ``dead_letters`` (seq, original jws, reason, status, dead_at), ``chain_anchor`` (seq, hash,
 set_at, source: links of the chain whose JWS a store seeded from the chain position does not hold).
-``ts`` columns hold RFC 3339 UTC strings.
+``ts`` columns hold RFC 3339 UTC strings. A reading's ``value`` is the text ``json.dumps(value, default=str)``
+(the writer spells finite floats, ints and None without the encoder, the same text); a batch parses the texts
+of its rows in one ``json.loads`` when SQLite's ``json_valid`` passes each. The partial index
+``batches_unacked`` (seq WHERE acked_at IS NULL) finds the unacknowledged batches without reading the JWS of
+the others (a row's later columns sit behind its JWS, in overflow pages); a store made before it gets it at
+its next open (CREATE INDEX IF NOT EXISTS, one pass over the batches table). Nothing else in the file format
+changed: stores of either version open and batch alike.
 """
 
 from __future__ import annotations
@@ -138,6 +144,9 @@ CREATE TABLE IF NOT EXISTS batches (
     acked_at TEXT NULL,
     dead_letter TEXT NULL
 );
+-- the unacknowledged batches by seq: finding them never reads the JWS of the acknowledged ones (a row's later
+-- columns sit behind its JWS, in overflow pages), so the drain does not slow down as acknowledged batches pile up
+CREATE INDEX IF NOT EXISTS batches_unacked ON batches(seq) WHERE acked_at IS NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     jws TEXT NOT NULL,
@@ -171,6 +180,8 @@ FLOOR_SCAN_ROWS = 20_000
 #: SQLITE_NOTADB); "database is locked" (SQLITE_BUSY 5, SQLITE_LOCKED 6) is not corruption (C17a)
 SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
+#: stats() counts rows exactly up to this many (bounded index scans once a second); beyond, counters since open
+STATS_EXACT_ROWS = 100_000
 #: salvage of a set-aside file reads rowid ranges of this many ids per query
 SALVAGE_CHUNK = 2000
 #: ... and gives a table up after this many ranges that did not read back (a bad root page fails them all)
@@ -251,10 +262,38 @@ def _rollback(conn: sqlite3.Connection) -> None:
             pass
 
 
+def _value_text(v: Any) -> str:
+    """The ``value`` column's JSON text of a reading value: exactly ``json.dumps(v, default=str)``, with
+    the common scalars spelt without the encoder (a finite float's repr and an int's are the JSON
+    text json.dumps writes: the json module encodes them with float.__repr__ / int.__repr__)."""
+    t = type(v)
+    if t is float:
+        if v - v == 0.0:
+            return float.__repr__(v)
+    elif v is None:
+        return "null"
+    elif t is int:
+        return int.__repr__(v)
+    return json.dumps(v, default=str)
+
+
 def _reading_row(rec: dict[str, Any]) -> tuple:
-    return _bindable((str(rec.get("tag")), json.dumps(rec.get("value"), default=str), rec.get("unit"),
+    return _bindable((str(rec.get("tag")), _value_text(rec.get("value")), rec.get("unit"),
                       str(rec.get("quality", "bad")), rec.get("reason"), str(rec.get("ts") or _utc_now()),
                       rec.get("ts_source"), rec.get("point")))
+
+
+def _decode_values(texts: list[str | None]) -> list[Any]:
+    """The values of ``value`` column texts (JSON, NULL: None), parsed in one json.loads of the texts
+    joined into one array when SQLite's json_valid passed each of them (``valid``: see new_batch), else
+    one by one (a malformed text raises ValueError, as before)."""
+    try:
+        out = json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]")
+    except (ValueError, TypeError):
+        out = None
+    if isinstance(out, list) and len(out) == len(texts):
+        return out
+    return [json.loads(t) if t is not None else None for t in texts]
 
 
 def _event_row(ev: dict[str, Any]) -> tuple:
@@ -567,6 +606,8 @@ class Store:
         self._chain_dirty = False               # the file lags the database (a write failed); retried
         # unbatched readings / events in the database as far as the counters tell (None: unknown)
         self._unbatched_est: list[int] | None = None
+        self._readings_est: int | None = None   # rows in the readings table as far as the counters tell
+        self._deleted = [0, 0, 0]                # retention deletes of the open transaction (_count_deleted)
         self._committed_tags: set[str] = set()  # tags committed since open (at most 1000): a lost gap's tags
         self._rq: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=self.queue_max)
         self._eq: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=int(event_queue_max))
@@ -893,8 +934,10 @@ class Store:
         """Start the unbatched estimate (readings, events) from the database (index scans)."""
         r = conn.execute("SELECT count(*) FROM readings WHERE batch_seq IS NULL").fetchone()[0]
         e = conn.execute("SELECT count(*) FROM events WHERE batch_seq IS NULL").fetchone()[0]
+        n = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
         with self._count_lock:
             self._unbatched_est = [r, e]
+            self._readings_est = n
 
     def _seed(self, conn: sqlite3.Connection, salv: _Salvage, *, reason: str, target: Path | None, problem: str,
               detected: str, lost: int, tags: list[str], when: str) -> dict[str, Any]:
@@ -1318,6 +1361,8 @@ class Store:
             if self._unbatched_est is not None:
                 self._unbatched_est[0] += len(r_rows)
                 self._unbatched_est[1] += len(e_rows)
+            if self._readings_est is not None:
+                self._readings_est += len(r_rows)
             if len(self._committed_tags) < 1000:
                 self._committed_tags.update(str(r[0]) for r in r_rows[:5000])
         if self._writer_error is not None:
@@ -1409,7 +1454,9 @@ class Store:
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
+                    self._deletes_committed(False)
                     raise
+                self._deletes_committed()
                 used = self.used_bytes(conn)
                 if not done or used + extra <= target:
                     break
@@ -1450,7 +1497,9 @@ class Store:
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
+            self._deletes_committed(False)
             raise
+        self._deletes_committed()
         return done
 
     def _drop_acked(self, conn: sqlite3.Connection, n: int, older_than: str | None = None) -> bool:
@@ -1460,7 +1509,7 @@ class Store:
         from the predecessor of the oldest unacknowledged one on (a tombstone for batch N is
         signed with the same ``prev`` as N, the hash of N-1's stored JWS; see dead_letter)."""
         last, oldest_unacked = conn.execute(
-            "SELECT max(seq), min(CASE WHEN acked_at IS NULL THEN seq END) FROM batches").fetchone()
+            "SELECT (SELECT max(seq) FROM batches), (SELECT min(seq) FROM batches WHERE acked_at IS NULL)").fetchone()
         if last is None:
             return False
         keep_from = last if oldest_unacked is None else min(last, oldest_unacked - 1)
@@ -1482,8 +1531,10 @@ class Store:
                         self.retention_floor_s / 86400, newest)
         hi = seqs[-1]
         for table in ("readings", "events", "gaps"):
-            conn.execute(f"DELETE FROM {table} WHERE batch_seq IS NOT NULL AND batch_seq <= ?"
-                         f" AND batch_seq IN (SELECT seq FROM batches WHERE acked_at IS NOT NULL)", (hi,))
+            n = conn.execute(f"DELETE FROM {table} WHERE batch_seq IS NOT NULL AND batch_seq <= ?"
+                             f" AND batch_seq IN (SELECT seq FROM batches WHERE acked_at IS NOT NULL)", (hi,)).rowcount
+            if table == "readings":
+                self._count_deleted(n, 0, 0)
         conn.execute("DELETE FROM batches WHERE seq <= ? AND acked_at IS NOT NULL AND seq < ?", (hi, keep_from))
         return True
 
@@ -1501,6 +1552,8 @@ class Store:
             first, last = min(ts for _, _, ts in old), max(ts for _, _, ts in old)
             reason = "retention_drop_oldest" if table == "readings" else "retention_drop_oldest_events"
             conn.executemany(f"DELETE FROM {table} WHERE id=?", ids)
+            self._count_deleted(len(ids) if table == "readings" else 0, len(ids) if table == "readings" else 0,
+                                len(ids) if table == "events" else 0)
             return self._dropped_unsent(conn, table, reason, tags, first, last, len(ids))
         ids = conn.execute(f"SELECT id FROM {table} WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (n,)).fetchall()
         if not ids:
@@ -1522,8 +1575,29 @@ class Store:
                 "SELECT min(ts), max(ts) FROM events WHERE batch_seq IS NULL AND id BETWEEN ? AND ?",
                 (lo, hi)).fetchone()
             reason = "retention_drop_oldest_events"
-        conn.execute(f"DELETE FROM {table} WHERE batch_seq IS NULL AND id BETWEEN ? AND ?", (lo, hi))
+        n = conn.execute(f"DELETE FROM {table} WHERE batch_seq IS NULL AND id BETWEEN ? AND ?", (lo, hi)).rowcount
+        self._count_deleted(n if table == "readings" else 0, n if table == "readings" else 0,
+                            n if table == "events" else 0)
         return self._dropped_unsent(conn, table, reason, tags, first, last, len(ids))
+
+    def _count_deleted(self, readings: int, unbatched_readings: int, unbatched_events: int) -> None:
+        """Note a retention delete (rows, unbatched readings, unbatched events) for the row counters of
+        stats(); applied by _deletes_committed once its transaction commits, forgotten at a rollback."""
+        d = self._deleted
+        d[0] += readings
+        d[1] += unbatched_readings
+        d[2] += unbatched_events
+
+    def _deletes_committed(self, committed: bool = True) -> None:
+        d, self._deleted = self._deleted, [0, 0, 0]
+        if not committed:
+            return
+        with self._count_lock:
+            if self._readings_est is not None:
+                self._readings_est = max(0, self._readings_est - d[0])
+            if self._unbatched_est is not None:
+                self._unbatched_est[0] = max(0, self._unbatched_est[0] - d[1])
+                self._unbatched_est[1] = max(0, self._unbatched_est[1] - d[2])
 
     def _dropped_unsent(self, conn: sqlite3.Connection, table: str, reason: str, tags: list, first: str | None,
                         last: str | None, count: int) -> bool:
@@ -1568,20 +1642,26 @@ class Store:
                 self._note_corrupt(e, what)
                 raise
 
-    def last_samples(self, tags: list[str]) -> dict[str, tuple[str, str, str]]:
-        """The newest stored device- or server-stamped reading of each tag as (ts RFC 3339, quality, value JSON).
+    def last_samples(self, tags: list[str]) -> dict[str, tuple[str, str, type, Any]]:
+        """The newest stored device- or server-stamped reading of each tag as (ts RFC 3339, quality, type of
+        the value, value): the gateway's key of a sample (gateway.runtime.gateway, on_readings); a tag whose
+        stored value text is not JSON is left out.
 
         Used at start so a sample re-delivered after a restart (an OPC UA subscription sends the current
         value with its original source timestamp) is not stored twice. One pass over the table (no extra
         index slows ingest), bounded by the retention cap."""
         wanted = set(tags)
-        out: dict[str, tuple[str, str, str]] = {}
+        out: dict[str, tuple[str, str, type, Any]] = {}
         with self._batch_side("last_samples") as conn:
             for tag, ts, quality, value in conn.execute(
                     "SELECT tag, ts, quality, value FROM readings WHERE id IN"
                     " (SELECT max(id) FROM readings WHERE ts_source != 'local' GROUP BY tag)"):
                 if tag in wanted:
-                    out[tag] = (ts, quality, value if value is not None else "null")
+                    try:
+                        v = json.loads(value) if value is not None else None
+                    except ValueError:
+                        continue
+                    out[tag] = (ts, quality, type(v), v)
         return out
 
     def last_batch(self) -> tuple[int, str] | None:
@@ -1626,12 +1706,22 @@ class Store:
                 anchor = conn.execute("SELECT seq, hash FROM chain_anchor ORDER BY seq DESC LIMIT 1").fetchone()
                 if anchor is not None and (last is None or anchor[0] > last[0]):
                     last = (anchor[0], PrevHash(anchor[1]))   # seeded from the chain position: hash only
-                readings = [(r[0], {"tag": r[1], "value": json.loads(r[2]) if r[2] is not None else None,
-                                    "unit": r[3], "quality": r[4], "reason": r[5], "ts": r[6], "ts_source": r[7],
-                                    **({"point": r[8]} if r[8] else {})})
-                            for r in conn.execute(
-                                "SELECT id, tag, value, unit, quality, reason, ts, ts_source, point FROM readings"
-                                " WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_readings,))]
+                rrows = conn.execute(
+                    "SELECT id, tag, value, unit, quality, reason, ts, ts_source, point,"
+                    " value IS NULL OR json_valid(value) FROM readings"
+                    " WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_readings,)).fetchall()
+                # every text one JSON value (json_valid): parse them all in one call; else one by one
+                texts = [r[2] for r in rrows]
+                values = _decode_values(texts) if all(r[9] for r in rrows) else \
+                    [json.loads(t) if t is not None else None for t in texts]
+                readings = []
+                for r, v in zip(rrows, values):
+                    rec = {"tag": r[1], "value": v, "unit": r[3], "quality": r[4], "reason": r[5], "ts": r[6],
+                           "ts_source": r[7]}
+                    if r[8]:
+                        rec["point"] = r[8]
+                    readings.append((r[0], rec))
+                del rrows, texts, values
                 events = [(r[0], json.loads(r[1])) for r in conn.execute(
                     "SELECT id, data FROM events WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_events,))]
                 gaps = [(r[0], {"reason": r[1], "tags": json.loads(r[2]), "first_ts": r[3], "last_ts": r[4],
@@ -1645,7 +1735,12 @@ class Store:
                 seq = 1 if last is None else last[0] + 1
                 jws, created_at = make(seq, None if last is None else last[1], rows)
                 conn.execute("INSERT INTO batches(seq, jws, created_at) VALUES (?,?,?)", (seq, jws, created_at))
-                for table, items in (("readings", readings), ("events", events), ("gaps", gaps)):
+                if readings:   # the oldest unbatched ids up to the last one taken: exactly these rows (write lock held)
+                    n = conn.execute("UPDATE readings SET batch_seq=? WHERE batch_seq IS NULL AND id BETWEEN ? AND ?",
+                                     (seq, readings[0][0], readings[-1][0])).rowcount
+                    if n != len(readings):
+                        raise StoreError(f"{self.path}: batch {seq}: {n} readings marked, {len(readings)} taken")
+                for table, items in (("events", events), ("gaps", gaps)):
                     if items:
                         conn.executemany(f"UPDATE {table} SET batch_seq=? WHERE id=?", [(seq, i) for i, _ in items])
                 conn.execute("COMMIT")
@@ -1754,8 +1849,11 @@ class Store:
     def stats(self) -> dict[str, Any]:
         """Counters for the status view and health checks.
 
-        readings_total: rows in the readings table; readings_unsent: rows not in an
-        acknowledged batch; oldest_unsent_ts: RFC 3339 ts of the oldest of those (None);
+        readings_total: rows in the readings table (counted at open, then kept by the writer: rows
+        inserted or deleted by another program meanwhile are not seen); readings_unsent: rows not in an
+        acknowledged batch (unbatched ones counted exactly up to STATS_EXACT_ROWS, beyond from the
+        counter); oldest_unsent_ts: RFC 3339 ts of the oldest of those (None; beyond STATS_EXACT_ROWS
+        unbatched rows, the oldest among the STATS_EXACT_ROWS oldest by id: readings are stored in time order);
         batches_unacked: batches not yet acked; batches_dead_letter: batches set aside;
         last_acked_seq (None); queue_depth: records waiting in memory; dropped: records
         dropped since open (queue overflow, retention, refused while full, unserialisable), each
@@ -1766,18 +1864,40 @@ class Store:
         Raises StoreError while ``corrupt`` is set.
         """
         with self._batch_side("stats") as c:
-            total = c.execute("SELECT count(*) FROM readings").fetchone()[0]
-            unsent, oldest = c.execute(
-                "SELECT count(*), min(ts) FROM readings WHERE batch_seq IS NULL OR batch_seq IN"
+            cap = STATS_EXACT_ROWS
+            # no scan of the whole table once a second: the row count is kept by the writer (counted at open,
+            # then every insert and retention delete); the unbatched rows are counted exactly up to
+            # STATS_EXACT_ROWS (a bounded index scan; normally a batch or less), beyond from the counter
+            with self._count_lock:
+                total = self._readings_est
+            if total is None:
+                total = c.execute("SELECT count(*) FROM readings").fetchone()[0]
+            unbatched, oldest = c.execute(
+                "SELECT count(*), min(ts) FROM (SELECT ts FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?)",
+                (cap + 1,)).fetchone()
+            in_unacked, oldest_b = c.execute(
+                "SELECT count(*), min(ts) FROM readings WHERE batch_seq IN"
                 " (SELECT seq FROM batches WHERE acked_at IS NULL)").fetchone()
-            unacked = c.execute("SELECT count(*) FROM batches WHERE acked_at IS NULL").fetchone()[0]
+            # the batches' own columns are not read: they sit behind the JWS (overflow pages); the unacknowledged
+            # seqs come from the index batches_unacked, the newest acknowledged one is the newest seq not among them
+            open_seqs = {r[0] for r in c.execute("SELECT seq FROM batches WHERE acked_at IS NULL")}
+            unacked = len(open_seqs)
             dead = c.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-            last_acked = c.execute("SELECT max(s) FROM (SELECT max(seq) AS s FROM batches WHERE acked_at IS NOT NULL"
-                                   " UNION ALL SELECT max(seq) FROM chain_anchor)").fetchone()[0]
+            newest = c.execute("SELECT seq FROM batches ORDER BY seq DESC LIMIT ?", (unacked + 1,)).fetchall()
+            last_acked = next((seq for (seq,) in newest if seq not in open_seqs), None)
+            anchor = c.execute("SELECT max(seq) FROM chain_anchor").fetchone()[0]
+            if anchor is not None and (last_acked is None or anchor > last_acked):
+                last_acked = anchor
             used = self.used_bytes(c)
         with self._count_lock:
             dropped = self._dropped_total
             committed = self._committed_readings
+            est = None if self._unbatched_est is None else self._unbatched_est[0]
+        if unbatched > cap and est is not None:
+            unbatched = max(unbatched, est)
+        unsent = unbatched + in_unacked
+        if oldest_b is not None and (oldest is None or oldest_b < oldest):
+            oldest = oldest_b
         return {"readings_total": total, "readings_unsent": unsent, "oldest_unsent_ts": oldest,
                 "batches_unacked": unacked, "batches_dead_letter": dead, "last_acked_seq": last_acked,
                 "queue_depth": self._rq.qsize() + self._eq.qsize(), "dropped": dropped, "readings_committed": committed,

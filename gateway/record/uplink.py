@@ -220,19 +220,24 @@ class HttpsUplink:
                                              follow_redirects=False)
         return self._client
 
-    async def send(self, jws: str) -> Ack:
-        """POST one compact JWS; return the receiver's Ack.
+    #: send() takes the payload the Batcher just signed (Forwarder), instead of decoding the JWS again
+    takes_payload = True
+
+    async def send(self, jws: str, payload: dict[str, Any] | None = None) -> Ack:
+        """POST one compact JWS; return the receiver's Ack. ``payload``: the dict signed into ``jws`` when the
+        caller has it (gateway.record.batches.Batch.payload), else it is decoded from ``jws``.
 
         Raises RetryableError (408/425/429/5xx/other, transport error, timeout, 2xx
         without a valid ack body), ChainError (409), AuthError (401/403) or PermanentError (400/413/422,
         with the answer's ``rejection`` and ``sent_sha256`` of the body bytes sent).
         """
         from gateway.chain.signing import decode_unverified
-        try:   # the receiver judges a malformed body (400); the profile sees {} then
-            payload = decode_unverified(jws)[1]
-            payload = payload if isinstance(payload, dict) else {}
-        except ValueError:
-            payload = {}
+        if payload is None:
+            try:   # the receiver judges a malformed body (400); the profile sees {} then
+                payload = decode_unverified(jws)[1]
+                payload = payload if isinstance(payload, dict) else {}
+            except ValueError:
+                payload = {}
         gid, seq = str(payload.get("gateway_id", "")), payload.get("seq", 0)
         try:
             ctype, body = self.profile.envelope(jws, payload)
@@ -404,7 +409,10 @@ class Forwarder:
 
     async def _attempt(self, batch: Batch) -> None:
         self._last_send_mono = time.monotonic()
-        send = asyncio.ensure_future(self.uplink.send(batch.jws))
+        if batch.payload is not None and getattr(self.uplink, "takes_payload", False):
+            send = asyncio.ensure_future(self.uplink.send(batch.jws, batch.payload))
+        else:
+            send = asyncio.ensure_future(self.uplink.send(batch.jws))
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({send, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -153,7 +153,8 @@ class Gateway:
             # from the store at start, Store.last_samples). Locally stamped readings are always new samples.
             rec = self._reading_record(r)
             if rec["ts_source"] != "local":
-                key = (rec["ts"], rec["quality"], json.dumps(rec["value"], default=str))
+                value = rec["value"]   # compared by == (no JSON): its type too, so 1, 1.0 and True stay apart
+                key = (rec["ts"], rec["quality"], type(value), value)
                 if self._last_stored.get(r.tag) == key:
                     continue
                 self._last_stored[r.tag] = key
@@ -195,8 +196,19 @@ class Gateway:
         # ensure_ascii=False: the Chinese reason texts stay readable in journalctl (not \uXXXX escapes)
         log.info("event %s", json.dumps(rec, sort_keys=True, default=str, ensure_ascii=False))
 
+    #: [epoch s, its RFC 3339 text] of the last reading recorded (a poll stamps many readings alike); a pure
+    #: memo on the class, changed in place (no attribute of its own: LIVE)
+    _ts_text: list[tuple[float | None, str]] = [(None, "")]
+
     def _reading_record(self, r: Reading) -> dict[str, Any]:
-        rec = r.to_record()
+        """``r.to_record()`` (gateway.model.Reading), plus the tag's regulator point code; the RFC 3339 text of
+        a timestamp equal to the previous reading's is reused."""
+        ts = r.ts
+        last = self._ts_text[0]
+        if last[0] != ts:
+            last = self._ts_text[0] = (ts, rfc3339(ts))
+        rec = {"tag": r.tag, "value": r.value, "unit": r.unit, "quality": r.quality.value, "reason": r.reason,
+               "ts": last[1], "ts_source": r.ts_source.value}
         point = self.plant.points.get(r.tag)
         if point:
             rec["point"] = point
