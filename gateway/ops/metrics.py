@@ -6,7 +6,7 @@ refuses a non-loopback address unless ``allow_remote: true`` (gateway.config
 MetricsSection).
 
 The scrape thread never touches the gateway's live objects: :func:`serve_metrics`
-reads the gateway's latest status snapshot (the one status.json holds, taken once a
+reads the gateway's latest status snapshot (``last_status``, taken once a
 second with the store statistics in a worker thread) and the collector serves it.
 
 Metrics (all prefixed ``hazard_gateway_``):
@@ -174,7 +174,7 @@ class GatewayCollector:
 
 async def serve_metrics(gw: StatusSource, listen: str, every_s: float = 1.0) -> None:
     """Serve /metrics on ``listen`` until cancelled, refreshing what it serves every ``every_s`` from the
-    latest status snapshot (``gw.last_status``, the one status.json holds).
+    latest status snapshot (``gw.last_status``, taken every second; status.json gets it when it changed).
 
     A port that cannot be bound is logged (one line) and the gateway runs on without metrics."""
     from prometheus_client import CollectorRegistry, start_http_server

@@ -48,9 +48,28 @@ def sd_notify(state: str) -> bool:
     return True
 
 
+#: optional imports that libraries of the daemon make only when the package is installed, for features the daemon
+#: never uses: httpcore imports trio to run under a trio event loop (the daemon runs asyncio), httpx imports click,
+#: rich and pygments for its command-line client. In a dev or test venv they are there (selenium brings trio), and
+#: they cost about 5 MB of RSS and 100 modules. A None entry in sys.modules makes ``import`` raise ImportError
+#: (Python reference, "The module cache"), which both libraries take as "not installed".
+UNUSED_OPTIONAL_IMPORTS = ("trio", "click", "rich", "pygments")
+
+
+def skip_unused_imports(names: tuple[str, ...] = UNUSED_OPTIONAL_IMPORTS) -> list[str]:
+    """Mark ``names`` absent in sys.modules unless already imported (then they stay); returns the names marked.
+    For the daemon's process only (run_daemon): never in a process that may want them (tests, `demo`)."""
+    marked = [n for n in names if n not in sys.modules]
+    for n in marked:
+        sys.modules[n] = None  # type: ignore[assignment]
+    return marked
+
+
 def run_daemon(cfg: LoadedConfig) -> int:
     """Run until SIGTERM/SIGINT. Raises KeyFileError (one line) for a key readable by others."""
     from gateway.ops.logutil import setup_logging
+
+    skip_unused_imports()   # before the uplink builds its HTTP client (httpx / httpcore import lazily)
 
     # one line per event, <N> prefixes under journald, repeating faults rate-limited, secrets redacted;
     # asyncua/httpx/pymodbus log per request at INFO and are held at WARNING

@@ -7,7 +7,8 @@ own port beside it (gateway.record.supervisor.SupervisedGateway): the record pat
 
 One status snapshot (``Gateway.snapshot``, the dict documented there) serves ``hazard-gateway status`` (the
 control socket), status.json, the STATUS line (gateway.runtime.health.status_line) and metrics
-(gateway.ops.metrics.from_status): ``last_status`` is the latest one written to status.json.
+(gateway.ops.metrics.from_status): ``last_status`` is the latest one, taken every second (status.json gets it when
+it changed, gateway.runtime.gateway.Gateway._status_loop).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gateway.safety.outputs import OutputManager
 
 
 class StatusSource(Protocol):
-    """The status snapshot, fresh or the latest one written (about once per second)."""
+    """The status snapshot, fresh or the latest one taken (about once per second)."""
 
     @property
     def last_status(self) -> dict[str, Any] | None: ...
