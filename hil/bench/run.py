@@ -4,7 +4,9 @@ Usage::
 
     python -m hil.bench.run [--out bench-results] [--only tcp_poll rtu_util ...] [--quick]
                             [--tcp-tags 100 500 2000] [--tcp-seconds 8] [--idle-seconds 60]
-                            [--peer-seconds 60] [--no-peer]
+                            [--store-backlogs 1000000 10000000] [--drain-window 500000]
+                            [--scale-tags 100 500 2000 5000 20000] [--scale-seconds 20]
+                            [--baseline FILE] [--peer-seconds 60] [--no-peer]
 
 Benchmarks (module in hil/bench, each ``run(...) -> dict``):
 
@@ -17,9 +19,18 @@ store_bench          store ingest readings/s, backlog drain readings/s, peak RSS
 receiver_scale       regulator receiver at platform scale: 1,000 gateways into 1
                      and 2 receiver processes on PostgreSQL, readings/s per
                      process and per receiver CPU-second / bare INSERT+COMMIT
-idle                 daemon CPU s/h and RSS at 500 tags, 1 s (and 100 ms) polling
+idle                 daemon CPU s/h, RSS and tags per CPU-second at 500 tags, 1 s
+                     (and 100 ms) polling, alarms + store + signing + upload;
+                     then what wakes it (context switches, strace -c) and what
+                     its RSS is made of (imports by package)
 peer_thingsboard     tags per CPU-second, ours / ThingsBoard IoT Gateway's
+scale                daemon CPU-s/h and RSS at 100 .. 20,000 tags, 1 s; least-
+                     squares line (fixed cost, per tag)
 ===================  ==========================================================
+
+The goal's ratios come from the same run: the daemon's tags per CPU-second (idle) against
+the peer's (peer_thingsboard) and the bare pymodbus loop's (tcp_poll's ceiling at the
+nearest tag count).
 
 A benchmark whose module is missing is recorded as ``{"available": false,
 "reason": "module ... not found"}``; one that fails records its one-line error;
@@ -29,8 +40,10 @@ benchmark's dict), ``summary`` (the keys of the targets in hil/bench/README.md: 
 p99, max}, tcp_ratio_to_ceiling, rtu_bus_utilisation {baud: u},
 store_ingest_per_s, drain_per_s, drain_peak_rss_mb, receiver_readings_per_s {processes: r},
 receiver_per_cpu_s, receiver_scaling_1_to_2, receiver_ratio_to_bare_insert,
-bare_insert_readings_per_s, idle_cpu_s_per_h, peer_ratio), ``targets`` (one row per figure: value, target, pass/miss,
-note) and ``plots`` (PNG paths); ``OUT/latest.json`` is a copy. Exit status 0
+bare_insert_readings_per_s, idle_cpu_s_per_h, peer_ratio, tags_per_cpu_s, bare_tags_per_cpu_s,
+ratio_to_bare_per_cpu_s, idle_rss_mb, idle_wakeups_per_s, idle_syscalls_per_s, drain_per_s_by_backlog,
+drain_flat, rss_growth_mb, scale_* and the safety p99s by poll), ``targets`` (one row per figure: value,
+target, pass/miss, note) and ``plots`` (PNG paths); ``OUT/latest.json`` is a copy. Exit status 0
 (misses are findings, not failures), 2 for bad options.
 """
 
@@ -51,11 +64,28 @@ from typing import Any
 from hil.bench import REPO, machine_info, versions
 
 ORDER = ("safety_latency", "record_stall", "tcp_poll", "rtu_util", "store_bench", "receiver_scale", "idle",
-         "peer_thingsboard")
+         "peer_thingsboard", "scale")
 SUMMARY_KEYS = ("safety_latency_ms", "stall_p99_delta_ms", "stall_readings_lost", "tcp_ratio_to_ceiling", "rtu_bus_utilisation", "store_ingest_per_s",
                 "drain_per_s", "drain_peak_rss_mb", "receiver_readings_per_s", "receiver_per_cpu_s",
                 "receiver_scaling_1_to_2", "receiver_ratio_to_bare_insert", "bare_insert_readings_per_s",
-                "idle_cpu_s_per_h", "peer_ratio")
+                "idle_cpu_s_per_h", "peer_ratio", "tags_per_cpu_s", "bare_tags_per_cpu_s", "ratio_to_bare_per_cpu_s",
+                "idle_rss_mb", "idle_wakeups_per_s", "idle_syscalls_per_s", "drain_per_s_by_backlog", "drain_flat",
+                "rss_growth_mb", "scale_fixed_cpu_s_per_h", "scale_cpu_s_per_h_per_1000_tags", "scale_fixed_rss_mb",
+                "scale_rss_mb_per_1000_tags", "scale_r2_cpu", "safety_arrival_to_write_p99_ms",
+                "safety_change_to_confirmed_p99_ms")
+SCALE_SIZES = (100, 500, 2000, 5000, 20000)
+DRAIN_BACKLOGS = (1_000_000, 10_000_000)
+# the goal (hil/bench/README.md, Targets): ten times less CPU per reading than before, held against the peer and
+# the bare client measured in the same run
+TARGET_TAGS_PER_CPU_S = 100_000
+TARGET_PEER_RATIO = 25
+TARGET_BARE_RATIO = 0.5
+TARGET_IDLE_CPU_S_PER_H = 72      # 2 % of one core
+TARGET_IDLE_RSS_MB = 60
+TARGET_DRAIN_PER_S = 20_000
+TARGET_DRAIN_FLAT = 0.9           # rate at the largest backlog / at the smallest
+TARGET_DRAIN_RSS_GROWTH_MB = 10
+TARGET_SCALE_R2 = 0.95
 
 
 RX_BATCHES = 8   # receiver_scale default: 1,000 gateways x 8 batches x 50-200 readings, about 1 million per run
@@ -149,6 +179,30 @@ def summarise(results: dict[str, dict], safety_polls: list[int]) -> dict[str, An
         s["keep_up_100ms"] = fast[0].get("keep_up")
         s["rss_slope_mb_per_h_100ms"] = fast[0].get("rss_slope_mb_per_h")
     s["peer_ratio"] = (results.get("peer_thingsboard") or {}).get("peer_ratio")
+    s["tags_per_cpu_s"] = idle.get("tags_per_cpu_s")
+    s["idle_wakeups_per_s"] = idle.get("idle_wakeups_per_s")
+    s["idle_syscalls_per_s"] = idle.get("idle_syscalls_per_s")
+    from hil.bench.tcp_poll import bare_tags_per_cpu_s
+
+    n_tags = (idle.get("params") or {}).get("tags", 500)
+    bare = bare_tags_per_cpu_s(tcp, n_tags) if tcp else None
+    if bare:
+        s["bare_tags_per_cpu_s"] = bare[1]
+        s["bare_tags_per_cpu_s_at_tags"] = bare[0]
+        if s["tags_per_cpu_s"]:
+            s["ratio_to_bare_per_cpu_s"] = round(s["tags_per_cpu_s"] / bare[1], 3)
+    for k in ("drain_per_s_by_backlog", "drain_flat", "rss_growth_mb"):
+        s[k] = find_key(st, k)
+    sc = results.get("scale") or {}
+    for k in ("scale_fixed_cpu_s_per_h", "scale_cpu_s_per_h_per_1000_tags", "scale_fixed_rss_mb",
+              "scale_rss_mb_per_1000_tags", "scale_r2_cpu"):
+        s[k] = sc.get(k)
+    for poll, r in by_poll.items():
+        for key, figure in (("safety_arrival_to_write_p99_ms", "arrival_to_write_issued_ms"),
+                            ("safety_change_to_confirmed_p99_ms", "change_to_confirmed_ms")):
+            v = (r.get(figure) or {}).get("p99") if isinstance(r, dict) else None
+            if v is not None:
+                s[key] = {**(s.get(key) or {}), poll: v}
     return s
 
 
@@ -167,16 +221,19 @@ def _miss_note(value: float, target: float, higher_is_better: bool, unit: str = 
     return f"missed by {gap:.3g}{unit} ({pct:.0f}% {'below' if higher_is_better else 'over'} target)"
 
 
-def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: list[int]) -> list[dict[str, Any]]:
-    """One row per figure with its target (hil/bench/README.md, Targets), pass/miss and, where missed, by how much and why."""
-    rows = []
+def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: list[int],
+            baseline: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per figure with its target (hil/bench/README.md, Targets), pass/miss and, where missed, by how much and why.
+
+    baseline: the ``summary`` of an earlier run (``--baseline FILE``): the safety latencies are then held to
+    "unchanged or better" against it (p99 at most 25 % + 2 ms above the baseline's: run-to-run noise on 2 shared
+    cores); without it those rows are reported (n/a)."""
+    rows = _throughput_rows(summary, results)
     why = {
         "tcp": "per-tag decode and Reading objects in the driver cost ~10x the bare read per tag "
                "(see gateway vs ceiling cpu_s_per_1000_tags)",
         "rtu": "per-transaction Python overhead (event loop wake-up, scanner, decode) adds to the line time; "
                "it weighs most at high baud where line times are short",
-        "peer": "ours spends CPU on the whole record path (SQLite, signing, HTTPS) per reading; "
-                "see idle.runs[0].cpu_s_per_1000_tags",
     }
     lat = summary.get("safety_latency_ms")
     by_poll = summary.get("safety_latency_ms_by_poll") or ({str(safety_polls[0]): lat} if lat else {})
@@ -191,6 +248,7 @@ def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: lis
         rows.append(_row(f"safety_latency_ms.p99 @ {poll} ms", p99, f"<= {limit:g} ms", ok,
                          _miss_note(p99, limit, False, " ms") if ok is False
                          else (r.get("error") or r.get("reason") or "")))
+        rows += _safety_baseline_rows(poll, r, summary, baseline)
     stall = results.get("record_stall") or {}
     d = summary.get("stall_p99_delta_ms")
     ok = None if d is None else d <= 20
@@ -207,25 +265,41 @@ def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: lis
                      if lost is not None else _reason(results, "record_stall")))
     r = summary.get("tcp_ratio_to_ceiling")
     ok = None if r is None else r >= 0.9
+    by_n = ", ".join(f"{x['tags']}: {x['ratio']}" for x in (results.get("tcp_poll") or {}).get("by_tags") or [])
     rows.append(_row("tcp_ratio_to_ceiling", r, ">= 0.9", ok,
-                     (_miss_note(r, 0.9, True) + "; " + why["tcp"]) if ok is False else _reason(results, "tcp_poll")))
+                     (_miss_note(r, 0.9, True) + "; " + why["tcp"]) if ok is False
+                     else (_reason(results, "tcp_poll") or (f"wall-clock tags/s ratio by tags: {by_n}" if by_n
+                                                            else ""))))
     for baud, u in (summary.get("rtu_bus_utilisation") or {}).items():
         ok = None if u is None else u >= 0.9
         rows.append(_row(f"rtu_bus_utilisation @ {baud}", u, ">= 0.9", ok,
                          (_miss_note(u, 0.9, True) + "; " + why["rtu"]) if ok is False else ""))
     if not summary.get("rtu_bus_utilisation"):
         rows.append(_row("rtu_bus_utilisation", None, ">= 0.9", None, _reason(results, "rtu_util")))
-    for key, target, hib, unit in (("store_ingest_per_s", 100_000, True, "/s"), ("drain_per_s", 20_000, True, "/s"),
+    for key, target, hib, unit in (("store_ingest_per_s", 100_000, True, "/s"),
+                                   ("drain_per_s", TARGET_DRAIN_PER_S, True, "/s"),
                                    ("drain_peak_rss_mb", 120, False, " MB")):
         v = summary.get(key)
         ok = None if v is None else (v >= target if hib else v < target)
-        rows.append(_row(key, v, f"{'>=' if hib else '<'} {target:,}{unit}", ok,
-                         _miss_note(v, target, hib, unit) if ok is False else _reason(results, "store_bench")))
+        note = _miss_note(v, target, hib, unit) if ok is False else _reason(results, "store_bench")
+        if key == "drain_per_s" and summary.get("drain_per_s_by_backlog"):
+            note = (note + "; " if note else "") + "slowest of " + ", ".join(
+                f"{int(b):,} backlog: {r}/s" for b, r in summary["drain_per_s_by_backlog"].items())
+        rows.append(_row(key, v, f"{'>=' if hib else '<'} {target:,}{unit}", ok, note))
+    rows += _drain_flat_rows(summary, results)
     rows += _receiver_rows(summary, results)
     v = summary.get("idle_cpu_s_per_h")
     n_tags = ((results.get("idle") or {}).get("params") or {}).get("tags", 500)
-    rows.append(_row(f"idle_cpu_s_per_h ({n_tags} tags, 1 s)", v, "report", None,
-                     f"RSS {summary.get('idle_rss_mb')} MB" if v is not None else _reason(results, "idle")))
+    ok = None if v is None else v <= TARGET_IDLE_CPU_S_PER_H
+    rows.append(_row(f"idle_cpu_s_per_h ({n_tags} tags, 1 s)", v, f"<= {TARGET_IDLE_CPU_S_PER_H} (2 % of a core)", ok,
+                     (_miss_note(v, TARGET_IDLE_CPU_S_PER_H, False, " CPU-s/h") if ok is False else "")
+                     if v is not None else _reason(results, "idle")))
+    rss = summary.get("idle_rss_mb")
+    ok = None if rss is None else rss <= TARGET_IDLE_RSS_MB
+    rows.append(_row(f"idle_rss_mb ({n_tags} tags, 1 s, peak)", rss, f"<= {TARGET_IDLE_RSS_MB} MB", ok,
+                     (_miss_note(rss, TARGET_IDLE_RSS_MB, False, " MB") + "; " if ok is False else "")
+                     + _rss_note(results) if rss is not None else _reason(results, "idle")))
+    rows += _wakeup_rows(summary, results)
     k = summary.get("keep_up_100ms")
     if k is not None or "idle" in results:
         ok = None if k is None else k >= 0.95
@@ -233,15 +307,144 @@ def targets(summary: dict[str, Any], results: dict[str, dict], safety_polls: lis
         rows.append(_row(f"keep_up ({n_tags} tags, 100 ms)", k, ">= 0.95, flat RSS", ok,
                          (f"RSS slope {slope} MB/h over a short window (warm-up growth included)" if slope is not None
                           else _reason(results, "idle"))))
-    pr = summary.get("peer_ratio")
-    ok = None if pr is None else pr >= 20
-    peer = results.get("peer_thingsboard") or {}
-    note = peer.get("reason") or ""
-    if ok is False:
-        note = _miss_note(pr, 20, True, "x") + "; " + why["peer"]
-    rows.append(_row("peer_ratio (tags per CPU-s, ours / ThingsBoard GW)", pr, ">= 20", ok,
-                     note or _reason(results, "peer_thingsboard")))
+    rows += _scale_rows(summary, results)
     return rows
+
+
+def _throughput_rows(summary: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]]:
+    """The goal's throughput figures: the daemon's tags per CPU-second (500 tags at 1 s, alarms, store, signing and
+    upload on), against the target, the peer (ThingsBoard IoT Gateway) and the bare pymodbus client of the same run."""
+    idle = results.get("idle") or {}
+    run0 = (idle.get("runs") or [{}])[0]
+    n_tags = (idle.get("params") or {}).get("tags", 500)
+    rows = []
+    v = summary.get("tags_per_cpu_s")
+    ok = None if v is None else v >= TARGET_TAGS_PER_CPU_S
+    note = (f"{run0.get('tags_per_s')} tags/s for {run0.get('cpu_s')} CPU-s over {run0.get('wall_s')} s"
+            if v is not None else _reason(results, "idle"))
+    if ok is False:
+        note = _miss_note(v, TARGET_TAGS_PER_CPU_S, True) + "; " + note
+    rows.append(_row(f"tags_per_cpu_s (daemon, {n_tags} tags @ 1 s, alarms+store+signing+upload)", v,
+                     f">= {TARGET_TAGS_PER_CPU_S:,}", ok, note))
+    pr = summary.get("peer_ratio")
+    ok = None if pr is None else pr >= TARGET_PEER_RATIO
+    peer = results.get("peer_thingsboard") or {}
+    pt = (peer.get("peer") or {}).get("tags_per_cpu_s")
+    note = peer.get("reason") or (f"peer {pt} tags per CPU-s ({(peer.get('peer') or {}).get('telemetry')})"
+                                  if pt else "")
+    if ok is False:
+        note = _miss_note(pr, TARGET_PEER_RATIO, True, "x") + "; " + note
+    rows.append(_row("peer_ratio (tags per CPU-s, ours / ThingsBoard GW)", pr, f">= {TARGET_PEER_RATIO}", ok,
+                     note or _reason(results, "peer_thingsboard")))
+    rb = summary.get("ratio_to_bare_per_cpu_s")
+    ok = None if rb is None else rb >= TARGET_BARE_RATIO
+    bare = summary.get("bare_tags_per_cpu_s")
+    if rb is None:
+        note = (_reason(results, "idle") or _reason(results, "tcp_poll") or
+                "needs both idle and tcp_poll in the same run")
+    else:
+        note = (f"bare pymodbus loop {bare:,.0f} tags per CPU-s at {summary.get('bare_tags_per_cpu_s_at_tags')} "
+                f"tags (tcp_poll ceiling, flat out)")
+        if ok is False:
+            note = _miss_note(rb, TARGET_BARE_RATIO, True) + "; " + note
+    rows.append(_row("ratio_to_bare_per_cpu_s (daemon / bare client tags per CPU-s)", rb, f">= {TARGET_BARE_RATIO}",
+                     ok, note))
+    return rows
+
+
+def _safety_baseline_rows(poll: str, r: dict[str, Any], summary: dict[str, Any],
+                          baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Reading arrival -> write issued p99 (and change -> confirmed p99) against the baseline run's, if any."""
+    rows = []
+    for key, label in (("safety_arrival_to_write_p99_ms", "reading arrival -> write issued"),
+                       ("safety_change_to_confirmed_p99_ms", "value change -> output confirmed")):
+        v = (summary.get(key) or {}).get(poll)
+        if v is None and key == "safety_change_to_confirmed_p99_ms":
+            continue
+        base = ((baseline or {}).get(key) or {}).get(poll)
+        if base is None:
+            rows.append(_row(f"safety p99 {label} @ {poll} ms", v, "unchanged or better", None,
+                             ("report: no baseline (--baseline FILE: an earlier run's JSON)" if v is not None
+                              else (r.get("error") or r.get("reason") or "not measured"))))
+            continue
+        limit = base * 1.25 + 2
+        ok = None if v is None else v <= limit
+        note = f"baseline {base} ms ({(baseline or {}).get('_source', 'baseline')}); allowed {limit:.1f} ms"
+        if ok is False:
+            note = _miss_note(v, limit, False, " ms") + "; " + note
+        rows.append(_row(f"safety p99 {label} @ {poll} ms", v, "unchanged or better", ok, note))
+    return rows
+
+
+def _rss_note(results: dict[str, dict]) -> str:
+    rss = ((results.get("idle") or {}).get("idle_breakdown") or {}).get("rss") or {}
+    if not rss.get("by_package_mb"):
+        return rss.get("reason", "")
+    top = ", ".join(f"{k} {v}" for k, v in list(rss["by_package_mb"].items())[:6])
+    return (f"interpreter {rss.get('interpreter_mb')} + imports {rss.get('imports_mb')} (largest: {top}) + data "
+            f"{rss.get('data_mb')} MB")
+
+
+def _wakeup_rows(summary: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]]:
+    """What wakes the idle daemon: context switches per second by thread, syscalls per second by call (strace)."""
+    bd = (results.get("idle") or {}).get("idle_breakdown") or {}
+    if not bd and "idle" not in results:
+        return []
+    wk = bd.get("wakeups") or {}
+    st = bd.get("strace") or {}
+    wnote = ", ".join(f"{k} {v['wakeups_per_s']}" for k, v in list((wk.get("by_thread") or {}).items())[:5])
+    snote = ", ".join(f"{k} {v['per_s']}" for k, v in list((st.get("by_syscall") or {}).items())[:6])
+    return [_row("idle wake-ups per s (voluntary context switches, all threads)", summary.get("idle_wakeups_per_s"),
+                 "report", None, (f"by thread: {wnote}" if wnote else wk.get("reason") or _reason(results, "idle"))),
+            _row("idle syscalls per s (strace -c -f)", summary.get("idle_syscalls_per_s"), "report", None,
+                 (f"blocking {st.get('blocking_per_s')}/s; largest: {snote}" if snote
+                  else st.get("reason") or _reason(results, "idle")))]
+
+
+def _drain_flat_rows(summary: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Drain rate and RSS flat from the smallest to the largest backlog."""
+    by = summary.get("drain_per_s_by_backlog") or {}
+    if len(by) < 2:
+        return []
+    sizes = list(by)
+    f = summary.get("drain_flat")
+    ok = None if f is None else f >= TARGET_DRAIN_FLAT
+    rows = [_row(f"drain_flat (rate at {int(sizes[-1]):,} / at {int(sizes[0]):,} backlog)", f,
+                 f">= {TARGET_DRAIN_FLAT}", ok, _miss_note(f, TARGET_DRAIN_FLAT, True) if ok is False else "")]
+    g = summary.get("rss_growth_mb")
+    ok = None if g is None else g <= TARGET_DRAIN_RSS_GROWTH_MB
+    rss = find_key(results.get("store_bench") or {}, "rss_by_backlog_mb") or {}
+    rows.append(_row("drain RSS growth, smallest -> largest backlog (MB)", g, f"<= {TARGET_DRAIN_RSS_GROWTH_MB} MB",
+                     ok, (_miss_note(g, TARGET_DRAIN_RSS_GROWTH_MB, False, " MB") + "; " if ok is False else "")
+                     + "peak RSS " + ", ".join(f"{int(b):,}: {v} MB" for b, v in rss.items())))
+    return rows
+
+
+def _scale_rows(summary: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Cost against tag count: the fitted line (fixed cost, per tag) and how straight it is."""
+    sc = results.get("scale") or {}
+    if not sc:
+        return []
+    if not sc.get("table"):
+        return [_row("scale: CPU-s/h against tags (linear fit r2)", None, f">= {TARGET_SCALE_R2}", None,
+                     _reason(results, "scale"))]
+    pts = "; ".join(f"{r['tags']}: {r.get('cpu_s_per_h')} CPU-s/h {r.get('rss_mb')} MB"
+                    + (f" (keep_up {r.get('keep_up')})" if (r.get("keep_up") or 0) < 0.95 else "")
+                    if "error" not in r else f"{r['tags']}: {r['error']}" for r in sc["table"])
+    r2 = summary.get("scale_r2_cpu")
+    ok = None if r2 is None else r2 >= TARGET_SCALE_R2
+    fc = sc.get("fit_cpu_s_per_h") or {}
+    return [
+        _row("scale: CPU-s/h against tags (linear fit r2)", r2, f">= {TARGET_SCALE_R2}", ok,
+             (_miss_note(r2, TARGET_SCALE_R2, True) + "; " if ok is False else "")
+             + f"worst point {fc.get('max_residual_pct')} % off the line; {pts}"),
+        _row("scale: fixed cost (CPU-s/h at 0 tags, intercept)", summary.get("scale_fixed_cpu_s_per_h"), "report",
+             None, f"+ {summary.get('scale_cpu_s_per_h_per_1000_tags')} CPU-s/h per 1000 tags (slope); measured at "
+                   f"the smallest size, {sc['table'][0]['tags']} tags: {sc['table'][0].get('cpu_s_per_h')} CPU-s/h"),
+        _row("scale: fixed RSS (MB at 0 tags, intercept)", summary.get("scale_fixed_rss_mb"), "report", None,
+             f"+ {summary.get('scale_rss_mb_per_1000_tags')} MB per 1000 tags (slope, r2 "
+             f"{(sc.get('fit_rss_mb') or {}).get('r2')})"),
+    ]
 
 
 def _receiver_rows(summary: dict[str, Any], results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -308,14 +511,39 @@ def plan(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "tcp_poll": {"tag_counts": args.tcp_tags or ([10, 50] if q else [100, 500, 2000]),
                      "duration_s": 0.5 if q else args.tcp_seconds},
         "rtu_util": {"bauds": [9600, 115200], "tags": 5 if q else 30, "duration_s": 0.6 if q else args.rtu_seconds},
-        "store_bench": {"quick": True} if q else {"backlog": args.store_backlog, "timeout_s": 480.0},
+        "store_bench": {"quick": True} if q else {"backlogs": args.store_backlogs, "window": args.drain_window,
+                                                  "timeout_s": 300.0},
         "receiver_scale": {"quick": True} if q else {"gateways": args.rx_gateways, "batches": args.rx_batches,
                                                      "cache_dir": str(Path(args.out) / ".cache")},
         "idle": {"tags": 20 if q else 500, "poll_ms": [1000, 100] if not q else [1000],
-                 "duration_s": 3.0 if q else args.idle_seconds, "warmup_s": 1.0 if q else 8.0},
+                 "duration_s": 3.0 if q else args.idle_seconds, "warmup_s": 1.0 if q else 8.0,
+                 "breakdown_s": 2.0 if q else args.breakdown_seconds},
+        "scale": {"sizes": args.scale_tags or ([5, 20, 60] if q else list(SCALE_SIZES)), "poll_ms": 1000,
+                  "duration_s": 2.0 if q else args.scale_seconds, "warmup_s": 1.0 if q else 8.0},
         "peer_thingsboard": {"tags": 20 if q else 500, "poll_ms": 1000, "duration_s": 3.0 if q else args.peer_seconds,
                              "warmup_s": 2.0 if q else 10.0, **({"venv": args.peer_venv} if args.peer_venv else {})},
     }
+
+
+def load_baseline(path: str | None) -> dict[str, Any] | None:
+    """The ``summary`` of an earlier run's JSON (``_source`` = its start stamp), or None without a path.
+    A file written by ``python -m hil.bench.safety_latency --json`` (``by_poll_ms``) is accepted too.
+    Raises OSError / ValueError for a file that cannot be read or has neither."""
+    if not path:
+        return None
+    doc = json.loads(Path(path).read_text())
+    if isinstance(doc.get("summary"), dict):
+        return {**doc["summary"], "_source": doc.get("started", Path(path).name)}
+    if isinstance(doc.get("by_poll_ms"), dict):
+        out: dict[str, Any] = {"_source": Path(path).name}
+        for poll, r in doc["by_poll_ms"].items():
+            for key, fig in (("safety_arrival_to_write_p99_ms", "arrival_to_write_issued_ms"),
+                             ("safety_change_to_confirmed_p99_ms", "change_to_confirmed_ms")):
+                v = (r.get(fig) or {}).get("p99")
+                if v is not None:
+                    out.setdefault(key, {})[poll] = v
+        return out
+    raise ValueError("neither a bench summary nor a safety_latency result")
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,14 +569,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             if ours and ours.get("tags") == kw["tags"]:
                 kw["ours"] = ours
             results[name] = _call(name, kw)
-        elif name == "idle":
-            results[name] = _call(name, dict(kwargs[name], workdir=str(out / f".work-{stamp}" / "idle")))
+        elif name in ("idle", "scale"):
+            results[name] = _call(name, dict(kwargs[name], workdir=str(out / f".work-{stamp}" / name)))
         else:
             results[name] = _call(name, kwargs[name])
         r = results[name]
         _log(f"bench: {name}: {r.get('error') or r.get('reason') or 'done'} ({r.get('elapsed_s', '-')} s)")
     summary = summarise(results, safety_polls)
-    rows = targets(summary, results, safety_polls)
+    rows = targets(summary, results, safety_polls, load_baseline(args.baseline))
     doc: dict[str, Any] = {
         "started": stamp, "elapsed_s": round(time.monotonic() - t0, 1), "machine": machine_info(),
         "versions": versions("hazard-gateway", "pymodbus", "asyncua", "pyserial", "cryptography", "matplotlib",
@@ -382,13 +610,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--safety-seconds", type=float, default=60.0, help="safety latency run length per interval")
     ap.add_argument("--stall-seconds", type=float, default=60.0,
                     help="record_stall: length of the record-path stall, and of the baseline phase before it")
-    ap.add_argument("--store-backlog", type=int, default=1_000_000,
-                    help="readings in the drain backlog (default 1 million so the run fits in 15 min; "
-                         "the target figure is for 10 million: --store-backlog 10000000, tens of minutes)")
+    ap.add_argument("--store-backlogs", type=int, nargs="+", default=list(DRAIN_BACKLOGS),
+                    help="backlog sizes drained (default 1000000 10000000; each prefilled in bulk)")
+    ap.add_argument("--drain-window", type=int, default=500_000,
+                    help="readings acknowledged from each backlog before the drain rate is taken (default 500000)")
     ap.add_argument("--rx-gateways", type=int, default=1000, help="receiver_scale: simulated gateways")
     ap.add_argument("--rx-batches", type=int, default=RX_BATCHES,
                     help=f"receiver_scale: batches per gateway (50-200 readings each; default {RX_BATCHES})")
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="daemon measurement at 1 s polling")
+    ap.add_argument("--breakdown-seconds", type=float, default=10.0,
+                    help="idle breakdown: seconds of wake-up counting and of strace each")
+    ap.add_argument("--scale-tags", type=int, nargs="+", help=f"scale: tag counts (default {list(SCALE_SIZES)})")
+    ap.add_argument("--scale-seconds", type=float, default=20.0, help="scale: measurement per tag count")
+    ap.add_argument("--baseline", help="an earlier run's JSON: safety latencies held to 'unchanged or better' "
+                                       "(default bench-results/baseline.json when present)")
     ap.add_argument("--peer-seconds", type=float, default=60.0, help="peer measurement")
     ap.add_argument("--peer-venv", help="venv for the peer (default bench-results/.peer-venv)")
     ap.add_argument("--no-peer", action="store_true", help="skip the ThingsBoard peer")
@@ -400,10 +635,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.tcp_tags and any(not 1 <= n <= 4000 for n in args.tcp_tags):
         print("hil.bench.run: --tcp-tags must be within 1..4000", file=sys.stderr)
         return 2
+    if args.scale_tags and any(not 1 <= n <= 100_000 for n in args.scale_tags):
+        print("hil.bench.run: --scale-tags must be within 1..100000", file=sys.stderr)
+        return 2
+    if any(n < 1000 for n in args.store_backlogs) or args.drain_window < 1000:
+        print("hil.bench.run: --store-backlogs and --drain-window must be >= 1000", file=sys.stderr)
+        return 2
+    if args.baseline is None and (Path(args.out) / "baseline.json").exists():
+        args.baseline = str(Path(args.out) / "baseline.json")
+    if args.baseline:
+        try:
+            load_baseline(args.baseline)
+        except (OSError, ValueError) as exc:
+            print(f"hil.bench.run: --baseline {args.baseline}: {exc}", file=sys.stderr)
+            return 2
     doc = run_all(args)
     print(f"\nhazard-gateway benchmarks, {doc['started']} ({doc['elapsed_s']:.0f} s) on {doc['machine']['cpu']} "
           f"x{doc['machine']['cpus']}")
     print(format_table(doc["targets"]))
+    sc = doc["results"].get("scale") or {}
+    if sc.get("table"):
+        from hil.bench import scale
+
+        print("\ncost against tags (1 s polling, alarms+store+signing+upload):")
+        print(scale.format_table(sc))
     plots = doc["plots"]
     if isinstance(plots, dict) and plots.get("error"):
         print(f"plots: not drawn: {plots['error']}")

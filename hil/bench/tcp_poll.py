@@ -12,8 +12,10 @@ machine noise hits both alike:
   blocks the planner chose, results discarded (no decode): the cost of the
   pymodbus stack and the loopback socket alone.
 
-Figures per tag count: tags/s, requests/s, client CPU seconds per 1000 tags,
-and ``ratio`` = gateway tags/s / ceiling tags/s (target >= 0.9, hil/bench/README.md, Targets).
+Figures per tag count: tags/s, requests/s, client CPU seconds per 1000 tags and
+tags per CPU-second (``time.process_time`` of this process: the simulator is another), and
+``ratio`` = gateway tags/s / ceiling tags/s (target >= 0.9, hil/bench/README.md, Targets). The
+ceiling's tags per CPU-second is also the reference of the daemon's (:func:`bare_tags_per_cpu_s`).
 Sources: Modbus Application Protocol v1.1b3 6.4 (FC4, at most 125 registers
 per request), Modbus Messaging on TCP/IP v1.0b.
 
@@ -83,7 +85,8 @@ def _sum(slices: list[dict[str, float]]) -> dict[str, float]:
     wall, cpu = tot["wall_s"] or 1e-9, tot["cpu_s"] or 1e-9
     return {"tags_per_s": round(tot["tags"] / wall, 1), "requests_per_s": round(tot["requests"] / wall, 1),
             "cycles": int(tot["cycles"]), "bad_readings": int(tot["bad"]), "wall_s": round(wall, 2),
-            "cpu_s": round(tot["cpu_s"], 3), "cpu_s_per_1000_tags": round(1000 * cpu / max(tot["tags"], 1), 5)}
+            "cpu_s": round(tot["cpu_s"], 3), "cpu_s_per_1000_tags": round(1000 * cpu / max(tot["tags"], 1), 5),
+            "tags_per_cpu_s": round(tot["tags"] / cpu, 1)}
 
 
 async def measure(port: int, tags: int, duration_s: float, slices: int = 4, host: str = "127.0.0.1") -> dict:
@@ -137,7 +140,18 @@ def run(tag_counts: tuple[int, ...] | list[int] = (100, 500, 2000), duration_s: 
                        "max_registers_per_request": 125, "simulator": "pymodbus ModbusTcpServer, own process"},
             "by_tags": by_tags,
             "tcp_ratio_to_ceiling": by_tags[-1]["ratio"] if by_tags else None,
-            "ratio_min": min(ratios) if ratios else None}
+            "ratio_min": min(ratios) if ratios else None,
+            "bare_tags_per_cpu_s": {str(x["tags"]): x["ceiling"]["tags_per_cpu_s"] for x in by_tags}}
+
+
+def bare_tags_per_cpu_s(res: dict, tags: int) -> tuple[int, float] | None:
+    """(tag count, tags per CPU-second of the bare client) of a :func:`run` result at the count nearest to
+    ``tags`` (the daemon's count, for the per-CPU-second ratio); None without figures."""
+    by = [x for x in res.get("by_tags") or [] if (x.get("ceiling") or {}).get("tags_per_cpu_s")]
+    if not by:
+        return None
+    x = min(by, key=lambda x: (abs(x["tags"] - tags), -x["tags"]))
+    return x["tags"], x["ceiling"]["tags_per_cpu_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -313,3 +313,171 @@ def test_receiver_target_row():
     summary["receiver_readings_per_s"] = {"1": 9300}
     rows = {r["figure"]: r for r in bench_run.targets(summary, results, [1000])}
     assert rows["receiver_readings_per_s (1 process, all checks on)"]["status"] == "pass"
+
+
+# ------------------------------------------------------------------------------------------ the goal's figures
+def test_strace_table_and_importtime_parsed():
+    from hil.bench import footprint
+
+    table = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 60.00    0.006000          30       200           epoll_wait
+ 30.00    0.003000          10       300        20 futex
+ 10.00    0.001000          10       100           getpid
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.010000                   600        20 total
+"""
+    res = footprint.parse_strace_c(table, 10.0)
+    assert res["syscalls_per_s"] == 60.0 and res["blocking_per_s"] == 50.0
+    assert list(res["by_syscall"]) == ["futex", "epoll_wait", "getpid"]
+    assert res["by_syscall"]["futex"] == {"calls": 300, "per_s": 30.0, "errors": 20, "seconds": 0.003}
+    trace = ("import time: self [us] | cumulative | imported package\n"
+             "import time:        50 |         50 |     _io\n"
+             "import time:       120 |        170 |   json.decoder\n"
+             "import time:        80 |        250 | json\n"
+             "some log line\nimport time:        80 |        250 | json\n")
+    assert footprint.modules_from_importtime(trace) == ["_io", "json.decoder", "json"]
+
+
+def test_least_squares_line():
+    from hil.bench.scale import fit
+
+    f = fit([100, 500, 2000], [30 + 0.5 * x for x in (100, 500, 2000)])
+    assert f["intercept"] == pytest.approx(30) and f["slope"] == pytest.approx(0.5)
+    assert f["r2"] == pytest.approx(1.0) and f["max_residual_pct"] == pytest.approx(0, abs=1e-9)
+    bent = fit([100, 500, 2000, 20000], [80, 280, 1030, 3000])   # the last point saturated
+    assert bent["r2"] < 0.99 and bent["max_residual_pct"] > 10
+    assert fit([5], [1])["slope"] is None
+
+
+async def test_simgroup_serves_many_devices_config_loads(tmp_path):
+    """More than one simulator: tags split over devices with unique names, the config the daemon accepts."""
+    from gateway.config import load_config
+
+    grp = idle.SimGroup(9, per_sim=4)
+    assert [s.tags for s in grp.sims] == [3, 3, 3]
+    ports = await grp.start()
+    try:
+        cfg = tmp_path / "gw.yaml"
+        cfg.write_text(idle.daemon_config(9, 1000, ports, tmp_path, "https://127.0.0.1:1/v1/batches",
+                                          tmp_path / "ca.pem", tmp_path / "k.pem"))
+        m = load_config(cfg).model
+        assert [d.port for d in m.devices] == ports
+        names = [t.name for d in m.devices for t in d.tags]
+        assert names == [f"T{i:05d}" for i in range(9)]
+        assert all(t.alarms is not None and t.alarms.HH is not None for d in m.devices for t in d.tags)
+        assert grp.requests == 0
+    finally:
+        await grp.stop()
+
+
+def test_large_configs_take_their_tags_from_a_shared_profile(tmp_path, monkeypatch):
+    """Above INLINE_MAX_TAGS (20,000 tags would pass the 1 MiB input-file limit) the devices share a profile file
+    per size; the config loads with every tag, alarms included, and the longer timeout."""
+    from gateway.config import load_config
+
+    monkeypatch.setattr(idle, "INLINE_MAX_TAGS", 4)
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(idle.daemon_config(10, 1000, [5020, 5021, 5022], tmp_path, "https://127.0.0.1:1/v1/batches",
+                                      tmp_path / "ca.pem", tmp_path / "k.pem"))
+    assert sorted(x.name for x in (tmp_path / "profiles").iterdir()) == ["bench_3.yaml", "bench_4.yaml"]
+    m = load_config(cfg).model
+    assert [len(d.tags) for d in m.devices] == [4, 3, 3]
+    assert [d.timeout_ms for d in m.devices] == [3000] * 3
+    names = {t.name for d in m.devices for t in d.tags}
+    assert len(names) == 10 and "sim1.T0002" in names
+    assert all(t.alarms is not None and t.alarms.H == 500000.0 for d in m.devices for t in d.tags)
+
+
+@pytest.mark.e2e
+def test_idle_breakdown_tiny(tmp_path):
+    """Wake-ups by thread, syscalls (strace when installed) and the RSS by imported package of a real daemon."""
+    import shutil
+
+    res = idle.run(tags=8, poll_ms=[500], duration_s=2.0, warmup_s=0.5, breakdown_s=1.0, workdir=str(tmp_path))
+    bd = res["idle_breakdown"]
+    assert bd["wakeups"]["wakeups_per_s"] > 0 and "main" in bd["wakeups"]["by_thread"]
+    assert res["idle_wakeups_per_s"] == bd["wakeups"]["wakeups_per_s"]
+    if shutil.which("strace"):
+        assert bd["strace"]["available"] and bd["strace"]["syscalls_per_s"] > 0
+        assert res["idle_syscalls_per_s"] == bd["strace"]["syscalls_per_s"]
+    else:
+        assert bd["strace"]["reason"].startswith("strace not installed")
+    rss = bd["rss"]
+    assert rss["modules"] > 100 and "gateway" in rss["by_package_mb"] or rss["other_packages_mb"] > 0
+    assert rss["interpreter_mb"] > 1 and rss["imports_mb"] > 1
+    assert rss["data_mb"] == pytest.approx(rss["daemon_rss_mb"] - rss["child_total_mb"], abs=0.2)
+    assert "breakdown" not in res["runs"][0]
+
+
+@pytest.mark.e2e
+def test_scale_tiny(tmp_path):
+    from hil.bench import scale
+
+    res = scale.run(sizes=[4, 12], duration_s=1.5, warmup_s=0.5, workdir=str(tmp_path))
+    assert [r["tags"] for r in res["table"]] == [4, 12]
+    assert all("error" not in r and r["cpu_s_per_h"] >= 0 and r["rss_mb"] > 10 for r in res["table"])
+    assert res["scale_fixed_cpu_s_per_h"] is not None and res["scale_fixed_rss_mb"] > 0
+    assert "fixed cost" in scale.format_table(res)
+
+
+@pytest.mark.e2e
+def test_store_bench_two_backlogs_windowed(tmp_path):
+    """Both backlog sizes prefilled in bulk (the daemon's schema and row format) and drained through the same
+    window of acknowledged readings."""
+    import sqlite3
+    import time
+
+    from gateway.model import rfc3339
+    from hil.bench import store_bench
+
+    db = tmp_path / "p.sqlite"
+    t0 = 1_700_000_000.0
+    store_bench.prefill(db, 25, t0, chunk=10)
+    c = sqlite3.connect(db)
+    rows = c.execute("SELECT tag, value, ts, batch_seq FROM readings ORDER BY id").fetchall()
+    c.close()
+    assert len(rows) == 25 and rows[0] == ("T000.value", "20.0", rfc3339(t0), None)
+    assert rows[24][:3] == ("T004.value", "20.24", rfc3339(t0 + 0.2))
+    started = time.monotonic()
+    res = store_bench.run(backlogs=[2000, 6000], window=3000, ingest_n=2000, timeout_s=90, workdir=str(tmp_path))
+    assert time.monotonic() - started < 110
+    assert list(res["drain_per_s_by_backlog"]) == ["2000", "6000"]
+    small, big = res["drains"]
+    # the daemon also records its own polls (10 tank PLC tags at 1 s) while it drains
+    assert small["window"] == 2000 and 2000 <= small["drained"] < 2000 + 1000 and small["complete"]
+    assert big["window"] == 3000 and 3000 <= big["drained"] < 6000 + 1000 and big["complete"]
+    assert res["drain_flat"] is not None and res["drain_per_s"] == min(res["drain_per_s_by_backlog"].values())
+
+
+def test_goal_rows_and_baseline(tmp_path):
+    """The goal's rows: tags per CPU-s, the peer and bare ratios, idle CPU and RSS, drain flatness, the scale line,
+    and the safety p99s held to a baseline file when one is given."""
+    summary = {k: None for k in bench_run.SUMMARY_KEYS}
+    summary.update(tags_per_cpu_s=120_000.0, peer_ratio=24.0, ratio_to_bare_per_cpu_s=0.6, bare_tags_per_cpu_s=2e5,
+                   idle_cpu_s_per_h=80.0, idle_rss_mb=55.0, drain_per_s=21_000, drain_flat=0.8,
+                   drain_per_s_by_backlog={"1000000": 26000, "10000000": 21000}, rss_growth_mb=3.0,
+                   scale_r2_cpu=0.99, scale_fixed_cpu_s_per_h=20.0,
+                   safety_arrival_to_write_p99_ms={"1000": 13.0}, safety_change_to_confirmed_p99_ms={"1000": 990.0},
+                   safety_latency_ms={"p50": 500.0, "p99": 990.0, "max": 1000.0})
+    results = {"scale": {"table": [{"tags": 100, "cpu_s_per_h": 30.0, "rss_mb": 40.0, "keep_up": 1.0}],
+                         "fit_cpu_s_per_h": {"max_residual_pct": 2.0}}}
+    base = tmp_path / "safety.json"
+    base.write_text(json.dumps({"by_poll_ms": {"1000": {"arrival_to_write_issued_ms": {"p99": 8.0},
+                                                        "change_to_confirmed_ms": {"p99": 1000.0}}}}))
+    rows = {r["figure"]: r for r in bench_run.targets(summary, results, [1000], bench_run.load_baseline(str(base)))}
+    status = {k[:30]: r["status"] for k, r in rows.items()}
+    assert rows["tags_per_cpu_s (daemon, 500 tags @ 1 s, alarms+store+signing+upload)"]["status"] == "pass"
+    assert rows["peer_ratio (tags per CPU-s, ours / ThingsBoard GW)"]["status"] == "miss"
+    assert rows["ratio_to_bare_per_cpu_s (daemon / bare client tags per CPU-s)"]["status"] == "pass"
+    assert rows["idle_cpu_s_per_h (500 tags, 1 s)"]["status"] == "miss"
+    assert rows["idle_rss_mb (500 tags, 1 s, peak)"]["status"] == "pass"
+    assert rows["drain_flat (rate at 10,000,000 / at 1,000,000 backlog)"]["status"] == "miss"
+    assert rows["drain RSS growth, smallest -> largest backlog (MB)"]["status"] == "pass"
+    assert rows["scale: CPU-s/h against tags (linear fit r2)"]["status"] == "pass"
+    arrival = rows["safety p99 reading arrival -> write issued @ 1000 ms"]
+    assert arrival["status"] == "miss" and "baseline 8.0 ms" in arrival["note"]   # 13 > 8 * 1.25 + 2
+    assert rows["safety p99 value change -> output confirmed @ 1000 ms"]["status"] == "pass"
+    no_base = {r["figure"]: r for r in bench_run.targets(summary, results, [1000])}
+    assert no_base["safety p99 reading arrival -> write issued @ 1000 ms"]["status"] == "n/a"
+    assert status and bench_run.main(["--baseline", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
