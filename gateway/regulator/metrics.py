@@ -34,13 +34,21 @@ build_info{version}                                   gauge    always 1
 first), "silent_count", "chain_gaps" (ids, at most 100)}``; HTTP 200 while the store answers, 503 when it
 does not (``"ok": false``, ``"store"``: the one-line error). A silent gateway is the platform's business
 (an operator calls the plant), not the receiver's health, so it never makes the answer 503.
+
+Both answer within ``ANSWER_WITHIN_S`` even when the database hangs (a frozen server, a partition that
+drops packets without a reset): the store's reply is awaited that long (:func:`snapshot_within`), then the
+answer says the store did not answer. While the store is down the per-gateway figures are those of the
+last snapshot that read it (the ages keep growing from each gateway's last batch, so a gateway still goes
+silent on the dashboard), never an empty list that would read "no gateways, none silent".
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -57,8 +65,13 @@ SILENT_AFTER_S = 15 * 60.0
 #: at most this many gateway ids in one health answer
 LIST_CAP = 100
 OUTCOMES = ("accepted", "duplicate", "parked")
+#: a health or metrics answer waits at most this long for the store
+ANSWER_WITHIN_S = 5.0
+#: receiver -> its last per-gateway rows read from the store (shown while the store is down)
+_LAST_ROWS: "weakref.WeakKeyDictionary[Any, list[dict[str, Any]]]" = weakref.WeakKeyDictionary()
 
-__all__ = ["LIST_CAP", "SILENT_AFTER_S", "Snapshot", "health", "render", "snapshot"]
+__all__ = ["ANSWER_WITHIN_S", "LIST_CAP", "SILENT_AFTER_S", "Snapshot", "health", "render", "snapshot",
+           "snapshot_within"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +120,31 @@ def snapshot(receiver: Any, *, silent_after_s: float = SILENT_AFTER_S, now: floa
     try:
         rows = receiver.store.summaries()
         error = None
+        _LAST_ROWS[receiver] = rows
     except Exception as exc:   # any driver error (sqlite3, psycopg): the answer says the store is down
-        rows, error = [], f"{type(exc).__name__}: {exc}".splitlines()[0]
+        rows, error = _LAST_ROWS.get(receiver, []), f"{exc}".splitlines()[0] or type(exc).__name__
         log.error("store not readable for metrics/health: %s", error)
+    return _snapshot_of(rows, now, silent_after_s, receiver.stats(), error)
+
+
+def _snapshot_of(rows: list[dict[str, Any]], now: float, silent_after_s: float, stats: dict[str, int],
+                 error: str | None) -> Snapshot:
     gateways = [dict(r, age_s=_age_s(r.get("last_received_at"), now)) for r in rows]
-    return Snapshot(now, silent_after_s, receiver.stats(), gateways, error)
+    return Snapshot(now, silent_after_s, stats, gateways, error)
+
+
+async def snapshot_within(receiver: Any, *, silent_after_s: float = SILENT_AFTER_S,
+                          timeout_s: float = ANSWER_WITHIN_S) -> Snapshot:
+    """:func:`snapshot` in a worker thread, awaited at most ``timeout_s``; after that a snapshot that says the
+    store did not answer (with the last rows read, see the module docstring). The stuck worker is left to
+    finish on its own (the store's own timeouts end it)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(snapshot, receiver, silent_after_s=silent_after_s),
+                                      timeout_s)
+    except asyncio.TimeoutError:
+        error = f"store did not answer within {timeout_s:g} s"
+        log.error("metrics/health: %s", error)
+        return _snapshot_of(_LAST_ROWS.get(receiver, []), time.time(), silent_after_s, receiver.stats(), error)
 
 
 class _Collector:

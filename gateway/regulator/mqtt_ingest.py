@@ -415,7 +415,7 @@ class MqttIngest:
             try:
                 status, doc = self.receiver.submit(job.payload, unordered=True)
             except Exception as exc:   # noqa: BLE001 - sqlite3.Error, StoreUnavailable ...: the HTTP 503
-                status, doc = 503, {"error": f"store busy: {type(exc).__name__}: {exc}"}
+                status, doc = 503, {"error": f"store unavailable: {type(exc).__name__}: {exc}"}
                 self.receiver.count("rejected_store_busy")
             if status in FINAL_STATUSES and not (status == 409 and str(doc.get("error", "")).startswith("gap")):
                 break

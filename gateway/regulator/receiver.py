@@ -696,7 +696,7 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
             except STORE_ERRORS as exc:   # locked, disk full, failed commit, lost database: nothing stored, retry
                 receiver.count("rejected_store_busy")
                 log.error("store error: %s", exc)
-                return JSONResponse({"error": f"store busy: {exc}"}, 503, headers={"Retry-After": "1"})
+                return JSONResponse({"error": f"store unavailable: {exc}"}, 503, headers={"Retry-After": "1"})
         finally:
             budget["used"] -= drawn[0]
         if after_submit is not None:
@@ -723,12 +723,11 @@ def create_app(receiver: Receiver, *, limits: ReceiverLimits | None = None, max_
         return await signed_get(request, receiver.store.basic_data, "no basic data of gateway {gateway_id}")
 
     async def health(request: Request) -> JSONResponse:
-        status, doc = ops_metrics.health(await asyncio.to_thread(ops_metrics.snapshot, receiver,
-                                                                 silent_after_s=silent_after_s))
+        status, doc = ops_metrics.health(await ops_metrics.snapshot_within(receiver, silent_after_s=silent_after_s))
         return JSONResponse(doc, status)
 
     async def metrics(request: Request) -> Response:
-        snap = await asyncio.to_thread(ops_metrics.snapshot, receiver, silent_after_s=silent_after_s)
+        snap = await ops_metrics.snapshot_within(receiver, silent_after_s=silent_after_s)
         return Response(ops_metrics.render(snap), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(routes=[

@@ -374,7 +374,7 @@ class ReceiverStore:
 
         assert self._pool is not None
         for attempt in (1, 2):
-            conn = self._pool.get() if attempt == 1 else self._fresh()
+            conn = self._pooled() if attempt == 1 else self._fresh()
             try:
                 cur = run(conn)
                 return cur.fetchall() if cur.description is not None else []
@@ -385,6 +385,17 @@ class ReceiverStore:
             finally:
                 self._pool.put(conn)
         raise AssertionError("unreachable")
+
+    def _pooled(self) -> Any:
+        """An idle pooled connection, else a new one; StoreUnavailable (one line) when the server cannot be
+        reached (a stopped or unreachable PostgreSQL answers 503, never a bare 500)."""
+        import psycopg
+
+        assert self._pool is not None
+        try:
+            return self._pool.get()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"{self.target}: cannot connect: {_one_line(exc)}") from exc
 
     def _fresh(self) -> Any:
         import psycopg
@@ -456,7 +467,7 @@ class ReceiverStore:
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '%dms'; " % max(
             1, int(self._busy_timeout_s * 1000))
         begin += "".join("SELECT pg_advisory_xact_lock(%d, %d); " % lk for lk in locks)
-        conn = self._pool.get()
+        conn = self._pooled()
         try:
             try:
                 conn.execute(begin)

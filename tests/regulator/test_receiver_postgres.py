@@ -17,6 +17,8 @@ cluster (hil/pgcluster.py) and real receivers over HTTPS:
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import sqlite3
 import ssl
 import subprocess
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -336,7 +339,7 @@ def test_a_failed_commit_answers_503_stores_nothing_and_the_resend_is_accepted(t
                 admin.execute("INSERT INTO fault VALUES (%s)", (mode,))
                 r = post(c, b[seq - 1])   # the deferred trigger fires inside COMMIT
                 assert r.status_code == 503 and r.headers["retry-after"] == "1", (mode, r.text)
-                assert "store busy" in r.json()["error"]
+                assert "store unavailable" in r.json()["error"]
                 assert _rows(pg_url, "SELECT seq FROM batches WHERE gateway_id='gw-01' AND seq=%s", (seq,)) == []
                 admin.execute("DELETE FROM fault")
                 assert post(c, b[seq - 1]).json()["status"] == "accepted", mode   # a fresh connection if need be
@@ -442,3 +445,49 @@ def test_store_errors_are_one_line(tmp_path, pg):
         ReceiverStore(pg.url("nosuchdb").replace("postgres@", "postgres:secret@"))
     with pytest.raises(ReceiverError, match="not a receiver store"):
         ReceiverStore(pg.createdb("empty"), create=False)
+
+
+def _server_processes(pg: PgCluster) -> list[int]:
+    """The postmaster and its children (backends, background workers), from /proc."""
+    pm = int((pg.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    pids = [pm]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pm:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def test_a_frozen_or_stopped_database_gets_a_503_answer_never_a_hang_or_a_500(tmp_path):
+    """A hung PostgreSQL (every server process stopped with SIGSTOP: a partition that drops packets looks the
+    same) must not hang /v1/health: it answers 503 within its bound, still naming the gateways it knew. A stopped
+    one answers every POST 503 + Retry-After (a connection refused on an empty pool was a bare 500 before)."""
+    trust, signers = gateway_signers(tmp_path, ("gw-1",))
+    batches = chain(signers["gw-1"], "gw-1", 1, 3)
+    with PgCluster(tmp_path / "pg-outage") as pg:
+        url = pg.createdb("rx")
+        with BackgroundReceiver(tmp_path / "rx", trust, store=url) as rx, \
+                httpx.Client(base_url=rx.url, verify=rx.ssl_context(), timeout=30) as c:
+            assert post(c, batches[0]).status_code == 200
+            assert c.get("/v1/health").json()["gateways"] == 1
+            frozen = _server_processes(pg)
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                h = c.get("/v1/health")
+                waited = time.monotonic() - t0
+            finally:
+                for pid in frozen:
+                    os.kill(pid, signal.SIGCONT)
+            assert h.status_code == 503 and "did not answer" in h.json()["store"], h.text
+            assert h.json()["gateways"] == 1 and waited < 25
+            pg.stop()
+            for _ in range(3):
+                r = post(c, batches[1])
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", (r.status_code, r.text)
+                assert "cannot connect" in r.json()["error"]
+            h = c.get("/v1/health")
+            assert h.status_code == 503 and h.json()["ok"] is False and h.json()["gateways"] == 1
