@@ -174,7 +174,10 @@ async def _demo(config: Path, wd: Path, scenario: str) -> dict[str, Any]:
         await _settle(status_path, gw, time.time())
     finally:
         if gw is not None:
-            stop_process(gw, 30)
+            # in a thread: the simulated farm runs on this event loop and must go on answering while the
+            # gateway shuts down (finishes its tick, its output writes and its final upload); a blocking wait
+            # here froze the PLC, so the gateway saw its inputs fail and tripped on the fault while stopping
+            await asyncio.to_thread(stop_process, gw, 30)
         await farm.stop()
         stop_process(receiver, 15)
         for f in logs.values():
