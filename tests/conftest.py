@@ -13,6 +13,7 @@ Helpers (plain functions; a test module imports them: ``from conftest import wai
 * :func:`tank_overfill_config` -- the gateway YAML for one HIL tank PLC with the T101 overfill interlock;
 * :func:`run_forwarder` -- run a Forwarder until a condition holds, then stop it.
 
+* :func:`hazard_section` -- a ``hazard:`` section with one benzene tank T101 on the tag T101.level;
 * :func:`gateway_signers` -- fresh Ed25519 keys, one per gateway, in a receiver's trust directory (bound or flat).
 
 Fixtures: ``signing_keys`` -- (Signer, trust directory) of a fresh Ed25519 key in tmp_path.
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # its Chinese children an environment of their own.
 os.environ["LANGUAGE"] = "en"
 
-__all__ = ["ROOT", "b64url", "free_port", "gateway_signers", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
+__all__ = ["ROOT", "b64url", "free_port", "gateway_signers", "hazard_section", "interlock_status", "open_fds", "read_status", "run_cli", "run_forwarder",
            "sql_rows", "tank_overfill_config", "until_daemon", "wait_exit", "wait_for"]
 
 
@@ -221,6 +222,19 @@ def gateway_signers(tmp_path: Path, names: Any, *, bound: bool = True, untrusted
         dest.mkdir(exist_ok=True)
         shutil.copy(kdir / f"{kid}.jwk", dest)
     return trust, signers
+
+
+def hazard_section(people: int) -> str:
+    """A config's ``hazard:`` section (GB 18218-2018): one unit, dike-T100, whose tank T101 (benzene, a vertical
+    cylinder 11 m x 12 m) is measured by the tag T101.level; ``people`` within 500 m (alpha, so R and the grade)."""
+    return f"""hazard:
+  units:
+    - name: dike-T100
+      people_500m: {people}
+      tanks:
+        - {{name: T101, tag_level: T101.level, substance: 苯, density_t_m3: 0.88,
+           geometry: {{type: vertical_cylinder, diameter_m: 11.0, height_m: 12.0}}}}
+"""
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import gateway_signers
+from conftest import gateway_signers, hazard_section
 from gateway.chain.basic_data import point_code
 from gateway.chain.rejection import load_receiver_key, verify_rejection
 from gateway.chain.signing import Signer, build_payload, chain_hash, decode_unverified, keygen
@@ -234,14 +234,7 @@ devices:
          point: {{measure: level, vessel: T101, range: [0.0, 12.0]}}}}
       - {{name: T101.temperature, address: 30003, type: float32, unit: degC,
          point: {{measure: temperature, vessel: T101}}}}
-hazard:
-  units:
-    - name: dike-T100
-      people_500m: {people}
-      tanks:
-        - {{name: T101, tag_level: T101.level, substance: 苯, density_t_m3: 0.88,
-           geometry: {{type: vertical_cylinder, diameter_m: 11.0, height_m: 12.0}}}}
-"""
+""" + hazard_section(people)
 
 
 async def test_a_reload_puts_a_second_basic_data_record_in_the_chain(tmp_path):

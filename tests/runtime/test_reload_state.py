@@ -24,7 +24,7 @@ from gateway.runtime.gateway import Gateway
 from gateway.runtime.reload import reload_from_file
 from gateway.chain.signing import Signer, keygen
 from hil.tank_plc import TankPlc
-from conftest import wait_for
+from conftest import hazard_section, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]   # e2e: daemons or servers, seconds of waiting
 
@@ -192,17 +192,6 @@ async def test_the_reload_polling_gap_stays_short_with_a_hung_uplink(tmp_path, c
             w.close()
         server.close()
         opc.close()
-
-
-def hazard_section(people: int) -> str:
-    return f"""hazard:
-  units:
-    - name: dike-T100
-      people_500m: {people}
-      tanks:
-        - {{name: T101, tag_level: T101.level, substance: 苯, density_t_m3: 0.88,
-           geometry: {{type: vertical_cylinder, diameter_m: 11.0, height_m: 12.0}}}}
-"""
 
 
 async def test_a_reload_that_changes_the_design_basis_records_the_grade_change(tmp_path):
