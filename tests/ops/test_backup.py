@@ -37,7 +37,9 @@ from hil.rig import (GatewayProc, ReceiverProc, drained, integrity, make_keys, p
                      receiver_readings, store_readings, tank_plc_config)
 from hil.tank_plc import TankPlc
 
-NO_409 = re.compile(r"(?<!\d)409(?!\d)")
+# a 409 answer as the logs write it ("HTTP 409", "409 Conflict", "status 409"), not the 409 inside a time stamp
+# (04:43:01.409Z) or a hash
+NO_409 = re.compile(r"(?<![\w.:])409(?![\w])")
 
 
 def _seqs(db: Path) -> list[int]:
